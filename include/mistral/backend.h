@@ -1,0 +1,69 @@
+// The coarse ops the forward pass is written against. CpuBackend is the reference; a CUDA backend
+// implements the same interface over device memory. Activations are fp32; weights keep their dtype.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "mistral/model.h"
+
+namespace mistral {
+
+struct AttnShape {
+  int n_heads = 0;     // Hq
+  int n_kv_heads = 0;  // Hkv; query head h reads kv head h / (Hq / Hkv)
+  int head_dim = 0;    // hd
+  int window = 0;      // sliding window W (0 = full attention)
+  int64_t slots = 0;   // cache rows per layer: W with a window, else the context size
+  float rope_theta = 10000.f;
+  int kv_dim() const { return n_kv_heads * head_dim; }
+  int q_dim() const { return n_heads * head_dim; }
+};
+
+// One layer's cache: K and V, each [slots, Hkv*hd]; position p lives in row p % slots.
+struct KVLayer {
+  float* k = nullptr;
+  float* v = nullptr;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory for activations and caches (fp32), owned by the backend until free().
+  virtual float* alloc(size_t n_floats) = 0;
+  virtual void free(float* p) = 0;
+  virtual void to_device(float* dst, const float* src, size_t n) = 0;
+  virtual void to_host(float* dst, const float* src, size_t n) = 0;
+  virtual void zero(float* p, size_t n) = 0;
+
+  // x[T, D] = E[ids[t], :]; ids on the host.
+  virtual void embed(const Weight& E, const int32_t* ids, int T, float* x) = 0;
+  // y[T, D] = x / sqrt(mean(x^2) + eps) * w, per row.
+  virtual void rmsnorm(const float* x, const Weight& w, float eps, int T, float* y) = 0;
+  // y[T, N] = x[T, K] * W[N, K]^T.
+  virtual void matmul(const float* x, int T, const Weight& W, float* y) = 0;
+  // Rotate-half RoPE in place on q[T, Hq*hd] and k[T, Hkv*hd] for positions start .. start+T-1.
+  virtual void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) = 0;
+  // out[T, Hq*hd]: causal (and windowed) attention of the chunk at positions start .. start+T-1.
+  // Keys before `start` come from the cache, keys inside the chunk from k/v[T, Hkv*hd] (so a chunk
+  // longer than the window is exact). Call before cache_write for the same chunk.
+  virtual void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                         const AttnShape& s, float* out) = 0;
+  // Stores the chunk's K/V rows into the cache (only the last `slots` positions when T > slots).
+  virtual void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                           const AttnShape& s) = 0;
+  // out[i] = silu(gate[i]) * up[i].
+  virtual void swiglu(const float* gate, const float* up, size_t n, float* out) = 0;
+  // x[i] += y[i].
+  virtual void add(float* x, const float* y, size_t n) = 0;
+  virtual void synchronize() {}
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+// Reports the number of threads of a CPU backend (for --verbose); 0 for other backends.
+int cpu_backend_threads(const Backend& b);
+
+}  // namespace mistral

@@ -1,0 +1,249 @@
+// CPU backend: the reference implementation of every op. fp32 activations, weights converted to fp32
+// inside the inner loops (AVX2/F16C where the compiler targets them), multi-threaded with ThreadPool.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "mistral/backend.h"
+#include "mistral/threadpool.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define MISTRAL_X86_SIMD 1
+#endif
+
+namespace mistral {
+
+namespace {
+
+#ifdef MISTRAL_X86_SIMD
+template <DType D>
+inline __m256 load8(const void* p, int64_t i);
+template <>
+inline __m256 load8<DType::F32>(const void* p, int64_t i) {
+  return _mm256_loadu_ps(static_cast<const float*>(p) + i);
+}
+template <>
+inline __m256 load8<DType::F16>(const void* p, int64_t i) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
+}
+template <>
+inline __m256 load8<DType::BF16>(const void* p, int64_t i) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+#endif
+
+template <DType D>
+inline float load1(const void* p, int64_t i) {
+  if (D == DType::F32) return static_cast<const float*>(p)[i];
+  if (D == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+
+// y[t, n] for n in [n0, n1), all t: four tokens at a time share each converted weight vector.
+template <DType D>
+void matmul_rows(const float* x, int T, int64_t K, const void* W, int64_t N, int64_t n0, int64_t n1, float* y) {
+  const size_t es = dtype_size(D);
+  for (int64_t n = n0; n < n1; ++n) {
+    const void* row = static_cast<const uint8_t*>(W) + size_t(n) * size_t(K) * es;
+    for (int t0 = 0; t0 < T; t0 += 4) {
+      const int tb = std::min(4, T - t0);
+      float out[4] = {0, 0, 0, 0};
+      int64_t k = 0;
+#ifdef MISTRAL_X86_SIMD
+      if (tb == 4) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        const float* x0 = x + size_t(t0) * K;
+        for (; k + 8 <= K; k += 8) {
+          __m256 w = load8<D>(row, k);
+          a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + k), a0);
+          a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + K + k), a1);
+          a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 2 * K + k), a2);
+          a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 3 * K + k), a3);
+        }
+        out[0] = hsum(a0), out[1] = hsum(a1), out[2] = hsum(a2), out[3] = hsum(a3);
+      } else {
+        for (int u = 0; u < tb; ++u) {
+          const float* xu = x + size_t(t0 + u) * K;
+          __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+          int64_t kk = 0;
+          for (; kk + 16 <= K; kk += 16) {
+            a0 = _mm256_fmadd_ps(load8<D>(row, kk), _mm256_loadu_ps(xu + kk), a0);
+            a1 = _mm256_fmadd_ps(load8<D>(row, kk + 8), _mm256_loadu_ps(xu + kk + 8), a1);
+          }
+          for (; kk + 8 <= K; kk += 8) a0 = _mm256_fmadd_ps(load8<D>(row, kk), _mm256_loadu_ps(xu + kk), a0);
+          out[u] = hsum(_mm256_add_ps(a0, a1));
+          k = kk;
+        }
+      }
+#endif
+      for (int64_t kk = k; kk < K; ++kk) {
+        const float w = load1<D>(row, kk);
+        for (int u = 0; u < tb; ++u) out[u] += w * x[size_t(t0 + u) * K + kk];
+      }
+      for (int u = 0; u < tb; ++u) y[size_t(t0 + u) * N + n] = out[u];
+    }
+  }
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int n_threads) : pool_(n_threads) {}
+  std::string name() const override { return "cpu"; }
+  int threads() const { return pool_.size(); }
+
+  float* alloc(size_t n) override { return new float[n == 0 ? 1 : n](); }
+  void free(float* p) override { delete[] p; }
+  void to_device(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * 4); }
+  void to_host(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * 4); }
+  void zero(float* p, size_t n) override { std::memset(p, 0, n * 4); }
+
+  void embed(const Weight& E, const int32_t* ids, int T, float* x) override {
+    const size_t es = dtype_size(E.dtype);
+    for (int t = 0; t < T; ++t)
+      to_f32(E.dtype, static_cast<const uint8_t*>(E.data) + size_t(ids[t]) * size_t(E.cols) * es, x + size_t(t) * E.cols,
+             size_t(E.cols));
+  }
+
+  void rmsnorm(const float* x, const Weight& w, float eps, int T, float* y) override {
+    const int64_t D = w.cols;
+    std::vector<float> wf(static_cast<size_t>(D));
+    to_f32(w.dtype, w.data, wf.data(), size_t(D));
+    for (int t = 0; t < T; ++t) {
+      const float* xr = x + size_t(t) * D;
+      float* yr = y + size_t(t) * D;
+      double ss = 0;  // fp64 sum: the reference must not be the source of error
+      for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
+      const float r = float(1.0 / std::sqrt(ss / double(D) + double(eps)));
+      for (int64_t i = 0; i < D; ++i) yr[i] = (xr[i] * r) * wf[i];
+    }
+  }
+
+  void matmul(const float* x, int T, const Weight& W, float* y) override {
+    const int64_t N = W.rows, K = W.cols;
+    auto run = [&](int64_t b, int64_t e) {
+      switch (W.dtype) {
+        case DType::F32: matmul_rows<DType::F32>(x, T, K, W.data, N, b, e, y); break;
+        case DType::F16: matmul_rows<DType::F16>(x, T, K, W.data, N, b, e, y); break;
+        case DType::BF16: matmul_rows<DType::BF16>(x, T, K, W.data, N, b, e, y); break;
+      }
+    };
+    pool_.parallel_for(N, run, 16);
+  }
+
+  void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
+    const int hd = s.head_dim, half = hd / 2;
+    std::vector<float> inv(static_cast<size_t>(half)), cs(inv), sn(inv);
+    for (int i = 0; i < half; ++i)  // fp32 like the reference: 1 / theta^(2i/hd)
+      inv[size_t(i)] = 1.0f / std::pow(s.rope_theta, float(2 * i) / float(hd));
+    for (int t = 0; t < T; ++t) {
+      const float pos = float(start + t);
+      for (int i = 0; i < half; ++i) {
+        const float a = pos * inv[size_t(i)];
+        cs[size_t(i)] = float(std::cos(double(a)));
+        sn[size_t(i)] = float(std::sin(double(a)));
+      }
+      auto apply = [&](float* v, int heads) {
+        for (int h = 0; h < heads; ++h) {
+          float* p = v + size_t(h) * hd;
+          for (int i = 0; i < half; ++i) {
+            const float x0 = p[i], x1 = p[i + half];
+            p[i] = x0 * cs[size_t(i)] - x1 * sn[size_t(i)];
+            p[i + half] = x1 * cs[size_t(i)] + x0 * sn[size_t(i)];
+          }
+        }
+      };
+      apply(q + size_t(t) * s.q_dim(), s.n_heads);
+      apply(k + size_t(t) * s.kv_dim(), s.n_kv_heads);
+    }
+  }
+
+  void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                 const AttnShape& s, float* out) override {
+    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+    const int kvd = s.kv_dim(), qd = s.q_dim();
+    const float scale = 1.0f / std::sqrt(float(hd));
+    pool_.parallel_for(int64_t(T) * s.n_heads, [&](int64_t b, int64_t e) {
+      std::vector<float> sc;
+      std::vector<double> acc(static_cast<size_t>(hd));
+      for (int64_t job = b; job < e; ++job) {
+        const int t = int(job / s.n_heads), h = int(job % s.n_heads), kvh = h / group;
+        const int64_t p = start + t;
+        const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, p - s.window + 1) : 0;
+        const float* qv = q + size_t(t) * qd + size_t(h) * hd;
+        sc.resize(size_t(p - j0 + 1));
+        float mx = -INFINITY;
+        for (int64_t j = j0; j <= p; ++j) {
+          const float* kr = j < start ? cache.k + size_t(j % s.slots) * kvd : k + size_t(j - start) * kvd;
+          kr += size_t(kvh) * hd;
+          float d = 0;
+          for (int i = 0; i < hd; ++i) d += qv[i] * kr[i];
+          d *= scale;
+          sc[size_t(j - j0)] = d;
+          mx = std::max(mx, d);
+        }
+        double sum = 0;
+        for (auto& x : sc) {
+          x = std::exp(x - mx);
+          sum += x;
+        }
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t j = j0; j <= p; ++j) {
+          const float* vr = j < start ? cache.v + size_t(j % s.slots) * kvd : v + size_t(j - start) * kvd;
+          vr += size_t(kvh) * hd;
+          const double w = sc[size_t(j - j0)];
+          for (int i = 0; i < hd; ++i) acc[size_t(i)] += w * vr[i];
+        }
+        float* o = out + size_t(t) * qd + size_t(h) * hd;
+        for (int i = 0; i < hd; ++i) o[i] = float(acc[size_t(i)] / sum);
+      }
+    });
+  }
+
+  void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                   const AttnShape& s) override {
+    const int kvd = s.kv_dim();
+    const int64_t first = std::max<int64_t>(0, int64_t(T) - s.slots);
+    for (int64_t t = first; t < T; ++t) {
+      const size_t slot = size_t((start + t) % s.slots);
+      std::memcpy(cache.k + slot * kvd, k + size_t(t) * kvd, size_t(kvd) * 4);
+      std::memcpy(cache.v + slot * kvd, v + size_t(t) * kvd, size_t(kvd) * 4);
+    }
+  }
+
+  void swiglu(const float* gate, const float* up, size_t n, float* out) override {
+    pool_.parallel_for(int64_t(n), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + std::exp(-g)) * up[i];
+      }
+    }, 1024);
+  }
+
+  void add(float* x, const float* y, size_t n) override {
+    for (size_t i = 0; i < n; ++i) x[i] += y[i];
+  }
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::unique_ptr<Backend>(new CpuBackend(n_threads)); }
+
+int cpu_backend_threads(const Backend& b) {
+  const CpuBackend* c = dynamic_cast<const CpuBackend*>(&b);
+  return c ? c->threads() : 0;
+}
+
+}  // namespace mistral

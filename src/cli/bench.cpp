@@ -1,0 +1,147 @@
+// `mistral-run bench`: prefill and decode speed of a model (or a synthetic one of a chosen shape),
+// decode as GB/s of weights read, against memory bandwidth measured in the same run.
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <vector>
+
+#include "common.h"
+#include "mistral/engine.h"
+#include "mistral/error.h"
+#include "mistral/threadpool.h"
+
+namespace mistral {
+namespace cli {
+
+namespace {
+
+struct Bandwidth {
+  double copy_gbs = 0;  // (bytes read + bytes written) / s, like STREAM copy
+  double read_gbs = 0;  // bytes read / s by a reduction
+};
+
+Bandwidth measure_bandwidth(int threads) {
+  const size_t n = size_t(256) << 20;  // 256 MiB per buffer: far beyond any cache
+  std::vector<uint8_t> a(n, 1), b(n, 2);
+  ThreadPool pool(threads);
+  Bandwidth bw;
+  for (int rep = 0; rep < 5; ++rep) {
+    double t0 = now_seconds();
+    pool.parallel_for(int64_t(n), [&](int64_t s, int64_t e) { std::memcpy(&b[size_t(s)], &a[size_t(s)], size_t(e - s)); },
+                      4096);
+    double dt = now_seconds() - t0;
+    bw.copy_gbs = std::max(bw.copy_gbs, 2.0 * double(n) / dt / 1e9);
+    std::atomic<uint64_t> total{0};
+    t0 = now_seconds();
+    pool.parallel_for(int64_t(n / 8), [&](int64_t s, int64_t e) {
+      const uint64_t* p = reinterpret_cast<const uint64_t*>(a.data());
+      uint64_t x0 = 0, x1 = 0, x2 = 0, x3 = 0;
+      int64_t i = s;
+      for (; i + 4 <= e; i += 4) x0 += p[i], x1 += p[i + 1], x2 += p[i + 2], x3 += p[i + 3];
+      for (; i < e; ++i) x0 += p[i];
+      total += x0 + x1 + x2 + x3;
+    }, 512);
+    dt = now_seconds() - t0;
+    bw.read_gbs = std::max(bw.read_gbs, double(n) / dt / 1e9);
+    if (total.load() == 12345) std::printf(" ");  // keeps the reduction alive
+  }
+  return bw;
+}
+
+}  // namespace
+
+int run_bench(const BenchArgs& a) {
+  std::unique_ptr<Model> model;
+  if (!a.model.model_dir.empty()) {
+    model = Model::load(a.model.model_dir, load_options(a.model));
+  } else {
+    ModelConfig c;
+    c.hidden_size = a.hidden;
+    c.intermediate_size = a.intermediate;
+    c.num_layers = a.layers;
+    c.num_heads = a.heads;
+    c.num_kv_heads = a.kv_heads;
+    c.head_dim = a.heads > 0 ? a.hidden / a.heads : 0;
+    c.vocab_size = a.vocab;
+    c.sliding_window = a.window;
+    c.max_position_embeddings = 32768;
+    DType dt;
+    if (a.synth_dtype == "f32") dt = DType::F32;
+    else if (a.synth_dtype == "f16") dt = DType::F16;
+    else if (a.synth_dtype == "bf16") dt = DType::BF16;
+    else throw UsageError("--synthetic-dtype must be f32, f16 or bf16");
+    c.torch_dtype = dt;
+    std::fprintf(stderr, "building a synthetic model (%.0f M params, %s)...\n", double(c.param_count()) / 1e6,
+                 a.synth_dtype.c_str());
+    model = Model::random(c, dt, 1234);
+  }
+  std::unique_ptr<Backend> be = make_backend(a.model);
+  const int threads = cpu_backend_threads(*be);
+  std::fprintf(stderr, "measuring memory bandwidth...\n");
+  const Bandwidth bw = measure_bandwidth(threads);
+
+  const ModelConfig& c = model->config();
+  SessionOptions so;
+  so.chunk = a.model.chunk;
+  so.context = std::max<int64_t>(a.model.ctx, a.prompt_tokens + a.gen_tokens + 1);
+  Session s(*model, *be, so);
+  std::mt19937 rng(7);
+  std::vector<int32_t> prompt(size_t(a.prompt_tokens));
+  for (auto& id : prompt) id = int32_t(rng() % uint32_t(c.vocab_size));
+
+  double best_prefill = 1e30, best_decode = 1e30;
+  for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
+    s.reset();
+    double t0 = now_seconds();
+    std::vector<float> logits = s.feed(prompt);
+    best_prefill = std::min(best_prefill, now_seconds() - t0);
+    int32_t id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    t0 = now_seconds();
+    for (int i = 0; i < a.gen_tokens; ++i) {
+      logits = s.feed({id});
+      id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    }
+    best_decode = std::min(best_decode, now_seconds() - t0);
+  }
+  // Bytes a decode step reads: every weight except the embedding table (one row of it).
+  const ModelWeights& w = model->weights();
+  double bytes = double(model->weight_bytes());
+  if (w.lm_head.data != w.embed.data) bytes -= double(w.embed.nbytes());
+  const double prefill_tps = double(a.prompt_tokens) / best_prefill;
+  const double decode_tps = double(a.gen_tokens) / best_decode;
+  const double decode_gbs = bytes * decode_tps / 1e9;
+  const double floor_tps = bw.read_gbs * 1e9 / bytes;
+  if (a.json) {
+    nlohmann::json j = {{"threads", threads},
+                        {"weights_gb", bytes / 1e9},
+                        {"dtype", dtype_name(model->matmul_dtype())},
+                        {"copy_gbs", bw.copy_gbs},
+                        {"read_gbs", bw.read_gbs},
+                        {"prefill_tokens", a.prompt_tokens},
+                        {"prefill_tok_s", prefill_tps},
+                        {"decode_tokens", a.gen_tokens},
+                        {"decode_tok_s", decode_tps},
+                        {"decode_gbs", decode_gbs},
+                        {"decode_vs_read_bw", decode_gbs / bw.read_gbs},
+                        {"decode_vs_copy_bw", decode_gbs / bw.copy_gbs}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("backend            cpu, %d threads\n", threads);
+    std::printf("model              %s, %.1f M params, %s, %.3f GB read per decode step\n",
+                a.model.model_dir.empty() ? "synthetic" : a.model.model_dir.c_str(), double(c.param_count()) / 1e6,
+                dtype_name(model->matmul_dtype()), bytes / 1e9);
+    std::printf("memory bandwidth   copy %.2f GB/s (read+write), read %.2f GB/s\n", bw.copy_gbs, bw.read_gbs);
+    std::printf("prefill            %d tokens: %.2f tok/s\n", a.prompt_tokens, prefill_tps);
+    std::printf("decode             %d tokens: %.2f tok/s = %.2f GB/s of weights\n", a.gen_tokens, decode_tps,
+                decode_gbs);
+    std::printf("decode vs floor    %.0f%% of read bandwidth (floor %.2f tok/s), %.0f%% of copy bandwidth\n",
+                100.0 * decode_gbs / bw.read_gbs, floor_tps, 100.0 * decode_gbs / bw.copy_gbs);
+  }
+  return 0;
+}
+
+}  // namespace cli
+}  // namespace mistral

@@ -1,0 +1,57 @@
+// The command-line modes. main.cpp parses arguments into these structs; each mode lives in its own file.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mistral {
+namespace cli {
+
+struct ModelArgs {
+  std::string model_dir;
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string dtype = "auto";   // auto | f32 | f16 | bf16
+  int threads = 0;              // 0 = all cores
+  int chunk = 512;
+  int64_t ctx = 0;              // 0 = max_position_embeddings
+  bool verbose = false;
+};
+
+struct GenerateArgs {
+  ModelArgs model;
+  std::string prompt, prompt_file;
+  bool prompt_set = false, prompt_file_set = false;
+  int max_tokens = 256;
+  float temperature = 0.7f, top_p = 0.95f, min_p = 0.0f, repeat_penalty = 1.0f;
+  int top_k = 0, repeat_last_n = 64;
+  bool temp_set = false, top_p_set = false, top_k_set = false;
+  int64_t seed = -1;  // -1 = random
+  bool ignore_eos = false, json = false, no_bos = false;
+  std::vector<std::string> stop;
+};
+
+struct TokenizeArgs {
+  std::string model_dir, prompt, prompt_file;
+  bool prompt_set = false, prompt_file_set = false, no_bos = false;
+};
+
+struct DetokenizeArgs {
+  std::string model_dir, ids;
+};
+
+struct BenchArgs {
+  ModelArgs model;  // model_dir empty: a synthetic model
+  int64_t hidden = 2048, intermediate = 5632, layers = 8, heads = 16, kv_heads = 4, vocab = 32000, window = 4096;
+  std::string synth_dtype = "bf16";
+  int prompt_tokens = 128, gen_tokens = 32, reps = 1;
+  bool json = false;
+};
+
+int run_generate(const GenerateArgs& a);
+int run_info(const ModelArgs& a);
+int run_tokenize(const TokenizeArgs& a);
+int run_detokenize(const DetokenizeArgs& a);
+int run_bench(const BenchArgs& a);
+
+}  // namespace cli
+}  // namespace mistral

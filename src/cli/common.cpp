@@ -1,0 +1,38 @@
+// Backend selection and small utilities for the CLI modes.
+#include "common.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "mistral/config.h"
+#include "mistral/error.h"
+
+namespace mistral {
+namespace cli {
+
+LoadOptions load_options(const ModelArgs& a) {
+  LoadOptions o;
+  if (a.dtype == "auto") o.cast = LoadOptions::Cast::Auto;
+  else if (a.dtype == "f32") o.cast = LoadOptions::Cast::F32;
+  else if (a.dtype == "f16") o.cast = LoadOptions::Cast::F16;
+  else if (a.dtype == "bf16") o.cast = LoadOptions::Cast::BF16;
+  else throw UsageError("--dtype must be auto, f32, f16 or bf16");
+  return o;
+}
+
+std::unique_ptr<Backend> make_backend(const ModelArgs& a) {
+  if (a.device == "cuda")
+    throw UsageError("--device cuda: this build has no CUDA backend yet (use --device cpu or auto)");
+  if (a.device != "auto" && a.device != "cpu") throw UsageError("--device must be auto, cpu or cuda");
+  if (a.device == "auto" && a.verbose) std::fprintf(stderr, "device: cpu (no CUDA backend in this build)\n");
+  return make_cpu_backend(a.threads);
+}
+
+std::string read_prompt_file(const std::string& path) { return read_text_file(path); }
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace cli
+}  // namespace mistral

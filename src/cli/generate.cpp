@@ -1,0 +1,133 @@
+// One-shot generation: `mistral-run -m DIR -p TEXT`, streamed to stdout or printed as one JSON object.
+#include <sys/stat.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "common.h"
+#include "mistral/config.h"
+#include "mistral/engine.h"
+#include "mistral/error.h"
+#include "mistral/generator.h"
+#include "mistral/tokenizer.h"
+
+namespace mistral {
+namespace cli {
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+void on_sigint(int) { g_interrupted = true; }
+
+bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+}  // namespace
+
+int run_generate(const GenerateArgs& a) {
+  if (a.prompt_set == a.prompt_file_set) throw UsageError("give exactly one of -p/--prompt and -f/--file");
+  const std::string prompt = a.prompt_set ? a.prompt : read_prompt_file(a.prompt_file);
+  const double t_load0 = now_seconds();
+  std::unique_ptr<Model> model = Model::load(a.model.model_dir, load_options(a.model));
+  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model.model_dir);
+  if (tok->vocab_size() > model->config().vocab_size)
+    throw ConfigError("tokenizer has " + std::to_string(tok->vocab_size()) + " pieces but the model's vocab_size is " +
+                      std::to_string(model->config().vocab_size));
+  std::unique_ptr<Backend> backend = make_backend(a.model);
+  SessionOptions so;
+  so.chunk = a.model.chunk;
+  so.context = a.model.ctx;
+  Session session(*model, *backend, so);
+  const double load_s = now_seconds() - t_load0;
+
+  GenerateParams gp;
+  gp.max_tokens = a.max_tokens;
+  gp.ignore_eos = a.ignore_eos;
+  gp.stop = a.stop;
+  gp.eos_ids = model->config().eos_token_ids;
+  if (tok->eos_id() >= 0 && std::find(gp.eos_ids.begin(), gp.eos_ids.end(), tok->eos_id()) == gp.eos_ids.end())
+    gp.eos_ids.push_back(tok->eos_id());
+  // Sampling defaults: generation_config.json, then the built-in 0.7 / 0.95; flags override both.
+  SamplerParams& sp = gp.sampler;
+  sp.temperature = 0.7f;
+  sp.top_p = 0.95f;
+  const std::string gc_path = a.model.model_dir + "/generation_config.json";
+  if (file_exists(gc_path)) {
+    GenerationDefaults g = parse_generation_config(read_text_file(gc_path), gc_path);
+    if (g.has_temperature) sp.temperature = g.temperature;
+    if (g.has_top_p) sp.top_p = g.top_p;
+    if (g.has_top_k) sp.top_k = g.top_k;
+    if (g.has_do_sample && !g.do_sample) sp.temperature = 0.0f;
+    for (int e : g.eos_token_ids)
+      if (std::find(gp.eos_ids.begin(), gp.eos_ids.end(), e) == gp.eos_ids.end()) gp.eos_ids.push_back(e);
+  }
+  if (a.temp_set) sp.temperature = a.temperature;
+  if (a.top_p_set) sp.top_p = a.top_p;
+  if (a.top_k_set) sp.top_k = a.top_k;
+  sp.min_p = a.min_p;
+  sp.repeat_penalty = a.repeat_penalty;
+  sp.repeat_last_n = a.repeat_last_n;
+  sp.seed = a.seed >= 0 ? uint64_t(a.seed) : std::random_device{}();
+
+  const std::vector<int32_t> prompt_ids = tok->encode(prompt, !a.no_bos);
+  if (prompt_ids.empty()) throw UsageError("the prompt is empty (and --no-bos leaves no token to start from)");
+  if (a.model.verbose) {
+    std::fprintf(stderr, "model: %s (%s, %.1f M params, %s weights)\n", a.model.model_dir.c_str(),
+                 model->config().layout == Layout::HF ? "huggingface" : "mistral-native",
+                 double(model->config().param_count()) / 1e6, dtype_name(model->matmul_dtype()));
+    std::fprintf(stderr, "tokenizer: %s\n", tok->source().c_str());
+    std::fprintf(stderr, "backend: %s, %d threads; kv cache %.1f MiB\n", backend->name().c_str(),
+                 cpu_backend_threads(*backend), double(session.cache_bytes()) / 1048576.0);
+    std::fprintf(stderr, "sampling: temp %g top-k %d top-p %g min-p %g repeat-penalty %g seed %llu\n",
+                 double(sp.temperature), sp.top_k, double(sp.top_p), double(sp.min_p), double(sp.repeat_penalty),
+                 (unsigned long long)sp.seed);
+    std::fprintf(stderr, "load: %.3f s; prompt: %zu tokens\n", load_s, prompt_ids.size());
+  }
+
+  g_interrupted = false;
+  auto old = std::signal(SIGINT, on_sigint);
+  std::function<void(const std::string&)> stream;
+  if (!a.json)
+    stream = [](const std::string& s) {
+      std::fwrite(s.data(), 1, s.size(), stdout);
+      std::fflush(stdout);
+    };
+  GenerateResult r = generate(session, *tok, prompt_ids, gp, stream, [] { return g_interrupted.load(); });
+  std::signal(SIGINT, old);
+  if (g_interrupted) r.finish_reason = "interrupted";
+
+  const double prefill_tps = r.prefill_s > 0 ? double(prompt_ids.size()) / r.prefill_s : 0;
+  const double decode_tps = r.decode_s > 0 && r.decoded_tokens > 0 ? double(r.decoded_tokens) / r.decode_s : 0;
+  if (a.json) {
+    nlohmann::json j;
+    j["prompt_ids"] = r.prompt_ids;
+    j["ids"] = r.ids;
+    j["text"] = r.text;
+    j["finish_reason"] = r.finish_reason;
+    j["timings"] = {{"load_s", load_s},
+                    {"prompt_tokens", prompt_ids.size()},
+                    {"prefill_s", r.prefill_s},
+                    {"prefill_tok_s", prefill_tps},
+                    {"completion_tokens", r.ids.size()},
+                    {"decode_s", r.decode_s},
+                    {"decode_tok_s", decode_tps}};
+    const std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::printf("%s\n", s.c_str());
+  } else {
+    std::printf("\n");
+  }
+  std::fflush(stdout);
+  if (a.model.verbose)
+    std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %lld tokens in %.3f s (%.1f tok/s); %s\n",
+                 prompt_ids.size(), r.prefill_s, prefill_tps, (long long)r.decoded_tokens, r.decode_s, decode_tps,
+                 r.finish_reason.c_str());
+  return g_interrupted ? 130 : 0;
+}
+
+}  // namespace cli
+}  // namespace mistral

@@ -1,0 +1,134 @@
+// mistral-run: argument parsing only; every mode is implemented in the library and src/cli/.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+#include <thread>
+
+#include "cli/cli.h"
+#include "mistral/error.h"
+
+using namespace mistral::cli;
+
+namespace {
+
+void add_model_args(CLI::App* app, ModelArgs& m, bool runtime) {
+  app->add_option("-m,--model", m.model_dir, "Model directory (config.json + safetensors, or params.json + "
+                                             "consolidated.safetensors)")
+      ->required();
+  app->add_option("--dtype", m.dtype, "Weight dtype after loading: auto keeps the stored one")
+      ->check(CLI::IsMember({"auto", "f32", "f16", "bf16"}));
+  app->add_option("--ctx", m.ctx, "Context size without a sliding window (default: max_position_embeddings)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 31));
+  if (!runtime) return;
+  app->add_option("--device", m.device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app->add_option("-t,--threads", m.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
+  app->add_option("--chunk", m.chunk, "Prefill chunk size in tokens")->check(CLI::Range(1, 1 << 20));
+  app->add_flag("-v,--verbose", m.verbose, "Print load time, prompt tokens and speeds on stderr");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mistral-run: run Mistral-family language models on the CPU (and CUDA GPUs)\n\n"
+               "  mistral-run -m MODEL_DIR -p \"prompt\"          generate a completion (streamed)\n"
+               "  mistral-run info -m MODEL_DIR                  show the config and memory needs\n"
+               "  mistral-run tokenize -m MODEL_DIR -p TEXT      print token ids as JSON\n"
+               "  mistral-run bench [-m MODEL_DIR]               measure prefill and decode speed"};
+  app.require_subcommand(0, 1);
+
+  GenerateArgs g;
+  add_model_args(&app, g.model, true);
+  app.get_option("--model")->required(false);
+  auto* op = app.add_option("-p,--prompt", g.prompt, "Prompt text");
+  auto* of = app.add_option("-f,--file", g.prompt_file, "Read the prompt from a file (bytes as they are)");
+  op->excludes(of);
+  app.add_option("-n,--max-tokens", g.max_tokens, "Maximum tokens to generate")->check(CLI::Range(0, 1 << 30));
+  auto* ot = app.add_option("--temp", g.temperature, "Temperature; 0 = greedy (default: generation_config.json or 0.7)")
+                 ->check(CLI::Range(0.0f, 100.0f));
+  auto* ok = app.add_option("--top-k", g.top_k, "Keep the k most likely tokens; 0 = off")->check(CLI::Range(0, 1 << 30));
+  auto* otp = app.add_option("--top-p", g.top_p, "Nucleus sampling mass (default: generation_config.json or 0.95)")
+                  ->check(CLI::Range(0.0f, 1.0f));
+  app.add_option("--min-p", g.min_p, "Drop tokens below min-p times the top probability; 0 = off")
+      ->check(CLI::Range(0.0f, 1.0f));
+  app.add_option("--repeat-penalty", g.repeat_penalty, "Repetition penalty (transformers' rule); 1 = off")
+      ->check(CLI::Range(0.0f, 100.0f));
+  app.add_option("--repeat-last-n", g.repeat_last_n, "Previous tokens the penalty looks at; -1 = all")
+      ->check(CLI::Range(-1, 1 << 30));
+  app.add_option("--seed", g.seed, "Random seed (default: random); the same seed gives the same output")
+      ->check(CLI::Range(int64_t(-1), INT64_MAX));
+  app.add_flag("--ignore-eos", g.ignore_eos, "Keep generating after the end-of-sequence token");
+  app.add_option("--stop", g.stop, "Stop before this string (repeatable)")->take_all()->expected(1)->allow_extra_args(false);
+  app.add_flag("--json", g.json, "Print one JSON object (prompt_ids, ids, text, finish_reason, timings) at the end");
+  app.add_flag("--no-bos", g.no_bos, "Do not prepend the BOS token");
+
+  ModelArgs info;
+  CLI::App* info_cmd = app.add_subcommand("info", "Show the parsed config, parameter count and memory needs");
+  add_model_args(info_cmd, info, false);
+
+  TokenizeArgs tk;
+  CLI::App* tok_cmd = app.add_subcommand("tokenize", "Print {\"ids\": [...], \"pieces\": [...]} for a text");
+  tok_cmd->add_option("-m,--model", tk.model_dir, "Model or tokenizer directory")->required();
+  auto* tp = tok_cmd->add_option("-p,--prompt", tk.prompt, "Text");
+  auto* tf = tok_cmd->add_option("-f,--file", tk.prompt_file, "Read the text from a file (bytes as they are)");
+  tp->excludes(tf);
+  tok_cmd->add_flag("--no-bos", tk.no_bos, "Do not prepend the BOS token");
+
+  DetokenizeArgs dt;
+  CLI::App* detok_cmd = app.add_subcommand("detokenize", "Print the text of comma-separated token ids");
+  detok_cmd->add_option("-m,--model", dt.model_dir, "Model or tokenizer directory")->required();
+  detok_cmd->add_option("--ids", dt.ids, "Token ids, e.g. 1,2,3")->required();
+
+  BenchArgs b;
+  CLI::App* bench_cmd = app.add_subcommand("bench", "Measure prefill and decode speed against memory bandwidth");
+  add_model_args(bench_cmd, b.model, true);
+  bench_cmd->get_option("--model")->required(false);
+  bench_cmd->add_option("--hidden", b.hidden, "Synthetic model: hidden size")->check(CLI::Range(8, 65536));
+  bench_cmd->add_option("--intermediate", b.intermediate, "Synthetic model: MLP size")->check(CLI::Range(8, 262144));
+  bench_cmd->add_option("--layers", b.layers, "Synthetic model: layers")->check(CLI::Range(1, 512));
+  bench_cmd->add_option("--heads", b.heads, "Synthetic model: attention heads")->check(CLI::Range(1, 1024));
+  bench_cmd->add_option("--kv-heads", b.kv_heads, "Synthetic model: KV heads")->check(CLI::Range(1, 1024));
+  bench_cmd->add_option("--vocab", b.vocab, "Synthetic model: vocabulary")->check(CLI::Range(8, 1 << 20));
+  bench_cmd->add_option("--window", b.window, "Synthetic model: sliding window (0 = none)")->check(CLI::Range(0, 1 << 24));
+  bench_cmd->add_option("--synthetic-dtype", b.synth_dtype, "Synthetic model: weight dtype")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  bench_cmd->add_option("--prompt-tokens", b.prompt_tokens, "Prefill length")->check(CLI::Range(1, 1 << 20));
+  bench_cmd->add_option("--gen-tokens", b.gen_tokens, "Decode steps")->check(CLI::Range(1, 1 << 20));
+  bench_cmd->add_option("--reps", b.reps, "Repetitions (best is reported)")->check(CLI::Range(1, 1000));
+  bench_cmd->add_flag("--json", b.json, "Print one JSON object");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (*info_cmd) return run_info(info);
+    if (*tok_cmd) {
+      tk.prompt_set = tp->count() > 0;
+      tk.prompt_file_set = tf->count() > 0;
+      return run_tokenize(tk);
+    }
+    if (*detok_cmd) return run_detokenize(dt);
+    if (*bench_cmd) return run_bench(b);
+    if (g.model.model_dir.empty()) {
+      std::fprintf(stderr, "mistral-run: error: -m/--model is required (see --help)\n");
+      return 2;
+    }
+    g.prompt_set = op->count() > 0;
+    g.prompt_file_set = of->count() > 0;
+    g.temp_set = ot->count() > 0;
+    g.top_p_set = otp->count() > 0;
+    g.top_k_set = ok->count() > 0;
+    return run_generate(g);
+  } catch (const mistral::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "mistral-run: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "mistral-run: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mistral-run: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,33 @@
+// Shared test helpers: paths to reference data, temp directories, running the CLI.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace testutil {
+
+std::string shared_data(const std::string& rel);  // ../shared/data/<rel>
+std::string source_path(const std::string& rel);  // <repo>/<rel>
+bool exists(const std::string& path);
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, const std::string& data);
+
+// A fresh temporary directory, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct RunResult {
+  int exit_code = -1;  // 128+signal when killed by a signal
+  std::string out, err;
+};
+// Runs mistral-run with the given arguments (no shell), capturing stdout and stderr.
+RunResult run_cli(const std::vector<std::string>& args, const std::string& stdin_data = "");
+
+}  // namespace testutil
