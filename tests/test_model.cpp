@@ -1,1 +1,214 @@
+// End-to-end CPU forward pass against transformers' reference outputs (models/fixtures, written by
+// tools/gen_fixtures.py), plus decode == prefill == chunked prefill, and the stories260K golden run.
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "mistral/backend.h"
+#include "mistral/engine.h"
+#include "mistral/error.h"
+#include "mistral/generator.h"
+#include "mistral/model.h"
+#include "mistral/tokenizer.h"
+#include "test_util.h"
+
+using namespace mistral;
+using json = nlohmann::json;
+
+namespace {
+
+const char* kFixtures[] = {"w8_gqa1_f32", "full_gqa2_tied_f32", "w16_gqa4_hd12_f32", "w8_gqa2_bf16",
+                           "native_w8_gqa2_f32"};
+
+struct Fixture {
+  std::unique_ptr<Model> model;
+  json ref;
+  std::vector<int32_t> input_ids;
+};
+
+Fixture load_fixture(const std::string& name) {
+  Fixture f;
+  const std::string dir = testutil::source_path("models/fixtures/" + name);
+  f.model = Model::load(dir);
+  f.ref = json::parse(testutil::read_file(dir + "/reference.json"));
+  f.input_ids = f.ref["input_ids"].get<std::vector<int32_t>>();
+  return f;
+}
+
+std::vector<float> run_chunked(const Model& m, Backend& be, const std::vector<int32_t>& ids, int chunk) {
+  SessionOptions so;
+  so.chunk = chunk;
+  Session s(m, be, so);
+  return s.feed(ids, true);
+}
+
+class FixtureTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(FixtureTest, LogitsMatchTransformers) {
+  Fixture f = load_fixture(GetParam());
+  auto be = make_cpu_backend(2);
+  const std::vector<float> got = run_chunked(*f.model, *be, f.input_ids, 512);
+  const int64_t V = f.model->config().vocab_size;
+  const auto& ref = f.ref["logits"];
+  ASSERT_EQ(ref.size(), f.input_ids.size());
+  double worst = 0;
+  int bad = 0;
+  for (size_t t = 0; t < ref.size(); ++t) {
+    ASSERT_EQ(int64_t(ref[t].size()), V);
+    for (int64_t v = 0; v < V; ++v) {
+      const double r = ref[t][size_t(v)].get<double>(), g = got[t * size_t(V) + size_t(v)];
+      ASSERT_TRUE(std::isfinite(g));
+      const double d = std::fabs(g - r);
+      worst = std::max(worst, d / std::max(1.0, std::fabs(r)));
+      // 1e-4 relative, with an absolute floor of 1e-5 for logits near zero.
+      if (d > 1e-5 + 1e-4 * std::fabs(r) && bad++ < 5)
+        ADD_FAILURE() << "position " << t << " token " << v << ": got " << g << ", transformers " << r;
+    }
+  }
+  EXPECT_EQ(bad, 0) << "worst relative difference " << worst;
+  RecordProperty("worst_rel_diff", std::to_string(worst));
+}
+
+TEST_P(FixtureTest, GreedyContinuationMatchesTransformers) {
+  Fixture f = load_fixture(GetParam());
+  auto be = make_cpu_backend(2);
+  const auto prompt = f.ref["greedy"]["prompt_ids"].get<std::vector<int32_t>>();
+  const auto want = f.ref["greedy"]["ids"].get<std::vector<int32_t>>();
+  SessionOptions so;
+  Session s(*f.model, *be, so);
+  std::vector<float> logits = s.feed(prompt);
+  std::vector<int32_t> got;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const int32_t id = argmax(logits.data(), int64_t(logits.size()));
+    got.push_back(id);
+    if (i + 1 < want.size()) logits = s.feed({id});
+  }
+  EXPECT_EQ(got, want);
+}
+
+TEST_P(FixtureTest, ChunkedAndIncrementalEqualOneShot) {
+  Fixture f = load_fixture(GetParam());
+  auto be = make_cpu_backend(2);
+  const int W = int(f.model->config().sliding_window);
+  const std::vector<float> full = run_chunked(*f.model, *be, f.input_ids, 4096);
+  std::vector<int> chunks = {1, 3, 64};
+  if (W > 0) chunks.insert(chunks.end(), {W - 1, W, W + 1, 2 * W + 3});
+  for (int c : chunks) {
+    const std::vector<float> got = run_chunked(*f.model, *be, f.input_ids, c);
+    ASSERT_EQ(got.size(), full.size());
+    size_t mism = 0;
+    for (size_t i = 0; i < got.size(); ++i) mism += got[i] != full[i];
+    EXPECT_EQ(mism, 0u) << "chunk " << c << ": " << mism << " logits differ from one-shot prefill";
+  }
+  // Incremental decode: one token per call, as generation does.
+  SessionOptions so;
+  Session s(*f.model, *be, so);
+  const size_t V = size_t(f.model->config().vocab_size);
+  for (size_t t = 0; t < f.input_ids.size(); ++t) {
+    std::vector<float> l = s.feed({f.input_ids[t]});
+    for (size_t v = 0; v < V; ++v) ASSERT_EQ(l[v], full[t * V + v]) << "decode step " << t << " token " << v;
+  }
+  // A prefill split between two feed() calls (cache + chunk) equals one-shot too.
+  Session s2(*f.model, *be, so);
+  const size_t half = f.input_ids.size() / 2 + 1;
+  s2.feed(std::vector<int32_t>(f.input_ids.begin(), f.input_ids.begin() + long(half)));
+  std::vector<float> rest = s2.feed(std::vector<int32_t>(f.input_ids.begin() + long(half), f.input_ids.end()), true);
+  for (size_t i = 0; i < rest.size(); ++i) ASSERT_EQ(rest[i], full[half * V + i]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest, ::testing::ValuesIn(kFixtures));
+
+// The window must matter: with the window removed, windowed fixtures give different logits.
+TEST(Model, SlidingWindowChangesLogits) {
+  Fixture f = load_fixture("w8_gqa1_f32");
+  ModelConfig cfg = f.model->config();
+  ASSERT_EQ(cfg.sliding_window, 8);
+  auto be = make_cpu_backend(1);
+  const std::vector<float> windowed = run_chunked(*f.model, *be, f.input_ids, 7);
+  // Position 8 is the first that sees a different key set.
+  const size_t V = size_t(cfg.vocab_size);
+  const auto& ref = f.ref["logits"];
+  for (size_t v = 0; v < V; ++v) EXPECT_NEAR(windowed[8 * V + v], ref[8][v].get<double>(), 1e-3);
+}
+
+TEST(Model, RollingCacheKeepsConstantSizeAndFiniteLogits) {
+  Fixture f = load_fixture("w8_gqa1_f32");
+  auto be = make_cpu_backend(1);
+  SessionOptions so;
+  Session s(*f.model, *be, so);
+  const int64_t bytes = s.cache_bytes();
+  EXPECT_EQ(bytes, 2 * 2 * 8 * 64 * int64_t(sizeof(float)));  // layers x {k,v} x W x kv_dim x fp32
+  std::vector<float> l = s.feed(f.input_ids);
+  int32_t id = argmax(l.data(), int64_t(l.size()));
+  for (int i = 0; i < 3000; ++i) {
+    l = s.feed({id});
+    id = argmax(l.data(), int64_t(l.size()));
+  }
+  EXPECT_EQ(s.cache_bytes(), bytes);
+  EXPECT_EQ(s.n_past(), int64_t(f.input_ids.size()) + 3000);
+  for (float x : l) ASSERT_TRUE(std::isfinite(x));
+}
+
+TEST(Model, FullCacheRefusesPastContext) {
+  Fixture f = load_fixture("full_gqa2_tied_f32");
+  auto be = make_cpu_backend(1);
+  SessionOptions so;
+  so.context = 16;
+  Session s(*f.model, *be, so);
+  s.feed(std::vector<int32_t>(f.input_ids.begin(), f.input_ids.begin() + 16));
+  EXPECT_THROW(s.feed({1}), Error);
+}
+
+TEST(Model, DtypeCastAtLoadStaysClose) {
+  const std::string dir = testutil::source_path("models/fixtures/w8_gqa1_f32");
+  auto f32 = Model::load(dir);
+  LoadOptions o;
+  o.cast = LoadOptions::Cast::BF16;
+  auto bf = Model::load(dir, o);
+  EXPECT_EQ(bf->matmul_dtype(), DType::BF16);
+  o.cast = LoadOptions::Cast::F16;
+  auto f16 = Model::load(dir, o);
+  EXPECT_EQ(f16->matmul_dtype(), DType::F16);
+  auto be = make_cpu_backend(1);
+  Fixture fx = load_fixture("w8_gqa1_f32");
+  auto a = run_chunked(*f32, *be, fx.input_ids, 16);
+  auto b = run_chunked(*bf, *be, fx.input_ids, 16);
+  auto c = run_chunked(*f16, *be, fx.input_ids, 16);
+  double db = 0, dc = 0, mx = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    db = std::max(db, double(std::fabs(a[i] - b[i])));
+    dc = std::max(dc, double(std::fabs(a[i] - c[i])));
+    mx = std::max(mx, double(std::fabs(a[i])));
+  }
+  EXPECT_LT(db, 0.05 * mx);  // bf16 keeps 8 bits of mantissa
+  EXPECT_LT(dc, 0.01 * mx);  // fp16 keeps 11
+  EXPECT_GT(db, 0.0);        // the cast really happened
+}
+
+TEST(Stories260K, GreedyMatchesLlama2cReference) {
+  const std::string dir = testutil::shared_data("models/stories260K");
+  if (!testutil::exists(dir)) GTEST_SKIP() << "../shared/data/models/stories260K is not present";
+  json ref = json::parse(testutil::read_file(dir + "/reference/greedy_prompt_64.json"));
+  auto model = Model::load(dir);
+  auto tok = Tokenizer::load_dir(dir);
+  const auto prompt_ids = tok->encode(ref["prompt"].get<std::string>(), true);
+  EXPECT_EQ(prompt_ids, ref["prompt_ids"].get<std::vector<int32_t>>());
+  auto be = make_cpu_backend(2);
+  for (int chunk : {1, 2, 512}) {
+    SessionOptions so;
+    so.chunk = chunk;
+    Session s(*model, *be, so);
+    GenerateParams gp;
+    gp.max_tokens = int(ref["steps"].get<int>()) - int(prompt_ids.size()) + 1;
+    gp.sampler.temperature = 0;
+    gp.ignore_eos = true;
+    GenerateResult r = generate(s, *tok, prompt_ids, gp);
+    std::vector<int32_t> all = prompt_ids;
+    all.insert(all.end(), r.ids.begin(), r.ids.end());
+    EXPECT_EQ(all, ref["ids"].get<std::vector<int32_t>>()) << "chunk " << chunk;
+    EXPECT_EQ(ref["prompt"].get<std::string>() + r.text, ref["text"].get<std::string>());
+  }
+}
+
+}  // namespace

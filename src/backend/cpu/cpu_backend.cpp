@@ -72,16 +72,13 @@ void matmul_rows(const float* x, int T, int64_t K, const void* W, int64_t N, int
         }
         out[0] = hsum(a0), out[1] = hsum(a1), out[2] = hsum(a2), out[3] = hsum(a3);
       } else {
+        // Same accumulation order as the 4-token path, so results do not depend on how tokens are grouped.
         for (int u = 0; u < tb; ++u) {
           const float* xu = x + size_t(t0 + u) * K;
-          __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+          __m256 a = _mm256_setzero_ps();
           int64_t kk = 0;
-          for (; kk + 16 <= K; kk += 16) {
-            a0 = _mm256_fmadd_ps(load8<D>(row, kk), _mm256_loadu_ps(xu + kk), a0);
-            a1 = _mm256_fmadd_ps(load8<D>(row, kk + 8), _mm256_loadu_ps(xu + kk + 8), a1);
-          }
-          for (; kk + 8 <= K; kk += 8) a0 = _mm256_fmadd_ps(load8<D>(row, kk), _mm256_loadu_ps(xu + kk), a0);
-          out[u] = hsum(_mm256_add_ps(a0, a1));
+          for (; kk + 8 <= K; kk += 8) a = _mm256_fmadd_ps(load8<D>(row, kk), _mm256_loadu_ps(xu + kk), a);
+          out[u] = hsum(a);
           k = kk;
         }
       }
