@@ -49,47 +49,72 @@ inline float load1(const void* p, int64_t i) {
   return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
 }
 
-// y[t, n] for n in [n0, n1), all t: four tokens at a time share each converted weight vector.
+// y[t, n] for n in [n0, n1), all t. Every (row, token) dot product is accumulated the same way
+// (one 8-lane fp32 accumulator over k in order, then a horizontal sum, then the scalar tail), so
+// results do not depend on T or on how rows and tokens are grouped: decode equals prefill bitwise.
+// Groups of four tokens share each converted weight vector (prefill); with fewer tokens, four rows
+// are processed at once so that four independent FMA chains hide the FMA latency (decode).
 template <DType D>
 void matmul_rows(const float* x, int T, int64_t K, const void* W, int64_t N, int64_t n0, int64_t n1, float* y) {
   const size_t es = dtype_size(D);
-  for (int64_t n = n0; n < n1; ++n) {
-    const void* row = static_cast<const uint8_t*>(W) + size_t(n) * size_t(K) * es;
-    for (int t0 = 0; t0 < T; t0 += 4) {
-      const int tb = std::min(4, T - t0);
-      float out[4] = {0, 0, 0, 0};
-      int64_t k = 0;
+  auto row_ptr = [&](int64_t n) { return static_cast<const uint8_t*>(W) + size_t(n) * size_t(K) * es; };
+  auto tail = [&](const void* row, const float* xu, int64_t k, float acc) {
+    for (; k < K; ++k) acc += load1<D>(row, k) * xu[k];
+    return acc;
+  };
+  int64_t kv = 0;  // where the vector loop stops
 #ifdef MISTRAL_X86_SIMD
-      if (tb == 4) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        const float* x0 = x + size_t(t0) * K;
-        for (; k + 8 <= K; k += 8) {
-          __m256 w = load8<D>(row, k);
-          a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + k), a0);
-          a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + K + k), a1);
-          a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 2 * K + k), a2);
-          a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 3 * K + k), a3);
-        }
-        out[0] = hsum(a0), out[1] = hsum(a1), out[2] = hsum(a2), out[3] = hsum(a3);
-      } else {
-        // Same accumulation order as the 4-token path, so results do not depend on how tokens are grouped.
-        for (int u = 0; u < tb; ++u) {
-          const float* xu = x + size_t(t0 + u) * K;
-          __m256 a = _mm256_setzero_ps();
-          int64_t kk = 0;
-          for (; kk + 8 <= K; kk += 8) a = _mm256_fmadd_ps(load8<D>(row, kk), _mm256_loadu_ps(xu + kk), a);
-          out[u] = hsum(a);
-          k = kk;
-        }
-      }
+  kv = K / 8 * 8;
 #endif
-      for (int64_t kk = k; kk < K; ++kk) {
-        const float w = load1<D>(row, kk);
-        for (int u = 0; u < tb; ++u) out[u] += w * x[size_t(t0 + u) * K + kk];
+  int t0 = 0;
+#ifdef MISTRAL_X86_SIMD
+  for (; t0 + 4 <= T; t0 += 4) {
+    const float* x0 = x + size_t(t0) * K;
+    for (int64_t n = n0; n < n1; ++n) {
+      const void* row = row_ptr(n);
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t k = 0; k < kv; k += 8) {
+        const __m256 w = load8<D>(row, k);
+        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + k), a0);
+        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + K + k), a1);
+        a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 2 * K + k), a2);
+        a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 3 * K + k), a3);
       }
-      for (int u = 0; u < tb; ++u) y[size_t(t0 + u) * N + n] = out[u];
+      y[size_t(t0) * N + n] = tail(row, x0, kv, hsum(a0));
+      y[size_t(t0 + 1) * N + n] = tail(row, x0 + K, kv, hsum(a1));
+      y[size_t(t0 + 2) * N + n] = tail(row, x0 + 2 * K, kv, hsum(a2));
+      y[size_t(t0 + 3) * N + n] = tail(row, x0 + 3 * K, kv, hsum(a3));
     }
   }
+  for (; t0 < T; ++t0) {
+    const float* xu = x + size_t(t0) * K;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const void *r0 = row_ptr(n), *r1 = row_ptr(n + 1), *r2 = row_ptr(n + 2), *r3 = row_ptr(n + 3);
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t k = 0; k < kv; k += 8) {
+        const __m256 xv = _mm256_loadu_ps(xu + k);
+        a0 = _mm256_fmadd_ps(load8<D>(r0, k), xv, a0);
+        a1 = _mm256_fmadd_ps(load8<D>(r1, k), xv, a1);
+        a2 = _mm256_fmadd_ps(load8<D>(r2, k), xv, a2);
+        a3 = _mm256_fmadd_ps(load8<D>(r3, k), xv, a3);
+      }
+      y[size_t(t0) * N + n] = tail(r0, xu, kv, hsum(a0));
+      y[size_t(t0) * N + n + 1] = tail(r1, xu, kv, hsum(a1));
+      y[size_t(t0) * N + n + 2] = tail(r2, xu, kv, hsum(a2));
+      y[size_t(t0) * N + n + 3] = tail(r3, xu, kv, hsum(a3));
+    }
+    for (; n < n1; ++n) {
+      const void* row = row_ptr(n);
+      __m256 a = _mm256_setzero_ps();
+      for (int64_t k = 0; k < kv; k += 8) a = _mm256_fmadd_ps(load8<D>(row, k), _mm256_loadu_ps(xu + k), a);
+      y[size_t(t0) * N + n] = tail(row, xu, kv, hsum(a));
+    }
+  }
+#else
+  for (; t0 < T; ++t0)
+    for (int64_t n = n0; n < n1; ++n) y[size_t(t0) * N + n] = tail(row_ptr(n), x + size_t(t0) * K, 0, 0.0f);
+#endif
 }
 
 class CpuBackend final : public Backend {
