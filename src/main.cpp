@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--gen-tokens", b.gen_tokens, "Decode steps")->check(CLI::Range(1, 1 << 20));
   bench_cmd->add_option("--reps", b.reps, "Repetitions (best is reported)")->check(CLI::Range(1, 1000));
   bench_cmd->add_flag("--json", b.json, "Print one JSON object");
+  bench_cmd->add_flag("--skip-bandwidth", b.skip_bandwidth, "Do not measure memory bandwidth (saves 512 MiB of RSS)");
 
   try {
     app.parse(argc, argv);

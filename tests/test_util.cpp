@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,8 +81,11 @@ RunResult run_cli(const std::vector<std::string>& args, const std::string& stdin
     ::_exit(127);
   }
   int status = 0;
-  ::waitpid(pid, &status, 0);
+  struct rusage ru;
+  std::memset(&ru, 0, sizeof ru);
+  ::wait4(pid, &status, 0, &ru);
   RunResult r;
+  r.max_rss_kb = ru.ru_maxrss;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.out = read_file(out_path);
   r.err = read_file(err_path);

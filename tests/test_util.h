@@ -26,6 +26,7 @@ class TempDir {
 struct RunResult {
   int exit_code = -1;  // 128+signal when killed by a signal
   std::string out, err;
+  long max_rss_kb = 0;  // peak resident memory of the child
 };
 // Runs mistral-run with the given arguments (no shell), capturing stdout and stderr.
 RunResult run_cli(const std::vector<std::string>& args, const std::string& stdin_data = "");

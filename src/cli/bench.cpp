@@ -80,8 +80,11 @@ int run_bench(const BenchArgs& a) {
   }
   std::unique_ptr<Backend> be = make_backend(a.model);
   const int threads = cpu_backend_threads(*be);
-  std::fprintf(stderr, "measuring memory bandwidth...\n");
-  const Bandwidth bw = measure_bandwidth(threads);
+  Bandwidth bw;
+  if (!a.skip_bandwidth) {
+    std::fprintf(stderr, "measuring memory bandwidth...\n");
+    bw = measure_bandwidth(threads);
+  }
 
   const ModelConfig& c = model->config();
   SessionOptions so;

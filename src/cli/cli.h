@@ -44,7 +44,7 @@ struct BenchArgs {
   int64_t hidden = 2048, intermediate = 5632, layers = 8, heads = 16, kv_heads = 4, vocab = 32000, window = 4096;
   std::string synth_dtype = "bf16";
   int prompt_tokens = 128, gen_tokens = 32, reps = 1;
-  bool json = false;
+  bool json = false, skip_bandwidth = false;
 };
 
 int run_generate(const GenerateArgs& a);
