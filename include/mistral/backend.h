@@ -38,6 +38,7 @@ class Backend {
   virtual void to_device(float* dst, const float* src, size_t n) = 0;
   virtual void to_host(float* dst, const float* src, size_t n) = 0;
   virtual void zero(float* p, size_t n) = 0;
+  virtual void copy(float* dst, const float* src, size_t n) = 0;  // device to device
 
   // x[T, D] = E[ids[t], :]; ids on the host.
   virtual void embed(const Weight& E, const int32_t* ids, int T, float* x) = 0;

@@ -1,7 +1,8 @@
-// The forward pass (written once against Backend) and a Session: one sequence with its KV cache.
+// The forward pass, written once against Backend, over a ragged batch of sequences (each with its own
+// positions and KV cache); Session wraps it for one sequence.
 #pragma once
 #include <cstdint>
-#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,43 +12,86 @@
 namespace mistral {
 
 struct SessionOptions {
-  int64_t context = 0;  // max positions without a window (0: max_position_embeddings); cache rows = min(W, ctx)
+  int64_t context = 0;  // max positions without a window (0: max_position_embeddings)
   int chunk = 512;      // prefill chunk size (tokens per forward call)
 };
 
-class Session {
+// One sequence's KV cache: per layer K and V [slots, Hkv*hd]; position p lives in row p % slots.
+class KVCache {
  public:
-  Session(const Model& model, Backend& backend, const SessionOptions& opt);
-  ~Session();
-  Session(const Session&) = delete;
-  Session& operator=(const Session&) = delete;
+  KVCache(Backend& be, const AttnShape& shape, int64_t n_layers);
+  ~KVCache();
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+  const KVLayer& layer(size_t l) const { return layers_[l]; }
+  int64_t bytes() const { return bytes_; }
+  int64_t n_past = 0;  // positions already stored (the next token's position)
 
-  // Feeds ids at positions n_past() ... in chunks of opt.chunk. Returns the logits of the last id
-  // ([V]); with all_logits, the logits of every id ([n, V]).
-  std::vector<float> feed(const std::vector<int32_t>& ids, bool all_logits = false);
-  void reset() { n_past_ = 0; }
-  int64_t n_past() const { return n_past_; }
-  // Positions this session can hold: unbounded (INT64_MAX) with a sliding window.
-  int64_t capacity() const;
-  int64_t cache_bytes() const;
+ private:
+  Backend& be_;
+  std::vector<KVLayer> layers_;
+  int64_t bytes_ = 0;
+};
+
+// T tokens of one sequence, at positions cache->n_past .. n_past+T-1.
+struct BatchSegment {
+  KVCache* cache = nullptr;
+  const int32_t* ids = nullptr;
+  int T = 0;
+  bool all_logits = false;  // logits of every token, else only of the last one
+  bool want_logits = true;  // false: a prefill chunk whose logits nobody reads
+};
+
+class ForwardPass {
+ public:
+  ForwardPass(const Model& model, Backend& backend, const SessionOptions& opt);
+  ~ForwardPass();
+  ForwardPass(const ForwardPass&) = delete;
+  ForwardPass& operator=(const ForwardPass&) = delete;
+
+  // Runs every segment through the model together (weights are read once for the whole batch),
+  // advances each cache's n_past by its T, and writes the requested logits rows to logits_host,
+  // segment after segment ([rows, V]). Returns the number of rows written.
+  size_t run(const std::vector<BatchSegment>& segments, float* logits_host);
+
+  std::unique_ptr<KVCache> new_cache() { return std::unique_ptr<KVCache>(new KVCache(be_, shape_, n_layers_)); }
   const AttnShape& shape() const { return shape_; }
+  const Model& model() const { return model_; }
+  int64_t capacity() const;  // positions a sequence can hold: unbounded with a sliding window
+  int64_t cache_bytes_per_sequence() const;
   int chunk() const { return chunk_; }
 
  private:
-  void forward_chunk(const int32_t* ids, int T, bool all_logits, float* logits_host);
-  void ensure_scratch(int T);
+  void ensure_scratch(int T, int rows);
 
   const Model& model_;
   Backend& be_;
   AttnShape shape_;
+  int64_t n_layers_;
   int64_t context_;
   int chunk_;
-  int64_t n_past_ = 0;
-  std::vector<KVLayer> cache_;
-  // Scratch activations for up to scratch_T_ tokens.
-  int scratch_T_ = 0;
+  int scratch_T_ = 0, scratch_rows_ = 0;
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *gate_ = nullptr,
-        *up_ = nullptr, *logits_ = nullptr;
+        *up_ = nullptr, *xg_ = nullptr, *logits_ = nullptr;
+};
+
+// One sequence: a ForwardPass and its cache, fed in chunks.
+class Session {
+ public:
+  Session(const Model& model, Backend& backend, const SessionOptions& opt);
+  // Feeds ids at positions n_past() ... in chunks. Returns the logits of the last id ([V]); with
+  // all_logits, the logits of every id ([n, V]).
+  std::vector<float> feed(const std::vector<int32_t>& ids, bool all_logits = false);
+  void reset() { cache_->n_past = 0; }
+  int64_t n_past() const { return cache_->n_past; }
+  int64_t capacity() const { return fp_.capacity(); }
+  int64_t cache_bytes() const { return cache_->bytes(); }
+  const AttnShape& shape() const { return fp_.shape(); }
+  int chunk() const { return fp_.chunk(); }
+
+ private:
+  ForwardPass fp_;
+  std::unique_ptr<KVCache> cache_;
 };
 
 }  // namespace mistral
