@@ -1,6 +1,7 @@
 // The forward pass, written once against Backend, over a ragged batch of sequences (each with its own
 // positions and KV cache); Session wraps it for one sequence.
 #pragma once
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -25,12 +26,16 @@ class KVCache {
   KVCache& operator=(const KVCache&) = delete;
   const KVLayer& layer(size_t l) const { return layers_[l]; }
   int64_t bytes() const { return bytes_; }
+  int64_t slots() const { return slots_; }
+  // Positions this cache can hold: unbounded with a sliding window (rolling), else its rows.
+  int64_t capacity() const { return rolling_ ? INT64_MAX : slots_; }
   int64_t n_past = 0;  // positions already stored (the next token's position)
 
  private:
   Backend& be_;
   std::vector<KVLayer> layers_;
-  int64_t bytes_ = 0;
+  int64_t bytes_ = 0, slots_ = 0;
+  bool rolling_ = false;
 };
 
 // T tokens of one sequence, at positions cache->n_past .. n_past+T-1.
@@ -54,11 +59,13 @@ class ForwardPass {
   // segment after segment ([rows, V]). Returns the number of rows written.
   size_t run(const std::vector<BatchSegment>& segments, float* logits_host);
 
-  std::unique_ptr<KVCache> new_cache() { return std::unique_ptr<KVCache>(new KVCache(be_, shape_, n_layers_)); }
+  // A cache for one sequence. Without a window it holds max_positions rows (0: the whole context);
+  // with a window it always holds W rows and rolls.
+  std::unique_ptr<KVCache> new_cache(int64_t max_positions = 0);
   const AttnShape& shape() const { return shape_; }
   const Model& model() const { return model_; }
   int64_t capacity() const;  // positions a sequence can hold: unbounded with a sliding window
-  int64_t cache_bytes_per_sequence() const;
+  int64_t cache_bytes(int64_t max_positions = 0) const;  // what new_cache(max_positions) allocates
   int chunk() const { return chunk_; }
 
  private:

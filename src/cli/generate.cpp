@@ -99,7 +99,6 @@ int run_generate(const GenerateArgs& a) {
     };
   GenerateResult r = generate(session, *tok, prompt_ids, gp, stream, [] { return g_interrupted.load(); });
   std::signal(SIGINT, old);
-  if (g_interrupted) r.finish_reason = "interrupted";
 
   const double prefill_tps = r.prefill_s > 0 ? double(prompt_ids.size()) / r.prefill_s : 0;
   const double decode_tps = r.decode_s > 0 && r.decoded_tokens > 0 ? double(r.decoded_tokens) / r.decode_s : 0;

@@ -1,4 +1,4 @@
-// generate(): prefill, sample, decode, stream; stop at EOS, a stop string, max tokens or a full context.
+// Generation state machine and the single-sequence generate() loop.
 #include "mistral/generator.h"
 
 #include <algorithm>
@@ -12,89 +12,118 @@ double now_s() {
 }
 }  // namespace
 
-GenerateResult generate(Session& session, const Tokenizer& tok, const std::vector<int32_t>& prompt_ids,
-                        const GenerateParams& gp, const std::function<void(const std::string&)>& on_text,
-                        const std::function<bool()>& should_stop) {
-  GenerateResult res;
-  res.prompt_ids = prompt_ids;
-  res.finish_reason = "length";
-  Sampler sampler(gp.sampler);
-  StreamDecoder dec(tok);
-  std::vector<int32_t> history = prompt_ids;
-  std::string text;    // decoded completion so far
-  size_t emitted = 0;  // bytes of text already handed to on_text
-  size_t max_stop = 0;
-  for (const auto& s : gp.stop) max_stop = std::max(max_stop, s.size());
+Generation::Generation(const Tokenizer& tok, std::vector<int32_t> prompt_ids, const GenerateParams& params,
+                       TextFn on_text)
+    : tok_(tok), p_(params), on_text_(std::move(on_text)), sampler_(params.sampler), dec_(tok) {
+  res_.prompt_ids = std::move(prompt_ids);
+  res_.finish_reason = "length";
+  history_ = res_.prompt_ids;
+  for (const auto& s : p_.stop) max_stop_ = std::max(max_stop_, s.size());
+  if (p_.max_tokens <= 0) done_ = true;
+}
 
-  auto emit_upto = [&](size_t end) {
-    if (end > emitted) {
-      if (on_text) on_text(text.substr(emitted, end - emitted));
-      emitted = end;
-    }
-  };
-  // Returns true if a stop string matched (text is cut there).
-  auto check_stop = [&]() -> bool {
-    if (gp.stop.empty()) {
-      emit_upto(text.size());
-      return false;
-    }
-    const size_t from = emitted > max_stop ? emitted - max_stop : 0;
-    size_t best = std::string::npos;
-    for (const auto& s : gp.stop) {
-      if (s.empty()) continue;
-      size_t p = text.find(s, from);
-      if (p != std::string::npos) best = std::min(best, p);
-    }
-    if (best != std::string::npos) {
-      text.resize(best);
-      emit_upto(best);
-      return true;
-    }
-    // Hold back the longest tail that is a prefix of some stop string.
-    size_t hold = 0;
-    for (const auto& s : gp.stop)
-      for (size_t k = std::min(s.size() - 1, text.size()); k > hold; --k)
-        if (text.compare(text.size() - k, k, s, 0, k) == 0) {
-          hold = k;
-          break;
-        }
-    emit_upto(text.size() - hold);
+void Generation::emit_upto(size_t end) {
+  if (end > emitted_) {
+    if (on_text_) on_text_(text_.substr(emitted_, end - emitted_));
+    emitted_ = end;
+  }
+}
+
+// Returns true if a stop string matched (the text is cut there); otherwise emits what can no
+// longer be the start of a stop string.
+bool Generation::check_stop() {
+  if (p_.stop.empty()) {
+    emit_upto(text_.size());
     return false;
-  };
+  }
+  const size_t from = emitted_ > max_stop_ ? emitted_ - max_stop_ : 0;
+  size_t best = std::string::npos;
+  for (const auto& s : p_.stop) {
+    if (s.empty()) continue;
+    const size_t p = text_.find(s, from);
+    if (p != std::string::npos) best = std::min(best, p);
+  }
+  if (best != std::string::npos) {
+    text_.resize(best);
+    emit_upto(best);
+    return true;
+  }
+  size_t hold = 0;
+  for (const auto& s : p_.stop)
+    for (size_t k = std::min(s.empty() ? 0 : s.size() - 1, text_.size()); k > hold; --k)
+      if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+  emit_upto(text_.size() - hold);
+  return false;
+}
 
-  if (gp.max_tokens <= 0) return res;
+void Generation::finish(const std::string& reason) {
+  if (done_ && !res_.text.empty()) return;
+  if (!done_) res_.finish_reason = reason;
+  done_ = true;
+  if (res_.finish_reason != "stop") {
+    text_ += dec_.flush();
+    if (check_stop()) res_.finish_reason = "stop";
+    else emit_upto(text_.size());
+  }
+  res_.text = text_;
+}
+
+bool Generation::step(const float* logits, int64_t V) {
+  if (done_) return true;
+  const int32_t id = sampler_.sample(logits, V, history_);
+  res_.ids.push_back(id);
+  history_.push_back(id);
+  if (!p_.ignore_eos && std::find(p_.eos_ids.begin(), p_.eos_ids.end(), id) != p_.eos_ids.end()) {
+    finish("eos");
+    return true;
+  }
+  text_ += dec_.push(id);
+  if (check_stop()) {
+    res_.finish_reason = "stop";
+    done_ = true;
+    res_.text = text_;
+    return true;
+  }
+  if (int(res_.ids.size()) >= p_.max_tokens) {
+    finish("length");
+    return true;
+  }
+  return false;
+}
+
+GenerateResult generate(Session& session, const Tokenizer& tok, const std::vector<int32_t>& prompt_ids,
+                        const GenerateParams& gp, const Generation::TextFn& on_text,
+                        const std::function<bool()>& should_stop) {
+  Generation g(tok, prompt_ids, gp, on_text);
+  if (g.done()) {
+    g.finish("length");
+    return g.result();
+  }
   double t0 = now_s();
   std::vector<float> logits = session.feed(prompt_ids);
-  res.prefill_s = now_s() - t0;
+  const double prefill_s = now_s() - t0;
   t0 = now_s();
-  const int64_t vocab = int64_t(logits.size());
-  for (int step = 0; step < gp.max_tokens; ++step) {
-    if (should_stop && should_stop()) break;
-    const int32_t id = sampler.sample(logits.data(), vocab, history);
-    res.ids.push_back(id);
-    history.push_back(id);
-    if (!gp.ignore_eos && std::find(gp.eos_ids.begin(), gp.eos_ids.end(), id) != gp.eos_ids.end()) {
-      res.finish_reason = "eos";
+  int64_t decoded = 0;
+  while (!g.step(logits.data(), int64_t(logits.size()))) {
+    if (should_stop && should_stop()) {
+      g.finish("interrupted");
       break;
     }
-    text += dec.push(id);
-    if (check_stop()) {
-      res.finish_reason = "stop";
+    if (session.n_past() + 1 > session.capacity()) {
+      g.finish("length");  // context full
       break;
     }
-    if (step + 1 == gp.max_tokens) break;
-    if (session.n_past() + 1 > session.capacity()) break;  // context full: finish as "length"
-    logits = session.feed({id});
-    ++res.decoded_tokens;
+    logits = session.feed({g.last_id()});
+    ++decoded;
   }
-  res.decode_s = now_s() - t0;
-  if (res.finish_reason != "stop") {
-    text += dec.flush();
-    if (!check_stop()) emit_upto(text.size());
-    else res.finish_reason = "stop";
-  }
-  res.text = text;
-  return res;
+  GenerateResult r = g.result();
+  r.prefill_s = prefill_s;
+  r.decode_s = now_s() - t0;
+  r.decoded_tokens = decoded;
+  return r;
 }
 
 }  // namespace mistral

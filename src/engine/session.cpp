@@ -8,6 +8,8 @@
 namespace mistral {
 
 KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
+  slots_ = s.slots;
+  rolling_ = s.window > 0;
   const size_t n = size_t(s.slots) * size_t(s.kv_dim());
   for (int64_t l = 0; l < n_layers; ++l) {
     KVLayer kv;
@@ -47,8 +49,16 @@ ForwardPass::~ForwardPass() {
 
 int64_t ForwardPass::capacity() const { return shape_.window > 0 ? INT64_MAX : context_; }
 
-int64_t ForwardPass::cache_bytes_per_sequence() const {
-  return n_layers_ * 2 * shape_.slots * shape_.kv_dim() * int64_t(sizeof(float));
+std::unique_ptr<KVCache> ForwardPass::new_cache(int64_t max_positions) {
+  AttnShape s = shape_;
+  if (s.window <= 0 && max_positions > 0) s.slots = std::min(max_positions, context_);
+  return std::unique_ptr<KVCache>(new KVCache(be_, s, n_layers_));
+}
+
+int64_t ForwardPass::cache_bytes(int64_t max_positions) const {
+  int64_t slots = shape_.slots;
+  if (shape_.window <= 0 && max_positions > 0) slots = std::min(max_positions, context_);
+  return n_layers_ * 2 * slots * shape_.kv_dim() * int64_t(sizeof(float));
 }
 
 void ForwardPass::ensure_scratch(int T, int rows) {
@@ -85,9 +95,9 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
   std::vector<int32_t> ids;
   for (const auto& s : segs) {
     if (s.T <= 0 || !s.cache) throw UsageError("empty batch segment");
-    if (s.cache->n_past + s.T > capacity())
+    if (s.cache->n_past + s.T > s.cache->capacity())
       throw UsageError("context full: " + std::to_string(s.cache->n_past + s.T) + " positions needed, " +
-                       std::to_string(capacity()) + " available (use --ctx, up to max_position_embeddings)");
+                       std::to_string(s.cache->capacity()) + " available (use --ctx, up to max_position_embeddings)");
     for (int t = 0; t < s.T; ++t) {
       if (s.ids[t] < 0 || s.ids[t] >= c.vocab_size)
         throw UsageError("token id " + std::to_string(s.ids[t]) + " is out of range (vocab " +
@@ -109,11 +119,13 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
     be_.matmul(xn_, T, L.wv, v_);
     size_t off = 0;  // row offset of the segment in the batch
     for (const auto& s : segs) {
+      AttnShape sh = shape_;
+      sh.slots = s.cache->slots();
       float *q = q_ + off * QD, *k = k_ + off * KD, *v = v_ + off * KD;
       const KVLayer& cache = s.cache->layer(l);
-      be_.rope(q, k, s.T, s.cache->n_past, shape_);
-      be_.attention(q, k, v, cache, s.T, s.cache->n_past, shape_, att_ + off * QD);
-      be_.cache_write(k, v, cache, s.T, s.cache->n_past, shape_);
+      be_.rope(q, k, s.T, s.cache->n_past, sh);
+      be_.attention(q, k, v, cache, s.T, s.cache->n_past, sh, att_ + off * QD);
+      be_.cache_write(k, v, cache, s.T, s.cache->n_past, sh);
       off += size_t(s.T);
     }
     be_.matmul(att_, T, L.wo, xn_);
