@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <string>
 #include <thread>
 
 #include "cli/cli.h"
@@ -10,6 +11,22 @@
 using namespace mistral::cli;
 
 namespace {
+
+// Error messages can quote file contents (tensor names, dtypes); keep them to one line on stderr.
+std::string one_line(const char* msg) {
+  std::string s;
+  for (const char* p = msg; *p; ++p) {
+    const unsigned char c = static_cast<unsigned char>(*p);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      s += buf;
+    } else {
+      s += char(c);
+    }
+  }
+  return s;
+}
 
 void add_model_args(CLI::App* app, ModelArgs& m, bool runtime) {
   app->add_option("-m,--model", m.model_dir, "Model directory (config.json + safetensors, or params.json + "
@@ -97,6 +114,31 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--json", b.json, "Print one JSON object");
   bench_cmd->add_flag("--skip-bandwidth", b.skip_bandwidth, "Do not measure memory bandwidth (saves 512 MiB of RSS)");
 
+  BatchArgs ba;
+  CLI::App* batch_cmd = app.add_subcommand(
+      "batch",
+      "Process a prompt file with continuous batching; one JSON line per request in OUT.\n"
+      "Input: .txt (one prompt per line; \\n is a newline, \\\\ a backslash; blank lines skipped) or .jsonl\n"
+      "lines {\"id\", \"prompt\"} or {\"id\", \"messages\"} with optional max_tokens, temperature, top_p,\n"
+      "top_k, seed, stop; or OpenAI batch lines {\"custom_id\", \"body\": {...}}. Ids default to line numbers.\n"
+      "Output lines: {\"id\", \"text\", \"prompt_tokens\", \"completion_tokens\", \"finish_reason\"} or {\"id\", \"error\"}.");
+  add_model_args(batch_cmd, ba.model, true);
+  batch_cmd->add_option("-i,--input", ba.input, "Prompt file (.txt or .jsonl)")->required();
+  batch_cmd->add_option("-o,--output", ba.output, "Results file (.jsonl), written as requests finish")->required();
+  batch_cmd->add_flag("--resume", ba.resume, "Skip ids already in the output file (a partial last line is redone)");
+  batch_cmd->add_option("--batch-size", ba.batch_size, "Concurrent sequences at most")->check(CLI::Range(1, 4096));
+  batch_cmd->add_option("--kv-budget-mb", ba.kv_budget_mb, "KV-cache memory for all sequences (MiB)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  batch_cmd->add_option("-n,--max-tokens", ba.max_tokens, "Default maximum tokens per request")
+      ->check(CLI::Range(0, 1 << 30));
+  auto* bt = batch_cmd->add_option("--temp", ba.temperature, "Default temperature; 0 = greedy")->check(CLI::Range(0.0f, 100.0f));
+  auto* btp = batch_cmd->add_option("--top-p", ba.top_p, "Default top-p")->check(CLI::Range(0.0f, 1.0f));
+  auto* btk = batch_cmd->add_option("--top-k", ba.top_k, "Default top-k; 0 = off")->check(CLI::Range(0, 1 << 30));
+  batch_cmd->add_option("--seed", ba.seed, "Base seed; request i uses seed + i unless it gives its own")
+      ->check(CLI::Range(int64_t(-1), INT64_MAX));
+  batch_cmd->add_flag("--ignore-eos", ba.ignore_eos, "Keep generating after the end-of-sequence token");
+  batch_cmd->add_option("--stop", ba.stop, "Default stop string (repeatable)")->take_all()->expected(1)->allow_extra_args(false);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -111,6 +153,12 @@ int main(int argc, char** argv) {
     }
     if (*detok_cmd) return run_detokenize(dt);
     if (*bench_cmd) return run_bench(b);
+    if (*batch_cmd) {
+      ba.temp_set = bt->count() > 0;
+      ba.top_p_set = btp->count() > 0;
+      ba.top_k_set = btk->count() > 0;
+      return run_batch(ba);
+    }
     if (g.model.model_dir.empty()) {
       std::fprintf(stderr, "mistral-run: error: -m/--model is required (see --help)\n");
       return 2;
@@ -123,13 +171,13 @@ int main(int argc, char** argv) {
     return run_generate(g);
   } catch (const mistral::Error& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "mistral-run: error: %s\n", e.what());
+    std::fprintf(stderr, "mistral-run: error: %s\n", one_line(e.what()).c_str());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "mistral-run: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "mistral-run: error: %s\n", e.what());
+    std::fprintf(stderr, "mistral-run: error: %s\n", one_line(e.what()).c_str());
     return 1;
   }
 }

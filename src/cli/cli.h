@@ -47,7 +47,23 @@ struct BenchArgs {
   bool json = false, skip_bandwidth = false;
 };
 
+struct BatchArgs {
+  ModelArgs model;
+  std::string input, output;
+  bool resume = false;
+  int batch_size = 8;
+  int64_t kv_budget_mb = 4096;
+  int max_tokens = 256;
+  float temperature = 0.7f, top_p = 0.95f;
+  int top_k = 0;
+  bool temp_set = false, top_p_set = false, top_k_set = false;
+  int64_t seed = -1;
+  bool ignore_eos = false;
+  std::vector<std::string> stop;
+};
+
 int run_generate(const GenerateArgs& a);
+int run_batch(const BatchArgs& a);
 int run_info(const ModelArgs& a);
 int run_tokenize(const TokenizeArgs& a);
 int run_detokenize(const DetokenizeArgs& a);

@@ -20,6 +20,13 @@ Generation::Generation(const Tokenizer& tok, std::vector<int32_t> prompt_ids, co
   history_ = res_.prompt_ids;
   for (const auto& s : p_.stop) max_stop_ = std::max(max_stop_, s.size());
   if (p_.max_tokens <= 0) done_ = true;
+  // The completion continues the prompt's text: prime the decoder with the last text piece so the
+  // first completion piece keeps its leading space (it is not the first piece after BOS).
+  for (auto it = res_.prompt_ids.rbegin(); it != res_.prompt_ids.rend(); ++it)
+    if (*it >= 0 && *it < tok_.vocab_size() && !tok_.piece_bytes(*it).empty()) {
+      dec_.push(*it);
+      break;
+    }
 }
 
 void Generation::emit_upto(size_t end) {
