@@ -110,6 +110,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   bench_cmd->add_option("--prompt-tokens", b.prompt_tokens, "Prefill length")->check(CLI::Range(1, 1 << 20));
   bench_cmd->add_option("--gen-tokens", b.gen_tokens, "Decode steps")->check(CLI::Range(1, 1 << 20));
+  bench_cmd->add_option("--batch", b.batch, "Also decode this many sequences together and compare with batch 1")
+      ->check(CLI::Range(1, 4096));
   bench_cmd->add_option("--reps", b.reps, "Repetitions (best is reported)")->check(CLI::Range(1, 1000));
   bench_cmd->add_flag("--json", b.json, "Print one JSON object");
   bench_cmd->add_flag("--skip-bandwidth", b.skip_bandwidth, "Do not measure memory bandwidth (saves 512 MiB of RSS)");

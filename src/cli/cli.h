@@ -43,7 +43,7 @@ struct BenchArgs {
   ModelArgs model;  // model_dir empty: a synthetic model
   int64_t hidden = 2048, intermediate = 5632, layers = 8, heads = 16, kv_heads = 4, vocab = 32000, window = 4096;
   std::string synth_dtype = "bf16";
-  int prompt_tokens = 128, gen_tokens = 32, reps = 1;
+  int prompt_tokens = 128, gen_tokens = 32, reps = 1, batch = 1;
   bool json = false, skip_bandwidth = false;
 };
 
