@@ -1,23 +1,12 @@
 // RMSNorm kernel: one block per row; each thread strides over the row, a block reduction gives the
 // mean square (fp32), then every thread scales its elements. Preconditions: D > 0, T >= 0.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "common.cuh"
 #include "rmsnorm.cuh"
 
 namespace mistral {
 namespace cuda {
 
 namespace {
-
-template <typename W>
-__device__ inline float load_w(const W* w, int i);
-template <>
-__device__ inline float load_w<float>(const float* w, int i) { return w[i]; }
-template <>
-__device__ inline float load_w<__half>(const __half* w, int i) { return __half2float(w[i]); }
-template <>
-__device__ inline float load_w<__nv_bfloat16>(const __nv_bfloat16* w, int i) { return __bfloat162float(w[i]); }
 
 template <typename W>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const W* __restrict__ w, float eps, int D,
@@ -38,7 +27,7 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const W* __restrict_
   }
   __syncthreads();
   const float r = rsqrtf(warp_sums[0] / float(D) + eps);
-  for (int i = threadIdx.x; i < D; i += blockDim.x) yr[i] = xr[i] * r * load_w(w, i);
+  for (int i = threadIdx.x; i < D; i += blockDim.x) yr[i] = xr[i] * r * to_float(w[i]);
 }
 
 }  // namespace

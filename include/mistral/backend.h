@@ -32,6 +32,12 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
+  // Places the model's weights where the ops read them (the CPU reads them where they are; a GPU
+  // backend uploads them once and owns the copies). The result stays valid while the backend lives.
+  virtual ModelWeights place_weights(const ModelWeights& w) { return w; }
+  // Bytes of device memory this backend holds for weights (0 for the CPU, which maps the files).
+  virtual size_t weight_bytes() const { return 0; }
+
   // Memory for activations and caches (fp32), owned by the backend until free().
   virtual float* alloc(size_t n_floats) = 0;
   virtual void free(float* p) = 0;
@@ -64,6 +70,10 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+// A CUDA backend on `device`. Throws Error when the build has no CUDA or no usable GPU is present.
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+// Why no CUDA device can be used ("" when one can): no CUDA in this build, no GPU, old driver...
+std::string cuda_unavailable_reason();
 // Reports the number of threads of a CPU backend (for --verbose); 0 for other backends.
 int cpu_backend_threads(const Backend& b);
 

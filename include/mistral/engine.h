@@ -73,6 +73,7 @@ class ForwardPass {
 
   const Model& model_;
   Backend& be_;
+  ModelWeights w_;  // the model's weights as placed on the backend
   AttnShape shape_;
   int64_t n_layers_;
   int64_t context_;

@@ -21,10 +21,18 @@ LoadOptions load_options(const ModelArgs& a) {
 }
 
 std::unique_ptr<Backend> make_backend(const ModelArgs& a) {
-  if (a.device == "cuda")
-    throw UsageError("--device cuda: this build has no CUDA backend yet (use --device cpu or auto)");
-  if (a.device != "auto" && a.device != "cpu") throw UsageError("--device must be auto, cpu or cuda");
-  if (a.device == "auto" && a.verbose) std::fprintf(stderr, "device: cpu (no CUDA backend in this build)\n");
+  if (a.device != "auto" && a.device != "cpu" && a.device != "cuda")
+    throw UsageError("--device must be auto, cpu or cuda");
+  if (a.device == "cuda") {
+    const std::string why = cuda_unavailable_reason();
+    if (!why.empty()) throw UsageError("--device cuda: " + why);
+    return make_cuda_backend(0);
+  }
+  if (a.device == "auto") {
+    const std::string why = cuda_unavailable_reason();
+    if (why.empty()) return make_cuda_backend(0);
+    if (a.verbose) std::fprintf(stderr, "device: cpu (%s)\n", why.c_str());
+  }
   return make_cpu_backend(a.threads);
 }
 

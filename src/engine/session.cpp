@@ -28,7 +28,7 @@ KVCache::~KVCache() {
 }
 
 ForwardPass::ForwardPass(const Model& model, Backend& backend, const SessionOptions& opt)
-    : model_(model), be_(backend) {
+    : model_(model), be_(backend), w_(backend.place_weights(model.weights())) {
   const ModelConfig& c = model.config();
   shape_.n_heads = int(c.num_heads);
   shape_.n_kv_heads = int(c.num_kv_heads);
@@ -88,7 +88,7 @@ void ForwardPass::ensure_scratch(int T, int rows) {
 
 size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_host) {
   const ModelConfig& c = model_.config();
-  const ModelWeights& w = model_.weights();
+  const ModelWeights& w = w_;
   const size_t D = size_t(c.hidden_size);
   const float eps = float(c.rms_norm_eps);
   int T = 0, rows = 0;

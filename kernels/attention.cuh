@@ -1,0 +1,25 @@
+// Causal (optionally sliding-window) GQA attention of a chunk of T queries at positions
+// start .. start+T-1, and the KV-cache write that follows it.
+#pragma once
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace mistral {
+namespace cuda {
+
+struct AttnParams {
+  int n_heads, n_kv_heads, head_dim;
+  int window;     // 0 = full attention; else query p attends keys p-W < j <= p
+  int64_t slots;  // cache rows; position j lives in row j % slots
+};
+
+// q: [T, Hq*hd]; k, v: [T, Hkv*hd] (this chunk); cache_k/v: [slots, Hkv*hd] holding positions < start;
+// out: [T, Hq*hd]. Keys before `start` are read from the cache, keys in the chunk from k/v.
+cudaError_t attention_cuda(const float* q, const float* k, const float* v, const float* cache_k, const float* cache_v,
+                           int T, int64_t start, const AttnParams& p, float* out, cudaStream_t stream);
+// Writes the chunk's last min(T, slots) positions into their cache rows.
+cudaError_t cache_write_cuda(const float* k, const float* v, float* cache_k, float* cache_v, int T, int64_t start,
+                             const AttnParams& p, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace mistral

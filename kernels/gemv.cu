@@ -1,0 +1,122 @@
+// GEMV: one warp per output row, 8 warps per block. When a row is 16-byte aligned (K a multiple of
+// 16 bytes' worth of elements), each lane loads 16 bytes of weights per step (8 fp16/bf16 or 4
+// fp32) and reuses them for all T tokens; partial sums are reduced across the warp. Otherwise a
+// scalar path handles any K.
+#include "common.cuh"
+#include "gemv.cuh"
+
+namespace mistral {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+
+template <typename W>
+struct Vec;  // 16 bytes of W
+template <>
+struct Vec<float> {
+  static constexpr int n = 4;
+  __device__ static void load(const float* p, float* out) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  }
+};
+template <>
+struct Vec<__half> {
+  static constexpr int n = 8;
+  __device__ static void load(const __half* p, float* out) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __half22float2(h[i]);
+      out[2 * i] = f.x, out[2 * i + 1] = f.y;
+    }
+  }
+};
+template <>
+struct Vec<__nv_bfloat16> {
+  static constexpr int n = 8;
+  __device__ static void load(const __nv_bfloat16* p, float* out) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(h[i]);
+      out[2 * i] = f.x, out[2 * i + 1] = f.y;
+    }
+  }
+};
+
+template <typename W, int T, bool kVector>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const float* __restrict__ x, const W* __restrict__ Wt, int N,
+                                                           int K, float* __restrict__ y) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const W* row = Wt + size_t(n) * K;
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+  if (kVector) {
+    constexpr int V = Vec<W>::n;
+    for (int k = lane * V; k < K; k += 32 * V) {
+      float w[V];
+      Vec<W>::load(row + k, w);
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        const float* xr = x + size_t(t) * K + k;
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[t] += w[i] * xr[i];
+      }
+    }
+  } else {
+    for (int k = lane; k < K; k += 32) {
+      const float w = to_float(row[k]);
+#pragma unroll
+      for (int t = 0; t < T; ++t) acc[t] += w * x[size_t(t) * K + k];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) y[size_t(t) * N + n] = s;
+  }
+}
+
+template <typename W, int T>
+void launch(const float* x, const void* Wp, int N, int K, float* y, cudaStream_t stream) {
+  const W* w = static_cast<const W*>(Wp);
+  const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
+  const bool vec = (K * sizeof(W)) % 16 == 0 && (reinterpret_cast<uintptr_t>(Wp) % 16) == 0;
+  if (vec) gemv_kernel<W, T, true><<<blocks, kWarps * 32, 0, stream>>>(x, w, N, K, y);
+  else gemv_kernel<W, T, false><<<blocks, kWarps * 32, 0, stream>>>(x, w, N, K, y);
+}
+
+template <typename W>
+void launch_t(const float* x, int T, const void* Wp, int N, int K, float* y, cudaStream_t stream) {
+  switch (T) {
+    case 1: launch<W, 1>(x, Wp, N, K, y, stream); break;
+    case 2: launch<W, 2>(x, Wp, N, K, y, stream); break;
+    case 3: launch<W, 3>(x, Wp, N, K, y, stream); break;
+    default: launch<W, 4>(x, Wp, N, K, y, stream); break;
+  }
+}
+
+}  // namespace
+
+cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream) {
+  if (T <= 0 || N <= 0) return cudaSuccess;
+  if (T > kGemvMaxT || K <= 0) return cudaErrorInvalidValue;
+  switch (wt) {
+    case DType::F32: launch_t<float>(x, T, W, N, K, y, stream); break;
+    case DType::F16: launch_t<__half>(x, T, W, N, K, y, stream); break;
+    case DType::BF16: launch_t<__nv_bfloat16>(x, T, W, N, K, y, stream); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace mistral

@@ -1,0 +1,16 @@
+// Small-batch matrix-vector products y[T, N] = x[T, K] * W[N, K]^T for T <= kGemvMaxT, weights in
+// their stored dtype (fp32, fp16, bf16), fp32 activations and accumulation.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "mistral/dtype.h"
+
+namespace mistral {
+namespace cuda {
+
+constexpr int kGemvMaxT = 4;
+
+cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace mistral

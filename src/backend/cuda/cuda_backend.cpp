@@ -1,0 +1,259 @@
+// CUDA backend: the Backend ops on one stream over device memory. Weights are uploaded once
+// (place_weights); activations and KV caches are fp32 device buffers. Small-T matmuls use our GEMV
+// kernel, larger ones cuBLAS (activations converted to the weight dtype, fp32 accumulation).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+#include "attention.cuh"
+#include "cuda_check.h"
+#include "elementwise.cuh"
+#include "embed.cuh"
+#include "gemv.cuh"
+#include "mistral/backend.h"
+#include "rmsnorm.cuh"
+#include "rope.cuh"
+
+namespace mistral {
+namespace cuda {
+
+void throw_cuda(const char* stmt, const char* file, int line, const std::string& what) {
+  int dev = -1;
+  cudaGetDevice(&dev);
+  throw Error(std::string("CUDA error on device ") + std::to_string(dev) + ": " + what + " in `" + stmt + "` at " +
+              file + ":" + std::to_string(line));
+}
+
+const char* cublas_status_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "CUBLAS_STATUS_UNKNOWN";
+  }
+}
+
+bool sync_after_launch() {
+  static const bool on = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_SYNC");
+    return e && *e && *e != '0';
+  }();
+  return on;
+}
+
+namespace {
+
+bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    MR_CUDA_CHECK(cudaSetDevice(device));
+    MR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    MR_CUBLAS_CHECK(cublasCreate(&blas_));
+    MR_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+    cudaDeviceProp prop;
+    MR_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& kv : uploaded_) cudaFree(kv.second);
+    if (ids_) cudaFree(ids_);
+    if (conv_) cudaFree(conv_);
+    cublasDestroy(blas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  size_t weight_bytes() const override { return weight_bytes_; }
+
+  ModelWeights place_weights(const ModelWeights& w) override {
+    std::vector<const Weight*> all = {&w.embed, &w.norm, &w.lm_head};
+    for (const auto& l : w.layers)
+      for (const Weight* x : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+        all.push_back(x);
+    size_t need = 0;
+    std::map<const void*, size_t> distinct;
+    for (const Weight* x : all) {
+      if (!is_float_dtype(x->dtype))
+        throw UsageError("the CUDA backend does not run quantized weights yet (use --device cpu)");
+      if (!uploaded_.count(x->data)) distinct[x->data] = x->nbytes();
+    }
+    for (const auto& kv : distinct) need += kv.second;
+    size_t free_b = 0, total_b = 0;
+    MR_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (need > free_b)
+      throw UsageError("not enough GPU memory for the weights: " + gib(need) + " needed, " + gib(free_b) + " free of " +
+                       gib(total_b) + " on " + name_ + " (try --quant or --device cpu)");
+    for (const auto& kv : distinct) {
+      void* d = nullptr;
+      MR_CUDA_CHECK(cudaMalloc(&d, kv.second));
+      MR_CUDA_CHECK(cudaMemcpy(d, kv.first, kv.second, cudaMemcpyHostToDevice));
+      uploaded_[kv.first] = d;
+      weight_bytes_ += kv.second;
+    }
+    auto dev = [&](const Weight& x) {
+      Weight y = x;
+      y.data = uploaded_.at(x.data);
+      return y;
+    };
+    ModelWeights out;
+    out.embed = dev(w.embed);
+    out.norm = dev(w.norm);
+    out.lm_head = dev(w.lm_head);
+    for (const auto& l : w.layers) {
+      LayerWeights d;
+      d.attn_norm = dev(l.attn_norm), d.wq = dev(l.wq), d.wk = dev(l.wk), d.wv = dev(l.wv), d.wo = dev(l.wo);
+      d.ffn_norm = dev(l.ffn_norm), d.w_gate = dev(l.w_gate), d.w_up = dev(l.w_up), d.w_down = dev(l.w_down);
+      out.layers.push_back(d);
+    }
+    return out;
+  }
+
+  float* alloc(size_t n) override {
+    void* p = nullptr;
+    const size_t bytes = (n == 0 ? 1 : n) * sizeof(float);
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      throw UsageError("out of GPU memory allocating " + gib(bytes) + " (" + gib(free_b) + " free of " + gib(total_b) +
+                       " on " + name_ + "); lower --batch-size, --kv-budget-mb or --ctx");
+    }
+    MR_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    return static_cast<float*>(p);
+  }
+  void free(float* p) override {
+    cudaStreamSynchronize(stream_);
+    cudaFree(p);
+  }
+  void to_device(float* dst, const float* src, size_t n) override {
+    MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void to_host(float* dst, const float* src, size_t n) override {
+    MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void zero(float* p, size_t n) override { MR_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_)); }
+  void copy(float* dst, const float* src, size_t n) override {
+    MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void synchronize() override { MR_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  void embed(const Weight& E, const int32_t* ids, int T, float* x) override {
+    if (size_t(T) > ids_cap_) {
+      if (ids_) MR_CUDA_CHECK(cudaFree(ids_));
+      ids_cap_ = size_t(T) * 2;
+      MR_CUDA_CHECK(cudaMalloc(&ids_, ids_cap_ * sizeof(int32_t)));
+    }
+    MR_CUDA_CHECK(cudaMemcpyAsync(ids_, ids, size_t(T) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    MR_LAUNCH_CHECK(embed_cuda(E.data, E.dtype, ids_, T, int(E.cols), x, stream_), stream_);
+  }
+
+  void rmsnorm(const float* x, const Weight& w, float eps, int T, float* y) override {
+    MR_LAUNCH_CHECK(rmsnorm_cuda(x, w.data, w.dtype, eps, T, int(w.cols), y, stream_), stream_);
+  }
+
+  void matmul(const float* x, int T, const Weight& W, float* y) override {
+    const int N = int(W.rows), K = int(W.cols);
+    if (T <= kGemvMaxT) {
+      MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, stream_), stream_);
+      return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    if (W.dtype == DType::F32) {
+      // Column-major view: y^T [N, T] = W^T(as [K, N])^T * x^T [K, T].
+      MR_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, static_cast<const float*>(W.data), K,
+                                  x, K, &zero, y, N));
+      return;
+    }
+    const size_t need = size_t(T) * size_t(K) * 2;
+    if (need > conv_cap_) {
+      if (conv_) MR_CUDA_CHECK(cudaFree(conv_));
+      conv_cap_ = need * 2;
+      MR_CUDA_CHECK(cudaMalloc(&conv_, conv_cap_));
+    }
+    MR_LAUNCH_CHECK(convert_cuda(x, conv_, W.dtype, size_t(T) * size_t(K), stream_), stream_);
+    const cudaDataType_t dt = W.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
+    MR_CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W.data, dt, K, conv_, dt, K, &zero, y,
+                                 CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
+    MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, s.n_heads, s.n_kv_heads, s.head_dim, s.rope_theta, stream_), stream_);
+  }
+
+  void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                 const AttnShape& s, float* out) override {
+    MR_LAUNCH_CHECK(attention_cuda(q, k, v, cache.k, cache.v, T, start, params(s), out, stream_), stream_);
+  }
+
+  void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                   const AttnShape& s) override {
+    MR_LAUNCH_CHECK(cache_write_cuda(k, v, cache.k, cache.v, T, start, params(s), stream_), stream_);
+  }
+
+  void swiglu(const float* gate, const float* up, size_t n, float* out) override {
+    MR_LAUNCH_CHECK(swiglu_cuda(gate, up, n, out, stream_), stream_);
+  }
+
+  void add(float* x, const float* y, size_t n) override { MR_LAUNCH_CHECK(add_cuda(x, y, n, stream_), stream_); }
+
+ private:
+  static AttnParams params(const AttnShape& s) {
+    AttnParams p;
+    p.n_heads = s.n_heads;
+    p.n_kv_heads = s.n_kv_heads;
+    p.head_dim = s.head_dim;
+    p.window = s.window;
+    p.slots = s.slots;
+    return p;
+  }
+  static std::string gib(size_t b) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f GiB", double(b) / (1024.0 * 1024.0 * 1024.0));
+    return buf;
+  }
+
+  int device_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::map<const void*, void*> uploaded_;  // host weight pointer -> device copy
+  size_t weight_bytes_ = 0;
+  int32_t* ids_ = nullptr;
+  size_t ids_cap_ = 0;
+  void* conv_ = nullptr;  // activations converted to fp16/bf16 for cuBLAS
+  size_t conv_cap_ = 0;
+};
+
+}  // namespace
+}  // namespace cuda
+
+std::string cuda_unavailable_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaErrorInsufficientDriver) return "no usable NVIDIA driver (none installed, or older than this build's CUDA runtime)";
+  if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0)) return "no CUDA GPU is present";
+  if (e != cudaSuccess) return std::string("CUDA is unavailable: ") + cudaGetErrorString(e);
+  return "";
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const std::string why = cuda_unavailable_reason();
+  if (!why.empty()) throw UsageError(why);
+  return std::unique_ptr<Backend>(new cuda::CudaBackend(device));
+}
+
+}  // namespace mistral
