@@ -1,6 +1,6 @@
 // RoPE kernel: one block per token; thread i of (heads x hd/2) rotates the pair (i, i + hd/2) of one
-// head. Angles as the CPU reference computes them: fp32 inverse frequency theta^(-2i/hd), fp32
-// product with the position, cos/sin in fp64 rounded to fp32.
+// head. Angles as the CPU reference computes them: the host's fp32 inverse frequencies, fp32 product
+// with the position, cos/sin in fp64 rounded to fp32.
 #include "common.cuh"
 #include "rope.cuh"
 
@@ -8,7 +8,8 @@ namespace mistral {
 namespace cuda {
 
 namespace {
-__global__ void rope_kernel(float* q, float* k, int64_t start, int n_heads, int n_kv_heads, int hd, float theta) {
+__global__ void rope_kernel(float* q, float* k, int64_t start, int n_heads, int n_kv_heads, int hd,
+                            const float* __restrict__ inv_freq) {
   const int half = hd / 2;
   const int t = blockIdx.x;
   const float pos = float(start + t);
@@ -17,8 +18,7 @@ __global__ void rope_kernel(float* q, float* k, int64_t start, int n_heads, int 
     const bool is_q = p < pairs_q;
     const int pp = is_q ? p : p - pairs_q;
     const int h = pp / half, i = pp % half;
-    const float inv = 1.0f / powf(theta, float(2 * i) / float(hd));
-    const float a = pos * inv;
+    const float a = pos * inv_freq[i];
     double s, c;
     sincos(double(a), &s, &c);
     const float cs = float(c), sn = float(s);
@@ -31,10 +31,10 @@ __global__ void rope_kernel(float* q, float* k, int64_t start, int n_heads, int 
 }  // namespace
 
 cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, int n_heads, int n_kv_heads, int head_dim,
-                      float theta, cudaStream_t stream) {
+                      const float* inv_freq, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   if (head_dim % 2) return cudaErrorInvalidValue;
-  rope_kernel<<<T, 128, 0, stream>>>(q, k, start, n_heads, n_kv_heads, head_dim, theta);
+  rope_kernel<<<T, 128, 0, stream>>>(q, k, start, n_heads, n_kv_heads, head_dim, inv_freq);
   return cudaGetLastError();
 }
 

@@ -6,8 +6,10 @@
 namespace mistral {
 namespace cuda {
 
+// inv_freq: device [hd/2], 1 / theta^(2i/hd) computed on the host exactly as the CPU backend does, so
+// that both backends rotate by bit-identical angles (pos * inv_freq in fp32) at any position.
 cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, int n_heads, int n_kv_heads, int head_dim,
-                      float theta, cudaStream_t stream);
+                      const float* inv_freq, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mistral

@@ -15,8 +15,14 @@
 
 namespace testutil {
 
-std::string shared_data(const std::string& rel) { return std::string(MISTRAL_SHARED_DATA) + "/" + rel; }
-std::string source_path(const std::string& rel) { return std::string(MISTRAL_SOURCE_DIR) + "/" + rel; }
+// The build-time locations, unless the environment moves them (tests run from a copied build on
+// another machine, as tools/gpu-check.sh does).
+static std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+std::string shared_data(const std::string& rel) { return env_or("MISTRAL_SHARED_DATA", MISTRAL_SHARED_DATA) + "/" + rel; }
+std::string source_path(const std::string& rel) { return env_or("MISTRAL_SOURCE_DIR", MISTRAL_SOURCE_DIR) + "/" + rel; }
 
 bool exists(const std::string& path) {
   struct stat st;

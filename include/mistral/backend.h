@@ -35,6 +35,7 @@ class Backend {
   // Places the model's weights where the ops read them (the CPU reads them where they are; a GPU
   // backend uploads them once and owns the copies). The result stays valid while the backend lives.
   virtual ModelWeights place_weights(const ModelWeights& w) { return w; }
+  virtual Weight place_weight(const Weight& w) { return w; }  // one weight (tests, tools)
   // Bytes of device memory this backend holds for weights (0 for the CPU, which maps the files).
   virtual size_t weight_bytes() const { return 0; }
 

@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -68,6 +69,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     for (auto& kv : uploaded_) cudaFree(kv.second);
+    for (auto& kv : inv_freq_) cudaFree(kv.second);
     if (ids_) cudaFree(ids_);
     if (conv_) cudaFree(conv_);
     cublasDestroy(blas_);
@@ -95,18 +97,7 @@ class CudaBackend final : public Backend {
     if (need > free_b)
       throw UsageError("not enough GPU memory for the weights: " + gib(need) + " needed, " + gib(free_b) + " free of " +
                        gib(total_b) + " on " + name_ + " (try --quant or --device cpu)");
-    for (const auto& kv : distinct) {
-      void* d = nullptr;
-      MR_CUDA_CHECK(cudaMalloc(&d, kv.second));
-      MR_CUDA_CHECK(cudaMemcpy(d, kv.first, kv.second, cudaMemcpyHostToDevice));
-      uploaded_[kv.first] = d;
-      weight_bytes_ += kv.second;
-    }
-    auto dev = [&](const Weight& x) {
-      Weight y = x;
-      y.data = uploaded_.at(x.data);
-      return y;
-    };
+    auto dev = [&](const Weight& x) { return place_weight(x); };
     ModelWeights out;
     out.embed = dev(w.embed);
     out.norm = dev(w.norm);
@@ -118,6 +109,23 @@ class CudaBackend final : public Backend {
       out.layers.push_back(d);
     }
     return out;
+  }
+
+  Weight place_weight(const Weight& x) override {
+    if (!is_float_dtype(x.dtype)) throw UsageError("the CUDA backend does not run quantized weights yet (use --device cpu)");
+    Weight y = x;
+    auto it = uploaded_.find(x.data);
+    if (it != uploaded_.end()) {
+      y.data = it->second;
+      return y;
+    }
+    void* d = nullptr;
+    MR_CUDA_CHECK(cudaMalloc(&d, x.nbytes()));
+    MR_CUDA_CHECK(cudaMemcpy(d, x.data, x.nbytes(), cudaMemcpyHostToDevice));
+    uploaded_[x.data] = d;
+    weight_bytes_ += x.nbytes();
+    y.data = d;
+    return y;
   }
 
   float* alloc(size_t n) override {
@@ -191,7 +199,7 @@ class CudaBackend final : public Backend {
   }
 
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
-    MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, s.n_heads, s.n_kv_heads, s.head_dim, s.rope_theta, stream_), stream_);
+    MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, s.n_heads, s.n_kv_heads, s.head_dim, inv_freq(s), stream_), stream_);
   }
 
   void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
@@ -211,6 +219,20 @@ class CudaBackend final : public Backend {
   void add(float* x, const float* y, size_t n) override { MR_LAUNCH_CHECK(add_cuda(x, y, n, stream_), stream_); }
 
  private:
+  // Device table of 1 / theta^(2i/hd), computed like the CPU backend; cached per (theta, hd).
+  const float* inv_freq(const AttnShape& s) {
+    const auto key = std::make_pair(s.rope_theta, s.head_dim);
+    auto it = inv_freq_.find(key);
+    if (it != inv_freq_.end()) return it->second;
+    const int half = s.head_dim / 2;
+    std::vector<float> h(static_cast<size_t>(half));
+    for (int i = 0; i < half; ++i) h[size_t(i)] = 1.0f / std::pow(s.rope_theta, float(2 * i) / float(s.head_dim));
+    void* d = nullptr;
+    MR_CUDA_CHECK(cudaMalloc(&d, h.size() * sizeof(float)));
+    MR_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    inv_freq_[key] = static_cast<float*>(d);
+    return static_cast<float*>(d);
+  }
   static AttnParams params(const AttnShape& s) {
     AttnParams p;
     p.n_heads = s.n_heads;
@@ -231,6 +253,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   std::map<const void*, void*> uploaded_;  // host weight pointer -> device copy
+  std::map<std::pair<float, int>, float*> inv_freq_;
   size_t weight_bytes_ = 0;
   int32_t* ids_ = nullptr;
   size_t ids_cap_ = 0;
