@@ -250,10 +250,13 @@ std::unique_ptr<Tokenizer> Tokenizer::load_hf_json(const std::string& path) {
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::load_dir(const std::string& dir) {
-  for (const char* name : {"tokenizer.model", "tokenizer.model.v3", "tokenizer.model.v2", "tokenizer.model.v1"})
+  if (file_exists(dir + "/tekken.json")) return load_tekken(dir + "/tekken.json");
+  for (const char* name :
+       {"tokenizer.model", "tokenizer.model.v7", "tokenizer.model.v3", "tokenizer.model.v2", "tokenizer.model.v1"})
     if (file_exists(dir + "/" + name)) return load_sentencepiece(dir + "/" + name);
   if (file_exists(dir + "/tokenizer.json")) return load_hf_json(dir + "/tokenizer.json");
-  throw FileError(dir + ": no tokenizer (looked for tokenizer.model, tokenizer.model.v3/.v2/.v1, tokenizer.json)");
+  throw FileError(dir + ": no tokenizer (looked for tekken.json, tokenizer.model, tokenizer.model.v7/.v3/.v2/.v1, "
+                        "tokenizer.json)");
 }
 
 }  // namespace mistral

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <queue>
 
+#include "internal.h"
 #include "mistral/error.h"
 
 namespace mistral {
@@ -83,6 +84,9 @@ std::string utf8_sanitize(const std::string& in, bool complete_only, std::string
   return out;
 }
 
+Tokenizer::Tokenizer() = default;
+Tokenizer::~Tokenizer() = default;
+
 void Tokenizer::finish_load() {
   std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
   for (size_t id = 0; id < pieces_.size(); ++id) {
@@ -111,6 +115,7 @@ void Tokenizer::finish_load() {
 }
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text_in, bool add_bos) const {
+  if (kind_ != TokenizerKind::SentencePiece) return encode_byte_level(text_in, add_bos);
   std::vector<int32_t> out;
   if (add_bos && bos_ >= 0) out.push_back(bos_);
   std::string text = text_in;
@@ -214,6 +219,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text_in, bool add_bos)
 std::string Tokenizer::piece_bytes(int id) const {
   if (id < 0 || id >= vocab_size()) throw UsageError("token id " + std::to_string(id) + " is out of range (vocab " +
                                                      std::to_string(vocab_size()) + ")");
+  if (kind_ != TokenizerKind::SentencePiece) return types_[size_t(id)] == PieceType::Control ? "" : bl_->bytes[size_t(id)];
   switch (types_[size_t(id)]) {
     case PieceType::Control: return "";
     case PieceType::Unknown: return " \xe2\x81\x87 ";  // SentencePiece's surface for <unk>
@@ -247,6 +253,16 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 
 std::string StreamDecoder::push(int32_t id) {
   std::string b = tok_.piece_bytes(id);
+  if (tok_.kind_ != TokenizerKind::SentencePiece) {
+    // Byte-level: bytes joined, maximal-subpart replacement; tekken decodes each run between special
+    // tokens on its own.
+    if (b.empty()) return tok_.bl_->flush_on_special && tok_.type(id) == PieceType::Control ? flush() : "";
+    pending_ += b;
+    std::string rest;
+    std::string out = tok::utf8_sanitize_maximal(pending_, true, &rest);
+    pending_ = rest;
+    return out;
+  }
   if (b.empty()) return "";
   if (!started_ && tok_.add_dummy_prefix_) {
     // The first text piece loses the dummy-prefix space (SentencePiece strips it when it decodes).
@@ -261,7 +277,8 @@ std::string StreamDecoder::push(int32_t id) {
 }
 
 std::string StreamDecoder::flush() {
-  std::string out = utf8_sanitize(pending_);
+  std::string out =
+      tok_.kind_ != TokenizerKind::SentencePiece ? tok::utf8_sanitize_maximal(pending_) : utf8_sanitize(pending_);
   pending_.clear();
   return out;
 }
