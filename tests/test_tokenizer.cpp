@@ -1,5 +1,7 @@
-// Tokenizer parity: the shared test vectors (SentencePiece oracle and published ids), random strings
-// against Debian's libsentencepiece for v1 and v3, streaming decode, and corrupt files.
+// Tokenizer parity: the shared test vectors (SentencePiece oracle and published ids), a corpus of 10,000
+// strings (scripts, random code points, controls, whitespace runs, invalid UTF-8) and a 1 MB string
+// without spaces against Debian's libsentencepiece for v1 and v3, round trips, streaming decode, and
+// corrupt files.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -137,45 +139,95 @@ TEST(Tokenizer, OutOfRangeIdIsAnError) {
 }
 
 #ifdef MISTRAL_HAVE_SENTENCEPIECE
-// Random strings from a mix of scripts, emoji, controls, spaces and invalid bytes.
+void append_cp(std::string& s, uint32_t cp) {
+  if (cp < 0x80) s.push_back(char(cp));
+  else if (cp < 0x800) s += {char(0xc0 | (cp >> 6)), char(0x80 | (cp & 0x3f))};
+  else if (cp < 0x10000) s += {char(0xe0 | (cp >> 12)), char(0x80 | ((cp >> 6) & 0x3f)), char(0x80 | (cp & 0x3f))};
+  else
+    s += {char(0xf0 | (cp >> 18)), char(0x80 | ((cp >> 12) & 0x3f)), char(0x80 | ((cp >> 6) & 0x3f)),
+          char(0x80 | (cp & 0x3f))};
+}
+
+// Random strings from a mix of scripts, emoji, controls, whitespace runs, random code points (astral
+// planes included) and invalid UTF-8.
 std::string random_text(std::mt19937& rng) {
   static const std::vector<std::string> atoms = {
       " ", "  ", "\n", "\t", "\r\n", "a", "e", "the", " the", "ing", "Hello", "world", ",", ".", "!", "?", "'",
       "\"", "0", "42", "3.14", "é", "ü", "ß", "ñ", "Ω", "д", "привет", "日本", "語", "中文", "한국어", "ع", "שלום",
       "हिन्दी", "ไทย", "😀", "🦙", "👩‍👩‍👧", "\xc2\xa0", "\xef\xbb\xbf", "e\xcc\x81", "\x01", "\x7f", "<s>", "[INST]",
-      "    ", "def f(x):", "{}", "\xe2\x96\x81", "𝕏", "\xf0\x90\x8d\x88"};
+      "    ", "def f(x):", "{}", "\xe2\x96\x81", "𝕏", "\xf0\x90\x8d\x88", "ქართული", "Հայերեն", "አማርኛ", "தமிழ்",
+      "বাংলা", "ខ្មែរ", "བོད་", "ᠮᠣᠩᠭᠣᠯ", "ᏣᎳᎩ", "ελληνικά", "Ελλάδα", "اردو", "فارسی", "ייִדיש", "ᚠᚢᚦ",
+      "ꦗꦮ", "ひらがな", "カタカナ", "한글", "𠜎𠜱", "🇫🇷", "👍🏽", "❤️", "🏳️‍🌈", "١٢٣", "१२३", "１２３", "Ⅻ", "½",
+      "ǅ", "ﬁ", "ſ", "\xe2\x80\x8b", "\xe2\x80\x8d", "\xe2\x80\xa8", "\xe3\x80\x80", "\xc2\x85",
+      std::string("\0", 1), "\x1b[0m",
+      "\x0b", "\x0c", "\r", "</s>", "<unk>", "[/INST]", "https://example.com/a?b=c", "#include <x>", "a->b", "i++"};
   std::string s;
   const int n = int(rng() % 24);
   for (int i = 0; i < n; ++i) {
     const uint32_t r = rng() % 100;
-    if (r < 85) {
+    if (r < 75) {
       s += atoms[rng() % atoms.size()];
-    } else if (r < 95) {  // a random valid code point, astral planes included
+    } else if (r < 85) {  // a random valid code point, astral planes included
       uint32_t cp = rng() % 0x10ffff + 1;
       if (cp >= 0xd800 && cp <= 0xdfff) cp = 0x41;
-      if (cp < 0x80) s.push_back(char(cp));
-      else if (cp < 0x800) s += {char(0xc0 | (cp >> 6)), char(0x80 | (cp & 0x3f))};
-      else if (cp < 0x10000)
-        s += {char(0xe0 | (cp >> 12)), char(0x80 | ((cp >> 6) & 0x3f)), char(0x80 | (cp & 0x3f))};
-      else
-        s += {char(0xf0 | (cp >> 18)), char(0x80 | ((cp >> 12) & 0x3f)), char(0x80 | ((cp >> 6) & 0x3f)),
-              char(0x80 | (cp & 0x3f))};
-    } else {  // an invalid byte
+      append_cp(s, cp);
+    } else if (r < 89) {  // a control character (C0, DEL, C1)
+      const uint32_t c = rng() % 66;
+      append_cp(s, c < 32 ? c : c == 32 ? 0x7f : 0x80 + (c - 33));
+    } else if (r < 93) {  // a run of spaces, newlines or both
+      const int len = 1 + int(rng() % 40);
+      const char* pool[] = {" ", "\n", " \n", "\t ", "\r\n"};
+      const char* unit = pool[rng() % 5];
+      for (int k = 0; k < len; ++k) s += unit;
+    } else if (r < 97) {  // an invalid byte
       s.push_back(char(0x80 + rng() % 0x80));
+    } else {  // an ill-formed sequence: truncated, overlong, surrogate, out of range
+      static const std::vector<std::string> bad = {"\xf0\x9f\xa6", "\xe2\x96", "\xc3", "\xc0\xaf", "\xe0\x80\xaf",
+                                                   "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80",
+                                                   "\xfe", "\xff", "\xf0\x80\x80\x80"};
+      s += bad[rng() % bad.size()];
     }
   }
   return s;
 }
 
-void compare_with_sentencepiece(const std::string& model_path, int n_strings) {
+// The corpus: structured cases, then random strings; n in all.
+std::vector<std::string> corpus(size_t n, uint32_t seed) {
+  std::vector<std::string> out = {"", " ", "\n", "a", "\x00", std::string(1, '\0') + "x"};
+  for (int len : {2, 3, 8, 16, 17, 64, 100, 1000, 5000}) {
+    out.push_back(std::string(size_t(len), ' '));
+    out.push_back(std::string(size_t(len), '\n'));
+    out.push_back("x" + std::string(size_t(len), ' ') + "y");
+    out.push_back(std::string(size_t(len), ' ') + "end");
+    out.push_back("start" + std::string(size_t(len), ' '));
+    std::string mixed;
+    for (int k = 0; k < len; ++k) mixed += k % 3 ? " " : "\n";
+    out.push_back(mixed);
+  }
+  for (uint32_t c = 0; c < 0x20; ++c) out.push_back("a" + std::string(1, char(c)) + "b" + std::string(3, char(c)));
+  for (uint32_t b = 0x80; b < 0x100; ++b) out.push_back("x" + std::string(1, char(b)) + " y" + std::string(2, char(b)));
+  std::mt19937 rng(seed);
+  while (out.size() < n) out.push_back(random_text(rng));
+  return out;
+}
+
+// A 1 MB string without spaces: words of several scripts glued together, digits, punctuation, emoji.
+std::string big_no_space(size_t bytes) {
+  static const std::vector<std::string> parts = {"the", "tokenizer", "Mistral", "日本語", "привет", "👍", "42", ".",
+                                                 "é", "ß", "-", "ইংরেজি", "\n", "(x)", "abc", "Z"};
+  std::mt19937 rng(5);
+  std::string s;
+  while (s.size() < bytes) s += parts[rng() % parts.size()];
+  return s;
+}
+
+void compare_with_sentencepiece(const std::string& model_path, const std::vector<std::string>& texts) {
   sentencepiece::SentencePieceProcessor sp;
   ASSERT_TRUE(sp.Load(model_path).ok());
   auto tok = Tokenizer::load_sentencepiece(model_path);
   ASSERT_EQ(tok->vocab_size(), sp.GetPieceSize());
-  std::mt19937 rng(1234);
-  int mismatches = 0;
-  for (int i = 0; i < n_strings; ++i) {
-    const std::string text = random_text(rng);
+  int mismatches = 0, decode_mismatches = 0;
+  for (const std::string& text : texts) {
     std::vector<int> want;
     ASSERT_TRUE(sp.Encode(text, &want).ok());
     const auto got = tok->encode(text, false);
@@ -183,32 +235,57 @@ void compare_with_sentencepiece(const std::string& model_path, int n_strings) {
       ADD_FAILURE() << "encode differs for " << json(text).dump(-1, ' ', true, json::error_handler_t::replace);
     std::string sp_text;
     ASSERT_TRUE(sp.Decode(want, &sp_text).ok());
-    EXPECT_EQ(tok->decode(got), sp_text);
+    if (tok->decode(got) != sp_text && decode_mismatches++ < 5)
+      ADD_FAILURE() << "decode differs for " << json(text).dump(-1, ' ', true, json::error_handler_t::replace);
   }
-  EXPECT_EQ(mismatches, 0);
+  EXPECT_EQ(mismatches, 0) << "of " << texts.size();
+  EXPECT_EQ(decode_mismatches, 0) << "of " << texts.size();
 }
 
-TEST(TokenizerOracle, RandomStringsV1) {
+constexpr size_t kCorpusSize = 10000;
+
+TEST(TokenizerOracle, CorpusV1) {
   REQUIRE_SHARED(v1_dir());
-  compare_with_sentencepiece(v1_dir() + "/tokenizer.model", 3000);
+  compare_with_sentencepiece(v1_dir() + "/tokenizer.model", corpus(kCorpusSize, 1234));
 }
 
-TEST(TokenizerOracle, RandomStringsV3) {
+TEST(TokenizerOracle, CorpusV3) {
   const std::string p = testutil::shared_data("tokenizers/mistral-v0.3/tokenizer.model.v3");
   REQUIRE_SHARED(p);
-  compare_with_sentencepiece(p, 3000);
+  compare_with_sentencepiece(p, corpus(kCorpusSize, 4321));
+}
+
+TEST(TokenizerOracle, OneMegabyteWithoutSpaces) {
+  REQUIRE_SHARED(v1_dir());
+  const std::string big = big_no_space(1 << 20);
+  ASSERT_EQ(big.find(' '), std::string::npos);
+  compare_with_sentencepiece(v1_dir() + "/tokenizer.model", {big});
+  const std::string p = testutil::shared_data("tokenizers/mistral-v0.3/tokenizer.model.v3");
+  if (testutil::exists(p)) compare_with_sentencepiece(p, {big});
 }
 
 TEST(TokenizerOracle, RoundTripValidUtf8) {
   REQUIRE_SHARED(v1_dir());
-  auto tok = Tokenizer::load_sentencepiece(v1_dir() + "/tokenizer.model");
-  std::mt19937 rng(99);
-  for (int i = 0; i < 2000; ++i) {
-    const std::string text = utf8_sanitize(random_text(rng));
-    // U+2581 in the input decodes as a space (as in SentencePiece), so it cannot round-trip.
-    if (text.find("\xe2\x96\x81") != std::string::npos) continue;
-    EXPECT_EQ(tok->decode(tok->encode(text, true)), text);
+  const std::string p3 = testutil::shared_data("tokenizers/mistral-v0.3/tokenizer.model.v3");
+  std::vector<std::unique_ptr<Tokenizer>> toks;
+  toks.push_back(Tokenizer::load_sentencepiece(v1_dir() + "/tokenizer.model"));
+  if (testutil::exists(p3)) toks.push_back(Tokenizer::load_sentencepiece(p3));
+  std::vector<std::string> texts = corpus(kCorpusSize, 99);
+  texts.push_back(big_no_space(1 << 20));
+  size_t checked = 0;
+  for (const auto& tok : toks) {
+    int failures = 0;
+    for (const std::string& raw : texts) {
+      const std::string text = utf8_sanitize(raw);
+      // U+2581 in the input decodes as a space (as in SentencePiece), so it cannot round-trip.
+      if (text.find("\xe2\x96\x81") != std::string::npos) continue;
+      ++checked;
+      if (tok->decode(tok->encode(text, true)) != text && failures++ < 5)
+        ADD_FAILURE() << "round trip fails for " << json(text).dump(-1, ' ', true, json::error_handler_t::replace);
+    }
+    EXPECT_EQ(failures, 0);
   }
+  EXPECT_GT(checked, toks.size() * kCorpusSize * 9 / 10);
 }
 #endif
 
