@@ -139,6 +139,9 @@ int main(int argc, char** argv) {
   batch_cmd->add_option("--seed", ba.seed, "Base seed; request i uses seed + i unless it gives its own")
       ->check(CLI::Range(int64_t(-1), INT64_MAX));
   batch_cmd->add_flag("--ignore-eos", ba.ignore_eos, "Keep generating after the end-of-sequence token");
+  batch_cmd->add_flag("--chat", ba.chat, "Encode every text prompt as one user turn of the model's chat format");
+  batch_cmd->add_option("--chat-format", ba.chat_format, "Chat format for --chat and 'messages' lines (default: detected)");
+  batch_cmd->add_option("--system", ba.system, "System prompt for --chat text prompts");
   batch_cmd->add_option("--stop", ba.stop, "Default stop string (repeatable)")->take_all()->expected(1)->allow_extra_args(false);
 
   try {

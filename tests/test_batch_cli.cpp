@@ -181,3 +181,32 @@ TEST(BatchCli, ResumeAfterSigkillGivesOneLinePerId) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(BatchCli, MessagesUseTheChatEncoding) {
+  if (!testutil::exists(stories())) GTEST_SKIP() << "stories260K is not present";
+  testutil::TempDir td;
+  const json conv = json::array({{{"role", "system"}, {"content", "Be kind"}},
+                                 {{"role", "user"}, {"content", "Tell me a story"}}});
+  testutil::write_file(td.file("conv.json"), conv.dump());
+  testutil::write_file(td.file("in.jsonl"),
+                       json({{"id", "c"}, {"messages", conv}, {"max_tokens", 6}}).dump() + "\n" +
+                           json({{"id", "bad"}, {"messages", {{{"role", "robot"}, {"content", "x"}}}}}).dump() + "\n");
+  auto tk = testutil::run_cli({"tokenize", "-m", stories(), "--messages", td.file("conv.json"), "--chat-format", "v1"});
+  ASSERT_EQ(tk.exit_code, 0) << tk.err;
+  const size_t n_ids = json::parse(tk.out)["ids"].size();
+  auto r = testutil::run_cli({"batch", "-m", stories(), "-i", td.file("in.jsonl"), "-o", td.file("out.jsonl"), "--temp",
+                              "0", "--chat-format", "v1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto res = read_results(td.file("out.jsonl"));
+  EXPECT_EQ(res["\"c\""]["prompt_tokens"], n_ids);
+  EXPECT_EQ(res["\"c\""]["completion_tokens"], 6);
+  EXPECT_NE(res["\"bad\""]["error"].get<std::string>().find("robot"), std::string::npos);
+  // Without a format the model cannot be chatted with: an error line per request, not a crash.
+  r = testutil::run_cli({"batch", "-m", stories(), "-i", td.file("in.jsonl"), "-o", td.file("out2.jsonl")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(read_results(td.file("out2.jsonl"))["\"c\""].contains("error"));
+}
+
+}  // namespace

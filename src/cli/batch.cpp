@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "mistral/batch.h"
+#include "mistral/chat.h"
 #include "mistral/config.h"
 #include "mistral/error.h"
 
@@ -181,6 +182,26 @@ int run_batch(const BatchArgs& a) {
   if (a.top_k_set) base.sampler.top_k = a.top_k;
   const uint64_t base_seed = a.seed >= 0 ? uint64_t(a.seed) : std::random_device{}();
 
+  // Chat encoding for "messages" lines (and for every prompt with --chat), set up on first use so
+  // that plain-prompt files work with models that have no chat format.
+  std::unique_ptr<ChatEncoder> chat;
+  std::string chat_error;
+  bool chat_tried = false;
+  ChatTemplateInfo chat_info;
+  auto encoder = [&]() -> const ChatEncoder& {
+    if (!chat_tried) {
+      chat_tried = true;
+      try {
+        chat_info = read_chat_template_info(a.model.model_dir);
+        chat.reset(new ChatEncoder(*tok, choose_chat_format(a.chat_format, *tok, chat_info), chat_info));
+      } catch (const Error& e) {
+        chat_error = e.what();
+      }
+    }
+    if (!chat) throw UsageError(chat_error);
+    return *chat;
+  };
+
   FILE* out = std::fopen(a.output.c_str(), a.resume ? "ab" : "wb");
   if (!out) throw FileError(a.output + ": cannot open for writing");
   auto write_line = [&](const json& j) {
@@ -234,9 +255,19 @@ int run_batch(const BatchArgs& a) {
       gp.sampler.seed = base_seed + i;
       if (err.empty()) {
         try {
-          if (!it.messages.is_null())
-            throw UsageError("'messages' needs chat support, which this build does not have yet");
-          ids = tok->encode(it.prompt, true);
+          if (!it.messages.is_null() || a.chat) {
+            const ChatEncoder& enc = encoder();
+            Conversation conv = it.messages.is_null()
+                                    ? Conversation{ChatMessage{"user", it.prompt}}
+                                    : parse_conversation_json(it.messages.dump(), "messages of id " + it.id.dump());
+            if (it.messages.is_null() && !a.system.empty()) conv.insert(conv.begin(), ChatMessage{"system", a.system});
+            ids = enc.encode(conv, true);
+            for (int32_t e : enc.stop_ids())
+              if (std::find(gp.eos_ids.begin(), gp.eos_ids.end(), e) == gp.eos_ids.end()) gp.eos_ids.push_back(e);
+            for (const auto& st : enc.stop_strings()) gp.stop.push_back(st);
+          } else {
+            ids = tok->encode(it.prompt, true);
+          }
           const json& o = it.overrides;
           auto num = [&](const char* k) -> const json* {
             if (!o.contains(k)) return nullptr;

@@ -60,9 +60,13 @@ struct BatchArgs {
   int64_t seed = -1;
   bool ignore_eos = false;
   std::vector<std::string> stop;
+  bool chat = false;         // wrap every text prompt as one user turn
+  std::string chat_format;   // "" = from the tokenizer / chat_template
+  std::string system;        // system prompt for --chat text prompts
 };
 
 int run_generate(const GenerateArgs& a);
+int run_chat(const ChatArgs& a);
 int run_batch(const BatchArgs& a);
 int run_info(const ModelArgs& a);
 int run_tokenize(const TokenizeArgs& a);
