@@ -18,6 +18,7 @@ constexpr int kMaxDimsPerThread = 4;  // head_dim <= 512
 __global__ void attention_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                  const float* __restrict__ ck, const float* __restrict__ cv, int64_t start,
                                  AttnParams p, float* __restrict__ out) {
+  if (p.d_start) start = *p.d_start;
   const int t = blockIdx.x / p.n_heads, h = blockIdx.x % p.n_heads;
   const int hd = p.head_dim, kvd = p.n_kv_heads * hd, qd = p.n_heads * hd;
   const int kvh = h / (p.n_heads / p.n_kv_heads);
@@ -91,8 +92,9 @@ __global__ void attention_kernel(const float* __restrict__ q, const float* __res
 }
 
 __global__ void cache_write_kernel(const float* __restrict__ k, const float* __restrict__ v, float* ck, float* cv,
-                                   int first, int64_t start, int kvd, int64_t slots) {
+                                   int first, int64_t start, const int64_t* d_start, int kvd, int64_t slots) {
   const int t = first + blockIdx.x;
+  if (d_start) start = *d_start;
   const size_t slot = size_t((start + t) % slots);
   for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
     ck[slot * kvd + i] = k[size_t(t) * kvd + i];
@@ -116,7 +118,7 @@ cudaError_t cache_write_cuda(const float* k, const float* v, float* cache_k, flo
                              const AttnParams& p, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   const int first = T > p.slots ? int(T - p.slots) : 0;
-  cache_write_kernel<<<unsigned(T - first), 128, 0, stream>>>(k, v, cache_k, cache_v, first, start,
+  cache_write_kernel<<<unsigned(T - first), 128, 0, stream>>>(k, v, cache_k, cache_v, first, start, p.d_start,
                                                               p.n_kv_heads * p.head_dim, p.slots);
   return cudaGetLastError();
 }

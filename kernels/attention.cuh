@@ -11,6 +11,7 @@ struct AttnParams {
   int n_heads, n_kv_heads, head_dim;
   int window;     // 0 = full attention; else query p attends keys p-W < j <= p
   int64_t slots;  // cache rows; position j lives in row j % slots
+  const int64_t* d_start = nullptr;  // when set, the start position is read from device memory (graphs)
 };
 
 // q: [T, Hq*hd]; k, v: [T, Hkv*hd] (this chunk); cache_k/v: [slots, Hkv*hd] holding positions < start;

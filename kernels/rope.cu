@@ -8,10 +8,11 @@ namespace mistral {
 namespace cuda {
 
 namespace {
-__global__ void rope_kernel(float* q, float* k, int64_t start, int n_heads, int n_kv_heads, int hd,
-                            const float* __restrict__ inv_freq) {
+__global__ void rope_kernel(float* q, float* k, int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads,
+                            int hd, const float* __restrict__ inv_freq) {
   const int half = hd / 2;
   const int t = blockIdx.x;
+  if (d_start) start = *d_start;
   const float pos = float(start + t);
   const int pairs_q = n_heads * half, pairs = (n_heads + n_kv_heads) * half;
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
@@ -30,11 +31,11 @@ __global__ void rope_kernel(float* q, float* k, int64_t start, int n_heads, int 
 }
 }  // namespace
 
-cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, int n_heads, int n_kv_heads, int head_dim,
-                      const float* inv_freq, cudaStream_t stream) {
+cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads,
+                      int head_dim, const float* inv_freq, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   if (head_dim % 2) return cudaErrorInvalidValue;
-  rope_kernel<<<T, 128, 0, stream>>>(q, k, start, n_heads, n_kv_heads, head_dim, inv_freq);
+  rope_kernel<<<T, 128, 0, stream>>>(q, k, start, d_start, n_heads, n_kv_heads, head_dim, inv_freq);
   return cudaGetLastError();
 }
 

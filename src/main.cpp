@@ -36,11 +36,16 @@ void add_model_args(CLI::App* app, ModelArgs& m, bool runtime) {
       ->check(CLI::IsMember({"auto", "f32", "f16", "bf16"}));
   app->add_option("--ctx", m.ctx, "Context size without a sliding window (default: max_position_embeddings)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 31));
+  app->add_option("--quant", m.quant, "Quantize the linear weights at load: none, int8 (per-channel), nf4 (blocks of "
+                                      "64) or int4 (groups of 128); embeddings and norms stay full precision")
+      ->check(CLI::IsMember({"none", "int8", "nf4", "int4"}));
+  app->add_flag("--quant-lm-head", m.quant_lm_head, "With --quant: quantize lm_head too");
   if (!runtime) return;
   app->add_option("--device", m.device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app->add_option("-t,--threads", m.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
   app->add_option("--chunk", m.chunk, "Prefill chunk size in tokens")->check(CLI::Range(1, 1 << 20));
   app->add_flag("-v,--verbose", m.verbose, "Print load time, prompt tokens and speeds on stderr");
+  app->add_flag("--no-graph", m.no_graph, "CUDA: run each decode step eagerly instead of replaying a recorded graph");
 }
 
 }  // namespace
@@ -88,7 +93,13 @@ int main(int argc, char** argv) {
   auto* tp = tok_cmd->add_option("-p,--prompt", tk.prompt, "Text");
   auto* tf = tok_cmd->add_option("-f,--file", tk.prompt_file, "Read the text from a file (bytes as they are)");
   tp->excludes(tf);
-  tok_cmd->add_flag("--no-bos", tk.no_bos, "Do not prepend the BOS token");
+  auto* tno_bos = tok_cmd->add_flag("--no-bos", tk.no_bos, "Do not prepend the BOS token");
+  auto* tmsg = tok_cmd->add_option("--messages", tk.messages_file,
+                                   "Encode a conversation (JSON list of {\"role\", \"content\"}) with the chat format; "
+                                   "for generation when the last message is the user's");
+  tmsg->excludes(tp)->excludes(tf)->excludes(tno_bos);
+  tok_cmd->add_option("--chat-format", tk.chat_format, "With --messages: v1, v2, v3, v7, chatml or zephyr "
+                                                       "(default: from the tokenizer and chat_template)");
 
   DetokenizeArgs dt;
   CLI::App* detok_cmd = app.add_subcommand("detokenize", "Print the text of comma-separated token ids");

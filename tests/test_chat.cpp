@@ -29,17 +29,41 @@ std::string v3_model() { return testutil::shared_data("tokenizers/mistral-v0.3/t
     if (!testutil::exists(path)) GTEST_SKIP() << (path) << " is not present"; \
   } while (0)
 
+// mistral-common's bundled tokenizer files (its wheel's data directory): $MISTRAL_COMMON_DATA, else asked from
+// python3; "" when mistral-common is not installed (tools/install-deps.sh installs it).
+std::string mistral_common_data() {
+  static const std::string dir = [] {
+    if (const char* e = std::getenv("MISTRAL_COMMON_DATA")) return std::string(e);
+    std::string out;
+    if (FILE* p = ::popen("python3 -c 'import mistral_common, os; print(os.path.dirname(mistral_common.__file__))' "
+                          "2>/dev/null", "r")) {
+      char buf[4096];
+      while (std::fgets(buf, sizeof buf, p)) out += buf;
+      ::pclose(p);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+    return out.empty() ? out : out + "/data";
+  }();
+  return dir;
+}
+
 // The tokenizer file mistral-common uses for each instruct version, among what ../shared/data holds. v2 has no
 // file there: mistral-common's v2 file differs from the v3 file only in the names of 24 unused control tokens, so
 // the v3 file gives the same ids for conversations without tools (tokens_v2.json == tokens_v3.json for no_tools).
+// v7 and tekken come from mistral-common's wheel.
 std::string tokenizer_for(const std::string& version) {
   if (version == "v1") return v1_model();
   if (version == "v2" || version == "v3") return v3_model();
-  if (version == "v7") {
-    const char* p = std::getenv("MISTRAL_V7_TOKENIZER");
-    return p ? p : "";
-  }
+  const std::string mc = mistral_common_data();
+  if (mc.empty()) return "";
+  if (version == "v7") return mc + "/mistral_instruct_tokenizer_241114.model.v7";
+  if (version == "tekken_v3" || version == "tekken_v7") return mc + "/tekken_240718.json";
   return "";
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0) return Tokenizer::load_tekken(path);
+  return Tokenizer::load_sentencepiece(path);
 }
 
 Conversation to_conv(const json& msgs) {
@@ -140,18 +164,21 @@ class MistralCommonCases : public ::testing::TestWithParam<std::string> {};
 TEST_P(MistralCommonCases, EqualMistralCommon) {
   const std::string v = GetParam();
   const std::string tfile = tokenizer_for(v);
-  if (tfile.empty()) GTEST_SKIP() << v << ": set MISTRAL_V7_TOKENIZER to mistral-common's mistral_instruct_tokenizer_241114.model.v7";
+  if (tfile.empty())
+    GTEST_SKIP() << v << ": mistral-common is not installed (python3 -m pip install mistral-common), so its "
+                 << "tokenizer files are not available";
   REQUIRE_FILE(tfile);
-  auto tok = Tokenizer::load_sentencepiece(tfile);
-  ChatEncoder enc(*tok, parse_chat_format(v));
+  auto tok = load_tokenizer(tfile);
+  ChatEncoder enc(*tok, parse_chat_format(v.substr(v.rfind('_') + 1)));
+  const bool full = v == "v1" || v == "v3" || v == "tekken_v3";
   const CaseStats st = run_cases("chat_cases_" + v + ".json", enc);
-  EXPECT_GE(st.encoded + st.rejected, v == "v1" || v == "v3" ? 240 : 120);
-  EXPECT_GE(st.encoded, v == "v1" || v == "v3" ? 200 : 100);
+  EXPECT_GE(st.encoded + st.rejected, full ? 240 : 120);
+  EXPECT_GE(st.encoded, full ? 200 : 100);
   RecordProperty("encoded", st.encoded);
   RecordProperty("rejected", st.rejected);
 }
 
-INSTANTIATE_TEST_SUITE_P(Versions, MistralCommonCases, ::testing::Values("v1", "v2", "v3", "v7"),
+INSTANTIATE_TEST_SUITE_P(Versions, MistralCommonCases, ::testing::Values("v1", "v2", "v3", "v7", "tekken_v3", "tekken_v7"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 // A model directory with the v0.1 tokenizer.json and a tokenizer_config.json holding `template` (and ChatML's
@@ -296,6 +323,17 @@ TEST_F(ChatRules, FormatFromTemplateAndTokenizer) {
   EXPECT_THROW(choose_chat_format("", *v1, {}), ConfigError);  // base model: no template, no controls
   EXPECT_THROW(parse_chat_format("llama3"), UsageError);
   EXPECT_THROW(parse_chat_format("tekken"), UsageError);
+}
+
+TEST(ChatFormatChoice, TekkenVersionFromTheFile) {
+  const std::string mc = mistral_common_data();
+  if (mc.empty()) GTEST_SKIP() << "mistral-common is not installed";
+  REQUIRE_FILE(mc + "/tekken_240718.json");
+  auto tok = Tokenizer::load_tekken(mc + "/tekken_240718.json");
+  EXPECT_EQ(choose_chat_format("", *tok, {}), ChatFormat::V3);  // Mistral-Nemo: version v3
+  ChatEncoder e(*tok, ChatFormat::V3);
+  EXPECT_FALSE(e.drops_answer_space());  // tekken adds no dummy-prefix space
+  EXPECT_EQ(e.encode({{"user", "Hi"}}, true), (std::vector<int32_t>{1, 3, 37133, 4}));
 }
 
 TEST(ChatFormatChoice, StoriesNeedsAnExplicitFormat) {

@@ -10,7 +10,10 @@ implementations give for them. tests/test_chat.cpp checks that mistral-run's Cha
                           names of 24 unused control tokens, so the ids of conversations without tools are the same
                     v3 -> tokenizers/mistral-v0.3/tokenizer.model.v3
                     v7 -> mistral-common's bundled mistral_instruct_tokenizer_241114.model.v7 (not in
-                          ../shared/data; the test runs it only when MISTRAL_V7_TOKENIZER names that file)
+                          ../shared/data; the test finds it in mistral-common's data directory)
+  tekken_v3, tekken_v7: mistral-common with its bundled tekken_240718.json (Mistral-Nemo, version v3), and the
+                  same file relabelled v7 (the v7 rules over a tekken vocabulary; its built-in special tokens
+                  include [SYSTEM_PROMPT])
   chatml, zephyr: Hugging Face `tokenizers` + jinja2 rendering the real templates of OpenHermes-2.5-Mistral-7B
                   (ChatML) and zephyr-7b-beta, as transformers' apply_chat_template does, over the v0.1
                   tokenizer.json (ChatML adds <|im_end|>=32000 and <|im_start|>=32001 as OpenHermes does).
@@ -112,6 +115,14 @@ def random_conversation(rng, allow_tricky=True):
 
 # ---- mistral-common ----------------------------------------------------------------------------------
 
+def tekken_tokenizers(path):
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    return (MistralTokenizer.from_file(path, mode=ValidationMode.test),
+            MistralTokenizer.from_file(path, mode=ValidationMode.finetuning))
+
+
 def mistral_tokenizers(version, path):
     from mistral_common.protocol.instruct.normalize import get_normalizer
     from mistral_common.protocol.instruct.validator import ValidationMode, get_validator
@@ -191,15 +202,30 @@ def main():
     warnings.simplefilter("ignore")
     import mistral_common
 
+    mc_data = os.path.join(os.path.dirname(mistral_common.__file__), "data")
     v7 = args.v7_tokenizer
     if v7 is None:
-        cand = os.path.join(os.path.dirname(mistral_common.__file__), "data",
-                            "mistral_instruct_tokenizer_241114.model.v7")
+        cand = os.path.join(mc_data, "mistral_instruct_tokenizer_241114.model.v7")
         v7 = cand if os.path.exists(cand) else None
+    # Tekken: Mistral-Nemo's tekken_240718.json (version v3) as it is, and the same file relabelled v7 (a copy in
+    # a temporary directory) for the v7 rules with a tekken tokenizer.
+    import tempfile
+    tmpdir = tempfile.mkdtemp(prefix="gen-chat-")
+    tekken = os.path.join(mc_data, "tekken_240718.json")
+    with open(tekken, encoding="utf-8") as f:
+        tj = json.load(f)
+    assert tj["config"]["version"] == "v3", tj["config"]
+    tj["config"]["version"] = "v7"
+    tekken_v7 = os.path.join(tmpdir, "tekken_240718_as_v7.json")
+    with open(tekken_v7, "w", encoding="utf-8") as f:
+        json.dump(tj, f)
+    del tj
     specs = {
         "v1": ("mistral-common", os.path.join(SHARED, "tokenizers", "mistral-v0.1", "tokenizer.model")),
         "v2": ("mistral-common", os.path.join(SHARED, "tokenizers", "mistral-v0.3", "tokenizer.model.v3")),
         "v3": ("mistral-common", os.path.join(SHARED, "tokenizers", "mistral-v0.3", "tokenizer.model.v3")),
+        "tekken_v3": ("tekken", tekken),
+        "tekken_v7": ("tekken", tekken_v7),
         "chatml": ("hf", None),
         "zephyr": ("hf", None),
     }
@@ -209,11 +235,12 @@ def main():
     for fmt, (kind, path) in specs.items():
         rng = random.Random(f"{args.seed}-{fmt}")
         cases = []
-        if kind == "mistral-common":
-            toks = mistral_tokenizers(fmt, path)
+        if kind in ("mistral-common", "tekken"):
+            toks = mistral_tokenizers(fmt, path) if kind == "mistral-common" else tekken_tokenizers(path)
             enc = lambda m, g: mistral_encode(toks, m, g)  # noqa: E731
             meta = {"reference": f"mistral-common {mistral_common.__version__}",
-                    "tokenizer": os.path.basename(path), "version": fmt}
+                    "tokenizer": "tekken_240718.json" if kind == "tekken" else os.path.basename(path),
+                    "version": fmt.split("_")[-1]}
         else:
             setup = hf_setup(fmt)
             enc = lambda m, g: hf_encode(setup, m, g)  # noqa: E731
@@ -223,9 +250,9 @@ def main():
                     "added_tokens": setup[3]}
         # v1 and v3 (the tokenizers in ../shared/data) get the full count; v2 (same ids as v3 without tools), v7
         # and the template formats half of it, to keep the files small.
-        n_cases = args.cases if fmt in ("v1", "v3") else args.cases // 2
+        n_cases = args.cases if fmt in ("v1", "v3", "tekken_v3") else args.cases // 2
         while len(cases) < n_cases:
-            msgs, generation = random_conversation(rng, allow_tricky=(kind == "mistral-common"))
+            msgs, generation = random_conversation(rng, allow_tricky=(kind != "hf"))
             ids, err = enc(msgs, generation)
             case = {"messages": msgs, "generation": generation}
             if err is None:
@@ -239,6 +266,8 @@ def main():
             json.dump({"meta": meta, "cases": cases}, f, ensure_ascii=False, separators=(",", ":"))
             f.write("\n")
         print(f"{out}: {len(cases)} cases ({ok} encoded, {len(cases) - ok} rejected)", file=sys.stderr)
+    import shutil
+    shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,19 @@ class Backend {
   // x[i] += y[i].
   virtual void add(float* x, const float* y, size_t n) = 0;
   virtual void synchronize() {}
+
+  // Decode-step graphs (CUDA): a single-token step is recorded once per KV cache and replayed with
+  // the token id and position read from device memory. Backends without graphs return false.
+  virtual bool graphs_supported() const { return false; }
+  // Sets the token and position the next captured or replayed step reads.
+  virtual void set_step_inputs(int32_t id, int64_t pos) {}
+  // Replays the graph recorded under `key`; false when there is none.
+  virtual bool graph_launch(uint64_t key) { return false; }
+  // Between begin and end, ops are recorded (reading the step inputs from device memory), not run.
+  virtual void graph_capture_begin() {}
+  virtual void graph_capture_end(uint64_t key) {}
+  // Forgets every recorded graph (their buffers are about to change).
+  virtual void graph_reset() {}
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);

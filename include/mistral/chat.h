@@ -18,6 +18,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,8 +29,8 @@ namespace mistral {
 enum class ChatFormat { V1, V2, V3, V7, ChatML, Zephyr };
 
 const char* chat_format_name(ChatFormat f);
-// "v1", "v2", "v3", "v7", "chatml", "zephyr" (case-insensitive). Tekken names ("tekken", "v11", "v13")
-// and anything else throw UsageError naming the supported formats.
+// "v1", "v2", "v3", "v7", "chatml", "zephyr" (case-insensitive); "v11" and "v13" (tekken versions that encode
+// conversations without tools as v7 does) give V7. Anything else throws UsageError naming the formats.
 ChatFormat parse_chat_format(const std::string& name);
 std::string chat_format_names();  // "v1, v2, v3, v7, chatml, zephyr"
 
@@ -62,9 +63,9 @@ ChatTemplateInfo read_chat_template_info(const std::string& model_dir);
 ChatFormat chat_format_from_template(const std::string& jinja, const Tokenizer& tok);
 
 // Picks the format for a model directory: `requested` (a --chat-format name) when not empty, else the
-// tokenizer file's version (tokenizer.model.v1/.v2/.v3/.v7), else the chat_template, else the tokenizer's
-// control tokens ([INST] -> v3, [SYSTEM_PROMPT] -> v7). Tekken tokenizers and models without any clue throw
-// ConfigError with a hint to use --chat-format NAME.
+// tokenizer file's version (tokenizer.model.v1/.v2/.v3/.v7, tekken.json's config.version: v3 -> V3,
+// v7/v11/v13 -> V7), else the chat_template, else the tokenizer's control tokens ([INST] -> v3,
+// [SYSTEM_PROMPT] -> v7). Models without any clue throw ConfigError with a hint to use --chat-format NAME.
 ChatFormat choose_chat_format(const std::string& requested, const Tokenizer& tok, const ChatTemplateInfo& info);
 
 class ChatEncoder {
@@ -112,6 +113,10 @@ class ChatEncoder {
   bool drop_answer_space_ = false;
   int32_t bos_ = -1, eos_ = -1, inst_ = -1, end_inst_ = -1, sys_ = -1, end_sys_ = -1;
 };
+
+// The encoder for a model directory: read_chat_template_info + choose_chat_format(requested) + ChatEncoder.
+std::unique_ptr<ChatEncoder> make_chat_encoder(const std::string& model_dir, const Tokenizer& tok,
+                                               const std::string& requested = "");
 
 // Index of the first id where a and b differ (their common prefix length).
 size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b);

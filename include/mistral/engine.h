@@ -15,6 +15,7 @@ namespace mistral {
 struct SessionOptions {
   int64_t context = 0;  // max positions without a window (0: max_position_embeddings)
   int chunk = 512;      // prefill chunk size (tokens per forward call)
+  bool graphs = true;   // replay single-token decode steps as recorded graphs where the backend can
 };
 
 // One sequence's KV cache: per layer K and V [slots, Hkv*hd]; position p lives in row p % slots.
@@ -30,12 +31,14 @@ class KVCache {
   // Positions this cache can hold: unbounded with a sliding window (rolling), else its rows.
   int64_t capacity() const { return rolling_ ? INT64_MAX : slots_; }
   int64_t n_past = 0;  // positions already stored (the next token's position)
+  uint64_t id() const { return id_; }  // unique per cache ever made (keys recorded decode graphs)
 
  private:
   Backend& be_;
   std::vector<KVLayer> layers_;
   int64_t bytes_ = 0, slots_ = 0;
   bool rolling_ = false;
+  uint64_t id_ = 0;
 };
 
 // T tokens of one sequence, at positions cache->n_past .. n_past+T-1.
@@ -70,6 +73,9 @@ class ForwardPass {
 
  private:
   void ensure_scratch(int T, int rows);
+  // The layers, final norm and lm_head for the segments (embedding already in x_); logits rows stay on
+  // the device in logits_.
+  void body(const std::vector<BatchSegment>& segs, int T, int rows);
 
   const Model& model_;
   Backend& be_;
@@ -78,6 +84,7 @@ class ForwardPass {
   int64_t n_layers_;
   int64_t context_;
   int chunk_;
+  bool graphs_;
   int scratch_T_ = 0, scratch_rows_ = 0;
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *gate_ = nullptr,
         *up_ = nullptr, *xg_ = nullptr, *logits_ = nullptr;

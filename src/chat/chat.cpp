@@ -27,10 +27,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
 std::string rstrip_spaces(const std::string& s) {
@@ -61,6 +57,33 @@ json parse_json_file(const std::string& path) {
 
 const char* kFormatNames = "v1, v2, v3, v7, chatml, zephyr";
 
+// config.version of a tekken.json ("v3", "v7", ...). The config object precedes the (large) vocabulary, so a
+// scan of its text finds it without parsing the whole file; the full parse is the fallback.
+std::string tekken_version(const std::string& path) {
+  const std::string text = read_text_file(path);
+  const size_t cfg = text.find("\"config\"");
+  if (cfg != std::string::npos) {
+    const size_t open = text.find('{', cfg);
+    const size_t close = open == std::string::npos ? open : text.find('}', open);
+    if (close != std::string::npos) {
+      try {
+        const json c = json::parse(text.substr(open, close - open + 1));
+        if (c.contains("version") && c["version"].is_string()) return c["version"].get<std::string>();
+      } catch (const json::exception&) {
+      }
+    }
+  }
+  try {
+    const json j = json::parse(text);
+    if (j.contains("config") && j["config"].is_object() && j["config"].contains("version") &&
+        j["config"]["version"].is_string())
+      return j["config"]["version"].get<std::string>();
+  } catch (const json::exception& e) {
+    throw FileError(path + ": invalid JSON (" + e.what() + ")");
+  }
+  throw FileError(path + ": no config.version");
+}
+
 }  // namespace
 
 const char* chat_format_name(ChatFormat f) {
@@ -85,9 +108,12 @@ ChatFormat parse_chat_format(const std::string& name) {
   if (n == "v7") return ChatFormat::V7;
   if (n == "chatml") return ChatFormat::ChatML;
   if (n == "zephyr") return ChatFormat::Zephyr;
-  if (n == "tekken" || n == "v11" || n == "v13" || n == "v15")
-    throw UsageError("--chat-format " + name + ": tekken formats are not supported yet (this build has no tekken.json "
-                     "tokenizer); supported: " + kFormatNames);
+  // Without tools, v11 and v13 encode conversations exactly as v7 (they differ in tool calls and thinking).
+  if (n == "v11" || n == "v13") return ChatFormat::V7;
+  if (n == "tekken")
+    throw UsageError("--chat-format tekken: tekken is a tokenizer, not a chat format; tekken.json names its version "
+                     "(v3, v7, v11, v13), which is used when --chat-format is not given (supported: " +
+                     std::string(kFormatNames) + ")");
   throw UsageError("--chat-format " + name + ": unknown chat format (supported: " + kFormatNames + ")");
 }
 
@@ -215,8 +241,13 @@ ChatFormat chat_format_from_template(const std::string& jinja, const Tokenizer& 
 ChatFormat choose_chat_format(const std::string& requested, const Tokenizer& tok, const ChatTemplateInfo& info) {
   if (!requested.empty()) return parse_chat_format(requested);
   const std::string& src = tok.source();
-  if (ends_with(src, "tekken.json"))
-    throw ConfigError(src + ": tekken chat formats are not supported yet");
+  if (tok.kind() == TokenizerKind::Tekken) {
+    const std::string v = tekken_version(src);
+    if (v == "v3") return ChatFormat::V3;
+    if (v == "v7" || v == "v11" || v == "v13") return ChatFormat::V7;
+    throw ConfigError(src + ": tekken version '" + v + "' is not supported yet (v3, v7, v11, v13 are); choose a format "
+                      "with --chat-format NAME (" + kFormatNames + ")");
+  }
   // mistral-common names its SentencePiece files by instruct version: tokenizer.model.v3, ...v7m1.
   const size_t dot = src.rfind(".model.v");
   if (dot != std::string::npos) {
@@ -462,6 +493,12 @@ std::vector<int32_t> ChatEncoder::encode_template(const Conversation& conv, bool
   if (for_generation) literal(format_ == ChatFormat::ChatML ? "<|im_start|>assistant\n" : "<|assistant|>\n");
   flush();
   return out;
+}
+
+std::unique_ptr<ChatEncoder> make_chat_encoder(const std::string& model_dir, const Tokenizer& tok,
+                                               const std::string& requested) {
+  const ChatTemplateInfo info = read_chat_template_info(model_dir);
+  return std::unique_ptr<ChatEncoder>(new ChatEncoder(tok, choose_chat_format(requested, tok, info), info));
 }
 
 size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {

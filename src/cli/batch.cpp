@@ -152,10 +152,11 @@ int run_batch(const BatchArgs& a) {
   if (a.resume) done_ids = read_done_ids(a.output);
 
   std::unique_ptr<Model> model = Model::load(a.model.model_dir, load_options(a.model));
-  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model.model_dir);
+  std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model.model_dir);
   std::unique_ptr<Backend> backend = make_backend(a.model);
   SessionOptions so;
   so.chunk = a.model.chunk;
+  so.graphs = !a.model.no_graph;
   so.context = a.model.ctx;
   ForwardPass fp(*model, *backend, so);
 

@@ -86,29 +86,23 @@ int run_bench(const BenchArgs& a) {
     bw = measure_bandwidth(threads);
   }
 
-  const ModelConfig& c = model->config();
+  const ModelConfig& c = main_m.model->config();
   SessionOptions so;
   so.chunk = a.model.chunk;
+  so.graphs = !a.model.no_graph;
   so.context = std::max<int64_t>(a.model.ctx, a.prompt_tokens + a.gen_tokens + 1);
-  Session s(*model, *be, so);
+  main_m.session.reset(new Session(*main_m.model, *be, so));
+  if (compare) base_m.session.reset(new Session(*base_m.model, *be, so));
   std::mt19937 rng(7);
   std::vector<int32_t> prompt(size_t(a.prompt_tokens));
   for (auto& id : prompt) id = int32_t(rng() % uint32_t(c.vocab_size));
 
-  double best_prefill = 1e30, best_decode = 1e30;
   for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
-    s.reset();
-    double t0 = now_seconds();
-    std::vector<float> logits = s.feed(prompt);
-    best_prefill = std::min(best_prefill, now_seconds() - t0);
-    int32_t id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    t0 = now_seconds();
-    for (int i = 0; i < a.gen_tokens; ++i) {
-      logits = s.feed({id});
-      id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    }
-    best_decode = std::min(best_decode, now_seconds() - t0);
+    if (compare) time_once(base_m, prompt, a.gen_tokens);
+    time_once(main_m, prompt, a.gen_tokens);
   }
+  const Model* model = main_m.model.get();
+  const double best_prefill = main_m.prefill, best_decode = main_m.decode;
   // Batched decode: `batch` sequences with their own caches, one token each per forward pass.
   double batch_tps = 0;
   if (a.batch > 1) {

@@ -15,6 +15,9 @@ struct ModelArgs {
   int chunk = 512;
   int64_t ctx = 0;              // 0 = max_position_embeddings
   bool verbose = false;
+  bool no_graph = false;        // CUDA: run decode steps eagerly instead of replaying a recorded graph
+  std::string quant = "none";   // none | int8 | nf4 | int4 (linear weights, at load)
+  bool quant_lm_head = false;   // also quantize lm_head
 };
 
 struct GenerateArgs {
@@ -28,11 +31,26 @@ struct GenerateArgs {
   int64_t seed = -1;  // -1 = random
   bool ignore_eos = false, json = false, no_bos = false;
   std::vector<std::string> stop;
+  bool chat = false;                 // --chat: the prompt is one user turn of the chat format
+  std::string system, chat_format;   // --system, --chat-format (with --chat)
+};
+
+// `mistral-run chat` (src/cli/chat.cpp).
+struct ChatArgs {
+  ModelArgs model;
+  std::string system, chat_format;
+  int max_tokens = 512;
+  float temperature = 0.7f, top_p = 0.95f, min_p = 0.0f, repeat_penalty = 1.0f;
+  int top_k = 0, repeat_last_n = 64;
+  bool temp_set = false, top_p_set = false, top_k_set = false;
+  int64_t seed = -1;  // -1 = random
+  bool ignore_eos = false, no_color = false, no_history = false;
 };
 
 struct TokenizeArgs {
   std::string model_dir, prompt, prompt_file;
   bool prompt_set = false, prompt_file_set = false, no_bos = false;
+  std::string messages_file, chat_format;  // --messages CONV.json: encode a conversation (src/chat)
 };
 
 struct DetokenizeArgs {

@@ -34,13 +34,14 @@ int run_generate(const GenerateArgs& a) {
   const std::string prompt = a.prompt_set ? a.prompt : read_prompt_file(a.prompt_file);
   const double t_load0 = now_seconds();
   std::unique_ptr<Model> model = Model::load(a.model.model_dir, load_options(a.model));
-  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model.model_dir);
+  std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model.model_dir);
   if (tok->vocab_size() > model->config().vocab_size)
     throw ConfigError("tokenizer has " + std::to_string(tok->vocab_size()) + " pieces but the model's vocab_size is " +
                       std::to_string(model->config().vocab_size));
   std::unique_ptr<Backend> backend = make_backend(a.model);
   SessionOptions so;
   so.chunk = a.model.chunk;
+  so.graphs = !a.model.no_graph;
   so.context = a.model.ctx;
   Session session(*model, *backend, so);
   const double load_s = now_seconds() - t_load0;

@@ -4,14 +4,36 @@
 #include <sstream>
 
 #include "common.h"
+#include "mistral/chat.h"
 #include "mistral/error.h"
 #include "mistral/tokenizer.h"
 
 namespace mistral {
 namespace cli {
 
+namespace {
+
+// tokenize --messages: the conversation's ids as the chat format encodes them.
+int tokenize_messages(const TokenizeArgs& a) {
+  const Conversation conv = load_conversation_file(a.messages_file);
+  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model_dir);
+  const std::unique_ptr<ChatEncoder> enc = make_chat_encoder(a.model_dir, *tok, a.chat_format);
+  const bool for_generation = conv.empty() || conv.back().role != "assistant";
+  const std::vector<int32_t> ids = enc->encode(conv, for_generation);
+  nlohmann::json j;
+  j["ids"] = ids;
+  j["pieces"] = nlohmann::json::array();
+  for (int32_t id : ids) j["pieces"].push_back(enc->piece(id));
+  std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  return 0;
+}
+
+}  // namespace
+
 int run_tokenize(const TokenizeArgs& a) {
-  if (a.prompt_set == a.prompt_file_set) throw UsageError("give exactly one of -p/--prompt and -f/--file");
+  if (!a.messages_file.empty()) return tokenize_messages(a);
+  if (!a.chat_format.empty()) throw UsageError("--chat-format goes with --messages");
+  if (a.prompt_set == a.prompt_file_set) throw UsageError("give exactly one of -p/--prompt, -f/--file and --messages");
   const std::string text = a.prompt_set ? a.prompt : read_prompt_file(a.prompt_file);
   std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model_dir);
   const std::vector<int32_t> ids = tok->encode(text, !a.no_bos);

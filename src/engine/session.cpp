@@ -1,5 +1,6 @@
 // ForwardPass over ragged batches, KVCache, and the single-sequence Session.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 
 #include "mistral/engine.h"
@@ -8,6 +9,8 @@
 namespace mistral {
 
 KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
+  static std::atomic<uint64_t> next_id{1};
+  id_ = next_id++;
   slots_ = s.slots;
   rolling_ = s.window > 0;
   const size_t n = size_t(s.slots) * size_t(s.kv_dim());
@@ -39,6 +42,7 @@ ForwardPass::ForwardPass(const Model& model, Backend& backend, const SessionOpti
   context_ = opt.context > 0 ? opt.context : c.max_position_embeddings;
   if (opt.chunk <= 0) throw UsageError("--chunk must be positive");
   chunk_ = opt.chunk;
+  graphs_ = opt.graphs;
   shape_.slots = c.sliding_window > 0 ? c.sliding_window : context_;
 }
 
@@ -63,6 +67,7 @@ int64_t ForwardPass::cache_bytes(int64_t max_positions) const {
 
 void ForwardPass::ensure_scratch(int T, int rows) {
   const ModelConfig& c = model_.config();
+  if (T > scratch_T_ || rows > scratch_rows_) be_.graph_reset();  // recorded graphs point at the old buffers
   if (T > scratch_T_) {
     for (float** p : {&x_, &xn_, &q_, &k_, &v_, &att_, &gate_, &up_})
       if (*p) be_.free(*p), *p = nullptr;
@@ -89,8 +94,6 @@ void ForwardPass::ensure_scratch(int T, int rows) {
 size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_host) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = w_;
-  const size_t D = size_t(c.hidden_size);
-  const float eps = float(c.rms_norm_eps);
   int T = 0, rows = 0;
   std::vector<int32_t> ids;
   for (const auto& s : segs) {
@@ -109,8 +112,38 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
   }
   if (T == 0) return 0;
   ensure_scratch(T, rows);
-  const size_t QD = size_t(c.q_dim()), KD = size_t(c.kv_dim());
+  const size_t V = size_t(c.vocab_size);
+  // A single-token step of a sequence that has been fed before: replay (or record) its graph.
+  const bool graph = graphs_ && be_.graphs_supported() && segs.size() == 1 && T == 1 && rows == 1 &&
+                     logits_host && segs[0].cache->n_past > 0;
+  if (graph) {
+    const BatchSegment& s = segs[0];
+    be_.set_step_inputs(s.ids[0], s.cache->n_past);
+    if (!be_.graph_launch(s.cache->id())) {
+      be_.graph_capture_begin();
+      be_.embed(w.embed, ids.data(), T, x_);
+      body(segs, T, rows);
+      be_.graph_capture_end(s.cache->id());
+      if (!be_.graph_launch(s.cache->id())) throw Error("internal: a recorded decode graph did not launch");
+    }
+    s.cache->n_past += 1;
+    be_.to_host(logits_host, logits_, V);
+    return 1;
+  }
   be_.embed(w.embed, ids.data(), T, x_);
+  body(segs, T, rows);
+  for (const auto& s : segs) s.cache->n_past += s.T;
+  if (rows == 0 || !logits_host) return 0;
+  be_.to_host(logits_host, logits_, size_t(rows) * V);
+  return size_t(rows);
+}
+
+void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
+  const ModelConfig& c = model_.config();
+  const ModelWeights& w = w_;
+  const size_t D = size_t(c.hidden_size);
+  const float eps = float(c.rms_norm_eps);
+  const size_t QD = size_t(c.q_dim()), KD = size_t(c.kv_dim());
   for (size_t l = 0; l < w.layers.size(); ++l) {
     const LayerWeights& L = w.layers[l];
     be_.rmsnorm(x_, L.attn_norm, eps, T, xn_);
@@ -137,8 +170,7 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
     be_.matmul(gate_, T, L.w_down, xn_);
     be_.add(x_, xn_, size_t(T) * D);
   }
-  for (const auto& s : segs) s.cache->n_past += s.T;
-  if (rows == 0 || !logits_host) return 0;
+  if (rows == 0) return;
   // Gather the rows whose logits are wanted, then final norm and lm_head on those rows only.
   size_t off = 0, r = 0;
   for (const auto& s : segs) {
@@ -152,8 +184,6 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
   }
   be_.rmsnorm(xg_, w.norm, eps, rows, xn_);
   be_.matmul(xn_, rows, w.lm_head, logits_);
-  be_.to_host(logits_host, logits_, size_t(rows) * size_t(c.vocab_size));
-  return size_t(rows);
 }
 
 Session::Session(const Model& model, Backend& backend, const SessionOptions& opt)

@@ -43,6 +43,11 @@ const char* cublas_status_name(cublasStatus_t s) {
   }
 }
 
+bool stream_capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(s, &st) == cudaSuccess && st == cudaStreamCaptureStatusActive;
+}
+
 bool sync_after_launch() {
   static const bool on = [] {
     const char* e = std::getenv("MISTRAL_CUDA_SYNC");
@@ -68,6 +73,9 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    graph_reset();
+    if (step_host_) cudaFreeHost(step_host_);
+    if (step_dev_) cudaFree(step_dev_);
     for (auto& kv : uploaded_) cudaFree(kv.second);
     for (auto& kv : inv_freq_) cudaFree(kv.second);
     if (ids_) cudaFree(ids_);
@@ -159,7 +167,51 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override { MR_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+  bool graphs_supported() const override { return true; }
+  void set_step_inputs(int32_t id, int64_t pos) override {
+    if (!step_dev_) {
+      MR_CUDA_CHECK(cudaMallocHost(&step_host_, sizeof(StepInputs)));
+      MR_CUDA_CHECK(cudaMalloc(&step_dev_, sizeof(StepInputs)));
+    }
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the previous step has read the staging copy
+    step_host_->pos = pos;
+    step_host_->id = id;
+    MR_CUDA_CHECK(cudaMemcpyAsync(step_dev_, step_host_, sizeof(StepInputs), cudaMemcpyHostToDevice, stream_));
+  }
+  bool graph_launch(uint64_t key) override {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    MR_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    if (sync_after_launch()) MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return true;
+  }
+  void graph_capture_begin() override {
+    MR_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+  }
+  void graph_capture_end(uint64_t key) override {
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    MR_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    MR_CUDA_CHECK(e);
+    if (graphs_.size() >= kMaxGraphs) graph_reset();  // one per live sequence is the common case
+    graphs_[key] = exec;
+  }
+  void graph_reset() override {
+    if (graphs_.empty()) return;
+    cudaStreamSynchronize(stream_);
+    for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
+    graphs_.clear();
+  }
+
   void embed(const Weight& E, const int32_t* ids, int T, float* x) override {
+    if (capturing_) {  // recorded step: the token id comes from set_step_inputs
+      MR_LAUNCH_CHECK(embed_cuda(E.data, E.dtype, &step_dev_->id, 1, int(E.cols), x, stream_), stream_);
+      return;
+    }
     if (size_t(T) > ids_cap_) {
       if (ids_) MR_CUDA_CHECK(cudaFree(ids_));
       ids_cap_ = size_t(T) * 2;
@@ -199,7 +251,9 @@ class CudaBackend final : public Backend {
   }
 
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
-    MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, s.n_heads, s.n_kv_heads, s.head_dim, inv_freq(s), stream_), stream_);
+    MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, capturing_ ? &step_dev_->pos : nullptr, s.n_heads, s.n_kv_heads,
+                              s.head_dim, inv_freq(s), stream_),
+                    stream_);
   }
 
   void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
@@ -233,8 +287,9 @@ class CudaBackend final : public Backend {
     inv_freq_[key] = static_cast<float*>(d);
     return static_cast<float*>(d);
   }
-  static AttnParams params(const AttnShape& s) {
+  AttnParams params(const AttnShape& s) const {
     AttnParams p;
+    p.d_start = capturing_ ? &step_dev_->pos : nullptr;
     p.n_heads = s.n_heads;
     p.n_kv_heads = s.n_kv_heads;
     p.head_dim = s.head_dim;
@@ -248,8 +303,18 @@ class CudaBackend final : public Backend {
     return buf;
   }
 
+  struct StepInputs {
+    int64_t pos;
+    int32_t id;
+  };
+  static constexpr size_t kMaxGraphs = 16;
+
   int device_;
   std::string name_;
+  bool capturing_ = false;
+  StepInputs* step_host_ = nullptr;  // pinned staging for the step inputs
+  StepInputs* step_dev_ = nullptr;
+  std::map<uint64_t, cudaGraphExec_t> graphs_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   std::map<const void*, void*> uploaded_;  // host weight pointer -> device copy

@@ -14,6 +14,8 @@ namespace cuda {
 [[noreturn]] void throw_cuda(const char* stmt, const char* file, int line, const std::string& what);
 const char* cublas_status_name(cublasStatus_t s);
 bool sync_after_launch();
+// True while the calling thread's stream is being recorded into a graph (no synchronising then).
+bool stream_capturing(cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace mistral
@@ -37,5 +39,6 @@ bool sync_after_launch();
 #define MR_LAUNCH_CHECK(stmt, stream)                                            \
   do {                                                                           \
     MR_CUDA_CHECK(stmt);                                                         \
-    if (::mistral::cuda::sync_after_launch()) MR_CUDA_CHECK(cudaStreamSynchronize(stream)); \
+    if (::mistral::cuda::sync_after_launch() && !::mistral::cuda::stream_capturing(stream))          \
+      MR_CUDA_CHECK(cudaStreamSynchronize(stream));                                                     \
   } while (0)
