@@ -288,3 +288,34 @@ TEST(CudaModel, GraphEqualsEager) {
 }
 
 }  // namespace
+
+namespace {
+
+// The split-KV decode kernel (T = 1) at long contexts: many splits, window wrap, Mistral-7B's
+// head layout (32 query heads on 8 KV heads, head_dim 128) and a group of 8.
+TEST(CudaOps, DecodeAttentionLongContext) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(10);
+  for (int window : {0, 4096})
+    for (int ratio : {4, 8})
+      for (int64_t start : {int64_t(1), int64_t(100), int64_t(1000), int64_t(4095), int64_t(4096), int64_t(5000),
+                            int64_t(9000)}) {
+        AttnShape s;
+        s.n_kv_heads = 8 / (ratio / 4), s.n_heads = s.n_kv_heads * ratio, s.head_dim = 128, s.window = window;
+        s.slots = window > 0 ? window : 10000;
+        const size_t cache_n = size_t(s.slots) * s.kv_dim();
+        auto ck = randn(cache_n, rng), cv = randn(cache_n, rng);
+        auto q = randn(size_t(s.q_dim()), rng, 0.3f), k = randn(size_t(s.kv_dim()), rng), v = randn(size_t(s.kv_dim()), rng);
+        std::vector<float> ref(q.size());
+        KVLayer hc{ck.data(), cv.data()};
+        b.cpu->attention(q.data(), k.data(), v.data(), hc, 1, start, s, ref.data());
+        Dev dq(*b.gpu, q), dk(*b.gpu, k), dv(*b.gpu, v), dck(*b.gpu, ck), dcv(*b.gpu, cv), dout(*b.gpu, q.size());
+        KVLayer gc{dck.p, dcv.p};
+        b.gpu->attention(dq.p, dk.p, dv.p, gc, 1, start, s, dout.p);
+        EXPECT_LT(rel_err(dout.get(), ref, "decode attention"), 1e-5)
+            << "W " << window << " ratio " << ratio << " start " << start;
+      }
+}
+
+}  // namespace

@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "attention.cuh"
+#include "attention_decode.cuh"
 #include "cuda_check.h"
 #include "elementwise.cuh"
 #include "embed.cuh"
@@ -70,6 +72,7 @@ class CudaBackend final : public Backend {
     cudaDeviceProp prop;
     MR_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+    n_sms_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -80,6 +83,7 @@ class CudaBackend final : public Backend {
     for (auto& kv : inv_freq_) cudaFree(kv.second);
     if (ids_) cudaFree(ids_);
     if (conv_) cudaFree(conv_);
+    if (split_) cudaFree(split_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -258,7 +262,28 @@ class CudaBackend final : public Backend {
 
   void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
                  const AttnShape& s, float* out) override {
-    MR_LAUNCH_CHECK(attention_cuda(q, k, v, cache.k, cache.v, T, start, params(s), out, stream_), stream_);
+    const AttnParams p = params(s);
+    if (decode_attention_supported(p)) {
+      // Scratch for the split-KV decode kernel, sized for the most splits any cache of this shape
+      // uses; made outside graph capture (every captured step follows an eager one).
+      AttnParams widest = p;
+      widest.window = 0;
+      widest.slots = INT64_MAX / 2;
+      const size_t need = decode_attention_scratch_floats(p, decode_attention_splits(widest, n_sms_));
+      if (need > split_cap_) {
+        if (capturing_) throw Error("internal: decode-attention scratch grew during graph capture");
+        if (split_) MR_CUDA_CHECK(cudaFree(split_));
+        MR_CUDA_CHECK(cudaMalloc(&split_, need * sizeof(float)));
+        split_cap_ = need;
+      }
+    }
+    if (T == 1 && use_split_kv_ && decode_attention_supported(p)) {
+      MR_LAUNCH_CHECK(decode_attention_cuda(q, k, v, cache.k, cache.v, start, p, decode_attention_splits(p, n_sms_),
+                                            split_, out, stream_),
+                      stream_);
+      return;
+    }
+    MR_LAUNCH_CHECK(attention_cuda(q, k, v, cache.k, cache.v, T, start, p, out, stream_), stream_);
   }
 
   void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
@@ -311,6 +336,14 @@ class CudaBackend final : public Backend {
 
   int device_;
   std::string name_;
+  int n_sms_ = 1;
+  float* split_ = nullptr;  // split-KV decode partials
+  size_t split_cap_ = 0;
+  // MISTRAL_CUDA_SPLIT_KV=0 selects the one-block-per-head kernel for decode too (for comparisons).
+  bool use_split_kv_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_SPLIT_KV");
+    return !(e && *e == '0');
+  }();
   bool capturing_ = false;
   StepInputs* step_host_ = nullptr;  // pinned staging for the step inputs
   StepInputs* step_dev_ = nullptr;
