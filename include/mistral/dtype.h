@@ -1,4 +1,5 @@
-// Storage dtypes of weights and their conversion to fp32.
+// Storage dtypes of weights and their conversion to fp32. Quantized weight formats (Q8, NF4, Q4) are
+// laid out as include/mistral/quant.h describes.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -7,11 +8,17 @@
 
 namespace mistral {
 
-enum class DType { F32, F16, BF16 };
+// F32, F16, BF16: full-precision weights. I8, U8: raw bytes, only as safetensors storage of quantized
+// data (a Weight never has them). Q8, NF4, Q4: quantized weights (data + scales, see quant.h).
+enum class DType { F32, F16, BF16, I8, U8, Q8, NF4, Q4 };
 
+// Bytes per element; 0 for the packed 4-bit formats (use quant_row_bytes from quant.h).
 size_t dtype_size(DType t);
-const char* dtype_name(DType t);           // "F32", "F16", "BF16" (safetensors spelling)
+// "F32", "F16", "BF16", "I8", "U8" (safetensors spelling); "INT8", "NF4", "INT4" for quantized weights.
+const char* dtype_name(DType t);
+// F32, F16, BF16, I8, U8. The safetensors reader accepts I8/U8 only in quantized checkpoints.
 bool parse_safetensors_dtype(const std::string& s, DType* out);
+inline bool is_quantized(DType t) { return t == DType::Q8 || t == DType::NF4 || t == DType::Q4; }
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
@@ -32,7 +39,7 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
-// Converts n elements of type t at src to fp32.
+// Converts n elements of type t (F32, F16 or BF16) at src to fp32.
 void to_f32(DType t, const void* src, float* dst, size_t n);
 
 }  // namespace mistral

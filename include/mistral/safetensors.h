@@ -42,7 +42,9 @@ class MappedFile {
 
 // One safetensors file. Validates: header length within the file, header is a JSON object,
 // every entry has a known dtype, a non-negative shape, offsets inside the data region whose
-// length matches the shape, and no two tensors overlap.
+// length matches the shape, and no two tensors overlap. I8/U8 tensors are accepted only in a
+// quantized checkpoint (`__metadata__` has kQuantFormatKey = kQuantFormat and a scheme under
+// kQuantMetaKey); the loader then accepts them only as the quantized data of linear weights.
 class SafeTensorsFile {
  public:
   explicit SafeTensorsFile(const std::string& path);  // throws FileError
@@ -56,6 +58,12 @@ class SafeTensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// `__metadata__` keys of quantized checkpoints (written by `mistral-run quantize`).
+constexpr const char* kQuantFormatKey = "quantization_format";  // kQuantFormat: the layout of mistral/quant.h
+constexpr const char* kQuantFormat = "mistral-run/1";
+constexpr const char* kQuantMetaKey = "quantization";           // "int8", "nf4" or "int4"
+constexpr const char* kQuantLmHeadKey = "quant_lm_head";        // "true" or "false" (informative)
+
 // Writes tensors (already in their stored dtype) to a safetensors file. Used by tools and tests.
 struct TensorToWrite {
   std::string name;
@@ -65,5 +73,18 @@ struct TensorToWrite {
 };
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// The same from memory the caller keeps alive during the call (no copies). Tensors are stored in
+// the given order; the data region starts `align` bytes aligned in the file (the header is padded
+// with spaces), so a tensor whose offset is a multiple of `align` is aligned in a mapping.
+struct TensorRef {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t nbytes = 0;
+};
+void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                       const std::map<std::string, std::string>& metadata, size_t align);
 
 }  // namespace mistral

@@ -51,12 +51,54 @@ Bandwidth measure_bandwidth(int threads) {
   return bw;
 }
 
+// One model under test: its session and the best times over the repetitions.
+struct Timed {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Session> session;
+  double prefill = 1e30, decode = 1e30;
+};
+
+// One repetition: prefill the prompt, then greedy decode steps; keeps the best times.
+void time_once(Timed& m, const std::vector<int32_t>& prompt, int gen_tokens) {
+  Session& s = *m.session;
+  s.reset();
+  double t0 = now_seconds();
+  std::vector<float> logits = s.feed(prompt);
+  m.prefill = std::min(m.prefill, now_seconds() - t0);
+  int32_t id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  t0 = now_seconds();
+  for (int i = 0; i < gen_tokens; ++i) {
+    logits = s.feed({id});
+    id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  m.decode = std::min(m.decode, now_seconds() - t0);
+}
+
+// Bytes a decode step reads: every weight except the embedding table (one row of it).
+double decode_bytes(const Model& m) {
+  const ModelWeights& w = m.weights();
+  double bytes = double(m.weight_bytes());
+  if (w.lm_head.data != w.embed.data) bytes -= double(w.embed.nbytes());
+  return bytes;
+}
+
 }  // namespace
 
 int run_bench(const BenchArgs& a) {
-  std::unique_ptr<Model> model;
+  // With --quant, the quantized model is measured against the same weights unquantized (the
+  // baseline), repetitions alternating between the two so that both see the same machine load.
+  const LoadOptions lo = load_options(a.model);
+  const bool compare = lo.quant != Quant::None;
+  std::unique_ptr<Backend> be = make_backend(a.model);  // outlives the sessions (their caches)
+  Timed main_m, base_m;
   if (!a.model.model_dir.empty()) {
-    model = Model::load(a.model.model_dir, load_options(a.model));
+    main_m.model = Model::load(a.model.model_dir, lo);
+    if (compare) {
+      LoadOptions full = lo;
+      full.quant = Quant::None;
+      full.quant_lm_head = false;
+      base_m.model = Model::load(a.model.model_dir, full);
+    }
   } else {
     ModelConfig c;
     c.hidden_size = a.hidden;
@@ -74,11 +116,11 @@ int run_bench(const BenchArgs& a) {
     else if (a.synth_dtype == "bf16") dt = DType::BF16;
     else throw UsageError("--synthetic-dtype must be f32, f16 or bf16");
     c.torch_dtype = dt;
-    std::fprintf(stderr, "building a synthetic model (%.0f M params, %s)...\n", double(c.param_count()) / 1e6,
-                 a.synth_dtype.c_str());
-    model = Model::random(c, dt, 1234);
+    std::fprintf(stderr, "building a synthetic model (%.0f M params, %s%s%s)...\n", double(c.param_count()) / 1e6,
+                 a.synth_dtype.c_str(), compare ? ", quantized to " : "", compare ? quant_name(lo.quant) : "");
+    main_m.model = Model::random(c, dt, 1234, lo.quant, lo.quant_lm_head);
+    if (compare) base_m.model = Model::random(c, dt, 1234);
   }
-  std::unique_ptr<Backend> be = make_backend(a.model);
   const int threads = cpu_backend_threads(*be);
   Bandwidth bw;
   if (!a.skip_bandwidth) {
@@ -140,10 +182,7 @@ int run_bench(const BenchArgs& a) {
     }
     batch_tps = double(a.batch) * double(a.gen_tokens) / best;
   }
-  // Bytes a decode step reads: every weight except the embedding table (one row of it).
-  const ModelWeights& w = model->weights();
-  double bytes = double(model->weight_bytes());
-  if (w.lm_head.data != w.embed.data) bytes -= double(w.embed.nbytes());
+  const double bytes = decode_bytes(*model);
   const double prefill_tps = double(a.prompt_tokens) / best_prefill;
   const double decode_tps = double(a.gen_tokens) / best_decode;
   const double decode_gbs = bytes * decode_tps / 1e9;
@@ -163,6 +202,16 @@ int run_bench(const BenchArgs& a) {
                         {"decode_vs_copy_bw", decode_gbs / bw.copy_gbs},
                         {"batch", a.batch},
                         {"batch_decode_tok_s", batch_tps}};
+    if (compare) {
+      j["quant"] = quant_name(lo.quant);
+      j["quant_lm_head"] = lo.quant_lm_head;
+      j["baseline"] = {{"dtype", dtype_name(base_m.model->matmul_dtype())},
+                       {"weights_gb", decode_bytes(*base_m.model) / 1e9},
+                       {"prefill_tok_s", double(a.prompt_tokens) / base_m.prefill},
+                       {"decode_tok_s", double(a.gen_tokens) / base_m.decode}};
+      j["prefill_speedup"] = base_m.prefill / best_prefill;
+      j["decode_speedup"] = base_m.decode / best_decode;
+    }
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("backend            cpu, %d threads\n", threads);
@@ -177,6 +226,15 @@ int run_bench(const BenchArgs& a) {
                 100.0 * decode_gbs / bw.read_gbs, floor_tps, 100.0 * decode_gbs / bw.copy_gbs);
     if (a.batch > 1)
       std::printf("decode batch %-5d %.2f tok/s in total = %.2fx batch 1\n", a.batch, batch_tps, batch_tps / decode_tps);
+    if (compare) {
+      const double bb = decode_bytes(*base_m.model);
+      const double bp = double(a.prompt_tokens) / base_m.prefill, bd = double(a.gen_tokens) / base_m.decode;
+      std::printf("baseline           same weights as %s, %.3f GB read per decode step (%.2fx the quantized)\n",
+                  dtype_name(base_m.model->matmul_dtype()), bb / 1e9, bb / bytes);
+      std::printf("baseline prefill   %.2f tok/s; %s is %.2fx\n", bp, quant_name(lo.quant), prefill_tps / bp);
+      std::printf("baseline decode    %.2f tok/s = %.2f GB/s; %s is %.2fx\n", bd, bb * bd / 1e9, quant_name(lo.quant),
+                  decode_tps / bd);
+    }
   }
   return 0;
 }

@@ -17,6 +17,9 @@ LoadOptions load_options(const ModelArgs& a) {
   else if (a.dtype == "f16") o.cast = LoadOptions::Cast::F16;
   else if (a.dtype == "bf16") o.cast = LoadOptions::Cast::BF16;
   else throw UsageError("--dtype must be auto, f32, f16 or bf16");
+  if (!parse_quant(a.quant, &o.quant)) throw UsageError("--quant must be none, int8, nf4 or int4");
+  o.quant_lm_head = a.quant_lm_head;
+  o.threads = a.threads;
   return o;
 }
 

@@ -1,15 +1,34 @@
 // dtype names and scalar fp16 conversion (the hot loops use the vector paths in the CPU backend).
 #include "mistral/dtype.h"
 
+#include <stdexcept>
+
 namespace mistral {
 
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F16:
+    case DType::BF16: return 2;
+    case DType::I8:
+    case DType::U8:
+    case DType::Q8: return 1;
+    case DType::NF4:
+    case DType::Q4: return 0;
+  }
+  return 0;
+}
 
 const char* dtype_name(DType t) {
   switch (t) {
     case DType::F32: return "F32";
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
+    case DType::I8: return "I8";
+    case DType::U8: return "U8";
+    case DType::Q8: return "INT8";
+    case DType::NF4: return "NF4";
+    case DType::Q4: return "INT4";
   }
   return "?";
 }
@@ -18,6 +37,8 @@ bool parse_safetensors_dtype(const std::string& s, DType* out) {
   if (s == "F32") *out = DType::F32;
   else if (s == "F16") *out = DType::F16;
   else if (s == "BF16") *out = DType::BF16;
+  else if (s == "I8") *out = DType::I8;
+  else if (s == "U8") *out = DType::U8;
   else return false;
   return true;
 }
@@ -85,6 +106,8 @@ void to_f32(DType t, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
       break;
     }
+    default:  // an internal error: callers convert full-precision weights only
+      throw std::invalid_argument(std::string("to_f32: ") + dtype_name(t) + " is not a full-precision dtype");
   }
 }
 

@@ -76,17 +76,30 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(new MappedFile
   const uint8_t* data = file_->data() + 8 + hlen;
   const uint64_t data_size = size - 8 - hlen;
 
+  if (header.contains("__metadata__")) {
+    const json& e = header["__metadata__"];
+    if (!e.is_object()) throw FileError(path + ": __metadata__ is not an object");
+    for (auto m = e.begin(); m != e.end(); ++m)
+      if (m.value().is_string()) metadata_[m.key()] = m.value().get<std::string>();
+  }
+  // Raw bytes (I8/U8) are quantized data: only in files that declare a quantization scheme.
+  bool quantized = false;
+  if (metadata_.count(kQuantFormatKey)) {
+    const std::string& f = metadata_.at(kQuantFormatKey);
+    if (f != kQuantFormat)
+      throw FileError(path + ": quantized checkpoint in an unknown layout '" + f + "' (this build reads " +
+                      kQuantFormat + ")");
+    const auto q = metadata_.find(kQuantMetaKey);
+    if (q == metadata_.end() || (q->second != "int8" && q->second != "nf4" && q->second != "int4"))
+      throw FileError(path + ": quantized checkpoint without a known scheme in __metadata__ (int8, nf4 or int4)");
+    quantized = true;
+  }
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   std::vector<std::string> range_names;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
     const json& e = it.value();
-    if (name == "__metadata__") {
-      if (!e.is_object()) throw FileError(path + ": __metadata__ is not an object");
-      for (auto m = e.begin(); m != e.end(); ++m)
-        if (m.value().is_string()) metadata_[m.key()] = m.value().get<std::string>();
-      continue;
-    }
+    if (name == "__metadata__") continue;
     auto bad = [&](const std::string& why) { return FileError(path + ": tensor '" + name + "': " + why); };
     if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
       throw bad("entry needs dtype, shape and data_offsets");
@@ -95,7 +108,8 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(new MappedFile
     tv.name = name;
     tv.file = path;
     const std::string dt = e["dtype"].get<std::string>();
-    if (!parse_safetensors_dtype(dt, &tv.dtype)) throw bad("unsupported dtype " + dt + " (supported: F32, F16, BF16)");
+    if (!parse_safetensors_dtype(dt, &tv.dtype) || ((tv.dtype == DType::I8 || tv.dtype == DType::U8) && !quantized))
+      throw bad("unsupported dtype " + dt + " (supported: F32, F16, BF16; I8 and U8 only in quantized checkpoints)");
     if (!e["shape"].is_array()) throw bad("shape is not an array");
     uint64_t numel = 1;
     for (const json& d : e["shape"]) {
@@ -139,21 +153,29 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(new MappedFile
 
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorRef> refs;
+  for (const auto& t : tensors) refs.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  write_safetensors(path, refs, metadata, 8);
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                       const std::map<std::string, std::string>& metadata, size_t align) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t off = 0;
   for (const auto& t : tensors) {
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
-    off += t.bytes.size();
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.nbytes}}};
+    off += t.nbytes;
   }
   std::string h = header.dump();
-  while ((h.size() + 8) % 8) h.push_back(' ');
+  if (align < 8) align = 8;
+  while ((h.size() + 8) % align) h.push_back(' ');
   std::ofstream f(path, std::ios::binary);
   if (!f) throw FileError(path + ": cannot write");
   uint64_t n = h.size();
   for (int i = 0; i < 8; ++i) f.put(char((n >> (8 * i)) & 0xff));
   f.write(h.data(), std::streamsize(h.size()));
-  for (const auto& t : tensors) f.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
+  for (const auto& t : tensors) f.write(static_cast<const char*>(t.data), std::streamsize(t.nbytes));
   if (!f) throw FileError(path + ": write failed");
 }
 

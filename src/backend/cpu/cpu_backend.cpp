@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "mistral/backend.h"
 #include "mistral/threadpool.h"
+#include "quant_matmul.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -185,8 +187,15 @@ class CpuBackend final : public Backend {
         case DType::F32: matmul_rows<DType::F32>(x, T, K, W.data, N, b, e, y); break;
         case DType::F16: matmul_rows<DType::F16>(x, T, K, W.data, N, b, e, y); break;
         case DType::BF16: matmul_rows<DType::BF16>(x, T, K, W.data, N, b, e, y); break;
+        case DType::Q8:
+        case DType::NF4:
+        case DType::Q4: cpu::matmul_rows_quant(x, T, W, b, e, y); break;
+        case DType::I8:
+        case DType::U8: break;  // rejected below: raw storage dtypes never reach a Weight
       }
     };
+    if (W.dtype == DType::I8 || W.dtype == DType::U8)
+      throw std::invalid_argument(std::string("matmul: weight dtype ") + dtype_name(W.dtype) + " is not a weight format");
     pool_.parallel_for(N, run, 16);
   }
 

@@ -1,0 +1,78 @@
+// Quantized weight formats (--quant int8|nf4|int4): the byte layout every backend reads, and the
+// quantizers that produce it. The CPU kernels (src/backend/cpu/quant_matmul.cpp) and the CUDA kernels
+// consume exactly this layout; files written by `mistral-run quantize` store it unchanged.
+//
+// A quantized Weight W [rows, cols] (y = x W^T: rows = output channels N, cols = input features K) has
+//   data    row-major bytes, row r at data + r * quant_row_bytes(dtype, cols). Rows are padded to a
+//           multiple of 16 bytes, so every row is 16-byte aligned when `data` is (load-time buffers
+//           come from malloc, 16-byte aligned; `quantize` writes packed tensors at 16-byte offsets).
+//           Padding encodes the value 0.
+//   scales  row-major [rows, n_groups], n_groups = ceil(cols / group): scale g of row r is
+//           scales[r * n_groups + g] and applies to elements [g * group, min((g + 1) * group, cols)).
+//           The last group of a row may be partial (cols need not be a multiple of the group).
+//   group   elements per scale along a row.
+//
+// Q8   (int8)  group = cols (one scale per output channel), scales fp32.
+//              data: int8, element k of a row at byte k; q in [-127, 127]; w = q * scale,
+//              scale = absmax(row) / 127, q = round(w / scale) (ties away from zero).
+// NF4          group = 64 (kNF4Group), scales fp16: the block's absmax rounded to fp16.
+//              w = kNF4Codes[code] * scale; code = the nearest code book value to w / scale
+//              (bitsandbytes' rule: ties go to the lower code).
+// Q4   (int4)  group = 128 (kQ4Group), scales fp16. Symmetric (no zero point): w = (code - 8) * scale,
+//              code in 0..15 (q = code - 8 in [-8, 7]). The scale is m / -8 rounded to fp16, m being the
+//              group's element of largest magnitude (so m maps to q = -8 exactly; the scale may be
+//              negative); q = clamp(round(w / scale), -8, 7), ties away from zero.
+// The two 4-bit formats pack 32 elements in 16 bytes ("chunk"): for chunk c of a row (elements
+// 32c .. 32c+31), byte 16c + j (j = 0..15) holds element 32c + j in its low nibble and element
+// 32c + 16 + j in its high nibble. So quant_row_bytes = 16 * ceil(cols / 32); one 16-byte load gives
+// 32 consecutive elements (low nibbles: the first 16, high nibbles: the next 16).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mistral/dtype.h"
+
+namespace mistral {
+
+enum class Quant { None, Int8, NF4, Int4 };
+const char* quant_name(Quant q);                   // "none", "int8", "nf4", "int4"
+bool parse_quant(const std::string& s, Quant* out);  // the names above
+DType quant_dtype(Quant q);                        // Q8, NF4, Q4 (F32 for None)
+Quant quant_of(DType t);                           // the inverse; None for full-precision dtypes
+
+constexpr int kNF4Group = 64;
+constexpr int kQ4Group = 128;
+
+// The 16 NF4 values (QLoRA's NormalFloat4, index = 4-bit code), as published by bitsandbytes:
+// bitsandbytes-foundation/bitsandbytes, csrc/kernels.cu and csrc/xpu_kernels.cpp, dDequantizeNF4()
+// (the same table as bitsandbytes.functional.get_4bit_type("nf4")).
+extern const float kNF4Codes[16];
+
+int64_t quant_group(DType t, int64_t cols);      // elements per scale: Q8 cols, NF4 64, Q4 128
+int64_t quant_groups(DType t, int64_t cols);     // scales per row: ceil(cols / group)
+size_t quant_row_bytes(DType t, int64_t cols);   // data bytes per row, padding included
+DType quant_scale_dtype(DType t);                // F32 for Q8, F16 for NF4 and Q4
+size_t quant_data_bytes(DType t, int64_t rows, int64_t cols);
+size_t quant_scale_bytes(DType t, int64_t rows, int64_t cols);
+
+// Quantizes one row of `cols` floats into data_row (quant_row_bytes bytes, padding written) and
+// scales_row (quant_groups scales). Returns false, writing nothing useful, when the row has a
+// non-finite value or a scale overflows fp16.
+bool quantize_row(DType t, const float* x, int64_t cols, uint8_t* data_row, void* scales_row);
+// Expands one quantized row to cols floats: code value times its scale, in fp32.
+void dequantize_row(DType t, const uint8_t* data_row, const void* scales_row, int64_t cols, float* out);
+
+struct QuantizedMatrix {
+  DType dtype = DType::Q8;
+  int64_t rows = 0, cols = 0;
+  std::vector<uint8_t> data;    // [rows, quant_row_bytes]
+  std::vector<uint8_t> scales;  // [rows, quant_groups] of quant_scale_dtype
+};
+// Quantizes a full-precision [rows, cols] matrix (F32, F16 or BF16 at src) to Q8, NF4 or Q4, rows in
+// parallel on `threads` threads (0: all cores). Throws WeightError naming the first bad row.
+QuantizedMatrix quantize_matrix(DType qtype, DType src_dtype, const void* src, int64_t rows, int64_t cols,
+                                int threads = 0);
+
+}  // namespace mistral

@@ -1,0 +1,186 @@
+// Quantized CPU matmul kernels: int8 (Q8), NF4 and int4 (Q4) weights dequantized in registers.
+// AVX2 + FMA + F16C where the compiler targets them (AVX-512VL, when present, only makes the NF4 table
+// lookup one instruction; the values are the same), a scalar loop otherwise.
+#include "quant_matmul.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "mistral/quant.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define MISTRAL_QUANT_SIMD 1
+#endif
+
+namespace mistral {
+namespace cpu {
+
+namespace {
+
+// Scale g of a row: fp32 for Q8, fp16 for the 4-bit formats.
+template <DType D>
+inline float scale_at(const uint8_t* s, int64_t g) {
+  if (D == DType::Q8) {
+    float f;
+    std::memcpy(&f, s + 4 * g, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, s + 2 * g, 2);
+  return f16_to_f32(h);
+}
+
+// Code value (before scaling) of element k of a row.
+template <DType D>
+inline float code_at(const uint8_t* row, int64_t k) {
+  if (D == DType::Q8) return float(int8_t(row[k]));
+  const uint8_t b = row[(k >> 5) * 16 + (k & 15)];
+  const int c = (k & 16) ? (b >> 4) : (b & 15);
+  return D == DType::NF4 ? kNF4Codes[c] : float(c - 8);
+}
+
+struct RowPtrs {
+  const uint8_t* data;
+  const uint8_t* scales;
+};
+
+#ifdef MISTRAL_QUANT_SIMD
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+// The NF4 code book in two registers (codes 0..7 and 8..15).
+struct Lut {
+  __m256 lo, hi;
+  Lut() : lo(_mm256_loadu_ps(kNF4Codes)), hi(_mm256_loadu_ps(kNF4Codes + 8)) {}
+};
+
+// The 4-bit codes of elements k .. k+7 (k a multiple of 8) as eight int32 lanes.
+inline __m256i nibbles8(const uint8_t* row, int64_t k) {
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + (k >> 5) * 16 + (k & 8)));
+  const __m256i v = _mm256_cvtepu8_epi32(b);
+  return _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(int((k & 16) >> 2))), _mm256_set1_epi32(15));
+}
+
+// Code values of elements k .. k+7 of a row.
+template <DType D>
+inline __m256 codes8(const uint8_t* row, int64_t k, const Lut& lut) {
+  if (D == DType::Q8)
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k))));
+  const __m256i idx = nibbles8(row, k);
+  if (D == DType::Q4) return _mm256_cvtepi32_ps(_mm256_sub_epi32(idx, _mm256_set1_epi32(8)));
+#if defined(__AVX512VL__) && defined(__AVX512F__)
+  return _mm256_permutex2var_ps(lut.lo, idx, lut.hi);
+#else
+  const __m256 a = _mm256_permutevar8x32_ps(lut.lo, idx), b = _mm256_permutevar8x32_ps(lut.hi, idx);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 selects the table
+#endif
+}
+
+// R rows (from n) times U tokens (x rows, stride K); y[u * N + n + r].
+template <DType D, int R, int U>
+inline void tile(const RowPtrs* rows, const float* x, int64_t K, int64_t G, float* y, int64_t N, const Lut& lut) {
+  const int64_t kv = K / 8 * 8;
+  __m256 acc[R][U];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (int64_t k0 = 0; k0 < kv; k0 += G, ++g) {
+    const int64_t k1 = std::min(k0 + G, kv);
+    __m256 b[R][U];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < U; ++u) b[r][u] = _mm256_setzero_ps();
+    for (int64_t k = k0; k < k1; k += 8) {
+      __m256 xv[U];
+      for (int u = 0; u < U; ++u) xv[u] = _mm256_loadu_ps(x + u * K + k);
+      for (int r = 0; r < R; ++r) {
+        const __m256 w = codes8<D>(rows[r].data, k, lut);
+        for (int u = 0; u < U; ++u) b[r][u] = _mm256_fmadd_ps(w, xv[u], b[r][u]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m256 s = _mm256_set1_ps(scale_at<D>(rows[r].scales, g));
+      for (int u = 0; u < U; ++u) acc[r][u] = _mm256_fmadd_ps(b[r][u], s, acc[r][u]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) {
+      float v = hsum(acc[r][u]);
+      for (int64_t k = kv; k < K; ++k) v += (code_at<D>(rows[r].data, k) * scale_at<D>(rows[r].scales, k / G)) * x[u * K + k];
+      y[u * N + r] = v;
+    }
+}
+#endif
+
+template <DType D>
+void run(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
+  const int64_t K = W.cols, N = W.rows, G = W.group > 0 ? W.group : quant_group(D, K);
+  const size_t rb = quant_row_bytes(D, K);
+  const size_t sb = size_t(quant_groups(D, K)) * dtype_size(quant_scale_dtype(D));
+  const uint8_t* data = static_cast<const uint8_t*>(W.data);
+  const uint8_t* scales = static_cast<const uint8_t*>(W.scales);
+  auto row = [&](int64_t n) { return RowPtrs{data + size_t(n) * rb, scales + size_t(n) * sb}; };
+#ifdef MISTRAL_QUANT_SIMD
+  const Lut lut;
+  int t0 = 0;
+  for (; t0 + 4 <= T; t0 += 4) {  // prefill: two rows x four tokens share each decoded weight vector
+    const float* xt = x + size_t(t0) * K;
+    float* yt = y + size_t(t0) * N;
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) {
+      const RowPtrs r[2] = {row(n), row(n + 1)};
+      tile<D, 2, 4>(r, xt, K, G, yt + n, N, lut);
+    }
+    for (; n < n1; ++n) {
+      const RowPtrs r[1] = {row(n)};
+      tile<D, 1, 4>(r, xt, K, G, yt + n, N, lut);
+    }
+  }
+  for (; t0 < T; ++t0) {  // decode: four rows at once for four independent FMA chains
+    const float* xt = x + size_t(t0) * K;
+    float* yt = y + size_t(t0) * N;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const RowPtrs r[4] = {row(n), row(n + 1), row(n + 2), row(n + 3)};
+      tile<D, 4, 1>(r, xt, K, G, yt + n, N, lut);
+    }
+    for (; n < n1; ++n) {
+      const RowPtrs r[1] = {row(n)};
+      tile<D, 1, 1>(r, xt, K, G, yt + n, N, lut);
+    }
+  }
+#else
+  // Scalar reference order: per group, a sum of code * x, then times the group's scale.
+  for (int t = 0; t < T; ++t)
+    for (int64_t n = n0; n < n1; ++n) {
+      const RowPtrs r = row(n);
+      const float* xt = x + size_t(t) * K;
+      float v = 0;
+      for (int64_t k0 = 0, g = 0; k0 < K; k0 += G, ++g) {
+        float b = 0;
+        for (int64_t k = k0; k < std::min(K, k0 + G); ++k) b += code_at<D>(r.data, k) * xt[k];
+        v += b * scale_at<D>(r.scales, g);
+      }
+      y[size_t(t) * N + n] = v;
+    }
+#endif
+}
+
+}  // namespace
+
+void matmul_rows_quant(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
+  switch (W.dtype) {
+    case DType::Q8: run<DType::Q8>(x, T, W, n0, n1, y); break;
+    case DType::NF4: run<DType::NF4>(x, T, W, n0, n1, y); break;
+    case DType::Q4: run<DType::Q4>(x, T, W, n0, n1, y); break;
+    default: break;  // the backend dispatches only quantized dtypes here
+  }
+}
+
+}  // namespace cpu
+}  // namespace mistral

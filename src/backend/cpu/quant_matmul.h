@@ -1,0 +1,20 @@
+// CPU matmul over quantized weights (Q8, NF4, Q4; byte layout in mistral/quant.h). The weights are
+// dequantized in registers inside the dot-product loops; nothing is expanded in memory.
+#pragma once
+#include <cstdint>
+
+#include "mistral/model.h"
+
+namespace mistral {
+namespace cpu {
+
+// y[t, n] = sum_k x[t, k] * W[n, k] for rows n in [n0, n1) and all T tokens; x is [T, W.cols], y is
+// [T, W.rows]. Like the full-precision matmul, every (row, token) dot product is accumulated in an
+// order that does not depend on T or on how rows and tokens are grouped, so decode equals prefill
+// bitwise: per group of the row, an 8-lane fp32 accumulator of code * x over the group's whole
+// 8-element vectors, folded into the row accumulator with one FMA by the group's scale; then the
+// horizontal sum, then the scalar tail (the last cols % 8 elements, code * scale * x each).
+void matmul_rows_quant(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* y);
+
+}  // namespace cpu
+}  // namespace mistral

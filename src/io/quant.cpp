@@ -1,0 +1,226 @@
+// Quantizers and dequantizers for the Q8 / NF4 / Q4 weight layouts described in mistral/quant.h.
+#include "mistral/quant.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+
+#include "mistral/error.h"
+#include "mistral/threadpool.h"
+
+namespace mistral {
+
+const float kNF4Codes[16] = {
+    -1.0f,
+    -0.6961928009986877f,
+    -0.5250730514526367f,
+    -0.39491748809814453f,
+    -0.28444138169288635f,
+    -0.18477343022823334f,
+    -0.09105003625154495f,
+    0.0f,
+    0.07958029955625534f,
+    0.16093020141124725f,
+    0.24611230194568634f,
+    0.33791524171829224f,
+    0.44070982933044434f,
+    0.5626170039176941f,
+    0.7229568362236023f,
+    1.0f,
+};
+
+const char* quant_name(Quant q) {
+  switch (q) {
+    case Quant::None: return "none";
+    case Quant::Int8: return "int8";
+    case Quant::NF4: return "nf4";
+    case Quant::Int4: return "int4";
+  }
+  return "?";
+}
+
+bool parse_quant(const std::string& s, Quant* out) {
+  if (s == "none") *out = Quant::None;
+  else if (s == "int8") *out = Quant::Int8;
+  else if (s == "nf4") *out = Quant::NF4;
+  else if (s == "int4") *out = Quant::Int4;
+  else return false;
+  return true;
+}
+
+DType quant_dtype(Quant q) {
+  switch (q) {
+    case Quant::Int8: return DType::Q8;
+    case Quant::NF4: return DType::NF4;
+    case Quant::Int4: return DType::Q4;
+    case Quant::None: break;
+  }
+  return DType::F32;
+}
+
+Quant quant_of(DType t) {
+  switch (t) {
+    case DType::Q8: return Quant::Int8;
+    case DType::NF4: return Quant::NF4;
+    case DType::Q4: return Quant::Int4;
+    default: return Quant::None;
+  }
+}
+
+int64_t quant_group(DType t, int64_t cols) {
+  if (t == DType::NF4) return kNF4Group;
+  if (t == DType::Q4) return kQ4Group;
+  return std::max<int64_t>(cols, 1);
+}
+
+int64_t quant_groups(DType t, int64_t cols) {
+  const int64_t g = quant_group(t, cols);
+  return (cols + g - 1) / g;
+}
+
+size_t quant_row_bytes(DType t, int64_t cols) {
+  if (t == DType::Q8) return size_t((cols + 15) / 16 * 16);
+  return size_t((cols + 31) / 32 * 16);
+}
+
+DType quant_scale_dtype(DType t) { return t == DType::Q8 ? DType::F32 : DType::F16; }
+
+size_t quant_data_bytes(DType t, int64_t rows, int64_t cols) { return size_t(rows) * quant_row_bytes(t, cols); }
+
+size_t quant_scale_bytes(DType t, int64_t rows, int64_t cols) {
+  return size_t(rows) * size_t(quant_groups(t, cols)) * dtype_size(quant_scale_dtype(t));
+}
+
+namespace {
+
+// NF4: the code whose value is nearest to x (x already divided by the scale). Midpoints between
+// neighbouring codes decide, with ties to the lower code (bitsandbytes' dQuantizeNF4 uses x > midpoint).
+uint8_t nf4_code(float x) {
+  static const auto mids = [] {
+    std::vector<float> m(15);
+    for (int i = 0; i < 15; ++i) m[size_t(i)] = (kNF4Codes[i] + kNF4Codes[i + 1]) * 0.5f;
+    return m;
+  }();
+  uint8_t c = 0;
+  while (c < 15 && x > mids[c]) ++c;
+  return c;
+}
+
+// Writes 4-bit codes (one per element, padded to a multiple of 32 with `zero`) in the chunk layout.
+void pack_nibbles(const std::vector<uint8_t>& codes, int64_t cols, uint8_t zero, uint8_t* dst) {
+  const int64_t chunks = (cols + 31) / 32;
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int j = 0; j < 16; ++j) {
+      const int64_t lo = 32 * c + j, hi = lo + 16;
+      const uint8_t a = lo < cols ? codes[size_t(lo)] : zero, b = hi < cols ? codes[size_t(hi)] : zero;
+      dst[16 * c + j] = uint8_t(a | (b << 4));
+    }
+}
+
+inline uint8_t nibble(const uint8_t* row, int64_t k) {
+  const uint8_t b = row[(k >> 5) * 16 + (k & 15)];
+  return (k & 16) ? uint8_t(b >> 4) : uint8_t(b & 15);
+}
+
+}  // namespace
+
+bool quantize_row(DType t, const float* x, int64_t cols, uint8_t* data, void* scales) {
+  if (cols < 0) return false;
+  for (int64_t k = 0; k < cols; ++k)
+    if (!std::isfinite(x[k])) return false;
+  if (t == DType::Q8) {
+    float amax = 0;
+    for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(x[k]));
+    const float scale = amax / 127.0f;
+    std::memcpy(scales, &scale, 4);
+    int8_t* q = reinterpret_cast<int8_t*>(data);
+    std::memset(data, 0, quant_row_bytes(t, cols));
+    if (scale > 0)
+      for (int64_t k = 0; k < cols; ++k) q[k] = int8_t(std::max(-127.0f, std::min(127.0f, std::round(x[k] / scale))));
+    return true;
+  }
+  const int64_t G = quant_group(t, cols), ng = quant_groups(t, cols);
+  uint16_t* s16 = static_cast<uint16_t*>(scales);
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t k0 = g * G, k1 = std::min(cols, k0 + G);
+    if (t == DType::NF4) {
+      float amax = 0;
+      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[k]));
+      s16[g] = f32_to_f16(amax);
+      const float scale = f16_to_f32(s16[g]);
+      if (!std::isfinite(scale)) return false;
+      for (int64_t k = k0; k < k1; ++k) codes[size_t(k)] = scale > 0 ? nf4_code(x[k] / scale) : 7;
+    } else {  // Q4
+      float m = 0;
+      for (int64_t k = k0; k < k1; ++k)
+        if (std::fabs(x[k]) > std::fabs(m)) m = x[k];
+      s16[g] = f32_to_f16(m / -8.0f);
+      const float scale = f16_to_f32(s16[g]);
+      if (!std::isfinite(scale)) return false;
+      for (int64_t k = k0; k < k1; ++k) {
+        const float q = scale != 0 ? std::max(-8.0f, std::min(7.0f, std::round(x[k] / scale))) : 0.0f;
+        codes[size_t(k)] = uint8_t(int(q) + 8);
+      }
+    }
+  }
+  pack_nibbles(codes, cols, t == DType::NF4 ? 7 : 8, data);
+  return true;
+}
+
+void dequantize_row(DType t, const uint8_t* data, const void* scales, int64_t cols, float* out) {
+  if (t == DType::Q8) {
+    float scale;
+    std::memcpy(&scale, scales, 4);
+    const int8_t* q = reinterpret_cast<const int8_t*>(data);
+    for (int64_t k = 0; k < cols; ++k) out[k] = float(q[k]) * scale;
+    return;
+  }
+  const int64_t G = quant_group(t, cols);
+  const uint16_t* s16 = static_cast<const uint16_t*>(scales);
+  for (int64_t k = 0; k < cols; ++k) {
+    const float scale = f16_to_f32(s16[k / G]);
+    const uint8_t c = nibble(data, k);
+    out[k] = (t == DType::NF4 ? kNF4Codes[c] : float(int(c) - 8)) * scale;
+  }
+}
+
+QuantizedMatrix quantize_matrix(DType qtype, DType src_dtype, const void* src, int64_t rows, int64_t cols,
+                                int threads) {
+  if (!is_quantized(qtype)) throw WeightError(std::string("cannot quantize to ") + dtype_name(qtype));
+  if (is_quantized(src_dtype) || src_dtype == DType::I8 || src_dtype == DType::U8)
+    throw WeightError(std::string("cannot quantize a ") + dtype_name(src_dtype) + " tensor (full precision needed)");
+  QuantizedMatrix q;
+  q.dtype = qtype;
+  q.rows = rows;
+  q.cols = cols;
+  const size_t rb = quant_row_bytes(qtype, cols);
+  const size_t sb = size_t(quant_groups(qtype, cols)) * dtype_size(quant_scale_dtype(qtype));
+  q.data.resize(size_t(rows) * rb);
+  q.scales.resize(size_t(rows) * sb);
+  const size_t es = dtype_size(src_dtype);
+  std::atomic<int64_t> bad{-1};
+  auto work = [&](int64_t r0, int64_t r1) {
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      to_f32(src_dtype, static_cast<const uint8_t*>(src) + size_t(r) * size_t(cols) * es, row.data(), size_t(cols));
+      if (!quantize_row(qtype, row.data(), cols, q.data.data() + size_t(r) * rb, q.scales.data() + size_t(r) * sb)) {
+        int64_t expected = -1;
+        bad.compare_exchange_strong(expected, r);
+      }
+    }
+  };
+  if (rows * cols < (int64_t(1) << 18) || threads == 1) {
+    work(0, rows);
+  } else {
+    ThreadPool pool(threads);
+    pool.parallel_for(rows, work, 16);
+  }
+  if (bad.load() >= 0)
+    throw WeightError("row " + std::to_string(bad.load()) + " cannot be quantized to " + dtype_name(qtype) +
+                      " (a non-finite value, or a scale beyond fp16)");
+  return q;
+}
+
+}  // namespace mistral

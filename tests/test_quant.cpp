@@ -1,0 +1,456 @@
+// Quantized weights (int8, NF4, int4): the byte layout against an independent scalar reference
+// written here from the description in mistral/quant.h, the CPU kernels against a float64 matmul of
+// the dequantized weights, decode == prefill bitwise, quantization at load, and quantized checkpoints.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "mistral/backend.h"
+#include "mistral/engine.h"
+#include "mistral/error.h"
+#include "mistral/model.h"
+#include "mistral/quant.h"
+#include "mistral/safetensors.h"
+#include "test_util.h"
+
+using namespace mistral;
+
+namespace {
+
+const DType kQuantTypes[] = {DType::Q8, DType::NF4, DType::Q4};
+const char* kFixtures[] = {"w8_gqa1_f32", "full_gqa2_tied_f32", "w16_gqa4_hd12_f32", "w8_gqa2_bf16",
+                           "native_w8_gqa2_f32"};
+
+// ---- the reference: written from the layout description, sharing no code with src/io/quant.cpp ----
+
+// bitsandbytes' NF4 table (csrc/kernels.cu, dDequantizeNF4), typed in again here.
+const double kNF4[16] = {-1.0,
+                         -0.6961928009986877,
+                         -0.5250730514526367,
+                         -0.39491748809814453,
+                         -0.28444138169288635,
+                         -0.18477343022823334,
+                         -0.09105003625154495,
+                         0.0,
+                         0.07958029955625534,
+                         0.16093020141124725,
+                         0.24611230194568634,
+                         0.33791524171829224,
+                         0.44070982933044434,
+                         0.5626170039176941,
+                         0.7229568362236023,
+                         1.0};
+
+struct RefLayout {
+  int64_t group, row_bytes;
+  bool four_bit;
+};
+RefLayout ref_layout(DType t, int64_t cols) {
+  if (t == DType::Q8) return {cols, (cols + 15) / 16 * 16, false};
+  return {t == DType::NF4 ? 64 : 128, (cols + 31) / 32 * 16, true};
+}
+
+// The 4-bit code of element k: chunk k / 32, byte k % 16 of it, low nibble for the first 16 elements.
+int ref_nibble(const uint8_t* row, int64_t k) {
+  const uint8_t b = row[(k / 32) * 16 + (k % 32) % 16];
+  return (k % 32) < 16 ? (b & 0xf) : (b >> 4);
+}
+
+float ref_scale(DType t, const uint8_t* scales, int64_t g) {
+  if (t == DType::Q8) {
+    float f;
+    std::memcpy(&f, scales + 4 * g, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, scales + 2 * g, 2);
+  return f16_to_f32(h);
+}
+
+// Dequantized element k of a row, in double.
+double ref_value(DType t, const uint8_t* row, const uint8_t* scales, int64_t cols, int64_t k) {
+  const RefLayout L = ref_layout(t, cols);
+  const double s = ref_scale(t, scales, k / L.group);
+  if (t == DType::Q8) return double(int8_t(row[k])) * s;
+  const int c = ref_nibble(row, k);
+  return (t == DType::NF4 ? kNF4[c] : double(c - 8)) * s;
+}
+
+std::vector<float> random_row(std::mt19937& rng, int64_t n, float scale) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+const int64_t kCols[] = {1, 7, 8, 31, 32, 33, 63, 64, 65, 96, 127, 128, 129, 172, 200, 300, 4096};
+
+// ---- layout and quantizer ----
+
+TEST(QuantFormat, SizesFollowTheLayout) {
+  for (DType t : kQuantTypes)
+    for (int64_t cols : kCols) {
+      const RefLayout L = ref_layout(t, cols);
+      EXPECT_EQ(int64_t(quant_row_bytes(t, cols)), L.row_bytes);
+      EXPECT_EQ(int64_t(quant_row_bytes(t, cols)) % 16, 0);
+      EXPECT_EQ(quant_group(t, cols), L.group);
+      EXPECT_EQ(quant_groups(t, cols), (cols + L.group - 1) / L.group);
+      EXPECT_EQ(quant_scale_bytes(t, 3, cols), size_t(3 * quant_groups(t, cols)) * (t == DType::Q8 ? 4 : 2));
+    }
+  EXPECT_EQ(kNF4Group, 64);
+  EXPECT_EQ(kQ4Group, 128);
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(kNF4Codes[i], float(kNF4[i])) << i;
+}
+
+TEST(QuantFormat, QuantizeRowMatchesReference) {
+  std::mt19937 rng(42);
+  for (DType t : kQuantTypes)
+    for (int64_t cols : kCols)
+      for (float mag : {0.02f, 1.0f, 300.0f}) {
+        SCOPED_TRACE(std::string(dtype_name(t)) + " cols " + std::to_string(cols) + " scale " + std::to_string(mag));
+        std::vector<float> x = random_row(rng, cols, mag);
+        if (cols > 5) x[3] = 0.0f, x[4] = -x[2];  // a zero and a tie in magnitude
+        const RefLayout L = ref_layout(t, cols);
+        std::vector<uint8_t> data(static_cast<size_t>(L.row_bytes), 0xAB);
+        std::vector<uint8_t> scales(size_t(quant_groups(t, cols)) * (t == DType::Q8 ? 4 : 2));
+        ASSERT_TRUE(quantize_row(t, x.data(), cols, data.data(), scales.data()));
+        for (int64_t g = 0; g * L.group < cols; ++g) {
+          const int64_t k0 = g * L.group, k1 = std::min(cols, k0 + L.group);
+          // The scale: absmax / 127 (int8), absmax in fp16 (NF4), the largest-magnitude element / -8 in fp16 (int4).
+          float amax = 0, m = 0;
+          for (int64_t k = k0; k < k1; ++k) {
+            amax = std::max(amax, std::fabs(x[size_t(k)]));
+            if (std::fabs(x[size_t(k)]) > std::fabs(m)) m = x[size_t(k)];
+          }
+          const float s = ref_scale(t, scales.data(), g);
+          if (t == DType::Q8) EXPECT_EQ(s, amax / 127.0f);
+          if (t == DType::NF4) EXPECT_EQ(s, f16_to_f32(f32_to_f16(amax)));
+          if (t == DType::Q4) EXPECT_EQ(s, f16_to_f32(f32_to_f16(m / -8.0f)));
+          for (int64_t k = k0; k < k1; ++k) {
+            const double v = x[size_t(k)];
+            if (t == DType::Q8) {
+              const int q = int8_t(data[size_t(k)]);
+              EXPECT_EQ(q, int(std::max(-127.0, std::min(127.0, double(std::round(x[size_t(k)] / s))))));
+              EXPECT_LE(std::fabs(q * double(s) - v), 0.5 * s * (1 + 1e-5) + 1e-30) << k;
+            } else if (t == DType::NF4) {
+              // The code must be a nearest one (ties: either neighbour).
+              const int c = ref_nibble(data.data(), k);
+              const double xn = s > 0 ? v / s : 0.0;
+              double best = 1e30;
+              for (int j = 0; j < 16; ++j) best = std::min(best, std::fabs(xn - kNF4[j]));
+              EXPECT_LE(std::fabs(xn - kNF4[c]), best + 1e-6) << "element " << k << " code " << c;
+            } else {
+              const int q = ref_nibble(data.data(), k) - 8;
+              const double want = s != 0 ? std::max(-8.0, std::min(7.0, double(std::round(x[size_t(k)] / s)))) : 0.0;
+              EXPECT_EQ(q, int(want)) << k;
+            }
+          }
+          if (t == DType::Q4 && m != 0) {  // the largest-magnitude element is exactly -8 * scale
+            for (int64_t k = k0; k < k1; ++k)
+              if (x[size_t(k)] == m) {
+                EXPECT_EQ(ref_nibble(data.data(), k), 0);
+                break;
+              }
+          }
+        }
+        // Padding encodes zero.
+        if (L.four_bit)
+          for (int64_t k = cols; k < (cols + 31) / 32 * 32; ++k)
+            EXPECT_EQ(ref_nibble(data.data(), k), t == DType::NF4 ? 7 : 8) << "padding " << k;
+        else
+          for (int64_t k = cols; k < L.row_bytes; ++k) EXPECT_EQ(data[size_t(k)], 0) << "padding " << k;
+        // dequantize_row equals the reference expansion exactly.
+        std::vector<float> back(static_cast<size_t>(cols));
+        dequantize_row(t, data.data(), scales.data(), cols, back.data());
+        for (int64_t k = 0; k < cols; ++k)
+          ASSERT_EQ(back[size_t(k)], float(ref_value(t, data.data(), scales.data(), cols, k))) << k;
+      }
+}
+
+TEST(QuantFormat, RoundTripErrorIsBounded) {
+  // Relative RMS error on Gaussian rows: int8 ~0.5%, the 4-bit formats ~10%.
+  std::mt19937 rng(7);
+  const std::vector<float> x = random_row(rng, 4096 * 8, 1.0f);
+  for (DType t : kQuantTypes) {
+    QuantizedMatrix q = quantize_matrix(t, DType::F32, x.data(), 8, 4096, 2);
+    std::vector<float> back(x.size());
+    for (int64_t r = 0; r < 8; ++r)
+      dequantize_row(t, q.data.data() + size_t(r) * quant_row_bytes(t, 4096),
+                     q.scales.data() + size_t(r) * size_t(quant_groups(t, 4096)) * (t == DType::Q8 ? 4 : 2), 4096,
+                     back.data() + r * 4096);
+    double e2 = 0, x2 = 0;
+    for (size_t i = 0; i < x.size(); ++i) e2 += double(back[i] - x[i]) * (back[i] - x[i]), x2 += double(x[i]) * x[i];
+    const double rel = std::sqrt(e2 / x2);
+    RecordProperty(std::string("rel_rms_") + dtype_name(t), std::to_string(rel));
+    EXPECT_LT(rel, t == DType::Q8 ? 0.01 : 0.12) << dtype_name(t);
+    EXPECT_GT(rel, 0.0) << dtype_name(t);
+  }
+}
+
+TEST(QuantFormat, ZeroRowsAndBadValues) {
+  for (DType t : kQuantTypes) {
+    std::vector<float> z(100, 0.0f);
+    std::vector<uint8_t> data(quant_row_bytes(t, 100)), scales(quant_scale_bytes(t, 1, 100));
+    ASSERT_TRUE(quantize_row(t, z.data(), 100, data.data(), scales.data()));
+    std::vector<float> back(100, 1.0f);
+    dequantize_row(t, data.data(), scales.data(), 100, back.data());
+    for (float v : back) EXPECT_EQ(v, 0.0f);
+    z[50] = NAN;
+    EXPECT_FALSE(quantize_row(t, z.data(), 100, data.data(), scales.data()));
+    z[50] = INFINITY;
+    EXPECT_THROW(quantize_matrix(t, DType::F32, z.data(), 1, 100), WeightError);
+  }
+  std::vector<float> big(64, 1e6f);  // absmax beyond fp16
+  std::vector<uint8_t> data(64), scales(4);
+  EXPECT_FALSE(quantize_row(DType::NF4, big.data(), 64, data.data(), scales.data()));
+}
+
+TEST(QuantFormat, QuantizeMatrixFromHalfPrecision) {
+  // Quantizing a bf16/f16 matrix equals quantizing its fp32 values.
+  std::mt19937 rng(3);
+  const int64_t R = 37, C = 172;
+  std::vector<float> x = random_row(rng, R * C, 0.05f);
+  std::vector<uint16_t> b(x.size()), h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) b[i] = f32_to_bf16(x[i]), h[i] = f32_to_f16(x[i]);
+  for (DType t : kQuantTypes)
+    for (DType src : {DType::BF16, DType::F16}) {
+      std::vector<float> xf(x.size());
+      to_f32(src, src == DType::BF16 ? b.data() : h.data(), xf.data(), xf.size());
+      QuantizedMatrix a = quantize_matrix(t, src, src == DType::BF16 ? (const void*)b.data() : h.data(), R, C, 2);
+      QuantizedMatrix c = quantize_matrix(t, DType::F32, xf.data(), R, C, 1);
+      EXPECT_EQ(a.data, c.data);
+      EXPECT_EQ(a.scales, c.scales);
+    }
+}
+
+// ---- kernels ----
+
+struct QWeight {
+  QuantizedMatrix q;
+  Weight w;
+};
+QWeight make_qweight(DType t, const std::vector<float>& x, int64_t rows, int64_t cols) {
+  QWeight r;
+  r.q = quantize_matrix(t, DType::F32, x.data(), rows, cols, 2);
+  r.w.dtype = t;
+  r.w.rows = rows;
+  r.w.cols = cols;
+  r.w.data = r.q.data.data();
+  r.w.scales = r.q.scales.data();
+  r.w.group = quant_group(t, cols);
+  return r;
+}
+
+TEST(QuantMatmul, EqualsMatmulOfDequantizedWeights) {
+  std::mt19937 rng(11);
+  auto be = make_cpu_backend(2);
+  int checked = 0;
+  for (DType t : kQuantTypes)
+    for (int64_t K : {1, 7, 8, 9, 33, 64, 96, 100, 128, 172, 257, 520})
+      for (int64_t N : {1, 3, 5, 17, 34}) {
+        const std::vector<float> wf = random_row(rng, N * K, 0.1f);
+        QWeight qw = make_qweight(t, wf, N, K);
+        const std::vector<float> deq = [&] {
+          std::vector<float> d(size_t(N * K));
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t k = 0; k < K; ++k)
+              d[size_t(n * K + k)] =
+                  float(ref_value(t, qw.q.data.data() + size_t(n) * quant_row_bytes(t, K),
+                                  qw.q.scales.data() + size_t(n) * quant_scale_bytes(t, 1, K), K, k));
+          return d;
+        }();
+        for (int T : {1, 2, 3, 4, 5, 9}) {
+          const std::vector<float> x = random_row(rng, T * K, 1.0f);
+          std::vector<float> y(size_t(T * N));
+          be->matmul(x.data(), T, qw.w, y.data());
+          for (int tt = 0; tt < T; ++tt)
+            for (int64_t n = 0; n < N; ++n) {
+              double ref = 0, mag = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                ref += double(deq[size_t(n * K + k)]) * x[size_t(tt * K + k)];
+                mag += std::fabs(double(deq[size_t(n * K + k)]) * x[size_t(tt * K + k)]);
+              }
+              // fp32 accumulation of K terms: a few ulps of the magnitude sum.
+              ASSERT_NEAR(y[size_t(tt * N + n)], ref, 2e-6 * mag + 1e-30)
+                  << dtype_name(t) << " K " << K << " N " << N << " T " << T << " t " << tt << " n " << n;
+              ++checked;
+            }
+        }
+      }
+  EXPECT_GT(checked, 1000);
+}
+
+TEST(QuantMatmul, DecodeEqualsPrefillBitwise) {
+  // Every (row, token) result is the same bits whatever T and the row range each thread gets.
+  std::mt19937 rng(5);
+  for (DType t : kQuantTypes)
+    for (int64_t K : {40, 96, 172, 300})
+      for (int threads : {1, 2, 3}) {
+        auto be = make_cpu_backend(threads);
+        const int64_t N = 37;
+        QWeight qw = make_qweight(t, random_row(rng, N * K, 0.1f), N, K);
+        const int T = 11;
+        const std::vector<float> x = random_row(rng, T * K, 1.0f);
+        std::vector<float> all(static_cast<size_t>(T * N)), one(static_cast<size_t>(N));
+        be->matmul(x.data(), T, qw.w, all.data());
+        for (int tt = 0; tt < T; ++tt) {
+          be->matmul(x.data() + tt * K, 1, qw.w, one.data());
+          ASSERT_EQ(std::memcmp(one.data(), all.data() + tt * N, size_t(N) * 4), 0)
+              << dtype_name(t) << " K " << K << " threads " << threads << " token " << tt;
+        }
+        // Other groupings of the tokens (3 + 5 + 3).
+        std::vector<float> part(size_t(5 * N));
+        be->matmul(x.data() + 3 * K, 5, qw.w, part.data());
+        ASSERT_EQ(std::memcmp(part.data(), all.data() + 3 * N, part.size() * 4), 0);
+      }
+}
+
+// ---- whole models ----
+
+std::vector<int32_t> fixture_ids(const std::string& name) {
+  const auto ref = nlohmann::json::parse(testutil::read_file(testutil::source_path("models/fixtures/" + name + "/reference.json")));
+  return ref["input_ids"].get<std::vector<int32_t>>();
+}
+
+std::vector<float> run_chunked(const Model& m, Backend& be, const std::vector<int32_t>& ids, int chunk) {
+  SessionOptions so;
+  so.chunk = chunk;
+  Session s(m, be, so);
+  return s.feed(ids, true);
+}
+
+class QuantFixtureTest : public ::testing::TestWithParam<std::tuple<const char*, Quant>> {};
+
+TEST_P(QuantFixtureTest, LoadsQuantizedAndDecodeEqualsPrefill) {
+  const std::string name = std::get<0>(GetParam());
+  const Quant q = std::get<1>(GetParam());
+  const std::string dir = testutil::source_path("models/fixtures/" + name);
+  LoadOptions o;
+  o.quant = q;
+  auto model = Model::load(dir, o);
+  auto full = Model::load(dir);
+  const ModelWeights& w = model->weights();
+  EXPECT_EQ(model->quant(), q);
+  EXPECT_EQ(w.layers[0].wq.dtype, quant_dtype(q));
+  EXPECT_EQ(w.layers[1].w_down.dtype, quant_dtype(q));
+  EXPECT_FALSE(is_quantized(w.embed.dtype));
+  EXPECT_FALSE(is_quantized(w.layers[0].attn_norm.dtype));
+  EXPECT_FALSE(is_quantized(w.lm_head.dtype));  // no --quant-lm-head
+  EXPECT_EQ(model->weight_bytes(), estimate_weight_bytes(model->config(), w.embed.dtype, q, false));
+  EXPECT_LT(model->weight_bytes(), full->weight_bytes());
+  for (const NamedWeight& nw : model->named_weights()) {
+    if (!is_quantized(nw.weight->dtype)) continue;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(nw.weight->data) % 16, 0u) << nw.name;  // malloc'd rows stay aligned
+  }
+
+  auto be = make_cpu_backend(2);
+  const std::vector<int32_t> ids = fixture_ids(name);
+  const std::vector<float> one = run_chunked(*model, *be, ids, 4096);
+  for (int chunk : {1, 3, 7}) {
+    const std::vector<float> got = run_chunked(*model, *be, ids, chunk);
+    ASSERT_EQ(std::memcmp(got.data(), one.data(), one.size() * 4), 0) << "chunk " << chunk;
+  }
+  // Close to full precision (these random-weight fixtures have small logits).
+  const std::vector<float> ref = run_chunked(*full, *be, ids, 4096);
+  double e2 = 0, r2 = 0, mx = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    e2 += double(ref[i] - one[i]) * (ref[i] - one[i]);
+    r2 += double(ref[i]) * ref[i];
+    mx = std::max(mx, double(std::fabs(ref[i] - one[i])));
+  }
+  const double rel = std::sqrt(e2 / r2);
+  std::printf("%s %s: logits relative RMS difference from full precision %.4f (max abs %.3f)\n", name.c_str(),
+              quant_name(q), rel, mx);
+  EXPECT_LT(rel, q == Quant::Int8 ? 0.05 : 0.5);
+  EXPECT_GT(rel, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, QuantFixtureTest,
+                         ::testing::Combine(::testing::ValuesIn(kFixtures),
+                                            ::testing::Values(Quant::Int8, Quant::NF4, Quant::Int4)),
+                         [](const ::testing::TestParamInfo<QuantFixtureTest::ParamType>& p) {
+                           return std::string(std::get<0>(p.param)) + "_" + quant_name(std::get<1>(p.param));
+                         });
+
+TEST(QuantModel, LmHeadQuantizedOnlyOnRequest) {
+  for (const char* name : {"w8_gqa1_f32", "full_gqa2_tied_f32"}) {
+    const std::string dir = testutil::source_path(std::string("models/fixtures/") + name);
+    LoadOptions o;
+    o.quant = Quant::NF4;
+    o.quant_lm_head = true;
+    auto m = Model::load(dir, o);
+    const ModelWeights& w = m->weights();
+    EXPECT_EQ(w.lm_head.dtype, DType::NF4) << name;
+    EXPECT_FALSE(is_quantized(w.embed.dtype)) << name;
+    EXPECT_EQ(m->weight_bytes(), estimate_weight_bytes(m->config(), w.embed.dtype, Quant::NF4, true)) << name;
+    auto be = make_cpu_backend(1);
+    const std::vector<float> l = run_chunked(*m, *be, fixture_ids(name), 8);
+    for (float v : l) ASSERT_TRUE(std::isfinite(v));
+  }
+  LoadOptions bad;
+  bad.quant_lm_head = true;
+  EXPECT_THROW(Model::load(testutil::source_path("models/fixtures/w8_gqa1_f32"), bad), UsageError);
+}
+
+TEST(QuantModel, NativeCheckpointQuantizesPerRowBeforePermuting) {
+  // Quantization is per row, so the permuted rows of wq/wk equal the quantized permuted f32 rows.
+  const std::string dir = testutil::source_path("models/fixtures/native_w8_gqa2_f32");
+  LoadOptions o;
+  o.quant = Quant::Int4;
+  auto q = Model::load(dir, o);
+  auto f = Model::load(dir);
+  for (const Weight* pair : {&f->weights().layers[0].wq, &f->weights().layers[1].wk}) {
+    const Weight& fw = *pair;
+    const Weight& qw = pair == &f->weights().layers[0].wq ? q->weights().layers[0].wq : q->weights().layers[1].wk;
+    QuantizedMatrix m = quantize_matrix(DType::Q4, fw.dtype, fw.data, fw.rows, fw.cols, 1);
+    EXPECT_EQ(std::memcmp(m.data.data(), qw.data, m.data.size()), 0);
+    EXPECT_EQ(std::memcmp(m.scales.data(), qw.scales, m.scales.size()), 0);
+  }
+}
+
+TEST(QuantModel, RandomModelQuantizesTheSameWeights) {
+  ModelConfig c;
+  c.hidden_size = 64;
+  c.intermediate_size = 172;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 16;
+  c.vocab_size = 100;
+  auto full = Model::random(c, DType::BF16, 9);
+  auto q = Model::random(c, DType::BF16, 9, Quant::NF4, true);
+  const Weight& fw = full->weights().layers[1].w_down;
+  const Weight& qw = q->weights().layers[1].w_down;
+  QuantizedMatrix m = quantize_matrix(DType::NF4, DType::BF16, fw.data, fw.rows, fw.cols, 1);
+  ASSERT_EQ(qw.dtype, DType::NF4);
+  EXPECT_EQ(std::memcmp(m.data.data(), qw.data, m.data.size()), 0);
+  EXPECT_EQ(q->weights().lm_head.dtype, DType::NF4);
+  EXPECT_EQ(q->weight_bytes(), estimate_weight_bytes(c, DType::BF16, Quant::NF4, true));
+}
+
+TEST(QuantModel, Mistral7BShapeInNF4) {
+  ModelConfig c;  // Mistral-7B-v0.1
+  c.hidden_size = 4096;
+  c.intermediate_size = 14336;
+  c.num_layers = 32;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.vocab_size = 32000;
+  const size_t bf16 = estimate_weight_bytes(c, DType::BF16, Quant::None, false);
+  const size_t nf4 = estimate_weight_bytes(c, DType::BF16, Quant::NF4, false);
+  const size_t nf4_head = estimate_weight_bytes(c, DType::BF16, Quant::NF4, true);
+  EXPECT_EQ(bf16, size_t(c.param_count()) * 2);
+  // 32 layers x 218103808 linear weights x (0.5 + 2/64) bytes + bf16 embeddings, norms and lm_head.
+  EXPECT_EQ(nf4, size_t(32) * 218103808 / 64 * 34 + 2 * 32000 * 4096 * 2 + (65 * 4096) * 2);
+  EXPECT_EQ(nf4_head, size_t(32) * 218103808 / 64 * 34 + 32000 * 4096 * 2 + 32000 * 4096 / 64 * 34 + (65 * 4096) * 2);
+  EXPECT_LE(double(nf4), 4.2 * 1024 * 1024 * 1024);  // 3.94 GiB (4.23 GB)
+  EXPECT_LE(double(nf4_head), 4.2e9);                // 4.04 GB
+  RecordProperty("nf4_bytes", std::to_string(nf4));
+  RecordProperty("nf4_lm_head_bytes", std::to_string(nf4_head));
+}
+
+}  // namespace
