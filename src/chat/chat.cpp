@@ -10,6 +10,7 @@
 
 #include "mistral/config.h"
 #include "mistral/error.h"
+#include "mistral/gguf.h"
 
 namespace mistral {
 
@@ -164,6 +165,7 @@ std::string conversation_to_json(const Conversation& conv) {
 // ---- what the model directory says ------------------------------------------------------------------
 
 ChatTemplateInfo read_chat_template_info(const std::string& model_dir) {
+  if (is_gguf_file(model_dir)) return gguf_chat_template_info(model_dir);  // tokenizer.chat_template
   ChatTemplateInfo info;
   const std::string added_path = model_dir + "/added_tokens.json";
   if (file_exists(added_path)) {

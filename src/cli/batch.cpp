@@ -18,6 +18,7 @@
 #include "mistral/chat.h"
 #include "mistral/config.h"
 #include "mistral/error.h"
+#include "mistral/gguf.h"
 
 namespace mistral {
 namespace cli {

@@ -11,6 +11,7 @@
 #include "mistral/config.h"
 #include "mistral/engine.h"
 #include "mistral/error.h"
+#include "mistral/gguf.h"
 #include "mistral/generator.h"
 #include "mistral/tokenizer.h"
 

@@ -6,6 +6,7 @@
 #include "common.h"
 #include "mistral/chat.h"
 #include "mistral/error.h"
+#include "mistral/gguf.h"
 #include "mistral/tokenizer.h"
 
 namespace mistral {
@@ -16,7 +17,7 @@ namespace {
 // tokenize --messages: the conversation's ids as the chat format encodes them.
 int tokenize_messages(const TokenizeArgs& a) {
   const Conversation conv = load_conversation_file(a.messages_file);
-  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model_dir);
+  std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model_dir);
   const std::unique_ptr<ChatEncoder> enc = make_chat_encoder(a.model_dir, *tok, a.chat_format);
   const bool for_generation = conv.empty() || conv.back().role != "assistant";
   const std::vector<int32_t> ids = enc->encode(conv, for_generation);
@@ -35,7 +36,7 @@ int run_tokenize(const TokenizeArgs& a) {
   if (!a.chat_format.empty()) throw UsageError("--chat-format goes with --messages");
   if (a.prompt_set == a.prompt_file_set) throw UsageError("give exactly one of -p/--prompt, -f/--file and --messages");
   const std::string text = a.prompt_set ? a.prompt : read_prompt_file(a.prompt_file);
-  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model_dir);
+  std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model_dir);
   const std::vector<int32_t> ids = tok->encode(text, !a.no_bos);
   nlohmann::json j;
   j["ids"] = ids;
@@ -46,7 +47,7 @@ int run_tokenize(const TokenizeArgs& a) {
 }
 
 int run_detokenize(const DetokenizeArgs& a) {
-  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model_dir);
+  std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model_dir);
   std::vector<int32_t> ids;
   std::stringstream ss(a.ids);
   std::string item;
