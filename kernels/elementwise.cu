@@ -6,7 +6,8 @@ namespace mistral {
 namespace cuda {
 
 namespace {
-__global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, size_t n, float* out) {
+// out may alias gate (the forward pass writes in place): no __restrict__ on either.
+__global__ void swiglu_kernel(const float* gate, const float* __restrict__ up, size_t n, float* out) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const float g = gate[i];
     out[i] = g / (1.0f + expf(-g)) * up[i];
@@ -21,7 +22,7 @@ __global__ void convert_kernel(const float* __restrict__ src, W* __restrict__ ds
 template <>
 __global__ void convert_kernel<__half>(const float* __restrict__ src, __half* __restrict__ dst, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    dst[i] = __float2half_rn(src[i]);
+    dst[i] = __float2half_rn(fminf(fmaxf(src[i], -65504.f), 65504.f));  // saturate, never inf
 }
 template <>
 __global__ void convert_kernel<__nv_bfloat16>(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, size_t n) {

@@ -47,6 +47,8 @@ cudaError_t rmsnorm_cuda(const float* x, const void* w, DType wt, float eps, int
     case DType::BF16:
       rmsnorm_kernel<__nv_bfloat16><<<T, threads, 0, stream>>>(x, static_cast<const __nv_bfloat16*>(w), eps, D, y);
       break;
+    default:
+      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }

@@ -35,7 +35,9 @@ class Backend {
   // Places the model's weights where the ops read them (the CPU reads them where they are; a GPU
   // backend uploads them once and owns the copies). The result stays valid while the backend lives.
   virtual ModelWeights place_weights(const ModelWeights& w) { return w; }
-  virtual Weight place_weight(const Weight& w) { return w; }  // one weight (tests, tools)
+  // One weight (tests, tools). Device copies are keyed by the host address: the host memory must stay
+  // alive and unchanged while the backend lives.
+  virtual Weight place_weight(const Weight& w) { return w; }
   // Bytes of device memory this backend holds for weights (0 for the CPU, which maps the files).
   virtual size_t weight_bytes() const { return 0; }
 
@@ -79,7 +81,11 @@ class Backend {
   // Between begin and end, ops are recorded (reading the step inputs from device memory), not run.
   virtual void graph_capture_begin() {}
   virtual void graph_capture_end(uint64_t key) {}
-  // Forgets every recorded graph (their buffers are about to change).
+  // Abandons a capture that failed half-way (the stream returns to normal execution).
+  virtual void graph_capture_abort() {}
+  // Forgets the graph recorded under `key` (its cache is going away), or every recorded graph
+  // (their buffers are about to change).
+  virtual void graph_forget(uint64_t key) {}
   virtual void graph_reset() {}
 };
 

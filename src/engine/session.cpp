@@ -24,6 +24,7 @@ KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
 }
 
 KVCache::~KVCache() {
+  be_.graph_forget(id_);
   for (auto& kv : layers_) {
     be_.free(kv.k);
     be_.free(kv.v);
@@ -47,6 +48,7 @@ ForwardPass::ForwardPass(const Model& model, Backend& backend, const SessionOpti
 }
 
 ForwardPass::~ForwardPass() {
+  be_.graph_reset();  // recorded graphs point at this pass's scratch buffers
   for (float* p : {x_, xn_, q_, k_, v_, att_, gate_, up_, xg_, logits_})
     if (p) be_.free(p);
 }
@@ -121,8 +123,13 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
     be_.set_step_inputs(s.ids[0], s.cache->n_past);
     if (!be_.graph_launch(s.cache->id())) {
       be_.graph_capture_begin();
-      be_.embed(w.embed, ids.data(), T, x_);
-      body(segs, T, rows);
+      try {
+        be_.embed(w.embed, ids.data(), T, x_);
+        body(segs, T, rows);
+      } catch (...) {
+        be_.graph_capture_abort();
+        throw;
+      }
       be_.graph_capture_end(s.cache->id());
       if (!be_.graph_launch(s.cache->id())) throw Error("internal: a recorded decode graph did not launch");
     }

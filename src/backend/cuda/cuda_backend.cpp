@@ -204,6 +204,21 @@ class CudaBackend final : public Backend {
     if (graphs_.size() >= kMaxGraphs) graph_reset();  // one per live sequence is the common case
     graphs_[key] = exec;
   }
+  void graph_capture_abort() override {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(stream_, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();  // clear the capture's error state
+  }
+  void graph_forget(uint64_t key) override {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return;
+    cudaStreamSynchronize(stream_);
+    cudaGraphExecDestroy(it->second);
+    graphs_.erase(it);
+  }
   void graph_reset() override {
     if (graphs_.empty()) return;
     cudaStreamSynchronize(stream_);
@@ -272,6 +287,7 @@ class CudaBackend final : public Backend {
       const size_t need = decode_attention_scratch_floats(p, decode_attention_splits(widest, n_sms_));
       if (need > split_cap_) {
         if (capturing_) throw Error("internal: decode-attention scratch grew during graph capture");
+        graph_reset();  // recorded graphs point at the old scratch
         if (split_) MR_CUDA_CHECK(cudaFree(split_));
         MR_CUDA_CHECK(cudaMalloc(&split_, need * sizeof(float)));
         split_cap_ = need;
