@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
                "  mistral-run -m MODEL_DIR -p \"prompt\"          generate a completion (streamed)\n"
                "  mistral-run info -m MODEL_DIR                  show the config and memory needs\n"
                "  mistral-run tokenize -m MODEL_DIR -p TEXT      print token ids as JSON\n"
-               "  mistral-run bench [-m MODEL_DIR]               measure prefill and decode speed"};
+               "  mistral-run bench [-m MODEL_DIR]               measure prefill and decode speed\n"
+               "  mistral-run quantize -m DIR -o OUT --quant nf4 write a quantized checkpoint"};
   app.require_subcommand(0, 1);
 
   GenerateArgs g;
@@ -127,6 +128,19 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--json", b.json, "Print one JSON object");
   bench_cmd->add_flag("--skip-bandwidth", b.skip_bandwidth, "Do not measure memory bandwidth (saves 512 MiB of RSS)");
 
+  QuantizeArgs qa;
+  CLI::App* quant_cmd = app.add_subcommand("quantize", "Quantize a checkpoint and save it (loads without requantizing)");
+  quant_cmd->add_option("-m,--model", qa.model.model_dir, "Model directory (full precision)")->required();
+  quant_cmd->add_option("-o,--output", qa.out_dir, "Output directory (created; config and tokenizer files copied)")
+      ->required();
+  quant_cmd->add_option("--quant", qa.model.quant, "int8, nf4 or int4")
+      ->required()
+      ->check(CLI::IsMember({"int8", "nf4", "int4"}));
+  quant_cmd->add_flag("--quant-lm-head", qa.model.quant_lm_head, "Quantize lm_head too");
+  quant_cmd->add_option("--dtype", qa.model.dtype, "dtype of the tensors left in full precision: auto keeps the stored one")
+      ->check(CLI::IsMember({"auto", "f32", "f16", "bf16"}));
+  quant_cmd->add_option("-t,--threads", qa.model.threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
+
   BatchArgs ba;
   CLI::App* batch_cmd = app.add_subcommand(
       "batch",
@@ -169,6 +183,7 @@ int main(int argc, char** argv) {
     }
     if (*detok_cmd) return run_detokenize(dt);
     if (*bench_cmd) return run_bench(b);
+    if (*quant_cmd) return run_quantize(qa);
     if (*batch_cmd) {
       ba.temp_set = bt->count() > 0;
       ba.top_p_set = btp->count() > 0;

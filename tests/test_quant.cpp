@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -452,5 +455,263 @@ TEST(QuantModel, Mistral7BShapeInNF4) {
   RecordProperty("nf4_bytes", std::to_string(nf4));
   RecordProperty("nf4_lm_head_bytes", std::to_string(nf4_head));
 }
+
+// ---- quantized checkpoints (mistral-run quantize) ----
+
+namespace quantized_checkpoint {
+
+using testutil::TempDir;
+
+// Bytes of every named weight (data and scales) of a model.
+std::vector<uint8_t> all_bytes(const Model& m) {
+  std::vector<uint8_t> out;
+  for (const NamedWeight& nw : m.named_weights()) {
+    const uint8_t* d = static_cast<const uint8_t*>(nw.weight->data);
+    out.insert(out.end(), d, d + nw.weight->nbytes());
+    const uint8_t* s = static_cast<const uint8_t*>(nw.weight->scales);
+    if (s) out.insert(out.end(), s, s + nw.weight->scale_bytes());
+  }
+  return out;
+}
+
+class SavedCheckpointTest : public ::testing::TestWithParam<std::tuple<const char*, Quant, bool>> {};
+
+TEST_P(SavedCheckpointTest, LoadsDirectlyWithTheSameBytesAndLogits) {
+  const std::string name = std::get<0>(GetParam());
+  const Quant q = std::get<1>(GetParam());
+  const bool head = std::get<2>(GetParam());
+  const std::string dir = testutil::source_path("models/fixtures/" + name);
+  LoadOptions o;
+  o.quant = q;
+  o.quant_lm_head = head;
+  auto at_load = Model::load(dir, o);
+  TempDir td;
+  const std::string out = td.file("q");
+  save_checkpoint(*at_load, out);
+  // The config comes along; the weights file is the layout's.
+  const bool native = testutil::exists(dir + "/params.json");
+  EXPECT_TRUE(testutil::exists(out + (native ? "/params.json" : "/config.json")));
+  EXPECT_TRUE(testutil::exists(out + (native ? "/consolidated.safetensors" : "/model.safetensors")));
+  EXPECT_FALSE(testutil::exists(out + "/reference.json.tmp"));
+
+  auto saved = Model::load(out);  // no --quant: the stored quantized weights are used as they are
+  EXPECT_EQ(saved->quant(), q);
+  EXPECT_EQ(is_quantized(saved->weights().lm_head.dtype), head);
+  EXPECT_EQ(saved->weight_bytes(), at_load->weight_bytes());
+  EXPECT_TRUE(all_bytes(*saved) == all_bytes(*at_load));
+  // Quantized data is mapped from the file at 16-byte aligned addresses (rows permuted at load are copies).
+  for (const NamedWeight& nw : saved->named_weights())
+    if (is_quantized(nw.weight->dtype)) EXPECT_EQ(reinterpret_cast<uintptr_t>(nw.weight->data) % 16, 0u) << nw.name;
+
+  auto be = make_cpu_backend(2);
+  const std::vector<int32_t> ids = fixture_ids(name);
+  const std::vector<float> a = run_chunked(*at_load, *be, ids, 16), b = run_chunked(*saved, *be, ids, 16);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "logits differ from quantizing at load";
+
+  // Asking for the same scheme is fine; another one would requantize and is refused.
+  EXPECT_NO_THROW(Model::load(out, o));
+  LoadOptions other;
+  other.quant = q == Quant::NF4 ? Quant::Int8 : Quant::NF4;
+  EXPECT_THROW(Model::load(out, other), UsageError);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, SavedCheckpointTest,
+                         ::testing::Combine(::testing::Values("w8_gqa1_f32", "full_gqa2_tied_f32", "w8_gqa2_bf16",
+                                                              "native_w8_gqa2_f32"),
+                                            ::testing::Values(Quant::Int8, Quant::NF4, Quant::Int4),
+                                            ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<SavedCheckpointTest::ParamType>& p) {
+                           return std::string(std::get<0>(p.param)) + "_" + quant_name(std::get<1>(p.param)) +
+                                  (std::get<2>(p.param) ? "_lm_head" : "");
+                         });
+
+// A small HF checkpoint written by hand: one layer, D = 32, F = 40, V = 16.
+struct TinyCkpt {
+  TempDir td;
+  std::map<std::string, std::string> meta;
+  std::vector<TensorToWrite> tensors;
+  void add(const std::string& name, DType t, std::vector<int64_t> shape, size_t bytes, uint8_t fill = 1) {
+    tensors.push_back({name, t, shape, std::vector<uint8_t>(bytes, fill)});
+  }
+  void add_f32(const std::string& name, std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<uint8_t> b(size_t(n) * 4);
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = 0.01f * float((i * 7) % 13) - 0.05f;
+      std::memcpy(b.data() + 4 * i, &v, 4);
+    }
+    tensors.push_back({name, DType::F32, shape, b});
+  }
+  void add_nf4(const std::string& name, int64_t rows, int64_t cols) {
+    add(name, DType::U8, {rows, int64_t(quant_row_bytes(DType::NF4, cols))}, quant_data_bytes(DType::NF4, rows, cols),
+        0x77);
+    add(quant_scales_name(name), DType::F16, {rows, quant_groups(DType::NF4, cols)},
+        quant_scale_bytes(DType::NF4, rows, cols), 0);
+  }
+  TinyCkpt() {
+    testutil::write_file(td.file("config.json"),
+                         R"({"hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 1, "num_attention_heads": 2,
+                             "num_key_value_heads": 1, "vocab_size": 16, "torch_dtype": "float32"})");
+  }
+  void standard(bool quantized) {
+    add_f32("model.embed_tokens.weight", {16, 32});
+    add_f32("model.layers.0.input_layernorm.weight", {32});
+    add_f32("model.layers.0.post_attention_layernorm.weight", {32});
+    const std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> lin = {
+        {"self_attn.q_proj", {32, 32}}, {"self_attn.k_proj", {16, 32}}, {"self_attn.v_proj", {16, 32}},
+        {"self_attn.o_proj", {32, 32}}, {"mlp.gate_proj", {40, 32}},   {"mlp.up_proj", {40, 32}},
+        {"mlp.down_proj", {32, 40}}};
+    for (const auto& l : lin) {
+      const std::string n = "model.layers.0." + l.first + ".weight";
+      if (quantized) add_nf4(n, l.second.first, l.second.second);
+      else add_f32(n, {l.second.first, l.second.second});
+    }
+    add_f32("model.norm.weight", {32});
+    add_f32("lm_head.weight", {16, 32});
+    if (quantized) meta = {{kQuantFormatKey, kQuantFormat}, {kQuantMetaKey, "nf4"}};
+  }
+  std::string write() {
+    write_safetensors(td.file("model.safetensors"), tensors, meta);
+    return td.path();
+  }
+  void replace(const std::string& name, TensorToWrite t) {
+    for (auto& x : tensors)
+      if (x.name == name) x = std::move(t);
+  }
+};
+
+template <class E>
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("wrong exception type: ") + e.what();
+  }
+  return "no exception";
+}
+
+TEST(QuantCheckpoint, HandWrittenNF4CheckpointLoads) {
+  TinyCkpt c;
+  c.standard(true);
+  auto m = Model::load(c.write());
+  EXPECT_EQ(m->quant(), Quant::NF4);
+  auto be = make_cpu_backend(1);
+  Session s(*m, *be, SessionOptions{});
+  // Codes 7 (zero) everywhere with zero scales: every linear output is 0, so the logits are finite.
+  for (float v : s.feed({1, 2, 3})) EXPECT_TRUE(std::isfinite(v));
+}
+
+TEST(QuantCheckpoint, RawBytesOnlyWhereTheQuantMetadataSaysSo) {
+  {  // U8 in an ordinary checkpoint: the reader refuses it.
+    TinyCkpt c;
+    c.standard(false);
+    c.replace("lm_head.weight", {"lm_head.weight", DType::U8, {16, 32}, std::vector<uint8_t>(512, 1)});
+    const std::string dir = c.write();
+    const std::string msg = error_of<FileError>([&] { Model::load(dir); });
+    EXPECT_NE(msg.find("unsupported dtype U8"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'lm_head.weight'"), std::string::npos) << msg;
+  }
+  {  // A "quantization" key alone (another tool's metadata) does not enable raw bytes.
+    TinyCkpt c;
+    c.standard(true);
+    c.meta.erase(kQuantFormatKey);
+    const std::string dir = c.write();
+    EXPECT_NE(error_of<FileError>([&] { Model::load(dir); }).find("unsupported dtype U8"), std::string::npos);
+  }
+  {  // An unknown layout version.
+    TinyCkpt c;
+    c.standard(true);
+    c.meta[kQuantFormatKey] = "mistral-run/99";
+    const std::string dir = c.write();
+    EXPECT_NE(error_of<FileError>([&] { Model::load(dir); }).find("unknown layout 'mistral-run/99'"), std::string::npos);
+  }
+  {  // In a quantized checkpoint, a norm stored as raw bytes is still an error.
+    TinyCkpt c;
+    c.standard(true);
+    c.replace("model.norm.weight", {"model.norm.weight", DType::U8, {32}, std::vector<uint8_t>(32, 1)});
+    const std::string dir = c.write();
+    const std::string msg = error_of<WeightError>([&] { Model::load(dir); });
+    EXPECT_NE(msg.find("only linear weights may be quantized"), std::string::npos) << msg;
+  }
+  {  // So is the embedding.
+    TinyCkpt c;
+    c.standard(true);
+    c.replace("model.embed_tokens.weight",
+              {"model.embed_tokens.weight", DType::U8, {16, 16}, std::vector<uint8_t>(256, 1)});
+    const std::string dir = c.write();
+    EXPECT_NE(error_of<WeightError>([&] { Model::load(dir); }).find("model.embed_tokens.weight"), std::string::npos);
+  }
+  {  // Wrong raw dtype for the scheme, wrong data shape, missing or mis-shaped scales, full-precision layer weight.
+    struct Case {
+      std::function<void(TinyCkpt&)> edit;
+      std::string want;
+    };
+    const std::string q = "model.layers.0.self_attn.q_proj.weight", qs = "model.layers.0.self_attn.q_proj.scales";
+    const std::vector<Case> cases = {
+        {[&](TinyCkpt& c) { c.replace(q, {q, DType::I8, {32, 16}, std::vector<uint8_t>(512, 0)}); }, "must be U8"},
+        {[&](TinyCkpt& c) { c.replace(q, {q, DType::U8, {32, 32}, std::vector<uint8_t>(1024, 0)}); },
+         "expected nf4 data of shape [32, 16] (for [32, 32]), got [32, 32]"},
+        {[&](TinyCkpt& c) {
+           c.tensors.erase(std::remove_if(c.tensors.begin(), c.tensors.end(),
+                                          [&](const TensorToWrite& t) { return t.name == qs; }),
+                           c.tensors.end());
+         },
+         "missing tensor '" + qs + "'"},
+        {[&](TinyCkpt& c) { c.replace(qs, {qs, DType::F32, {32, 1}, std::vector<uint8_t>(128, 0)}); },
+         "expected F16 [32, 1], got F32 [32, 1]"},
+        {[&](TinyCkpt& c) {
+           std::vector<uint8_t> b(32 * 32 * 4, 0);
+           c.replace(q, {q, DType::F32, {32, 32}, b});
+         },
+         "expected nf4 data in this quantized checkpoint, got F32"},
+    };
+    for (const Case& k : cases) {
+      TinyCkpt c;
+      c.standard(true);
+      k.edit(c);
+      const std::string dir = c.write();
+      const std::string msg = error_of<WeightError>([&] { Model::load(dir); });
+      EXPECT_NE(msg.find(k.want), std::string::npos) << "want: " << k.want << "\ngot: " << msg;
+    }
+  }
+}
+
+TEST(QuantCheckpoint, CliQuantizeThenGenerate) {
+  const std::string stories = testutil::shared_data("models/stories260K");
+  if (!testutil::exists(stories)) GTEST_SKIP() << "../shared/data/models/stories260K is not present";
+  TempDir td;
+  const std::string out = td.file("stories-nf4");
+  auto r = testutil::run_cli({"quantize", "-m", stories, "-o", out, "--quant", "nf4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("nf4"), std::string::npos) << r.out;
+  EXPECT_TRUE(testutil::exists(out + "/tokenizer.json"));
+  EXPECT_TRUE(testutil::exists(out + "/tokenizer_config.json"));
+  EXPECT_FALSE(testutil::exists(out + "/reference"));  // directories are not copied
+  const std::vector<std::string> gen = {"-p", "Once upon a time", "-n", "30", "--temp", "0", "--json"};
+  std::vector<std::string> a = {"-m", out}, b = {"-m", stories, "--quant", "nf4"};
+  a.insert(a.end(), gen.begin(), gen.end());
+  b.insert(b.end(), gen.begin(), gen.end());
+  auto ra = testutil::run_cli(a), rb = testutil::run_cli(b);
+  ASSERT_EQ(ra.exit_code, 0) << ra.err;
+  ASSERT_EQ(rb.exit_code, 0) << rb.err;
+  EXPECT_EQ(nlohmann::json::parse(ra.out)["ids"], nlohmann::json::parse(rb.out)["ids"]);
+  // The quantized file is much smaller than the f32 original.
+  EXPECT_LT(testutil::read_file(out + "/model.safetensors").size(),
+            testutil::read_file(stories + "/model.safetensors").size() / 3);
+  // Errors: no --quant, requantizing, writing into the source.
+  EXPECT_NE(testutil::run_cli({"quantize", "-m", stories, "-o", td.file("x")}).exit_code, 0);
+  auto rq = testutil::run_cli({"-m", out, "-p", "hi", "--quant", "int8"});
+  EXPECT_NE(rq.exit_code, 0);
+  EXPECT_NE(rq.err.find("already quantized (nf4)"), std::string::npos) << rq.err;
+  auto rs = testutil::run_cli({"quantize", "-m", out, "-o", out, "--quant", "nf4"});
+  EXPECT_NE(rs.exit_code, 0);
+  EXPECT_NE(rs.err.find("source directory"), std::string::npos) << rs.err;
+}
+
+}  // namespace quantized_checkpoint
 
 }  // namespace

@@ -115,6 +115,16 @@ size_t estimate_weight_bytes(const ModelConfig& c, DType full, Quant quant, bool
 // "x.weight" -> "x.scales".
 std::string quant_scales_name(const std::string& weight_name);
 
+// Writes a loaded model as a checkpoint directory that Model::load reads back to the same bytes:
+// model.safetensors (HF) or consolidated.safetensors (native) under the original tensor names and
+// row order; quantized weights as I8 (int8) or U8 (4-bit) data [rows, row_bytes] plus an F32/F16
+// "<name>.scales" tensor [rows, groups] (layout of mistral/quant.h, scheme in __metadata__, data
+// placed at 16-byte aligned offsets), the other weights in the dtype they were loaded as. Every
+// other regular file of the source directory (config, tokenizer, generation config) is copied,
+// except weight files. out_dir is created if needed and must not be the source directory.
+// Throws FileError / UsageError.
+void save_checkpoint(const Model& m, const std::string& out_dir);
+
 // Interleaved-pair rows (native RoPE order) to rotate-half rows, per head, for a [n_heads*hd, cols]
 // matrix of element size esize. Exposed for tests.
 void permute_interleaved_to_half(const uint8_t* src, uint8_t* dst, int64_t n_heads, int64_t head_dim, int64_t cols,

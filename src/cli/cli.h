@@ -83,6 +83,11 @@ struct BatchArgs {
   std::string system;        // system prompt for --chat text prompts
 };
 
+struct QuantizeArgs {
+  ModelArgs model;      // model_dir, quant, quant_lm_head, dtype (of the full-precision tensors), threads
+  std::string out_dir;
+};
+
 int run_generate(const GenerateArgs& a);
 int run_chat(const ChatArgs& a);
 int run_batch(const BatchArgs& a);
@@ -90,6 +95,7 @@ int run_info(const ModelArgs& a);
 int run_tokenize(const TokenizeArgs& a);
 int run_detokenize(const DetokenizeArgs& a);
 int run_bench(const BenchArgs& a);
+int run_quantize(const QuantizeArgs& a);
 
 }  // namespace cli
 }  // namespace mistral
