@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
   CLI::App app{"mistral-run: run Mistral-family language models on the CPU (and CUDA GPUs)\n\n"
                "  mistral-run -m MODEL_DIR -p \"prompt\"          generate a completion (streamed)\n"
                "  mistral-run info -m MODEL_DIR                  show the config and memory needs\n"
+               "  mistral-run chat -m MODEL_DIR                  chat with an instruct model (REPL)\n"
                "  mistral-run tokenize -m MODEL_DIR -p TEXT      print token ids as JSON\n"
                "  mistral-run bench [-m MODEL_DIR]               measure prefill and decode speed\n"
                "  mistral-run quantize -m DIR -o OUT --quant nf4 write a quantized checkpoint"};
@@ -83,6 +84,31 @@ int main(int argc, char** argv) {
   app.add_option("--stop", g.stop, "Stop before this string (repeatable)")->take_all()->expected(1)->allow_extra_args(false);
   app.add_flag("--json", g.json, "Print one JSON object (prompt_ids, ids, text, finish_reason, timings) at the end");
   app.add_flag("--no-bos", g.no_bos, "Do not prepend the BOS token");
+  app.add_flag("--chat", g.chat, "Wrap the prompt as one user turn of the model's chat format");
+  app.add_option("--system", g.system, "With --chat: the system prompt");
+  app.add_option("--chat-format", g.chat_format, "With --chat: v1, v2, v3, v7, chatml or zephyr (default: detected)");
+
+  ChatArgs ch;
+  CLI::App* chat_cmd = app.add_subcommand("chat", "Interactive chat (a REPL; one message per line when stdin is a pipe)");
+  add_model_args(chat_cmd, ch.model, true);
+  chat_cmd->add_option("--system", ch.system, "System prompt");
+  chat_cmd->add_option("--chat-format", ch.chat_format,
+                       "v1, v2, v3, v7, chatml or zephyr (default: from the tokenizer and chat_template)");
+  chat_cmd->add_option("-n,--max-tokens", ch.max_tokens, "Maximum tokens per answer")->check(CLI::Range(1, 1 << 30));
+  auto* cht = chat_cmd->add_option("--temp", ch.temperature, "Temperature; 0 = greedy")->check(CLI::Range(0.0f, 100.0f));
+  auto* chtk = chat_cmd->add_option("--top-k", ch.top_k, "Keep the k most likely tokens; 0 = off")
+                   ->check(CLI::Range(0, 1 << 30));
+  auto* chtp = chat_cmd->add_option("--top-p", ch.top_p, "Nucleus sampling mass")->check(CLI::Range(0.0f, 1.0f));
+  chat_cmd->add_option("--min-p", ch.min_p, "Drop tokens below min-p times the top probability")
+      ->check(CLI::Range(0.0f, 1.0f));
+  chat_cmd->add_option("--repeat-penalty", ch.repeat_penalty, "Repetition penalty; 1 = off")
+      ->check(CLI::Range(0.0f, 100.0f));
+  chat_cmd->add_option("--repeat-last-n", ch.repeat_last_n, "Previous tokens the penalty looks at; -1 = all")
+      ->check(CLI::Range(-1, 1 << 30));
+  chat_cmd->add_option("--seed", ch.seed, "Random seed (turn i uses seed + i)")->check(CLI::Range(int64_t(-1), INT64_MAX));
+  chat_cmd->add_flag("--ignore-eos", ch.ignore_eos, "Keep generating after the end-of-answer token");
+  chat_cmd->add_flag("--no-color", ch.no_color, "No colours (also: NO_COLOR set, TERM=dumb, or not a terminal)");
+  chat_cmd->add_flag("--no-history", ch.no_history, "Do not read or write ~/.mistral-run_history");
 
   ModelArgs info;
   CLI::App* info_cmd = app.add_subcommand("info", "Show the parsed config, parameter count and memory needs");
@@ -182,6 +208,12 @@ int main(int argc, char** argv) {
       return run_tokenize(tk);
     }
     if (*detok_cmd) return run_detokenize(dt);
+    if (*chat_cmd) {
+      ch.temp_set = cht->count() > 0;
+      ch.top_p_set = chtp->count() > 0;
+      ch.top_k_set = chtk->count() > 0;
+      return run_chat(ch);
+    }
     if (*bench_cmd) return run_bench(b);
     if (*quant_cmd) return run_quantize(qa);
     if (*batch_cmd) {

@@ -10,7 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "mistral/backend.h"
 #include "mistral/chat.h"
+#include "mistral/chat_session.h"
+#include "mistral/engine.h"
+#include "mistral/model.h"
 #include "mistral/error.h"
 #include "mistral/tokenizer.h"
 #include "test_util.h"
@@ -403,6 +407,239 @@ TEST(ConversationJson, RoundTripAndErrors) {
   expect_error(R"([{"content": "x"}])", "role");
   expect_error(R"([{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}])", "tool calls");
   EXPECT_THROW(load_conversation_file("/nonexistent/conv.json"), FileError);
+}
+
+// ---- ChatSession: the KV cache across turns -------------------------------------------------------------
+
+std::string stories_dir() { return testutil::shared_data("models/stories260K"); }
+
+// stories260K (no sliding window, 512 positions) or a copy of it with a 64-token sliding window.
+struct ChatRig {
+  explicit ChatRig(const std::string& dir, ChatFormat f = ChatFormat::V1) {
+    model = Model::load(dir, LoadOptions{});
+    tok = Tokenizer::load_dir(dir);
+    backend = make_cpu_backend(1);
+    fp.reset(new ForwardPass(*model, *backend, SessionOptions{}));
+    enc.reset(new ChatEncoder(*tok, f));
+  }
+  std::unique_ptr<ChatSession> session() const { return std::unique_ptr<ChatSession>(new ChatSession(*fp, *enc)); }
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<ForwardPass> fp;
+  std::unique_ptr<ChatEncoder> enc;
+};
+
+GenerateParams greedy(int max_tokens) {
+  GenerateParams gp;
+  gp.max_tokens = max_tokens;
+  gp.sampler.temperature = 0.0f;
+  return gp;
+}
+
+const std::vector<std::string> kMessages = {
+    "Tell me a story.", "What happened next?", "Who is Lily?", "Where is the dog?", "Why?",
+    "Was she happy?", "Once upon a time", "The end.", "Say hi to Tom", "Bye"};
+
+#define REQUIRE_STORIES() REQUIRE_FILE(stories_dir() + "/model.safetensors")
+
+// The measurement the issue asks for: over 10 turns each turn prefills only the tokens the cache lacks, which
+// are that turn's new tokens (the user turn) plus what the previous turn sampled last and never fed (its final
+// token or end-of-answer id). Measured on the cache itself: positions before and after each turn.
+TEST(ChatSession, TenTurnsPrefillOnlyTheirNewTokens) {
+  REQUIRE_STORIES();
+  ChatRig rig(stories_dir());
+  auto chat = rig.session();
+  int64_t prev_prompt = 0, prev_generated = 0;
+  for (size_t t = 0; t < kMessages.size(); ++t) {
+    const Conversation before = chat->conversation();
+    const std::vector<int32_t> cached = chat->cached_ids();
+    const int64_t cached_before = chat->cached_tokens();
+    // This turn's new tokens: what the user message adds to the conversation's encoding.
+    int64_t new_tokens = 0, done = 0;
+    {
+      Conversation with_user = before;
+      with_user.push_back({"user", kMessages[t]});
+      const std::vector<int32_t> prompt = rig.enc->encode(with_user, true);
+      done = before.empty() ? 0 : int64_t(rig.enc->encode(before, false).size());
+      new_tokens = int64_t(prompt.size()) - done;
+      ASSERT_LE(cached.size(), prompt.size());
+      EXPECT_TRUE(std::equal(cached.begin(), cached.end(), prompt.begin())) << "turn " << t << ": cache is not a prefix";
+    }
+    const ChatTurn turn = chat->send(kMessages[t], greedy(16 + int(t)));
+    SCOPED_TRACE("turn " + std::to_string(t) + ": " + turn.finish_reason);
+    EXPECT_EQ(turn.cached_before, cached_before);
+    EXPECT_EQ(turn.reused_tokens, cached_before);
+    EXPECT_EQ(turn.rolled_back, 0);
+    EXPECT_FALSE(turn.cache_rebuilt);
+    EXPECT_EQ(turn.dropped_turns, 0);
+    EXPECT_EQ(turn.prefilled_tokens, turn.prompt_tokens - cached_before);
+    // Besides the new tokens, only what the finished previous turn has that the cache lacks: its end-of-answer
+    // id (sampled, never fed), and for an answer cut by max_tokens its last token too.
+    EXPECT_EQ(turn.prefilled_tokens, new_tokens + (done - cached_before));
+    if (t > 0) {
+      EXPECT_EQ(cached_before, prev_prompt + prev_generated - 1);  // everything but the last sampled id
+      EXPECT_GE(done - cached_before, 1);
+      EXPECT_LE(done - cached_before, 2);
+    } else {
+      EXPECT_EQ(turn.prefilled_tokens, new_tokens);
+    }
+    // The cache advanced by exactly the prefilled and decoded tokens.
+    EXPECT_EQ(chat->cached_tokens() - cached_before, turn.prefilled_tokens + turn.decoded_tokens);
+    prev_prompt = turn.prompt_tokens;
+    prev_generated = turn.generated_tokens;
+    RecordProperty("turn" + std::to_string(t), std::to_string(turn.prefilled_tokens) + " prefilled of " +
+                                                   std::to_string(turn.prompt_tokens) + ", new " + std::to_string(new_tokens));
+  }
+  EXPECT_EQ(chat->totals().turns, 10);
+  EXPECT_EQ(chat->totals().rebuilds, 0);
+}
+
+// Greedy answers do not depend on how the cache was filled: a conversation continued in place equals the same
+// conversation (through its JSON) loaded into a fresh session, and into a session whose cache must roll back.
+TEST(ChatSession, SavedAndLoadedConversationGivesTheSameNextAnswer) {
+  REQUIRE_STORIES();
+  ChatRig rig(stories_dir());
+  auto a = rig.session();
+  a->set_system("You tell stories.");
+  for (int t = 0; t < 3; ++t) a->send(kMessages[size_t(t)], greedy(20));
+  const std::string saved = conversation_to_json(a->conversation());
+  const std::string next_a = a->send("And then?", greedy(20)).answer;
+
+  auto b = rig.session();
+  b->set_conversation(parse_conversation_json(saved, "saved"));
+  const ChatTurn tb = b->send("And then?", greedy(20));
+  EXPECT_EQ(tb.answer, next_a);
+  EXPECT_EQ(tb.reused_tokens, 0);
+
+  // The same session, loaded back: its cache holds the "And then?" turn, which the loaded conversation lacks.
+  a->set_conversation(parse_conversation_json(saved, "saved"));
+  const ChatTurn ta = a->send("And then?", greedy(20));
+  EXPECT_EQ(ta.answer, next_a);
+  EXPECT_GT(ta.rolled_back, 0);
+  EXPECT_FALSE(ta.cache_rebuilt);
+  EXPECT_GT(ta.reused_tokens, 0);
+}
+
+// A system prompt set mid-conversation changes the encoding near its start (v1 puts it in the first user
+// message): the cache rolls back to the common prefix, and the answer equals a fresh session's.
+TEST(ChatSession, RollBackGivesTheSameAnswerAsAFreshCache) {
+  REQUIRE_STORIES();
+  ChatRig rig(stories_dir());
+  auto a = rig.session();
+  for (int t = 0; t < 3; ++t) a->send(kMessages[size_t(t)], greedy(12));
+  a->set_system("Be kind.");
+  const ChatTurn ta = a->send("Go on.", greedy(12));
+  EXPECT_GT(ta.rolled_back, 0);
+  EXPECT_FALSE(ta.cache_rebuilt);
+  EXPECT_GT(ta.reused_tokens, 0);
+  EXPECT_LT(ta.reused_tokens, 12);  // just BOS and the start of "[INST] "
+  Conversation conv = a->conversation();
+  conv.pop_back();  // the new answer
+  conv.pop_back();  // the new question
+  auto b = rig.session();
+  b->set_conversation(conv);
+  EXPECT_EQ(b->send("Go on.", greedy(12)).answer, ta.answer);
+}
+
+// With a sliding window the cache rolls and the conversation goes on past any length; once the window has
+// wrapped, a rollback is impossible and the cache is rebuilt, with the same answer as a fresh cache.
+TEST(ChatSession, SlidingWindowGoesOnAndRebuildsWhenItCannotRollBack) {
+  REQUIRE_STORIES();
+  testutil::TempDir td;
+  for (const char* f : {"model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(stories_dir() + "/" + f, td.file(f));
+  json cfg = json::parse(testutil::read_file(stories_dir() + "/config.json"));
+  cfg["sliding_window"] = 64;
+  cfg["max_position_embeddings"] = 1 << 20;
+  testutil::write_file(td.file("config.json"), cfg.dump());
+  ChatRig rig(td.path());
+  auto a = rig.session();
+  EXPECT_EQ(a->capacity(), INT64_MAX);
+  int64_t total = 0;
+  for (size_t t = 0; t < kMessages.size(); ++t) {
+    const ChatTurn turn = a->send(kMessages[t], greedy(60));
+    EXPECT_EQ(turn.reused_tokens, turn.cached_before) << t;
+    EXPECT_EQ(turn.dropped_turns, 0);
+    total = turn.prompt_tokens;
+  }
+  EXPECT_GT(total, 600);  // past the stories model's 512 positions
+  a->set_system("Be kind.");
+  const ChatTurn ta = a->send("Go on.", greedy(12));
+  EXPECT_TRUE(ta.cache_rebuilt);
+  EXPECT_EQ(ta.reused_tokens, 0);
+  Conversation conv = a->conversation();
+  conv.pop_back();
+  conv.pop_back();
+  auto b = rig.session();
+  b->set_conversation(conv);
+  EXPECT_EQ(b->send("Go on.", greedy(12)).answer, ta.answer);
+}
+
+// Without a window the context fills up: the oldest turns are dropped with a notice and the chat goes on.
+TEST(ChatSession, FullContextDropsTheOldestTurns) {
+  REQUIRE_STORIES();
+  ChatRig rig(stories_dir());
+  auto a = rig.session();
+  std::vector<std::string> notices;
+  a->on_notice = [&](const std::string& s) { notices.push_back(s); };
+  int dropped = 0;
+  for (int t = 0; t < 16; ++t) {
+    GenerateParams gp = greedy(60);
+    gp.ignore_eos = true;
+    const ChatTurn turn = a->send(kMessages[size_t(t) % kMessages.size()], gp);
+    dropped += turn.dropped_turns;
+    EXPECT_LE(turn.prompt_tokens + 1, 512);
+    EXPECT_FALSE(turn.answer.empty());
+  }
+  EXPECT_GT(dropped, 0);
+  ASSERT_FALSE(notices.empty());
+  EXPECT_NE(notices[0].find("dropped the oldest"), std::string::npos) << notices[0];
+  // A message that cannot fit at all is an error, and the conversation stays as it was.
+  const size_t n = a->messages().size();
+  EXPECT_THROW(a->send(std::string(3000, 'x'), greedy(8)), UsageError);
+  EXPECT_EQ(a->messages().size(), n);
+}
+
+// Ctrl-C: an interrupted answer keeps what was written; the next turn works.
+TEST(ChatSession, InterruptedAnswerIsKept) {
+  REQUIRE_STORIES();
+  ChatRig rig(stories_dir());
+  auto a = rig.session();
+  int calls = 0;
+  GenerateParams gp = greedy(400);
+  gp.ignore_eos = true;
+  std::string streamed;
+  const ChatTurn t = a->send("Tell me a long story.", gp, [&](const std::string& s) { streamed += s; },
+                             [&] { return ++calls > 10; });
+  EXPECT_EQ(t.finish_reason, "interrupted");
+  EXPECT_EQ(t.generated_tokens, 11);
+  EXPECT_EQ(streamed, t.answer);
+  ASSERT_EQ(a->messages().size(), 2u);
+  EXPECT_EQ(a->messages()[1].content, t.answer);
+  const ChatTurn t2 = a->send("Go on.", greedy(8));
+  EXPECT_EQ(t2.reused_tokens, t2.cached_before);
+  EXPECT_FALSE(t2.answer.empty());
+}
+
+// An answer's own ids stand in for its text only when they spell it: an edited answer is encoded as text.
+TEST(ChatSession, AnswerIdsAreUsedOnlyWhenTheySpellTheContent) {
+  REQUIRE_STORIES();
+  ChatRig rig(stories_dir());
+  auto a = rig.session();
+  a->send("Tell me a story.", greedy(10));
+  Conversation conv = a->conversation();
+  ASSERT_EQ(conv.size(), 2u);
+  ASSERT_FALSE(conv[1].ids.empty());
+  EXPECT_TRUE(rig.enc->ids_spell(conv[1].ids, conv[1].content));
+  conv.push_back({"user", "More"});
+  const std::vector<int32_t> with_ids = rig.enc->encode(conv, true);
+  conv[1].content += " (edited)";
+  const std::vector<int32_t> edited = rig.enc->encode(conv, true);
+  Conversation plain = conv;
+  plain[1].ids.clear();
+  EXPECT_EQ(edited, rig.enc->encode(plain, true));
+  EXPECT_NE(with_ids, edited);
 }
 
 }  // namespace

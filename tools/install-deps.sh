@@ -5,7 +5,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-  build-essential cmake pkg-config libcli11-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev python3-pip >/dev/null
+  build-essential cmake pkg-config libcli11-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev libedit-dev python3-pip >/dev/null
 # mistral-common: its wheel carries the real tekken.json files the tokenizer tests compare against (the
 # tests skip tekken without it). Debian's Python may refuse pip without --break-system-packages.
 if ! python3 -c "import mistral_common" 2>/dev/null; then

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mistral/tokenizer.h"
@@ -37,13 +38,22 @@ std::string chat_format_names();  // "v1, v2, v3, v7, chatml, zephyr"
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
   std::string content;
+  // An answer generated here: the ids the model sampled (without the end-of-answer id). When they spell
+  // `content` exactly, the encoder uses them instead of encoding the text, so the conversation keeps the tokens
+  // the KV cache already holds even where the model chose another tokenization than the encoder's. Saved with
+  // the conversation ("ids"); ignored when they do not spell the content (an edited file).
+  std::vector<int32_t> ids;
+
+  ChatMessage() = default;
+  ChatMessage(std::string r, std::string c, std::vector<int32_t> i = {})
+      : role(std::move(r)), content(std::move(c)), ids(std::move(i)) {}
 };
 using Conversation = std::vector<ChatMessage>;
 
-// A JSON list of {"role", "content"} objects, or an object with such a list under "messages" (as in
-// mistral-common's samples). Other keys are ignored ("tool_calls": null is fine); a role outside
-// system/user/assistant, a missing or non-string content, or tool calls throw UsageError. `where` names
-// the source in messages.
+// A JSON list of {"role", "content"} objects (assistant messages may carry "ids"), or an object with such a
+// list under "messages" (as in mistral-common's samples). Other keys are ignored ("tool_calls": null is fine);
+// a role outside system/user/assistant, a missing or non-string content, or tool calls throw UsageError.
+// `where` names the source in messages.
 Conversation parse_conversation_json(const std::string& text, const std::string& where);
 Conversation load_conversation_file(const std::string& path);  // FileError if unreadable, else as above
 std::string conversation_to_json(const Conversation& conv);     // a pretty-printed JSON list, UTF-8
@@ -90,6 +100,8 @@ class ChatEncoder {
   // content, as mistral-common's decode drops it; template formats keep the text as it is.
   std::string answer_content(const std::string& generated) const;
   bool drops_answer_space() const { return drop_answer_space_; }
+  // Whether `ids` (an answer as sampled, without its end) spell `content` as answer_content() stores it.
+  bool ids_spell(const std::vector<int32_t>& ids, const std::string& content) const;
   // The piece of an id, including special tokens added beyond the tokenizer's vocabulary.
   std::string piece(int32_t id) const;
 
@@ -97,6 +109,7 @@ class ChatEncoder {
   struct Norm {
     std::string role;
     std::string content;
+    const std::vector<int32_t>* ids = nullptr;  // an answer's own ids, when they stand for the content
   };
   void validate(const Conversation& conv, bool for_generation) const;
   std::vector<int32_t> encode_mistral(const Conversation& conv) const;

@@ -147,6 +147,14 @@ Conversation parse_conversation_json(const std::string& text, const std::string&
     if (!m.contains("content") || !m["content"].is_string())
       throw UsageError(at + " (" + msg.role + ") has no \"content\" string");
     msg.content = m["content"].get<std::string>();
+    if (m.contains("ids") && !m["ids"].is_null()) {
+      const json& ids = m["ids"];
+      bool ok = ids.is_array() && msg.role == "assistant";
+      for (size_t k = 0; ok && k < ids.size(); ++k)
+        ok = ids[k].is_number_integer() && ids[k].get<int64_t>() >= 0 && ids[k].get<int64_t>() < (int64_t(1) << 31);
+      if (!ok) throw UsageError(at + ": \"ids\" must be a list of token ids, on assistant messages");
+      msg.ids = ids.get<std::vector<int32_t>>();
+    }
     conv.push_back(std::move(msg));
   }
   return conv;
@@ -158,7 +166,11 @@ Conversation load_conversation_file(const std::string& path) {
 
 std::string conversation_to_json(const Conversation& conv) {
   json j = json::array();
-  for (const auto& m : conv) j.push_back({{"role", m.role}, {"content", m.content}});
+  for (const auto& m : conv) {
+    json o = {{"role", m.role}, {"content", m.content}};
+    if (!m.ids.empty()) o["ids"] = m.ids;
+    j.push_back(std::move(o));
+  }
   return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
@@ -333,6 +345,19 @@ std::string ChatEncoder::answer_content(const std::string& generated) const {
   return generated;
 }
 
+bool ChatEncoder::ids_spell(const std::vector<int32_t>& ids, const std::string& content) const {
+  if (ids.empty()) return false;
+  std::string bytes;
+  for (int32_t id : ids) {
+    if (id < 0 || id >= tok_.vocab_size()) return false;
+    const PieceType t = tok_.type(id);
+    if (t == PieceType::Control || t == PieceType::Unknown || t == PieceType::Unused) return false;
+    bytes += tok_.piece_bytes(id);
+  }
+  return bytes == content || (drop_answer_space_ && bytes.size() == content.size() + 1 && bytes[0] == ' ' &&
+                              bytes.compare(1, std::string::npos, content) == 0);
+}
+
 std::string ChatEncoder::piece(int32_t id) const {
   auto it = added_pieces_.find(id);
   if (it != added_pieces_.end()) return it->second;
@@ -403,7 +428,12 @@ std::vector<int32_t> ChatEncoder::encode_mistral(const Conversation& conv) const
       }
       if (role == "assistant" && merged.empty())
         throw UsageError("message " + std::to_string(i + 1) + ": an assistant message must have content");
-      msgs.push_back({role, merged});
+      Norm n{role, merged};
+      // A lone answer with its own ids keeps them, unless mistral-common would change its text (rstrip).
+      if (role == "assistant" && j == i + 1 && ids_spell(conv[i].ids, merged) &&
+          (format_ == ChatFormat::V1 || rstrip_spaces(merged) == merged))
+        n.ids = &conv[i].ids;
+      msgs.push_back(n);
     }
     i = j;
   }
@@ -433,7 +463,8 @@ std::vector<int32_t> ChatEncoder::encode_mistral(const Conversation& conv) const
         out.push_back(end_inst_);
       }
     } else if (m.role == "assistant") {
-      append(format_ == ChatFormat::V1 ? m.content : rstrip_spaces(m.content));
+      if (m.ids) out.insert(out.end(), m.ids->begin(), m.ids->end());
+      else append(format_ == ChatFormat::V1 ? m.content : rstrip_spaces(m.content));
       out.push_back(eos_);
     } else {  // v7 system message
       out.push_back(sys_);
@@ -484,13 +515,16 @@ std::vector<int32_t> ChatEncoder::encode_template(const Conversation& conv, bool
   for (const auto& m : conv) {
     if (format_ == ChatFormat::ChatML) {
       literal("<|im_start|>" + m.role + "\n");
-      run += m.content;
-      literal("<|im_end|>\n");
     } else {
       literal("<|" + m.role + "|>\n");
-      run += m.content;
-      literal("</s>\n");
     }
+    if (m.role == "assistant" && ids_spell(m.ids, m.content)) {  // the answer's own ids, as generated
+      flush();
+      out.insert(out.end(), m.ids.begin(), m.ids.end());
+    } else {
+      run += m.content;
+    }
+    literal(format_ == ChatFormat::ChatML ? "<|im_end|>\n" : "</s>\n");
   }
   if (for_generation) literal(format_ == ChatFormat::ChatML ? "<|im_start|>assistant\n" : "<|assistant|>\n");
   flush();

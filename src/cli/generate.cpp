@@ -8,6 +8,7 @@
 #include <random>
 
 #include "common.h"
+#include "mistral/chat.h"
 #include "mistral/config.h"
 #include "mistral/engine.h"
 #include "mistral/error.h"
@@ -76,7 +77,20 @@ int run_generate(const GenerateArgs& a) {
   sp.repeat_last_n = a.repeat_last_n;
   sp.seed = a.seed >= 0 ? uint64_t(a.seed) : std::random_device{}();
 
-  const std::vector<int32_t> prompt_ids = tok->encode(prompt, !a.no_bos);
+  // --chat: the prompt (with --system) is one user turn of the model's chat format (src/chat).
+  std::unique_ptr<ChatEncoder> chat;
+  if (!a.chat && (!a.system.empty() || !a.chat_format.empty()))
+    throw UsageError("--system and --chat-format go with --chat");
+  if (a.chat) {
+    if (a.no_bos) throw UsageError("--no-bos does not go with --chat (the chat format decides)");
+    chat = make_chat_encoder(a.model.model_dir, *tok, a.chat_format);
+    for (int32_t id : chat->stop_ids()) gp.eos_ids.push_back(id);
+    for (const auto& s : chat->stop_strings()) gp.stop.push_back(s);
+  }
+  Conversation conv;
+  if (!a.system.empty()) conv.push_back({"system", a.system});
+  conv.push_back({"user", prompt});
+  const std::vector<int32_t> prompt_ids = chat ? chat->encode(conv, true) : tok->encode(prompt, !a.no_bos);
   if (prompt_ids.empty()) throw UsageError("the prompt is empty (and --no-bos leaves no token to start from)");
   if (a.model.verbose) {
     std::fprintf(stderr, "model: %s (%s, %.1f M params, %s weights)\n", a.model.model_dir.c_str(),
@@ -94,12 +108,16 @@ int run_generate(const GenerateArgs& a) {
   g_interrupted = false;
   auto old = std::signal(SIGINT, on_sigint);
   std::function<void(const std::string&)> stream;
+  bool answer_start = chat != nullptr;  // --chat: print the answer as the conversation stores it
   if (!a.json)
-    stream = [](const std::string& s) {
-      std::fwrite(s.data(), 1, s.size(), stdout);
+    stream = [&](const std::string& s) {
+      const std::string t = answer_start && !s.empty() ? chat->answer_content(s) : s;
+      answer_start = answer_start && s.empty();
+      std::fwrite(t.data(), 1, t.size(), stdout);
       std::fflush(stdout);
     };
   GenerateResult r = generate(session, *tok, prompt_ids, gp, stream, [] { return g_interrupted.load(); });
+  if (chat) r.text = chat->answer_content(r.text);
   std::signal(SIGINT, old);
 
   const double prefill_tps = r.prefill_s > 0 ? double(prompt_ids.size()) / r.prefill_s : 0;
