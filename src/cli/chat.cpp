@@ -22,6 +22,7 @@
 #include "mistral/config.h"
 #include "mistral/engine.h"
 #include "mistral/error.h"
+#include "mistral/gguf.h"
 #include "mistral/generator.h"
 #include "mistral/tokenizer.h"
 
@@ -383,7 +384,7 @@ int run_chat(const ChatArgs& a) {
 
   const double t0 = now_seconds();
   std::unique_ptr<Model> model = Model::load(a.model.model_dir, load_options(a.model));
-  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model.model_dir);
+  std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model.model_dir);
   if (tok->vocab_size() > model->config().vocab_size)
     throw ConfigError("tokenizer has " + std::to_string(tok->vocab_size()) + " pieces but the model's vocab_size is " +
                       std::to_string(model->config().vocab_size));
