@@ -56,10 +56,10 @@ RefLayout ref_layout(DType t, int64_t cols) {
   return {t == DType::NF4 ? 64 : 128, (cols + 31) / 32 * 16, true};
 }
 
-// The 4-bit code of element k: chunk k / 32, byte k % 16 of it, low nibble for the first 16 elements.
+// The 4-bit code of element k: byte k / 2, low nibble for even k.
 int ref_nibble(const uint8_t* row, int64_t k) {
-  const uint8_t b = row[(k / 32) * 16 + (k % 32) % 16];
-  return (k % 32) < 16 ? (b & 0xf) : (b >> 4);
+  const uint8_t b = row[k / 2];
+  return k % 2 == 0 ? (b & 0xf) : (b >> 4);
 }
 
 float ref_scale(DType t, const uint8_t* scales, int64_t g) {

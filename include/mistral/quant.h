@@ -22,10 +22,10 @@
 //              code in 0..15 (q = code - 8 in [-8, 7]). The scale is m / -8 rounded to fp16, m being the
 //              group's element of largest magnitude (so m maps to q = -8 exactly; the scale may be
 //              negative); q = clamp(round(w / scale), -8, 7), ties away from zero.
-// The two 4-bit formats pack 32 elements in 16 bytes ("chunk"): for chunk c of a row (elements
-// 32c .. 32c+31), byte 16c + j (j = 0..15) holds element 32c + j in its low nibble and element
-// 32c + 16 + j in its high nibble. So quant_row_bytes = 16 * ceil(cols / 32); one 16-byte load gives
-// 32 consecutive elements (low nibbles: the first 16, high nibbles: the next 16).
+// The two 4-bit formats pack two elements per byte in order: element k of a row is in byte k / 2,
+// in the low nibble when k is even and the high nibble when k is odd (so the little-endian 32-bit
+// word w of a row holds elements 8w .. 8w+7 at bits 4i .. 4i+3). quant_row_bytes = 16 * ceil(cols / 32):
+// a 16-byte load gives 32 consecutive elements; the padding of the last row chunk encodes 0.
 #pragma once
 #include <cstddef>
 #include <cstdint>

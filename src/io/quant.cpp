@@ -107,20 +107,18 @@ uint8_t nf4_code(float x) {
   return c;
 }
 
-// Writes 4-bit codes (one per element, padded to a multiple of 32 with `zero`) in the chunk layout.
+// Writes 4-bit codes (one per element) two per byte, low nibble first; padding (up to 16-byte rows) is `zero`.
 void pack_nibbles(const std::vector<uint8_t>& codes, int64_t cols, uint8_t zero, uint8_t* dst) {
-  const int64_t chunks = (cols + 31) / 32;
-  for (int64_t c = 0; c < chunks; ++c)
-    for (int j = 0; j < 16; ++j) {
-      const int64_t lo = 32 * c + j, hi = lo + 16;
-      const uint8_t a = lo < cols ? codes[size_t(lo)] : zero, b = hi < cols ? codes[size_t(hi)] : zero;
-      dst[16 * c + j] = uint8_t(a | (b << 4));
-    }
+  const int64_t n = (cols + 31) / 32 * 32;
+  for (int64_t k = 0; k < n; k += 2) {
+    const uint8_t a = k < cols ? codes[size_t(k)] : zero, b = k + 1 < cols ? codes[size_t(k + 1)] : zero;
+    dst[k / 2] = uint8_t(a | (b << 4));
+  }
 }
 
 inline uint8_t nibble(const uint8_t* row, int64_t k) {
-  const uint8_t b = row[(k >> 5) * 16 + (k & 15)];
-  return (k & 16) ? uint8_t(b >> 4) : uint8_t(b & 15);
+  const uint8_t b = row[k >> 1];
+  return (k & 1) ? uint8_t(b >> 4) : uint8_t(b & 15);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // Quantized CPU matmul kernels: int8 (Q8), NF4 and int4 (Q4) weights dequantized in registers.
-// AVX2 + FMA + F16C where the compiler targets them (AVX-512VL, when present, only makes the NF4 table
-// lookup one instruction; the values are the same), a scalar loop otherwise.
+// AVX2 + FMA + F16C where the compiler targets them (AVX-512VL, when present, only makes the 4-bit
+// code lookup one instruction; the values are the same), a scalar loop otherwise.
 #include "quant_matmul.h"
 
 #include <algorithm>
@@ -35,8 +35,8 @@ inline float scale_at(const uint8_t* s, int64_t g) {
 template <DType D>
 inline float code_at(const uint8_t* row, int64_t k) {
   if (D == DType::Q8) return float(int8_t(row[k]));
-  const uint8_t b = row[(k >> 5) * 16 + (k & 15)];
-  const int c = (k & 16) ? (b >> 4) : (b & 15);
+  const uint8_t b = row[k >> 1];
+  const int c = (k & 1) ? (b >> 4) : (b & 15);
   return D == DType::NF4 ? kNF4Codes[c] : float(c - 8);
 }
 
@@ -46,6 +46,15 @@ struct RowPtrs {
 };
 
 #ifdef MISTRAL_QUANT_SIMD
+// Scale g of a row with F16C for the 4-bit formats (the same value as scale_at).
+template <DType D>
+inline float scale_fast(const uint8_t* s, int64_t g) {
+  if (D == DType::Q8) return scale_at<D>(s, g);
+  uint16_t h;
+  std::memcpy(&h, s + 2 * g, 2);
+  return _cvtsh_ss(h);
+}
+
 inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
   lo = _mm_add_ps(lo, hi);
@@ -54,17 +63,21 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-// The NF4 code book in two registers (codes 0..7 and 8..15).
+// The code values of a 4-bit format in two registers (codes 0..7 and 8..15): NF4's table, or q - 8 for Q4.
 struct Lut {
   __m256 lo, hi;
-  Lut() : lo(_mm256_loadu_ps(kNF4Codes)), hi(_mm256_loadu_ps(kNF4Codes + 8)) {}
+  explicit Lut(DType t)
+      : lo(t == DType::NF4 ? _mm256_loadu_ps(kNF4Codes) : _mm256_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1)),
+        hi(t == DType::NF4 ? _mm256_loadu_ps(kNF4Codes + 8) : _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7)) {}
 };
 
-// The 4-bit codes of elements k .. k+7 (k a multiple of 8) as eight int32 lanes.
+// The 4-bit codes of elements k .. k+7 (k a multiple of 8) as eight int32 lanes: their 32-bit word
+// broadcast (a plain load), each lane shifted by 4 * lane. No shuffle-port work.
 inline __m256i nibbles8(const uint8_t* row, int64_t k) {
-  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + (k >> 5) * 16 + (k & 8)));
-  const __m256i v = _mm256_cvtepu8_epi32(b);
-  return _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(int((k & 16) >> 2))), _mm256_set1_epi32(15));
+  int32_t word;
+  std::memcpy(&word, row + (k >> 1), 4);
+  const __m256i v = _mm256_set1_epi32(word);
+  return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)), _mm256_set1_epi32(15));
 }
 
 // Code values of elements k .. k+7 of a row.
@@ -73,10 +86,10 @@ inline __m256 codes8(const uint8_t* row, int64_t k, const Lut& lut) {
   if (D == DType::Q8)
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k))));
   const __m256i idx = nibbles8(row, k);
-  if (D == DType::Q4) return _mm256_cvtepi32_ps(_mm256_sub_epi32(idx, _mm256_set1_epi32(8)));
 #if defined(__AVX512VL__) && defined(__AVX512F__)
-  return _mm256_permutex2var_ps(lut.lo, idx, lut.hi);
+  return _mm256_permutex2var_ps(lut.lo, idx, lut.hi);  // one 16-entry lookup (exact values either way)
 #else
+  if (D == DType::Q4) return _mm256_cvtepi32_ps(_mm256_sub_epi32(idx, _mm256_set1_epi32(8)));
   const __m256 a = _mm256_permutevar8x32_ps(lut.lo, idx), b = _mm256_permutevar8x32_ps(lut.hi, idx);
   return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 selects the table
 #endif
@@ -104,7 +117,7 @@ inline void tile(const RowPtrs* rows, const float* x, int64_t K, int64_t G, floa
       }
     }
     for (int r = 0; r < R; ++r) {
-      const __m256 s = _mm256_set1_ps(scale_at<D>(rows[r].scales, g));
+      const __m256 s = _mm256_set1_ps(scale_fast<D>(rows[r].scales, g));
       for (int u = 0; u < U; ++u) acc[r][u] = _mm256_fmadd_ps(b[r][u], s, acc[r][u]);
     }
   }
@@ -126,7 +139,7 @@ void run(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* 
   const uint8_t* scales = static_cast<const uint8_t*>(W.scales);
   auto row = [&](int64_t n) { return RowPtrs{data + size_t(n) * rb, scales + size_t(n) * sb}; };
 #ifdef MISTRAL_QUANT_SIMD
-  const Lut lut;
+  const Lut lut(D);
   int t0 = 0;
   for (; t0 + 4 <= T; t0 += 4) {  // prefill: two rows x four tokens share each decoded weight vector
     const float* xt = x + size_t(t0) * K;
@@ -141,10 +154,14 @@ void run(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* 
       tile<D, 1, 4>(r, xt, K, G, yt + n, N, lut);
     }
   }
-  for (; t0 < T; ++t0) {  // decode: four rows at once for four independent FMA chains
+  for (; t0 < T; ++t0) {  // decode: eight (then four) rows at once for independent FMA chains
     const float* xt = x + size_t(t0) * K;
     float* yt = y + size_t(t0) * N;
     int64_t n = n0;
+    for (; n + 8 <= n1; n += 8) {
+      const RowPtrs r[8] = {row(n), row(n + 1), row(n + 2), row(n + 3), row(n + 4), row(n + 5), row(n + 6), row(n + 7)};
+      tile<D, 8, 1>(r, xt, K, G, yt + n, N, lut);
+    }
     for (; n + 4 <= n1; n += 4) {
       const RowPtrs r[4] = {row(n), row(n + 1), row(n + 2), row(n + 3)};
       tile<D, 4, 1>(r, xt, K, G, yt + n, N, lut);
