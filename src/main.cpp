@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
                "  mistral-run chat -m MODEL_DIR                  chat with an instruct model (REPL)\n"
                "  mistral-run tokenize -m MODEL_DIR -p TEXT      print token ids as JSON\n"
                "  mistral-run bench [-m MODEL_DIR]               measure prefill and decode speed\n"
-               "  mistral-run quantize -m DIR -o OUT --quant nf4 write a quantized checkpoint"};
+               "  mistral-run quantize -m DIR -o OUT --quant nf4 write a quantized checkpoint\n"
+               "  mistral-run perplexity -m DIR -f TEXT          perplexity (and KL vs full precision)"};
   app.require_subcommand(0, 1);
 
   GenerateArgs g;
@@ -167,6 +168,18 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "f32", "f16", "bf16"}));
   quant_cmd->add_option("-t,--threads", qa.model.threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
 
+  PerplexityArgs pa;
+  CLI::App* ppl_cmd = app.add_subcommand(
+      "perplexity", "Perplexity of a text with a strided window (transformers' recipe); --kl-ref adds the KL\n"
+                    "divergence of the (quantized) model's next-token distributions from the full-precision model's");
+  add_model_args(ppl_cmd, pa.model, true);
+  ppl_cmd->add_option("-f,--file", pa.text_file, "Text file (UTF-8, tokenized as one sequence)")->required();
+  ppl_cmd->add_option("--stride", pa.stride, "Window stride in tokens (default: ctx / 2)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 31));
+  ppl_cmd->add_flag("--kl-ref", pa.kl_ref, "Also run the full-precision model: mean KL(full || this) and top-1 agreement");
+  ppl_cmd->add_flag("--json", pa.json, "Print one JSON object");
+  ppl_cmd->add_flag("--no-bos", pa.no_bos, "Do not prepend the BOS token");
+
   BatchArgs ba;
   CLI::App* batch_cmd = app.add_subcommand(
       "batch",
@@ -216,6 +229,7 @@ int main(int argc, char** argv) {
     }
     if (*bench_cmd) return run_bench(b);
     if (*quant_cmd) return run_quantize(qa);
+    if (*ppl_cmd) return run_perplexity(pa);
     if (*batch_cmd) {
       ba.temp_set = bt->count() > 0;
       ba.top_p_set = btp->count() > 0;

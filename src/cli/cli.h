@@ -88,6 +88,14 @@ struct QuantizeArgs {
   std::string out_dir;
 };
 
+struct PerplexityArgs {
+  ModelArgs model;      // ctx: the window length (default min(max_position_embeddings, 2048))
+  std::string text_file;
+  int64_t stride = 0;   // 0 = ctx / 2
+  bool kl_ref = false;  // also run the full-precision model: KL divergence and top-1 agreement
+  bool json = false, no_bos = false;
+};
+
 int run_generate(const GenerateArgs& a);
 int run_chat(const ChatArgs& a);
 int run_batch(const BatchArgs& a);
@@ -96,6 +104,7 @@ int run_tokenize(const TokenizeArgs& a);
 int run_detokenize(const DetokenizeArgs& a);
 int run_bench(const BenchArgs& a);
 int run_quantize(const QuantizeArgs& a);
+int run_perplexity(const PerplexityArgs& a);
 
 }  // namespace cli
 }  // namespace mistral
