@@ -1,1 +1,253 @@
+// mistral-run end to end: bad input gives a non-zero exit (never a signal), one line on stderr and nothing on
+// stdout; good input on stories260K reproduces the reference greedy run and honours the sampling flags.
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using testutil::run_cli;
+using testutil::RunResult;
+
+std::string stories() { return testutil::shared_data("models/stories260K"); }
+bool have_stories() { return testutil::exists(stories() + "/model.safetensors"); }
+#define REQUIRE_STORIES()                                                                     \
+  do {                                                                                        \
+    if (!have_stories()) GTEST_SKIP() << "reference model missing: " << stories(); \
+  } while (0)
+
+std::string fixture(const std::string& name) { return testutil::source_path("models/fixtures/" + name); }
+
+void copy_fixture(const std::string& name, const std::string& dst) {
+  for (const auto& e : fs::directory_iterator(fixture(name)))
+    fs::copy_file(e.path(), dst + "/" + e.path().filename().string(), fs::copy_options::overwrite_existing);
+}
+
+size_t count_lines(const std::string& s) {
+  size_t n = 0;
+  for (char c : s) n += c == '\n';
+  if (!s.empty() && s.back() != '\n') ++n;
+  return n;
+}
+
+std::string describe(const RunResult& r) {
+  return "exit " + std::to_string(r.exit_code) + "\n--- stdout ---\n" + r.out + "\n--- stderr ---\n" + r.err;
+}
+
+// One of our own errors: exit 1..127, stdout empty, exactly one stderr line "mistral-run: error: ..." naming `what`.
+void expect_error(const RunResult& r, const std::vector<std::string>& what) {
+  EXPECT_NE(r.exit_code, 0) << describe(r);
+  EXPECT_LT(r.exit_code, 128) << "killed by a signal?\n" << describe(r);
+  EXPECT_EQ(r.out, "") << describe(r);
+  EXPECT_EQ(count_lines(r.err), 1u) << describe(r);
+  EXPECT_FALSE(r.err.empty() || r.err.back() != '\n') << "stderr must end with a newline\n" << describe(r);
+  EXPECT_EQ(r.err.rfind("mistral-run: error: ", 0), 0u) << describe(r);
+  for (const auto& w : what) EXPECT_NE(r.err.find(w), std::string::npos) << "missing '" << w << "'\n" << describe(r);
+}
+
+// A CLI11 parse error: the message plus "Run with --help for more information.", non-zero exit, empty stdout.
+void expect_parse_error(const RunResult& r, const std::vector<std::string>& what) {
+  EXPECT_NE(r.exit_code, 0) << describe(r);
+  EXPECT_LT(r.exit_code, 128) << describe(r);
+  EXPECT_EQ(r.out, "") << describe(r);
+  EXPECT_FALSE(r.err.empty()) << describe(r);
+  EXPECT_LE(count_lines(r.err), 2u) << describe(r);
+  EXPECT_NE(r.err.find("Run with --help for more information."), std::string::npos) << describe(r);
+  for (const auto& w : what) EXPECT_NE(r.err.find(w), std::string::npos) << "missing '" << w << "'\n" << describe(r);
+}
+
+json parse_stdout_json(const RunResult& r) {
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_EQ(count_lines(r.out), 1u) << describe(r);
+  try {
+    return json::parse(r.out);
+  } catch (const json::exception& e) {
+    ADD_FAILURE() << "stdout is not JSON: " << e.what() << "\n" << describe(r);
+    return json::object();
+  }
+}
+
+json reference() { return json::parse(testutil::read_file(stories() + "/reference/greedy_prompt_64.json")); }
+
+const char* kPrompt = "Once upon a time";
+
+// --- bad input ---------------------------------------------------------------------------------------------
+
+TEST(Cli, MissingModelDirectory) {
+  testutil::TempDir td;
+  expect_error(run_cli({"-m", td.file("no-such-model"), "-p", "hi"}), {"no-such-model", "no such model directory"});
+}
+
+TEST(Cli, InfoMissingModelDirectory) {
+  testutil::TempDir td;
+  expect_error(run_cli({"info", "-m", td.file("nope")}), {"no such model directory"});
+}
+
+TEST(Cli, ModelFlagMissing) { expect_error(run_cli({"-p", "hi"}), {"-m/--model is required"}); }
+
+TEST(Cli, ConfigNotJson) {
+  testutil::TempDir td;
+  copy_fixture("w8_gqa1_f32", td.path());
+  testutil::write_file(td.file("config.json"), "{\n  \"hidden_size\": 64,\n  oops\n");
+  expect_error(run_cli({"-m", td.path(), "-p", "hi"}), {"config.json", "not valid JSON"});
+  expect_error(run_cli({"info", "-m", td.path()}), {"config.json", "not valid JSON"});
+}
+
+TEST(Cli, TruncatedSafetensors) {
+  testutil::TempDir td;
+  copy_fixture("w8_gqa1_f32", td.path());
+  std::string b = testutil::read_file(td.file("model.safetensors"));
+  b.resize(b.size() / 2);
+  testutil::write_file(td.file("model.safetensors"), b);
+  expect_error(run_cli({"-m", td.path(), "-p", "hi"}), {"model.safetensors", "out of range"});
+  testutil::write_file(td.file("model.safetensors"), "abc");
+  expect_error(run_cli({"-m", td.path(), "-p", "hi"}), {"model.safetensors", "truncated"});
+}
+
+TEST(Cli, MissingTensor) {
+  testutil::TempDir td;
+  copy_fixture("w8_gqa1_f32", td.path());
+  // Rename the tensor in the header (same length, so offsets stay valid): the loader then misses the original.
+  const std::string p = td.file("model.safetensors");
+  std::string b = testutil::read_file(p);
+  const std::string from = "model.layers.1.mlp.up_proj.weight", to = "model.layers.1.mlp.up_proj.wXXXXX";
+  const size_t pos = b.find(from);
+  ASSERT_NE(pos, std::string::npos);
+  b.replace(pos, from.size(), to);
+  testutil::write_file(p, b);
+  expect_error(run_cli({"-m", td.path(), "-p", "hi"}), {"missing tensor 'model.layers.1.mlp.up_proj.weight'"});
+}
+
+TEST(Cli, ControlCharactersInFileStayOnOneLine) {
+  // A hostile header whose dtype holds newlines must still give one line on stderr.
+  testutil::TempDir td;
+  copy_fixture("w8_gqa1_f32", td.path());
+  const std::string p = td.file("model.safetensors");
+  std::string b = testutil::read_file(p);
+  const std::string from = "\"dtype\":\"F32\"", to = "\"dtype\":\"\\nX\"";
+  ASSERT_EQ(from.size(), to.size());
+  const size_t pos = b.find(from);
+  ASSERT_NE(pos, std::string::npos);
+  b.replace(pos, from.size(), to);
+  testutil::write_file(p, b);
+  expect_error(run_cli({"-m", td.path(), "-p", "hi"}), {"unsupported dtype"});
+}
+
+TEST(Cli, PromptAndFileBothMissing) {
+  expect_error(run_cli({"-m", fixture("w8_gqa1_f32")}), {"give exactly one of -p/--prompt and -f/--file"});
+}
+
+TEST(Cli, PromptAndFileBothGiven) {
+  expect_parse_error(run_cli({"-m", fixture("w8_gqa1_f32"), "-p", "hi", "-f", "x.txt"}), {"excludes"});
+}
+
+TEST(Cli, PromptFileMissing) {
+  testutil::TempDir td;
+  expect_error(run_cli({"-m", fixture("w8_gqa1_f32"), "-f", td.file("prompt.txt")}), {"prompt.txt", "cannot open"});
+}
+
+TEST(Cli, UnknownFlag) { expect_parse_error(run_cli({"-m", fixture("w8_gqa1_f32"), "--bogus"}), {"--bogus"}); }
+
+TEST(Cli, NegativeTemperature) {
+  expect_parse_error(run_cli({"-m", fixture("w8_gqa1_f32"), "-p", "hi", "--temp", "-1"}), {"--temp"});
+}
+
+TEST(Cli, NonNumericMaxTokens) {
+  expect_parse_error(run_cli({"-m", fixture("w8_gqa1_f32"), "-p", "hi", "-n", "many"}), {"many"});
+}
+
+TEST(Cli, DetokenizeNonIntegerId) {
+  REQUIRE_STORIES();
+  expect_error(run_cli({"detokenize", "-m", stories(), "--ids", "1,abc"}), {"--ids", "'abc' is not an integer"});
+}
+
+TEST(Cli, DetokenizeIdOutOfRange) {
+  REQUIRE_STORIES();
+  expect_error(run_cli({"detokenize", "-m", stories(), "--ids", "999999"}), {"999999", "out of range", "512"});
+  expect_error(run_cli({"detokenize", "-m", stories(), "--ids", "-1"}), {"out of range"});
+}
+
+// --- good input (stories260K) --------------------------------------------------------------------------------
+
+TEST(Cli, GreedyJsonMatchesReference) {
+  REQUIRE_STORIES();
+  const json ref = reference();
+  const RunResult r = run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "--json"});
+  EXPECT_EQ(r.err, "");
+  const json j = parse_stdout_json(r);
+  const std::vector<int> ref_ids = ref["ids"].get<std::vector<int>>();
+  ASSERT_EQ(ref_ids.size(), 65u);
+  EXPECT_EQ(j["prompt_ids"], ref["prompt_ids"]);
+  EXPECT_EQ(j["ids"].get<std::vector<int>>(), std::vector<int>(ref_ids.begin() + 5, ref_ids.end()));
+  // The reference text is prompt + completion; the CLI's text is the completion alone.
+  const std::string ref_text = ref["text"].get<std::string>();
+  ASSERT_EQ(ref_text.rfind(kPrompt, 0), 0u);
+  EXPECT_EQ(j["text"].get<std::string>(), ref_text.substr(std::string(kPrompt).size()));
+  EXPECT_EQ(j["finish_reason"], "length");
+  EXPECT_EQ(j["timings"]["completion_tokens"], 60);
+  EXPECT_EQ(j["timings"]["prompt_tokens"], 5);
+}
+
+TEST(Cli, GreedyStreamingPrintsTextAndNewline) {
+  REQUIRE_STORIES();
+  const std::string ref_text = reference()["text"].get<std::string>();
+  const RunResult r = run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0"});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(r.out, ref_text.substr(std::string(kPrompt).size()) + "\n");
+}
+
+TEST(Cli, SeedMakesSamplingReproducible) {
+  REQUIRE_STORIES();
+  auto ids = [](const char* seed) {
+    const json j = parse_stdout_json(run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--seed", seed, "--temp", "1",
+                                              "--json"}));
+    return j["ids"].get<std::vector<int>>();
+  };
+  const auto a = ids("5"), b = ids("5"), c = ids("6");
+  EXPECT_EQ(a.size(), 60u);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+}
+
+TEST(Cli, StopStringEndsGeneration) {
+  REQUIRE_STORIES();
+  const std::string full = reference()["text"].get<std::string>().substr(std::string(kPrompt).size());
+  const json j = parse_stdout_json(run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "--stop", "Lily",
+                                            "--json"}));
+  EXPECT_EQ(j["finish_reason"], "stop");
+  const std::string text = j["text"].get<std::string>();
+  EXPECT_EQ(text.find("Lily"), std::string::npos) << text;
+  EXPECT_EQ(text, full.substr(0, full.find("Lily")));
+  EXPECT_LT(j["ids"].size(), 60u);
+}
+
+TEST(Cli, MaxTokensLimitsLength) {
+  REQUIRE_STORIES();
+  const json j = parse_stdout_json(run_cli({"-m", stories(), "-p", kPrompt, "-n", "5", "--temp", "0", "--json"}));
+  EXPECT_EQ(j["ids"].size(), 5u);
+  EXPECT_EQ(j["finish_reason"], "length");
+}
+
+TEST(Cli, InfoPrintsConfig) {
+  REQUIRE_STORIES();
+  const RunResult r = run_cli({"info", "-m", stories()});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_NE(r.out.find("vocab_size"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("512"), std::string::npos) << r.out;
+}
+
+TEST(Cli, HelpListsSubcommands) {
+  const RunResult r = run_cli({"--help"});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  for (const char* w : {"info", "tokenize", "bench"}) EXPECT_NE(r.out.find(w), std::string::npos) << w << "\n" << r.out;
+}
+
+}  // namespace

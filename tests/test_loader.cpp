@@ -2,6 +2,8 @@
 // message names the problem; valid fixtures (HF single file, HF sharded, Mistral native) load correctly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>

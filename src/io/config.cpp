@@ -35,7 +35,10 @@ int64_t req_int(const json& j, const char* key, const std::string& src) {
   if (!j.contains(key)) throw ConfigError(src + ": required key '" + key + "' is missing");
   const json& v = j[key];
   if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+  if (v.is_number_float()) {
+    const double d = v.get<double>();  // range-check before the cast: converting an out-of-range double is UB
+    if (d >= -9.0e18 && d <= 9.0e18 && d == double(int64_t(d))) return int64_t(d);
+  }
   throw ConfigError(src + ": '" + key + "' must be an integer");
 }
 
@@ -98,8 +101,10 @@ void ModelConfig::validate() const {
   if (sliding_window < 0) throw ConfigError("config: 'sliding_window' must be positive or null");
   if (!(rms_norm_eps > 0)) throw ConfigError("config: 'rms_norm_eps' must be positive");
   if (!(rope_theta > 0)) throw ConfigError("config: 'rope_theta' must be positive");
-  const int64_t limit = int64_t(1) << 40;
-  if (hidden_size * intermediate_size > limit || vocab_size * hidden_size > limit)
+  // In double: products of the int64 sizes could overflow (UB) and wrap to a small value.
+  const double limit = double(int64_t(1) << 40), D = double(hidden_size);
+  if (D * double(intermediate_size) > limit || double(vocab_size) * D > limit ||
+      double(num_heads) * double(head_dim) * D > limit || double(num_layers) * D * D > limit)
     throw ConfigError("config: sizes are implausibly large");
 }
 
