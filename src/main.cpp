@@ -30,7 +30,7 @@ std::string one_line(const char* msg) {
 
 void add_model_args(CLI::App* app, ModelArgs& m, bool runtime) {
   app->add_option("-m,--model", m.model_dir, "Model directory (config.json + safetensors, or params.json + "
-                                             "consolidated.safetensors)")
+                                             "consolidated.safetensors) or GGUF file")
       ->required();
   app->add_option("--dtype", m.dtype, "Weight dtype after loading: auto keeps the stored one")
       ->check(CLI::IsMember({"auto", "f32", "f16", "bf16"}));
