@@ -186,6 +186,7 @@ class Repl {
     } else if (name == "/load") {
       if (rest.empty()) throw UsageError("/load needs a file name");
       const Conversation conv = load_conversation_file(rest);
+      if (!conv.empty()) chat_.encoder().encode(conv, conv.back().role != "assistant");  // invalid: an error now
       chat_.set_conversation(conv);
       info("loaded " + std::to_string(conv.size()) + " messages from " + rest + "\n");
     } else if (name == "/set") {
