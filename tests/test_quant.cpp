@@ -265,7 +265,7 @@ TEST(QuantMatmul, EqualsMatmulOfDequantizedWeights) {
                                   qw.q.scales.data() + size_t(n) * quant_scale_bytes(t, 1, K), K, k));
           return d;
         }();
-        for (int T : {1, 2, 3, 4, 5, 9}) {
+        for (int T : {1, 2, 3, 4, 5, 9, 16, 19}) {  // from 16 tokens the kernel decodes rows into scratch
           const std::vector<float> x = random_row(rng, T * K, 1.0f);
           std::vector<float> y(size_t(T * N));
           be->matmul(x.data(), T, qw.w, y.data());
@@ -295,7 +295,7 @@ TEST(QuantMatmul, DecodeEqualsPrefillBitwise) {
         auto be = make_cpu_backend(threads);
         const int64_t N = 37;
         QWeight qw = make_qweight(t, random_row(rng, N * K, 0.1f), N, K);
-        const int T = 11;
+        const int T = 23;  // 23 tokens (pre-decoded rows), 5 (decode in the loop), 1
         const std::vector<float> x = random_row(rng, T * K, 1.0f);
         std::vector<float> all(static_cast<size_t>(T * N)), one(static_cast<size_t>(N));
         be->matmul(x.data(), T, qw.w, all.data());
