@@ -496,6 +496,144 @@ TEST(GgufModel, StrictTensorTable) {
   EXPECT_HAS(load_error(nokey), "missing metadata llama.embedding_length");
 }
 
+// ---- a SentencePiece vocabulary carried in GGUF metadata ----------------------------------------------
+
+// The pieces of a SentencePiece ModelProto (field 1: piece 1, score 2, type 3), read for the test.
+struct Pieces {
+  std::vector<std::string> text;
+  std::vector<float> score;
+  std::vector<int32_t> type;
+};
+Pieces read_pieces(const std::string& bytes) {
+  Pieces out;
+  size_t p = 0;
+  auto varint = [&](size_t& q) {
+    uint64_t v = 0;
+    for (int sh = 0;; sh += 7) {
+      const uint8_t b = uint8_t(bytes[q++]);
+      v |= uint64_t(b & 0x7f) << sh;
+      if (!(b & 0x80)) return v;
+    }
+  };
+  while (p < bytes.size()) {
+    const uint64_t key = varint(p);
+    const uint32_t field = uint32_t(key >> 3), wire = uint32_t(key & 7);
+    if (wire == 0) { varint(p); continue; }
+    if (wire == 5) { p += 4; continue; }
+    if (wire == 1) { p += 8; continue; }
+    const size_t len = size_t(varint(p)), end = p + len;
+    if (field == 1) {
+      std::string text;
+      float score = 0;
+      int32_t type = 1;
+      size_t q = p;
+      while (q < end) {
+        const uint64_t k = varint(q);
+        if ((k >> 3) == 1) {
+          const size_t l = size_t(varint(q));
+          text = bytes.substr(q, l);
+          q += l;
+        } else if ((k >> 3) == 2) {
+          std::memcpy(&score, &bytes[q], 4);
+          q += 4;
+        } else if ((k >> 3) == 3) {
+          type = int32_t(varint(q));
+        } else if ((k & 7) == 0) {
+          varint(q);
+        } else if ((k & 7) == 5) {
+          q += 4;
+        } else {
+          q += size_t(varint(q));
+        }
+      }
+      out.text.push_back(text);
+      out.score.push_back(score);
+      out.type.push_back(type);
+    }
+    p = end;
+  }
+  return out;
+}
+
+TEST(GgufTokenizer, SentencePieceVocabularyEncodesAsTokenizerModel) {
+  for (const char* name : {"tokenizers/mistral-v0.1/tokenizer.model", "tokenizers/mistral-v0.3/tokenizer.model.v3"}) {
+    const std::string path = testutil::shared_data(name);
+    if (!testutil::exists(path)) GTEST_SKIP() << path << " is absent";
+    const Pieces pc = read_pieces(testutil::read_file(path));
+    Builder b;
+    b.str("general.architecture", "llama");
+    b.str("tokenizer.ggml.model", "llama");
+    b.strs("tokenizer.ggml.tokens", pc.text);
+    b.f32s("tokenizer.ggml.scores", pc.score);
+    b.i32s("tokenizer.ggml.token_type", pc.type);
+    b.u32("tokenizer.ggml.unknown_token_id", 0);
+    b.u32("tokenizer.ggml.bos_token_id", 1);
+    b.u32("tokenizer.ggml.eos_token_id", 2);
+    b.str("tokenizer.chat_template", "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}");
+    testutil::TempDir td;
+    testutil::write_file(td.file("v.gguf"), b.build());
+    auto ours = load_model_tokenizer(td.file("v.gguf"));
+    auto ref = Tokenizer::load_sentencepiece(path);
+    ASSERT_EQ(ours->vocab_size(), ref->vocab_size());
+    EXPECT_EQ(ours->kind(), TokenizerKind::SentencePiece);
+    EXPECT_EQ(ours->bos_id(), 1);
+    EXPECT_EQ(ours->eos_id(), 2);
+    const json vec = json::parse(testutil::read_file(testutil::shared_data("tokenizers/mistral-v0.1/test_vectors.json")));
+    for (const json& c : vec["cases"]) {
+      const std::string text = c["text"].get<std::string>();
+      const auto ids = ours->encode(text, true);
+      EXPECT_EQ(ids, ref->encode(text, true)) << name << ": " << text;
+      EXPECT_EQ(ours->decode(ids), ref->decode(ids));
+    }
+    for (int id = 0; id < ref->vocab_size(); ++id) ASSERT_EQ(ours->type(id), ref->type(id)) << id;
+    const ChatTemplateInfo info = read_chat_template_info(td.file("v.gguf"));
+    EXPECT_EQ(choose_chat_format("", *ours, info), std::string(name).find("v3") != std::string::npos ? ChatFormat::V3
+                                                                                                      : ChatFormat::V1);
+  }
+}
+
+TEST(GgufTokenizer, MetadataErrors) {
+  testutil::TempDir td;
+  auto err = [&](Builder b) -> std::string {
+    testutil::write_file(td.file("t.gguf"), b.build());
+    try {
+      load_model_tokenizer(td.file("t.gguf"));
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+      return m;
+    }
+    ADD_FAILURE() << "no error";
+    return "";
+  };
+  Builder none;
+  EXPECT_HAS(err(none), "no tokenizer.ggml.model");
+  Builder bpe;
+  bpe.str("tokenizer.ggml.model", "bert");
+  EXPECT_HAS(err(bpe), "tokenizer.ggml.model 'bert' is not supported");
+  Builder notoks;
+  notoks.str("tokenizer.ggml.model", "gpt2");
+  EXPECT_HAS(err(notoks), "no tokenizer.ggml.tokens");
+  Builder nomerges;
+  nomerges.str("tokenizer.ggml.model", "gpt2");
+  nomerges.strs("tokenizer.ggml.tokens", {"a", "b"});
+  EXPECT_HAS(err(nomerges), "tokenizer.ggml.merges");
+  Builder pre = nomerges;
+  pre.strs("tokenizer.ggml.merges", {"a b"});
+  pre.str("tokenizer.ggml.pre", "qwen2");
+  EXPECT_HAS(err(pre), "tokenizer.ggml.pre 'qwen2' is not supported");
+  Builder types;
+  types.str("tokenizer.ggml.model", "llama");
+  types.strs("tokenizer.ggml.tokens", {"a", "b"});
+  types.i32s("tokenizer.ggml.token_type", {1});
+  EXPECT_HAS(err(types), "tokenizer.ggml.token_type must be a numeric array of 2 entries");
+  Builder bos;
+  bos.str("tokenizer.ggml.model", "llama");
+  bos.strs("tokenizer.ggml.tokens", {"a", "b"});
+  bos.u32("tokenizer.ggml.bos_token_id", 7);
+  EXPECT_HAS(err(bos), "tokenizer.ggml.bos_token_id 7 is outside the vocabulary");
+}
+
 // ---- SmolLM2-135M-Instruct vs transformers ---------------------------------------------------------------
 
 const char* kSmolPath = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -543,6 +681,7 @@ TEST(SmolLM2, TokenizerAndChatTemplateEqualTransformers) {
     throw;
   }
   EXPECT_EQ(tok->vocab_size(), 49152);
+  EXPECT_EQ(tok->kind(), TokenizerKind::ByteLevel);
   EXPECT_EQ(tok->eos_id(), 2);  // <|im_end|>
   const json ref = smol_reference();
   const ChatTemplateInfo info = read_chat_template_info(path);

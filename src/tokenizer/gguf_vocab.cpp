@@ -235,11 +235,17 @@ std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufFile& f) {
   if (!f.get_string("tokenizer.ggml.model", &model))
     throw ConfigError(f.path() + ": no tokenizer.ggml.model metadata (the file carries no tokenizer)");
   ScratchDir dir;
-  if (model == "llama") return Tokenizer::load_sentencepiece(dir.write("tokenizer.model", sentencepiece_model(f)));
-  if (model == "gpt2") {
-    const auto texts = byte_level_json(f);
-    dir.write("tokenizer_config.json", texts.second);
-    return Tokenizer::load_hf_json(dir.write("tokenizer.json", texts.first));
+  try {
+    if (model == "llama") return Tokenizer::load_sentencepiece(dir.write("tokenizer.model", sentencepiece_model(f)));
+    if (model == "gpt2") {
+      const auto texts = byte_level_json(f);
+      dir.write("tokenizer_config.json", texts.second);
+      return Tokenizer::load_hf_json(dir.write("tokenizer.json", texts.first));
+    }
+  } catch (const FileError& e) {  // name the GGUF file, not the temporary one
+    std::string m = e.what();
+    if (m.compare(0, dir.path.size(), dir.path) == 0) m = m.substr(dir.path.size() + 1);
+    throw FileError(f.path() + ": tokenizer metadata (" + model + "): " + m);
   }
   throw ConfigError(f.path() + ": tokenizer.ggml.model '" + model + "' is not supported (llama and gpt2 are)");
 }
