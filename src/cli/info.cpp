@@ -32,8 +32,8 @@ int run_info(const ModelArgs& a) {
     const char* scheme = q == Quant::Int8  ? "int8, one fp32 scale per output channel"
                          : q == Quant::NF4 ? "NF4, blocks of 64 with an fp16 absmax"
                                            : "int4, groups of 128 with an fp16 scale";
-    std::printf(": linear layers%s %s (%s), embeddings and norms%s %s\n", a.quant_lm_head ? " and lm_head" : "",
-                dtype_name(qt), scheme, a.quant_lm_head || c.tie_word_embeddings ? "" : " and lm_head", dtype_name(wt));
+    std::printf(": linear layers%s %s (%s); embeddings, norms%s %s\n", a.quant_lm_head ? " and lm_head" : "",
+                dtype_name(qt), scheme, a.quant_lm_head || c.tie_word_embeddings ? "" : ", lm_head", dtype_name(wt));
     const size_t full = estimate_weight_bytes(c, wt, Quant::None, false);
     std::printf("                    %.2fx smaller than %s (%.3f GB)\n", double(full) / double(bytes), dtype_name(wt),
                 double(full) / 1e9);

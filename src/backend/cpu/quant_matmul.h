@@ -13,7 +13,10 @@ namespace cpu {
 // order that does not depend on T or on how rows and tokens are grouped, so decode equals prefill
 // bitwise: per group of the row, an 8-lane fp32 accumulator of code * x over the group's whole
 // 8-element vectors, folded into the row accumulator with one FMA by the group's scale; then the
-// horizontal sum, then the scalar tail (the last cols % 8 elements, code * scale * x each).
+// horizontal sum, then the scalar tail (the last cols % 8 elements, code * scale * x each). (A build
+// without AVX2 uses a scalar loop with its own fixed order: per group a sum of code * x, times the scale.)
+// Threads: callers split the rows (the CPU backend's pool); from 16 tokens each thread decodes its
+// rows once into a thread-local fp32 scratch (4 rows x cols) and reuses it for every token.
 void matmul_rows_quant(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* y);
 
 }  // namespace cpu
