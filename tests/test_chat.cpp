@@ -218,6 +218,36 @@ TEST_P(TemplateCases, EqualHuggingFaceRendering) {
   EXPECT_GE(st.encoded, 90);
 }
 
+// SmolLM2's template writes its own system turn when the conversation has none (Qwen2.5's does the same).
+TEST(TemplateDefaults, ChatMLDefaultSystemTurn) {
+  REQUIRE_FILE(testutil::shared_data("tokenizers/mistral-v0.1/tokenizer.json"));
+  const std::string smollm =
+      "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+      "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
+      "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+      "{{ '<|im_start|>assistant\n' }}{% endif %}";
+  testutil::TempDir td;
+  make_template_dir(td, {{"chat_template", smollm}, {"added_tokens", {{"<|im_end|>", 32000}, {"<|im_start|>", 32001}}}});
+  auto tok = Tokenizer::load_dir(td.path());
+  const ChatTemplateInfo info = read_chat_template_info(td.path());
+  ChatEncoder with_default(*tok, choose_chat_format("", *tok, info), info);
+  ChatTemplateInfo plain = info;
+  plain.chat_template = "<|im_start|><|im_end|>";
+  ChatEncoder without(*tok, ChatFormat::ChatML, plain);
+  const std::string sys = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+  EXPECT_EQ(with_default.encode({{"user", "Hi"}}, true), without.encode({{"system", sys}, {"user", "Hi"}}, true));
+  // A system message of the conversation replaces it.
+  EXPECT_EQ(with_default.encode({{"system", "S"}, {"user", "Hi"}}, true),
+            without.encode({{"system", "S"}, {"user", "Hi"}}, true));
+  // The same template with the escape written in the Jinja source (\\n) gives the same turn.
+  std::string escaped = smollm;
+  escaped.replace(escaped.find("system\nYou"), 7, "system\\n");
+  ChatTemplateInfo esc = info;
+  esc.chat_template = escaped;
+  EXPECT_EQ(ChatEncoder(*tok, ChatFormat::ChatML, esc).encode({{"user", "Hi"}}, true),
+            with_default.encode({{"user", "Hi"}}, true));
+}
+
 INSTANTIATE_TEST_SUITE_P(Formats, TemplateCases, ::testing::Values("chatml", "zephyr"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 

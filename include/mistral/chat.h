@@ -14,7 +14,8 @@
 //
 // ChatML and Zephyr (Llama-architecture fine-tunes) render their Jinja templates' text; special tokens
 // (<|im_start|>, <|im_end|>, </s>) become their ids and every text run between two of them is encoded on its
-// own, as Hugging Face's legacy Llama tokenizers do (each run gets SentencePiece's dummy-prefix space).
+// own, as Hugging Face's legacy Llama tokenizers do (each run gets SentencePiece's dummy-prefix space). A
+// ChatML template with a fixed system turn for conversations without one (SmolLM2, Qwen2.5) gets it too.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -123,6 +124,7 @@ class ChatEncoder {
   std::vector<int32_t> stop_ids_;
   std::vector<std::string> stop_strings_;
   std::vector<std::string> markers_;  // special-token strings recognised inside template text
+  std::string default_system_;        // ChatML: the system turn the template writes when there is none
   bool drop_answer_space_ = false;
   int32_t bos_ = -1, eos_ = -1, inst_ = -1, end_inst_ = -1, sys_ = -1, end_sys_ = -1;
 };

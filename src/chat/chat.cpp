@@ -85,6 +85,34 @@ std::string tekken_version(const std::string& path) {
   throw FileError(path + ": no config.version");
 }
 
+// The system turn a ChatML template writes itself when the conversation has none, as in SmolLM2's
+// {% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are ...<|im_end|>\n' }}:
+// a string literal holding a whole system turn. "" when the template has no such literal.
+std::string chatml_default_system(const std::string& jinja) {
+  const std::string start = "<|im_start|>system";
+  for (size_t p = jinja.find(start); p != std::string::npos; p = jinja.find(start, p + 1)) {
+    size_t q = p + start.size();
+    if (jinja.compare(q, 2, "\\n") == 0) q += 2;  // \n written as an escape in the Jinja source
+    else if (q < jinja.size() && jinja[q] == '\n') q += 1;
+    else continue;
+    const size_t e = jinja.find("<|im_end|>", q);
+    if (e == std::string::npos) break;
+    const std::string raw = jinja.substr(q, e - q);
+    if (raw.find_first_of("'\"{}+") != std::string::npos) continue;  // not one literal (e.g. + content)
+    std::string text;
+    for (size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] == '\\' && i + 1 < raw.size()) {
+        const char c = raw[++i];
+        text += c == 'n' ? '\n' : c == 't' ? '\t' : c;
+      } else {
+        text += raw[i];
+      }
+    }
+    return text;
+  }
+  return "";
+}
+
 }  // namespace
 
 const char* chat_format_name(ChatFormat f) {
@@ -326,6 +354,7 @@ ChatEncoder::ChatEncoder(const Tokenizer& tok, ChatFormat format, const ChatTemp
     if (!info.chat_template.empty() && !contains(info.chat_template, "bos_token")) bos_ = -1;
   }
   if (format == ChatFormat::ChatML) {
+    default_system_ = chatml_default_system(info.chat_template);
     markers_ = {"<|im_start|>", "<|im_end|>"};
     const int32_t end = special("<|im_end|>");
     if (end >= 0) stop_ids_.push_back(end);
@@ -512,6 +541,8 @@ std::vector<int32_t> ChatEncoder::encode_template(const Conversation& conv, bool
       pos = best + marker.size();
     }
   };
+  if (!default_system_.empty() && conv[0].role != "system")
+    literal("<|im_start|>system\n" + default_system_ + "<|im_end|>\n");
   for (const auto& m : conv) {
     if (format_ == ChatFormat::ChatML) {
       literal("<|im_start|>" + m.role + "\n");
