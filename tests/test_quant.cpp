@@ -378,6 +378,42 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, QuantFixtureTest,
                            return std::string(std::get<0>(p.param)) + "_" + quant_name(std::get<1>(p.param));
                          });
 
+TEST(QuantModel, BatchedEqualsSoloBitwise) {
+  // Ragged batches put several sequences' tokens in one matmul (T = their sum): each sequence's logits
+  // must not change, quantized weights included.
+  LoadOptions o;
+  o.quant = Quant::NF4;
+  auto m = Model::load(testutil::source_path("models/fixtures/w16_gqa4_hd12_f32"), o);
+  auto be = make_cpu_backend(2);
+  const std::vector<int32_t> ids = fixture_ids("w16_gqa4_hd12_f32");
+  const size_t V = size_t(m->config().vocab_size);
+  const std::vector<std::vector<int32_t>> seqs = {{ids.begin(), ids.begin() + 19}, {ids.begin() + 3, ids.begin() + 4},
+                                                  {ids.begin() + 7, ids.end()}};
+  SessionOptions so;
+  ForwardPass fp(*m, *be, so);
+  std::vector<std::unique_ptr<KVCache>> caches;
+  std::vector<BatchSegment> segs;
+  size_t rows = 0;
+  for (const auto& sq : seqs) {
+    caches.push_back(fp.new_cache(64));
+    BatchSegment b;
+    b.cache = caches.back().get();
+    b.ids = sq.data();
+    b.T = int(sq.size());
+    b.all_logits = true;
+    segs.push_back(b);
+    rows += sq.size();
+  }
+  std::vector<float> batched(rows * V);
+  ASSERT_EQ(fp.run(segs, batched.data()), rows);
+  size_t off = 0;
+  for (const auto& sq : seqs) {
+    const std::vector<float> solo = run_chunked(*m, *be, sq, 512);
+    ASSERT_EQ(std::memcmp(solo.data(), batched.data() + off * V, solo.size() * 4), 0) << "sequence of " << sq.size();
+    off += sq.size();
+  }
+}
+
 TEST(QuantModel, LmHeadQuantizedOnlyOnRequest) {
   for (const char* name : {"w8_gqa1_f32", "full_gqa2_tied_f32"}) {
     const std::string dir = testutil::source_path(std::string("models/fixtures/") + name);
