@@ -131,6 +131,35 @@ TEST(Tokenizer, CorruptFilesGiveErrors) {
   }
 }
 
+// Inputs the fuzzers (fuzz/) found, and values of unexpected JSON types: a FileError, never a crash.
+TEST(Tokenizer, FuzzRegressions) {
+  // A SentencePiece model whose <unk> piece has type CONTROL: SentencePiece refuses it; so do we
+  // (encoding used to emit the control id for unknown characters).
+  EXPECT_THROW(Tokenizer::load_sentencepiece(testutil::source_path("tests/data/fuzz_regressions/sp_model_unk_is_control.model")),
+               FileError);
+  testutil::TempDir td;
+  const std::string stories = testutil::shared_data("models/stories260K/tokenizer.json");
+  if (testutil::exists(stories)) {
+    const json good = json::parse(testutil::read_file(stories));
+    auto expect_error = [&](const json& j, const char* what) {
+      testutil::write_file(td.file("t.json"), j.dump());
+      EXPECT_THROW(Tokenizer::load_hf_json(td.file("t.json")), FileError) << what;
+    };
+    json j = good;
+    j["added_tokens"][0]["content"] = 5;
+    expect_error(j, "non-string added token");
+    j = good;
+    j["model"]["byte_fallback"] = "yes";
+    expect_error(j, "non-boolean byte_fallback");
+    j = good;
+    j["model"]["merges"][3] = json::array({1, 2});
+    expect_error(j, "non-string merge");
+    j = good;
+    j["model"]["vocab"]["zzz"] = 1 << 30;
+    expect_error(j, "huge id");
+  }
+}
+
 TEST(Tokenizer, OutOfRangeIdIsAnError) {
   REQUIRE_SHARED(v1_dir());
   auto tok = Tokenizer::load_sentencepiece(v1_dir() + "/tokenizer.model");

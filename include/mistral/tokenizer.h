@@ -18,6 +18,7 @@ enum class TokenizerKind : uint8_t { SentencePiece, Tekken, ByteLevel };
 
 namespace tok {
 struct ByteLevelModel;  // src/tokenizer/internal.h
+struct SpModel;
 struct Build;
 }
 
@@ -63,6 +64,7 @@ class Tokenizer {
   std::vector<int32_t> encode_byte_level(const std::string& text, bool add_bos) const;
   friend struct tok::Build;
 
+  uint64_t uid_ = 0;  // unique per instance (keys the encoder's per-thread cache)
   TokenizerKind kind_ = TokenizerKind::SentencePiece;
   std::unique_ptr<tok::ByteLevelModel> bl_;  // byte-level kinds only
 
@@ -70,7 +72,7 @@ class Tokenizer {
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::vector<PieceType> types_;
-  std::unordered_map<std::string, int32_t> normal_;  // text pieces (normal + user-defined) -> id
+  std::unique_ptr<tok::SpModel> sp_;  // SentencePiece kind: piece index for the encoder
   std::unordered_map<uint64_t, std::pair<float, int32_t>> merges_;  // HF: (left,right) -> (priority, id)
   bool use_merges_ = false;  // HF merges list instead of SentencePiece scores
   bool add_dummy_prefix_ = true;

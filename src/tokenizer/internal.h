@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -56,6 +57,11 @@ class StrMap {
   void reserve(size_t n);
   // Inserts or overwrites; returns false if the key was already present (value overwritten).
   bool insert(std::string_view key, int32_t value);
+  // Inserts unless present (the first value stays); returns false if it was present.
+  bool insert_new(std::string_view key, int32_t value) {
+    if (find(key) >= 0) return false;
+    return insert(key, value);
+  }
   // The value, or -1.
   int32_t find(const char* p, size_t n) const {
     if (slots_.empty()) return -1;
@@ -69,6 +75,11 @@ class StrMap {
   }
   int32_t find(std::string_view k) const { return find(k.data(), k.size()); }
   size_t size() const { return count_; }
+  void clear() {
+    std::fill(slots_.begin(), slots_.end(), Slot());
+    blob_.clear();
+    count_ = 0;
+  }
 
  private:
   struct Slot {
@@ -79,6 +90,47 @@ class StrMap {
   std::vector<Slot> slots_;
   std::string blob_;
   size_t mask_ = 0, count_ = 0;
+};
+
+// Open-addressing set of non-zero 64-bit keys.
+class U64Set {
+ public:
+  void insert(uint64_t k) {
+    if ((count_ + 1) * 2 > keys_.size()) grow();
+    size_t i = slot(k);
+    if (keys_[i] == k) return;
+    keys_[i] = k;
+    ++count_;
+  }
+  bool contains(uint64_t k) const { return !keys_.empty() && keys_[slot(k)] == k; }
+
+ private:
+  size_t slot(uint64_t k) const {
+    uint64_t h = k * 0x9e3779b97f4a7c15ull;
+    h ^= h >> 29;
+    for (size_t i = size_t(h) & (keys_.size() - 1);; i = (i + 1) & (keys_.size() - 1))
+      if (keys_[i] == k || keys_[i] == 0) return i;
+  }
+  void grow() {
+    std::vector<uint64_t> old;
+    old.swap(keys_);
+    keys_.assign(old.empty() ? 64 : old.size() * 2, 0);
+    for (uint64_t k : old)
+      if (k) keys_[slot(k)] = k;
+  }
+  std::vector<uint64_t> keys_;
+  size_t count_ = 0;
+};
+
+// Key of two adjacent code points (never 0).
+inline uint64_t bigram_key(uint32_t a, uint32_t b) { return ((uint64_t(a) << 21) | b) + 1; }
+
+// ---- SentencePiece-kind encoder data --------------------------------------------------------------
+
+struct SpModel {
+  StrMap pieces;   // normal and user-defined pieces -> id (the first of equal pieces)
+  int32_t ascii_id[128];  // pieces.find of each ASCII character
+  U64Set bigrams;  // pairs of adjacent code points inside some piece
 };
 
 // ---- pre-tokenizer patterns -----------------------------------------------------------------------
@@ -105,6 +157,10 @@ enum class Digits { None, Individual, Contiguous };
 // at every position). Appends the end offset of each chunk to *ends.
 void pretokenize(Pattern p, std::string_view text, std::vector<uint32_t>* ends, Digits digits = Digits::None);
 
+// Largest token id a tokenizer file may use (real vocabularies are below 2^18); keeps a corrupt file from
+// asking for gigabytes.
+constexpr int64_t kMaxVocabId = (int64_t(1) << 22) - 1;
+
 // ---- byte-level BPE (tekken and GPT-2-style tokenizer.json) ------------------------------------------
 
 struct ByteLevelModel {
@@ -121,9 +177,16 @@ struct ByteLevelModel {
   int32_t num_special = 0;          // tekken: ids below this are special tokens
 };
 
-// Friend of Tokenizer for the loaders of the byte-level kinds.
+// Friend of Tokenizer: the loaders, from a file's bytes (`path` names it in errors and source()).
 struct Build {
+  static std::unique_ptr<Tokenizer> sentencepiece(const std::string& data, const std::string& path);  // loaders.cpp
+  static std::unique_ptr<Tokenizer> hf_json(const std::string& text, const std::string& path);        // loaders.cpp
   static std::unique_ptr<Tokenizer> hf_byte_level(const std::string& path, const nlohmann::json& j);  // loaders.cpp
+  static std::unique_ptr<Tokenizer> tekken(const std::string& text, const std::string& path);         // tekken.cpp
+  // The same from a parsed document; may throw nlohmann::json::exception on values of unexpected types
+  // (the two above turn those into FileError).
+  static std::unique_ptr<Tokenizer> hf_json_doc(const nlohmann::json& j, const std::string& path);
+  static std::unique_ptr<Tokenizer> tekken_doc(const nlohmann::json& j, const std::string& path);
 };
 
 // Standard base64 (RFC 4648, '=' padding optional); false on any other character.

@@ -79,13 +79,16 @@ bool file_exists(const std::string& p) {
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load_sentencepiece(const std::string& path) {
-  const std::string data = read_text_file(path);
+  return tok::Build::sentencepiece(read_text_file(path), path);
+}
+
+std::unique_ptr<Tokenizer> tok::Build::sentencepiece(const std::string& data, const std::string& path) {
   std::unique_ptr<Tokenizer> t(new Tokenizer());
   t->source_ = path;
   PbReader r{reinterpret_cast<const uint8_t*>(data.data()), reinterpret_cast<const uint8_t*>(data.data()) + data.size(),
              path};
   int model_type = 1;  // UNIGRAM is the protobuf default
-  int unk = 0, bos = 1, eos = 2;
+  int bos = 1, eos = 2;
   t->byte_fallback_ = false;
   t->add_dummy_prefix_ = true;
   t->remove_extra_whitespaces_ = true;
@@ -120,11 +123,10 @@ std::unique_ptr<Tokenizer> Tokenizer::load_sentencepiece(const std::string& path
       while (!s.done()) {
         uint32_t sf, swt;
         s.key(&sf, &swt);
-        if (swt == 0 && (sf == 3 || sf == 35 || sf == 40 || sf == 41 || sf == 42)) {
+        if (swt == 0 && (sf == 3 || sf == 35 || sf == 41 || sf == 42)) {
           const int64_t v = int64_t(s.varint());
           if (sf == 3) model_type = int(v);
           else if (sf == 35) t->byte_fallback_ = v != 0;
-          else if (sf == 40) unk = int(int32_t(v));
           else if (sf == 41) bos = int(int32_t(v));
           else eos = int(int32_t(v));
         } else {
@@ -156,7 +158,15 @@ std::unique_ptr<Tokenizer> Tokenizer::load_sentencepiece(const std::string& path
                                        " is not supported (BPE only)");
   const int n = int(t->pieces_.size());
   auto in_range = [&](int id) { return id >= 0 && id < n ? id : -1; };
-  t->unk_ = in_range(unk);
+  // SentencePiece takes <unk> from the piece types, not from trainer_spec.unk_id, and refuses a model
+  // without exactly one UNKNOWN piece.
+  t->unk_ = -1;
+  for (int id = 0; id < n; ++id)
+    if (t->types_[size_t(id)] == PieceType::Unknown) {
+      if (t->unk_ >= 0) throw FileError(path + ": corrupt SentencePiece model (two pieces of type UNKNOWN)");
+      t->unk_ = id;
+    }
+  if (t->unk_ < 0) throw FileError(path + ": corrupt SentencePiece model (no piece of type UNKNOWN)");
   t->bos_ = in_range(bos);
   t->eos_ = in_range(eos);
   t->finish_load();
@@ -164,12 +174,24 @@ std::unique_ptr<Tokenizer> Tokenizer::load_sentencepiece(const std::string& path
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::load_hf_json(const std::string& path) {
+  return tok::Build::hf_json(read_text_file(path), path);
+}
+
+std::unique_ptr<Tokenizer> tok::Build::hf_json(const std::string& text, const std::string& path) {
   json j;
   try {
-    j = json::parse(read_text_file(path));
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw FileError(path + ": not valid JSON: " + e.what());
   }
+  try {
+    return hf_json_doc(j, path);
+  } catch (const json::exception& e) {  // a value of an unexpected type somewhere
+    throw FileError(path + ": unexpected tokenizer.json content: " + e.what());
+  }
+}
+
+std::unique_ptr<Tokenizer> tok::Build::hf_json_doc(const json& j, const std::string& path) {
   std::unique_ptr<Tokenizer> t(new Tokenizer());
   t->source_ = path;
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) throw FileError(path + ": no 'model' object");
@@ -206,7 +228,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load_hf_json(const std::string& path) {
   }
   size_t n = 0;
   for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > 10000000)
+    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > tok::kMaxVocabId)
       throw FileError(path + ": vocab id for '" + it.key() + "' is not a valid id");
     n = std::max(n, size_t(it.value().get<int64_t>()) + 1);
   }
@@ -386,7 +408,7 @@ std::unique_ptr<Tokenizer> Build::hf_byte_level(const std::string& path, const j
   const json& vocab = mo["vocab"];
   int64_t n = 0;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > 10000000)
+    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > tok::kMaxVocabId)
       fail("vocab id for " + json(it.key()).dump() + " is not a valid id");
     n = std::max(n, it.value().get<int64_t>() + 1);
   }
@@ -394,7 +416,7 @@ std::unique_ptr<Tokenizer> Build::hf_byte_level(const std::string& path, const j
   const json& added = j.contains("added_tokens") && j["added_tokens"].is_array() ? j["added_tokens"] : empty;
   for (const json& a : added) {
     if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 ||
-        a["id"].get<int64_t>() > 10000000 || !a.contains("content") || !a["content"].is_string())
+        a["id"].get<int64_t>() > kMaxVocabId || !a.contains("content") || !a["content"].is_string())
       fail("added_tokens entries need an id and a content");
     n = std::max(n, a["id"].get<int64_t>() + 1);
   }

@@ -200,12 +200,24 @@ int64_t get_int(const json& o, const char* key, const std::string& path) {
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load_tekken(const std::string& path) {
+  return tok::Build::tekken(read_text_file(path), path);
+}
+
+std::unique_ptr<Tokenizer> tok::Build::tekken(const std::string& text, const std::string& path) {
   json j;
   try {
-    j = json::parse(read_text_file(path));
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw FileError(path + ": not valid JSON: " + e.what());
   }
+  try {
+    return tekken_doc(j, path);
+  } catch (const json::exception& e) {  // a value of an unexpected type somewhere
+    bad(path, std::string("unexpected content: ") + e.what());
+  }
+}
+
+std::unique_ptr<Tokenizer> tok::Build::tekken_doc(const json& j, const std::string& path) {
   if (!j.is_object()) bad(path, "not a JSON object");
   auto cfg_it = j.find("config");
   if (cfg_it == j.end() || !cfg_it->is_object()) bad(path, "no 'config' object");
@@ -218,7 +230,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load_tekken(const std::string& path) {
                     " is not supported (only mistral-common's tekken pattern is implemented)");
   const int64_t vocab_size = get_int(cfg, "default_vocab_size", path);
   const int64_t num_special = get_int(cfg, "default_num_special_tokens", path);
-  if (num_special < 0 || vocab_size < num_special + 256 || vocab_size > (int64_t(1) << 30))
+  if (num_special < 0 || vocab_size < num_special + 256 || vocab_size > tok::kMaxVocabId + 1)
     bad(path, "default_vocab_size " + std::to_string(vocab_size) + " and default_num_special_tokens " +
                   std::to_string(num_special) + " are inconsistent");
   int version = 0;
