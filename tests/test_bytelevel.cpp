@@ -66,7 +66,7 @@ TEST_P(TokenizerByteLevel, MatchesHuggingFaceTokenizers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Trained, TokenizerByteLevel,
+INSTANTIATE_TEST_SUITE_P(TokenizerTrained, TokenizerByteLevel,
                          ::testing::Values("gpt2", "gpt2_prefix_space", "smollm", "llama3", "nemo"));
 
 TEST(TokenizerByteLevelFiles, LoadDirAndTokenizerConfig) {
