@@ -166,13 +166,14 @@ constexpr int64_t kMaxVocabId = (int64_t(1) << 22) - 1;
 struct ByteLevelModel {
   StrMap vocab;                     // token bytes -> id (ordinary tokens only)
   std::vector<std::string> bytes;   // id -> token bytes ("" for special tokens)
-  int32_t byte_id[256];             // id of each single-byte token
+  int32_t byte_id[256];             // id of each single-byte token; -1 if none (tokenizer.json only)
   Pattern pattern = Pattern::Tekken;
   Digits digits = Digits::None;
   bool add_prefix_space = false;    // tokenizers' ByteLevel(add_prefix_space)
   bool whole_chunk_first = true;    // a chunk that is itself a token is that token (tiktoken; ignore_merges)
   bool use_merge_list = false;      // tokenizers: merges list; tiktoken: any adjacent pair whose bytes are a token
   std::unordered_map<uint64_t, std::pair<uint32_t, int32_t>> merges;  // (left, right) -> (rank, merged id)
+  bool fuse_unk = false;            // tokenizers' BPE fuse_unk (bytes without a token, with an unk_token)
   bool flush_on_special = false;    // tekken decodes each run between special tokens on its own
   int32_t num_special = 0;          // tekken: ids below this are special tokens
 };

@@ -433,15 +433,10 @@ std::unique_ptr<Tokenizer> Build::hf_byte_level(const std::string& path, const j
     m.bytes[id] = byte_level_bytes(it.key(), &mapped);
     if (mapped) m.vocab.insert(m.bytes[id], int32_t(id));
   }
-  for (int b = 0; b < 256; ++b) {
-    std::string one(1, char(b));
-    m.byte_id[b] = m.vocab.find(one);
-    if (m.byte_id[b] < 0) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "%02X", b);
-      fail(std::string("the vocabulary has no token for byte 0x") + hex);
-    }
-  }
+  // Some vocabularies lack a few bytes (SmolLM2: 21, mostly ones that never occur in UTF-8); such a byte
+  // is dropped or becomes <unk> when encoding, as in tokenizers.
+  for (int b = 0; b < 256; ++b) m.byte_id[b] = m.vocab.find(std::string(1, char(b)));
+  m.fuse_unk = mo.contains("fuse_unk") && mo["fuse_unk"].is_boolean() && mo["fuse_unk"].get<bool>();
   if (mo.contains("merges") && mo["merges"].is_array()) {
     const json& merges = mo["merges"];
     for (size_t r = 0; r < merges.size(); ++r) {

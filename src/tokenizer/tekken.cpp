@@ -107,11 +107,23 @@ struct Part {
   int32_t merged;
 };
 
-// O(n^2) in the number of bytes, like tiktoken; fast for the short chunks of ordinary text.
-void merge_small(const PairRank& pr, uint32_t len, std::vector<Part>& p, std::vector<int32_t>* out) {
-  const ByteLevelModel& m = pr.m;
+// The initial symbols of a chunk: one per byte. A byte without a token (some tokenizer.json files lack a
+// few) is dropped, or becomes <unk> (consecutive ones fused into one with fuse_unk), as tokenizers does.
+void initial_parts(const ByteLevelModel& m, int32_t unk, const char* s, uint32_t len, std::vector<Part>& p) {
   p.clear();
-  for (uint32_t i = 0; i < len; ++i) p.push_back({i, i + 1, m.byte_id[uint8_t(pr.s[i])], UINT32_MAX, -1});
+  for (uint32_t i = 0; i < len; ++i) {
+    const int32_t id = m.byte_id[uint8_t(s[i])];
+    if (id >= 0) {
+      p.push_back({i, i + 1, id, UINT32_MAX, -1});
+    } else if (unk >= 0) {
+      if (m.fuse_unk && !p.empty() && p.back().merged == -2) p.back().end = i + 1;
+      else p.push_back({i, i + 1, unk, UINT32_MAX, -2});  // merged == -2 marks an initial <unk>
+    }
+  }
+}
+
+// O(n^2) in the number of symbols, like tiktoken; fast for the short chunks of ordinary text.
+void merge_small(const PairRank& pr, std::vector<Part>& p, std::vector<int32_t>* out) {
   auto rank_at = [&](size_t i) {
     if (i + 1 >= p.size()) {
       p[i].rank = UINT32_MAX;
@@ -136,8 +148,7 @@ void merge_small(const PairRank& pr, uint32_t len, std::vector<Part>& p, std::ve
 }
 
 // O(n log n): a linked list of parts and a heap of candidate merges, stale entries skipped.
-void merge_large(const PairRank& pr, uint32_t len, std::vector<int32_t>* out) {
-  const ByteLevelModel& m = pr.m;
+void merge_large(const PairRank& pr, const std::vector<Part>& p, std::vector<int32_t>* out) {
   struct Node {
     uint32_t start, end;
     int32_t id, prev, next;
@@ -149,8 +160,10 @@ void merge_large(const PairRank& pr, uint32_t len, std::vector<int32_t>* out) {
     uint32_t lver, rver;
     bool operator<(const Cand& o) const { return rank != o.rank ? rank > o.rank : start > o.start; }
   };
+  const uint32_t len = uint32_t(p.size());
+  if (len == 0) return;
   std::vector<Node> nd(len);
-  for (uint32_t i = 0; i < len; ++i) nd[i] = {i, i + 1, m.byte_id[uint8_t(pr.s[i])], int32_t(i) - 1, int32_t(i) + 1, 0};
+  for (uint32_t i = 0; i < len; ++i) nd[i] = {p[i].start, p[i].end, p[i].id, int32_t(i) - 1, int32_t(i) + 1, 0};
   nd[len - 1].next = -1;
   std::priority_queue<Cand> pq;
   auto consider = [&](int32_t l) {
@@ -350,7 +363,7 @@ std::vector<int32_t> Tokenizer::encode_byte_level(const std::string& text_in, bo
     const char* s = text->data() + start;
     const uint32_t len = end - start;
     start = end;
-    if (len == 1) {
+    if (len == 1 && m.byte_id[uint8_t(*s)] >= 0) {
       out.push_back(m.byte_id[uint8_t(*s)]);
       continue;
     }
@@ -362,8 +375,9 @@ std::vector<int32_t> Tokenizer::encode_byte_level(const std::string& text_in, bo
       }
     }
     const PairRank pr{m, s};
-    if (len <= 64) merge_small(pr, len, parts, &out);
-    else merge_large(pr, len, &out);
+    initial_parts(m, unk_, s, len, parts);
+    if (parts.size() <= 64) merge_small(pr, parts, &out);
+    else merge_large(pr, parts, &out);
   }
   return out;
 }
