@@ -218,12 +218,14 @@ int run_bench(const BenchArgs& a) {
     std::printf("model              %s, %.1f M params, %s, %.3f GB read per decode step\n",
                 a.model.model_dir.empty() ? "synthetic" : a.model.model_dir.c_str(), double(c.param_count()) / 1e6,
                 dtype_name(model->matmul_dtype()), bytes / 1e9);
-    std::printf("memory bandwidth   copy %.2f GB/s (read+write), read %.2f GB/s\n", bw.copy_gbs, bw.read_gbs);
+    if (a.skip_bandwidth) std::printf("memory bandwidth   not measured (--skip-bandwidth)\n");
+    else std::printf("memory bandwidth   copy %.2f GB/s (read+write), read %.2f GB/s\n", bw.copy_gbs, bw.read_gbs);
     std::printf("prefill            %d tokens: %.2f tok/s\n", a.prompt_tokens, prefill_tps);
     std::printf("decode             %d tokens: %.2f tok/s = %.2f GB/s of weights\n", a.gen_tokens, decode_tps,
                 decode_gbs);
-    std::printf("decode vs floor    %.0f%% of read bandwidth (floor %.2f tok/s), %.0f%% of copy bandwidth\n",
-                100.0 * decode_gbs / bw.read_gbs, floor_tps, 100.0 * decode_gbs / bw.copy_gbs);
+    if (!a.skip_bandwidth)
+      std::printf("decode vs floor    %.0f%% of read bandwidth (floor %.2f tok/s), %.0f%% of copy bandwidth\n",
+                  100.0 * decode_gbs / bw.read_gbs, floor_tps, 100.0 * decode_gbs / bw.copy_gbs);
     if (a.batch > 1)
       std::printf("decode batch %-5d %.2f tok/s in total = %.2fx batch 1\n", a.batch, batch_tps, batch_tps / decode_tps);
     if (compare) {
