@@ -161,24 +161,10 @@ int run_batch(const BatchArgs& a) {
   so.context = a.model.ctx;
   ForwardPass fp(*model, *backend, so);
 
-  GenerateParams base;
+  GenerateParams base = model_generate_defaults(*model, *tok, a.model.model_dir);  // flags override below
   base.max_tokens = a.max_tokens;
   base.ignore_eos = a.ignore_eos;
   base.stop = a.stop;
-  base.eos_ids = model->config().eos_token_ids;
-  if (tok->eos_id() >= 0 && std::find(base.eos_ids.begin(), base.eos_ids.end(), tok->eos_id()) == base.eos_ids.end())
-    base.eos_ids.push_back(tok->eos_id());
-  base.sampler.temperature = 0.7f;
-  base.sampler.top_p = 0.95f;
-  const std::string gc_path = a.model.model_dir + "/generation_config.json";
-  struct stat st;
-  if (::stat(gc_path.c_str(), &st) == 0) {
-    GenerationDefaults g = parse_generation_config(read_text_file(gc_path), gc_path);
-    if (g.has_temperature) base.sampler.temperature = g.temperature;
-    if (g.has_top_p) base.sampler.top_p = g.top_p;
-    if (g.has_top_k) base.sampler.top_k = g.top_k;
-    if (g.has_do_sample && !g.do_sample) base.sampler.temperature = 0.0f;
-  }
   if (a.temp_set) base.sampler.temperature = a.temperature;
   if (a.top_p_set) base.sampler.top_p = a.top_p;
   if (a.top_k_set) base.sampler.top_k = a.top_k;

@@ -1,6 +1,9 @@
 // Backend selection and small utilities for the CLI modes.
 #include "common.h"
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -41,6 +44,29 @@ std::unique_ptr<Backend> make_backend(const ModelArgs& a) {
 }
 
 std::string read_prompt_file(const std::string& path) { return read_text_file(path); }
+
+GenerateParams model_generate_defaults(const Model& model, const Tokenizer& tok, const std::string& model_path) {
+  GenerateParams gp;
+  auto add_eos = [&](int e) {
+    if (e >= 0 && std::find(gp.eos_ids.begin(), gp.eos_ids.end(), e) == gp.eos_ids.end()) gp.eos_ids.push_back(e);
+  };
+  gp.eos_ids = model.config().eos_token_ids;
+  add_eos(tok.eos_id());
+  SamplerParams& sp = gp.sampler;
+  sp.temperature = 0.7f;
+  sp.top_p = 0.95f;
+  const std::string gc_path = model_path + "/generation_config.json";
+  struct stat st;
+  if (::stat(gc_path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    GenerationDefaults g = parse_generation_config(read_text_file(gc_path), gc_path);
+    if (g.has_temperature) sp.temperature = g.temperature;
+    if (g.has_top_p) sp.top_p = g.top_p;
+    if (g.has_top_k) sp.top_k = g.top_k;
+    if (g.has_do_sample && !g.do_sample) sp.temperature = 0.0f;
+    for (int e : g.eos_token_ids) add_eos(e);
+  }
+  return gp;
+}
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

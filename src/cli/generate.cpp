@@ -52,23 +52,12 @@ int run_generate(const GenerateArgs& a) {
   gp.max_tokens = a.max_tokens;
   gp.ignore_eos = a.ignore_eos;
   gp.stop = a.stop;
-  gp.eos_ids = model->config().eos_token_ids;
-  if (tok->eos_id() >= 0 && std::find(gp.eos_ids.begin(), gp.eos_ids.end(), tok->eos_id()) == gp.eos_ids.end())
-    gp.eos_ids.push_back(tok->eos_id());
-  // Sampling defaults: generation_config.json, then the built-in 0.7 / 0.95; flags override both.
-  SamplerParams& sp = gp.sampler;
-  sp.temperature = 0.7f;
-  sp.top_p = 0.95f;
-  const std::string gc_path = a.model.model_dir + "/generation_config.json";
-  if (file_exists(gc_path)) {
-    GenerationDefaults g = parse_generation_config(read_text_file(gc_path), gc_path);
-    if (g.has_temperature) sp.temperature = g.temperature;
-    if (g.has_top_p) sp.top_p = g.top_p;
-    if (g.has_top_k) sp.top_k = g.top_k;
-    if (g.has_do_sample && !g.do_sample) sp.temperature = 0.0f;
-    for (int e : g.eos_token_ids)
-      if (std::find(gp.eos_ids.begin(), gp.eos_ids.end(), e) == gp.eos_ids.end()) gp.eos_ids.push_back(e);
+  {
+    const GenerateParams d = model_generate_defaults(*model, *tok, a.model.model_dir);
+    gp.eos_ids = d.eos_ids;
+    gp.sampler = d.sampler;
   }
+  SamplerParams& sp = gp.sampler;  // flags override the model's defaults
   if (a.temp_set) sp.temperature = a.temperature;
   if (a.top_p_set) sp.top_p = a.top_p;
   if (a.top_k_set) sp.top_k = a.top_k;
