@@ -35,11 +35,6 @@ std::atomic<bool> g_stop{false};       // Ctrl-C during an answer
 std::atomic<bool> g_cancel_line{false};  // Ctrl-C at the prompt (a key binding: the tty's ISIG is off there)
 void on_sigint(int) { g_stop = true; }
 
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 std::string trim(const std::string& s) {
   size_t a = 0, b = s.size();
   while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
@@ -396,21 +391,7 @@ int run_chat(const ChatArgs& a) {
   so.context = a.model.ctx;
   ForwardPass fp(*model, *backend, so);
 
-  GenerateParams gp;
-  gp.max_tokens = a.max_tokens;
-  gp.ignore_eos = a.ignore_eos;
-  {
-    const GenerateParams d = model_generate_defaults(*model, *tok, a.model.model_dir);
-    gp.eos_ids = d.eos_ids;
-    gp.sampler = d.sampler;
-  }
-  SamplerParams& sp = gp.sampler;  // flags override the model's defaults
-  if (a.temp_set) sp.temperature = a.temperature;
-  if (a.top_p_set) sp.top_p = a.top_p;
-  if (a.top_k_set) sp.top_k = a.top_k;
-  sp.min_p = a.min_p;
-  sp.repeat_penalty = a.repeat_penalty;
-  sp.repeat_last_n = a.repeat_last_n;
+  GenerateParams gp = generate_params_from_flags(*model, *tok, a);
   const uint64_t seed = a.seed >= 0 ? uint64_t(a.seed) : std::random_device{}();
 
   ChatSession chat(fp, *enc);

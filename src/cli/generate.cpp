@@ -24,11 +24,6 @@ namespace {
 std::atomic<bool> g_interrupted{false};
 void on_sigint(int) { g_interrupted = true; }
 
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 }  // namespace
 
 int run_generate(const GenerateArgs& a) {
@@ -48,22 +43,9 @@ int run_generate(const GenerateArgs& a) {
   Session session(*model, *backend, so);
   const double load_s = now_seconds() - t_load0;
 
-  GenerateParams gp;
-  gp.max_tokens = a.max_tokens;
-  gp.ignore_eos = a.ignore_eos;
+  GenerateParams gp = generate_params_from_flags(*model, *tok, a);
   gp.stop = a.stop;
-  {
-    const GenerateParams d = model_generate_defaults(*model, *tok, a.model.model_dir);
-    gp.eos_ids = d.eos_ids;
-    gp.sampler = d.sampler;
-  }
-  SamplerParams& sp = gp.sampler;  // flags override the model's defaults
-  if (a.temp_set) sp.temperature = a.temperature;
-  if (a.top_p_set) sp.top_p = a.top_p;
-  if (a.top_k_set) sp.top_k = a.top_k;
-  sp.min_p = a.min_p;
-  sp.repeat_penalty = a.repeat_penalty;
-  sp.repeat_last_n = a.repeat_last_n;
+  SamplerParams& sp = gp.sampler;
   sp.seed = a.seed >= 0 ? uint64_t(a.seed) : std::random_device{}();
 
   // --chat: the prompt (with --system) is one user turn of the model's chat format (src/chat).
