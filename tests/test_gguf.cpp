@@ -17,6 +17,8 @@
 #include "mistral/error.h"
 #include "mistral/gguf.h"
 #include "mistral/model.h"
+#include "mistral/perplexity.h"
+#include "mistral/quant.h"
 #include "mistral/safetensors.h"
 #include "mistral/tokenizer.h"
 #include "test_util.h"
@@ -698,6 +700,66 @@ TEST(SmolLM2, TokenizerAndChatTemplateEqualTransformers) {
       EXPECT_EQ(tok->encode(c["prompt"].get<std::string>(), true), want) << c["prompt"];
     }
     EXPECT_EQ(tok->decode(c["ids"].get<std::vector<int32_t>>()).empty(), false);
+  }
+}
+
+// Perplexity of tests/data/perplexity/plain_english.txt (written for this repository), against
+// transformers on the same GGUF (tests/data/perplexity/smollm2_plain_english.json from
+// tools/gen_ppl_reference.py): the same ids, the same negative log-likelihood at every scored token.
+TEST(SmolLM2, PerplexityEqualsTransformers) {
+  const std::string path = testutil::source_path(kSmolPath);
+  if (!testutil::exists(path)) GTEST_SKIP() << path << " is absent (tools/fetch-model smollm2 downloads it)";
+  const json ref = json::parse(testutil::read_file(testutil::source_path("tests/data/perplexity/smollm2_plain_english.json")));
+  auto tok = gguf_tokenizer(path);
+  const std::vector<int32_t> ids =
+      tok->encode(testutil::read_file(testutil::source_path("tests/data/perplexity/plain_english.txt")), true);
+  ASSERT_EQ(ids, ref["ids"].get<std::vector<int32_t>>());
+  auto model = Model::load(path);
+  auto be = make_cpu_backend(0);
+  PerplexityOptions po;
+  po.ctx = ref["ctx"].get<int64_t>();
+  po.stride = ref["stride"].get<int64_t>();
+  const PerplexityResult r = evaluate_perplexity(*model, *be, ids, po);
+  const double want = ref["mean_nll"].get<double>();
+  EXPECT_EQ(r.tokens, int64_t(ref["nll"].size()));
+  EXPECT_NEAR(r.nll, want, 1e-4 * want);
+  std::printf("SmolLM2 perplexity %.4f, transformers %.4f\n", r.ppl, ref["perplexity"].get<double>());
+  // The CLI takes the GGUF file (tokenizer from its metadata) and gives the same figure.
+  const auto cli = testutil::run_cli({"perplexity", "-m", path, "-f",
+                                      testutil::source_path("tests/data/perplexity/plain_english.txt"), "--json"});
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_NEAR(json::parse(cli.out)["nll"].get<double>(), r.nll, 1e-9);
+}
+
+// Quantized weights on a real (if small) model: perplexity of the same text against the GGUF's own
+// weights dequantized to F32. Issue 7's 10% target for 4-bit is reported, not met on this 135M model;
+// the bounds guard the measured ratios (int8 1.004, nf4 1.187, int4 1.220) against regressions.
+TEST(SmolLM2, QuantizedPerplexity) {
+  const std::string path = testutil::source_path(kSmolPath);
+  if (!testutil::exists(path)) GTEST_SKIP() << path << " is absent (tools/fetch-model smollm2 downloads it)";
+  auto tok = gguf_tokenizer(path);
+  const std::vector<int32_t> ids =
+      tok->encode(testutil::read_file(testutil::source_path("tests/data/perplexity/plain_english.txt")), true);
+  auto full = Model::load(path);
+  auto be = make_cpu_backend(0);
+  PerplexityOptions po;
+  struct Want {
+    Quant q;
+    double max_ratio;
+  };
+  for (const Want& w : {Want{Quant::Int8, 1.01}, Want{Quant::NF4, 1.20}, Want{Quant::Int4, 1.24}}) {
+    LoadOptions o;
+    o.quant = w.q;
+    auto qm = Model::load(path, o);
+    const PerplexityResult r = evaluate_perplexity(*qm, *be, ids, po, full.get());
+    const double ratio = r.ppl / r.ref_ppl;
+    std::printf("SmolLM2 %s: perplexity %.4f vs %.4f (ratio %.4f, %s the 10%% target); mean KL %.5f nats, top-1 "
+                "agreement %.1f%%\n",
+                quant_name(w.q), r.ppl, r.ref_ppl, ratio, ratio <= 1.10 ? "within" : "OUTSIDE", r.kl,
+                100.0 * double(r.top1_agree) / double(r.tokens));
+    RecordProperty(std::string("ppl_ratio_") + quant_name(w.q), std::to_string(ratio));
+    EXPECT_LE(ratio, w.max_ratio) << quant_name(w.q);
+    EXPECT_GT(ratio, 0.99) << quant_name(w.q);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace mistral {
@@ -53,6 +54,7 @@ class Tokenizer {
   int eos_id() const { return eos_; }
   int unk_id() const { return unk_; }
   const std::string& source() const { return source_; }  // the file it came from
+  void set_source(std::string s) { source_ = std::move(s); }
   TokenizerKind kind() const { return kind_; }
   // Raw bytes of one piece ('▁' as a space, byte pieces as their byte); controls give "".
   std::string piece_bytes(int id) const;

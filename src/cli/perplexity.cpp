@@ -6,6 +6,7 @@
 #include "mistral/error.h"
 #include "mistral/perplexity.h"
 #include "mistral/quant.h"
+#include "mistral/gguf.h"
 #include "mistral/tokenizer.h"
 
 namespace mistral {
@@ -25,7 +26,7 @@ int run_perplexity(const PerplexityArgs& a) {
       throw UsageError("--kl-ref needs the full-precision checkpoint: " + a.model.model_dir + " is already quantized (" +
                        quant_name(ref->quant()) + ")");
   }
-  std::unique_ptr<Tokenizer> tok = Tokenizer::load_dir(a.model.model_dir);
+  std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model.model_dir);
   const std::vector<int32_t> ids = tok->encode(text, !a.no_bos);
   std::unique_ptr<Backend> be = make_backend(a.model);
   PerplexityOptions po;

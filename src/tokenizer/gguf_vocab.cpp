@@ -235,12 +235,18 @@ std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufFile& f) {
   if (!f.get_string("tokenizer.ggml.model", &model))
     throw ConfigError(f.path() + ": no tokenizer.ggml.model metadata (the file carries no tokenizer)");
   ScratchDir dir;
+  const std::string source = f.path() + " (tokenizer.ggml.model " + model + ")";
   try {
-    if (model == "llama") return Tokenizer::load_sentencepiece(dir.write("tokenizer.model", sentencepiece_model(f)));
+    std::unique_ptr<Tokenizer> t;
+    if (model == "llama") t = Tokenizer::load_sentencepiece(dir.write("tokenizer.model", sentencepiece_model(f)));
     if (model == "gpt2") {
       const auto texts = byte_level_json(f);
       dir.write("tokenizer_config.json", texts.second);
-      return Tokenizer::load_hf_json(dir.write("tokenizer.json", texts.first));
+      t = Tokenizer::load_hf_json(dir.write("tokenizer.json", texts.first));
+    }
+    if (t) {  // the temporary files are gone once we return: name the GGUF file
+      t->set_source(source);
+      return t;
     }
   } catch (const FileError& e) {  // name the GGUF file, not the temporary one
     std::string m = e.what();
