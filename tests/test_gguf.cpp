@@ -4,6 +4,7 @@
 // tokens (tests/data/smollm2_greedy.json from tools/gen_gguf_reference.py).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -761,6 +762,20 @@ TEST(SmolLM2, QuantizedPerplexity) {
     EXPECT_LE(ratio, w.max_ratio) << quant_name(w.q);
     EXPECT_GT(ratio, 0.99) << quant_name(w.q);
   }
+}
+
+// `quantize` saves safetensors directories only: a GGUF input is refused in one line, before anything
+// is written (the quantization itself applies to GGUF files with --quant at load).
+TEST(SmolLM2, QuantizeRefusesGgufBeforeWriting) {
+  const std::string path = testutil::source_path(kSmolPath);
+  if (!testutil::exists(path)) GTEST_SKIP() << path << " is absent (tools/fetch-model smollm2 downloads it)";
+  testutil::TempDir tmp;
+  const std::string out = tmp.file("q");
+  const auto r = testutil::run_cli({"quantize", "-m", path, "-o", out, "--quant", "nf4"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--quant nf4"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_FALSE(testutil::exists(out));
 }
 
 }  // namespace

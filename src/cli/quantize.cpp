@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "mistral/error.h"
+#include "mistral/gguf.h"
 #include "mistral/quant.h"
 
 namespace mistral {
@@ -12,6 +13,9 @@ namespace cli {
 int run_quantize(const QuantizeArgs& a) {
   LoadOptions o = load_options(a.model);
   if (o.quant == Quant::None) throw UsageError("quantize needs --quant int8, nf4 or int4");
+  if (is_gguf_file(a.model.model_dir))
+    throw UsageError("quantize saves checkpoints of safetensors directories; load a GGUF file with --quant instead "
+                     "(mistral-run -m " + a.model.model_dir + " --quant " + quant_name(o.quant) + " ...)");
   const double t0 = now_seconds();
   std::unique_ptr<Model> m = Model::load(a.model.model_dir, o);
   const double t1 = now_seconds();

@@ -59,7 +59,9 @@ bool same_dir(const std::string& a, const std::string& b) {
 
 void save_checkpoint(const Model& m, const std::string& out_dir) {
   const auto& named = m.named_weights();
-  if (named.empty()) throw UsageError("only a model loaded from a directory can be saved");
+  struct stat src_st;
+  if (named.empty() || ::stat(m.dir().c_str(), &src_st) != 0 || !S_ISDIR(src_st.st_mode))
+    throw UsageError("only a model loaded from a safetensors directory can be saved");
   make_dirs(out_dir);
   if (same_dir(out_dir, m.dir())) throw UsageError(out_dir + " is the source directory; choose another output");
   const ModelConfig& c = m.config();
