@@ -62,8 +62,8 @@ int run_perplexity(const PerplexityArgs& a) {
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
-  std::printf("text         %s: %zu tokens, window %lld, stride %lld, %lld windows, %lld tokens scored (%.1f s)\n",
-              a.text_file.c_str(), ids.size(), (long long)r.ctx, (long long)r.stride, (long long)r.windows,
+  std::printf("text         %s: %zu tokens, window %lld, stride %lld, %lld window%s, %lld tokens scored (%.1f s)\n",
+              a.text_file.c_str(), ids.size(), (long long)r.ctx, (long long)r.stride, (long long)r.windows, r.windows == 1 ? "" : "s",
               (long long)r.tokens, secs);
   std::printf("perplexity   %.4f (mean NLL %.5f nats/token), weights %s\n", r.ppl, r.nll, what.c_str());
   if (r.has_ref) {
