@@ -37,13 +37,14 @@ std::string windowed_model(const testutil::TempDir& td) {
   return dir;
 }
 
-const std::vector<std::string> kPrompts = {
-    "Once upon a time", "The cat", "Tom and Lily went to the park. They saw a big tree and a little bird",
-    "A big dog", "She", "One day, a little girl named Sue found a shiny red ball under her bed",
-    "He was sad", "The sun", "Mom said", "In the garden there was a tiny frog who liked to jump and play all day",
-    "Ben", "The bird flew", "It was a rainy day", "Tim had a toy car", "Lucy and her mom baked a cake",
-    "The little boy", "There was a big", "Once", "The dog and the cat were friends", "A fish",
-    "Sam wanted to go outside but it was cold", "The end"};
+// 22 prompts of mixed lengths, one per line (also read by tools/batch_equivalence.py for the GPU check).
+std::vector<std::string> prompts() {
+  std::vector<std::string> p;
+  std::istringstream in(testutil::read_file(testutil::source_path("tests/data/batch/stories_prompts.txt")));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) p.push_back(line);
+  return p;
+}
 
 std::map<std::string, json> read_results(const std::string& path) {
   std::map<std::string, json> m;
@@ -62,9 +63,9 @@ TEST(BatchCli, EqualsOneShotAtBatchSizes1_3_8) {
   if (!testutil::exists(stories())) GTEST_SKIP() << "stories260K is not present";
   testutil::TempDir td;
   const std::string model = windowed_model(td);
-  std::string txt;
-  for (const auto& p : kPrompts) txt += p + "\n";
-  testutil::write_file(td.file("in.txt"), txt);
+  const std::vector<std::string> kPrompts = prompts();
+  ASSERT_EQ(kPrompts.size(), 22u);
+  testutil::write_file(td.file("in.txt"), testutil::read_file(testutil::source_path("tests/data/batch/stories_prompts.txt")));
   // Reference: each prompt alone through the one-shot path.
   std::vector<json> solo;
   for (const auto& p : kPrompts) {
@@ -120,6 +121,7 @@ TEST(BatchCli, BadLinesBecomeErrorLines) {
 TEST(BatchCli, ResumeAfterSigkillGivesOneLinePerId) {
   if (!testutil::exists(stories())) GTEST_SKIP() << "stories260K is not present";
   testutil::TempDir td;
+  const std::vector<std::string> kPrompts = prompts();
   std::string txt;
   const int n = 60;
   for (int i = 0; i < n; ++i) txt += kPrompts[size_t(i) % kPrompts.size()] + " " + std::to_string(i) + "\n";

@@ -4,8 +4,9 @@
 #   tools/gpu-check.sh --prepare     on the CPU machine: build mistral-run and test_cuda for sm_90 in
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
 #                                    (binaries + the stories260K test data); carry gpu-bin to the device.
-#   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench
-#                                    (default: all three, about 7 minutes on an H100/H200).
+#   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
+#                                    quant (default: tests sanitize bench, about 7 minutes on an H100/H200;
+#                                    run batch and quant as a second call: about 4 minutes).
 #
 # tests:    the `gpu`-labelled tests (every kernel against the CPU op, models end to end, graph = eager).
 # sanitize: compute-sanitizer memcheck and racecheck on the kernel tests.
@@ -13,6 +14,9 @@
 #           which also times transformers on them in the same run): prefill at 512 and 2048 tokens,
 #           decode at 128 and 4096 tokens of context, GB/s against the measured copy bandwidth, and
 #           greedy-token agreement up to the first near-tie.
+# batch:    batched greedy output equal to each prompt alone at batch sizes 1, 3, 8 (stories260K given a
+#           window of 16; tools/batch_equivalence.py), and output tok/s at 64 sequences vs 1 (7B shape).
+# quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process.
 # Without a GPU it dry-runs: each GPU step says it skipped and why. Everything is logged to
 # $OUT/gpu-check.log (gpu-check-out/ when $OUT is unset); each phase appends its result to
 # summary.txt at once, and the summary is printed last.
@@ -170,7 +174,62 @@ else:
     print("greedy: our run failed")
 PY
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench)";;
+batch)
+  # Issue 5 on CUDA: batched greedy outputs equal each prompt run alone (stories260K given a window of
+  # 16, so some prompts run past it), then output throughput at 64 sequences vs 1 on the 7B shape.
+  step "batch: equivalence on stories260K, throughput at 64 sequences"
+  if [ $HAVE_GPU != 1 ]; then note "batch: skipped (no GPU)"; continue; fi
+  S=${MISTRAL_SHARED_DATA:-$ROOT/../shared/data}/models/stories260K
+  W=/tmp/stories-w16 && rm -rf "$W" && mkdir -p "$W"
+  python3 -c "import json,sys;c=json.load(open('$S/config.json'));c['sliding_window']=16;json.dump(c,open('$W/config.json','w'))"
+  ln -s "$S/model.safetensors" "$S/tokenizer.json" "$W/"
+  python3 tools/batch_equivalence.py --bin "$BIN/mistral-run" --model "$W" --device cuda --out "$OUTDIR/batch" \
+    --sizes 1 3 8 | tee -a "$SUMMARY"
+  CK=${CKPT_DIR:-/tmp/mistral7b-random}
+  if [ ! -f "$CK/config.json" ]; then
+    timeout 300 python3 tools/bench_transformers.py --out "$CK" --json-out "$OUTDIR/transformers.json" \
+      --prefill 16 --contexts 16 --decode-steps 2 --greedy-steps 2 >/dev/null || { note "batch: no 7B checkpoint"; continue; }
+  fi
+  timeout 240 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --batch 64 \
+    --prompt-tokens 128 --gen-tokens 32 >"$OUTDIR/ours_batch64.json" || echo "batch bench failed"
+  python3 - "$OUTDIR/ours_batch64.json" <<'PY' | tee -a "$SUMMARY"
+import json, sys
+try:
+    o = json.load(open(sys.argv[1]))
+    print(f"batch 7B fp16: decode {o['decode_tok_s']:.1f} tok/s at 1 sequence, {o['batch_decode_tok_s']:.1f} tok/s "
+          f"in total at {o['batch']} = {o['batch_decode_tok_s'] / o['decode_tok_s']:.1f}x (goal 20x)")
+except Exception as e:
+    print(f"batch 7B fp16: no result ({e})")
+PY
+  ;;
+quant)
+  # Issue 7 on CUDA: decode at batch 1 on the 7B shape, int8 / NF4 / int4 against the same weights in
+  # fp16, each measured in the same process (bench --quant alternates the two).
+  step "quant: 7B-shape decode, int8 / nf4 / int4 vs fp16"
+  if [ $HAVE_GPU != 1 ]; then note "quant: skipped (no GPU)"; continue; fi
+  CK=${CKPT_DIR:-/tmp/mistral7b-random}
+  if [ ! -f "$CK/config.json" ]; then
+    timeout 300 python3 tools/bench_transformers.py --out "$CK" --json-out "$OUTDIR/transformers.json" \
+      --prefill 16 --contexts 16 --decode-steps 2 --greedy-steps 2 >/dev/null || { note "quant: no 7B checkpoint"; continue; }
+  fi
+  for q in int8 nf4 int4; do
+    timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --quant $q \
+      --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_$q.json" || echo "bench --quant $q failed"
+  done
+  python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
+import json, os, sys
+goal = {"int8": 1.6, "nf4": 2.5, "int4": 2.5}
+for q in ("int8", "nf4", "int4"):
+    try:
+        o = json.load(open(os.path.join(sys.argv[1], f"ours_{q}.json")))
+        print(f"quant {q:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 {o['baseline']['decode_tok_s']:7.1f} = "
+              f"{o['decode_speedup']:.2f}x (goal {goal[q]}x); prefill {o['prefill_speedup']:.2f}x; "
+              f"{o['weights_gb']:.2f} GB read per token")
+    except Exception as e:
+        print(f"quant {q}: no result ({e})")
+PY
+  ;;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant)";;
 esac; done
 
 step "summary"
