@@ -51,6 +51,20 @@ inline float load1(const void* p, int64_t i) {
   return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
 }
 
+// q . k over n floats: 8-lane fp32 accumulation over the multiple-of-8 part, then the scalar tail (the
+// same order for every call, so attention does not depend on how many tokens a pass has).
+inline float dot(const float* a, const float* b, int n) {
+  int i = 0;
+  float d = 0;
+#ifdef MISTRAL_X86_SIMD
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  d = hsum(acc);
+#endif
+  for (; i < n; ++i) d += a[i] * b[i];
+  return d;
+}
+
 // y[t, n] for n in [n0, n1), all t. Every (row, token) dot product is accumulated the same way
 // (one 8-lane fp32 accumulator over k in order, then a horizontal sum, then the scalar tail), so
 // results do not depend on T or on how rows and tokens are grouped: decode equals prefill bitwise.
@@ -244,7 +258,7 @@ class CpuBackend final : public Backend {
     const float scale = 1.0f / std::sqrt(float(hd));
     pool_.parallel_for(int64_t(T) * s.n_heads, [&](int64_t b, int64_t e) {
       std::vector<float> sc;
-      std::vector<double> acc(static_cast<size_t>(hd));
+      std::vector<float> acc(static_cast<size_t>(hd));
       for (int64_t job = b; job < e; ++job) {
         const int t = int(job / s.n_heads), h = int(job % s.n_heads), kvh = h / group;
         const int64_t p = start + t;
@@ -255,9 +269,7 @@ class CpuBackend final : public Backend {
         for (int64_t j = j0; j <= p; ++j) {
           const float* kr = j < start ? cache.k + size_t(j % s.slots) * kvd : k + size_t(j - start) * kvd;
           kr += size_t(kvh) * hd;
-          float d = 0;
-          for (int i = 0; i < hd; ++i) d += qv[i] * kr[i];
-          d *= scale;
+          const float d = dot(qv, kr, hd) * scale;
           sc[size_t(j - j0)] = d;
           mx = std::max(mx, d);
         }
@@ -266,15 +278,17 @@ class CpuBackend final : public Backend {
           x = std::exp(x - mx);
           sum += x;
         }
-        std::fill(acc.begin(), acc.end(), 0.0);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        float* a = acc.data();
         for (int64_t j = j0; j <= p; ++j) {
           const float* vr = j < start ? cache.v + size_t(j % s.slots) * kvd : v + size_t(j - start) * kvd;
           vr += size_t(kvh) * hd;
-          const double w = sc[size_t(j - j0)];
-          for (int i = 0; i < hd; ++i) acc[size_t(i)] += w * vr[i];
+          const float w = sc[size_t(j - j0)];
+          for (int i = 0; i < hd; ++i) a[i] += w * vr[i];  // independent lanes: vectorized
         }
         float* o = out + size_t(t) * qd + size_t(h) * hd;
-        for (int i = 0; i < hd; ++i) o[i] = float(acc[size_t(i)] / sum);
+        const float inv = float(1.0 / sum);
+        for (int i = 0; i < hd; ++i) o[i] = a[i] * inv;
       }
     });
   }
