@@ -1,10 +1,12 @@
 // CUDA backend against the CPU backend (the reference): every op over randomized shapes (not
 // multiples of 32, GQA ratios 1/2/4/8, KV lengths from 1 to 3x the window with wrap-around, head_dim
-// 12/64/128, fp32/fp16/bf16 weights), then whole models end to end. Label `gpu`: each test skips with
-// the reason when no usable GPU is present.
+// 12/64/128, fp32/fp16/bf16 weights, int8/NF4/int4 quantized weights), then whole models end to end
+// (full precision and quantized). Label `gpu`: each test skips with the reason when no usable GPU is
+// present.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <deque>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -12,6 +14,7 @@
 #include "mistral/backend.h"
 #include "mistral/engine.h"
 #include "mistral/generator.h"
+#include "mistral/quant.h"
 #include "mistral/sampler.h"
 #include "mistral/tokenizer.h"
 #include "test_util.h"
@@ -85,14 +88,37 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b, const c
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// A quantized weight (quant.h layout) made from fp32 values with quantize_matrix, with its own storage.
+struct HostQuant {
+  QuantizedMatrix q;
+  Weight w;
+  HostQuant(const std::vector<float>& v, int64_t rows, int64_t cols, DType t)
+      : q(quantize_matrix(t, DType::F32, v.data(), rows, cols, 1)) {
+    w.dtype = t, w.rows = rows, w.cols = cols, w.data = q.data.data(), w.scales = q.scales.data();
+    w.group = quant_group(t, cols);
+  }
+  // Row n dequantized (the values both backends multiply by).
+  std::vector<float> row(int64_t n) const {
+    std::vector<float> r(static_cast<size_t>(w.cols));
+    dequantize_row(w.dtype, q.data.data() + size_t(n) * w.row_bytes(),
+                   q.scales.data() + size_t(n) * (w.scale_bytes() / size_t(w.rows)), w.cols, r.data());
+    return r;
+  }
+};
+
 struct Backends {
   std::unique_ptr<Backend> cpu, gpu;
   // place_weight keys device copies by host address: host weights must outlive the backend.
   std::deque<HostWeight> keep;
+  std::deque<HostQuant> keep_q;
   Backends() : cpu(make_cpu_backend(2)), gpu(make_cuda_backend(0)) {}
   HostWeight& weight(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
     keep.emplace_back(v, rows, cols, t);
     return keep.back();
+  }
+  HostQuant& quant(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
+    keep_q.emplace_back(v, rows, cols, t);
+    return keep_q.back();
   }
 };
 
@@ -133,6 +159,59 @@ TEST(CudaOps, Matmul) {
           EXPECT_LT(rel_err(dy.get(), ref, "matmul"), tol)
               << dtype_name(t) << " T " << T << " N " << N << " K " << K;
         }
+}
+
+// Quantized weights: the GEMV (T <= 4, in-register dequantization, fp32 throughout) and the prefill path
+// (T > 4: W dequantized to fp16, x converted to fp16, cuBLAS with fp32 accumulation) against the CPU's
+// quantized matmul on the same Weight. K not a multiple of 16/32 nor of the group (partial chunks and
+// groups), x misaligned for float4 loads in one shape; K = 1500 / 3000 / 4192 make the GEMV split K over
+// 2, 4 and 8 warps. Each element must satisfy |gpu - cpu| <= rtol * S, S = sum_k |x_k| |w_nk| over the
+// dequantized row: fp32 sums from the same products differ by a few ulps of S (1e-5 leaves a wide
+// margin while one wrong element, ~S / K, still fails); with fp16 operands each product moves by at
+// most (2u + u^2) |x w|, u = 2^-11, so 1e-3 more.
+TEST(CudaOps, QuantMatmul) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(12);
+  int cases = 0;
+  for (DType t : {DType::Q8, DType::NF4, DType::Q4})
+    for (int K : {40, 200, 333, 1500, 3000, 4096 + 96})
+      for (int N : {1, 7, 130}) {
+        HostQuant& w = b.quant(randn(size_t(N) * K, rng, 0.05f), N, K, t);
+        const size_t before = b.gpu->weight_bytes();
+        const Weight dw = b.gpu->place_weight(w.w);
+        EXPECT_EQ(b.gpu->weight_bytes() - before, w.w.nbytes() + w.w.scale_bytes());  // data and scales
+        EXPECT_EQ(dw.group, w.w.group);
+        std::vector<std::vector<float>> rows;
+        for (int n = 0; n < N; ++n) rows.push_back(w.row(n));
+        for (int T : {1, 2, 3, 4, 5, 37}) {
+          auto x = randn(size_t(T) * K, rng);
+          std::vector<float> ref(size_t(T) * N);
+          b.cpu->matmul(x.data(), T, w.w, ref.data());
+          const int shift = K == 200 ? 1 : 0;  // x one float past a 16-byte boundary: scalar x loads
+          std::vector<float> xs(size_t(shift), 0.f);
+          xs.insert(xs.end(), x.begin(), x.end());
+          Dev dx(*b.gpu, xs), dy(*b.gpu, ref.size());
+          b.gpu->matmul(dx.p + shift, T, dw, dy.p);
+          const std::vector<float> got = dy.get();
+          const double rtol = T <= 4 ? 1e-5 : 1e-3 + 1e-5;
+          int bad = 0;
+          for (int tt = 0; tt < T; ++tt)
+            for (int n = 0; n < N; ++n) {
+              double S = 0;
+              for (int k = 0; k < K; ++k) S += std::fabs(double(x[size_t(tt) * K + k]) * rows[size_t(n)][size_t(k)]);
+              const size_t i = size_t(tt) * N + n;
+              const double d = std::fabs(double(got[i]) - ref[i]);
+              if (!std::isfinite(got[i]) || d > rtol * S + 1e-7) {
+                if (bad++ < 3)
+                  ADD_FAILURE() << dtype_name(t) << " T " << T << " N " << N << " K " << K << ": y[" << tt << "][" << n
+                                << "] = " << got[i] << ", CPU " << ref[i] << " (|d| " << d << " > " << rtol * S << ")";
+              }
+            }
+          ++cases;
+        }
+      }
+  EXPECT_EQ(cases, 3 * 6 * 3 * 6);
 }
 
 TEST(CudaOps, EmbedSwigluAdd) {
@@ -216,8 +295,9 @@ TEST(CudaOps, AttentionAndCacheWrite) {
 // Whole models: CUDA logits close to the CPU's, greedy continuations identical. Prefill in chunks of 4
 // runs the fp32 GEMV path (tight tolerance); chunks of 5 run cuBLAS with activations rounded to the
 // weight dtype (tolerance by dtype).
-void check_model(const std::string& dir, double tol, double gemm_tol) {
-  auto model = Model::load(dir);
+void check_model(const std::string& dir, double tol, double gemm_tol, const LoadOptions& opt = LoadOptions(),
+                 int steps = 30) {
+  auto model = Model::load(dir, opt);
   Backends b;
   SessionOptions so, so4;
   so.chunk = 5;
@@ -231,7 +311,7 @@ void check_model(const std::string& dir, double tol, double gemm_tol) {
   EXPECT_LT(rel_err(lg, lc, "logits (cublas)"), gemm_tol) << dir;
   std::vector<int32_t> gc, gg;
   std::vector<float> a = cpu.feed({ids[0]}), g = gpu.feed({ids[0]});
-  for (int i = 0; i < 30; ++i) {
+  for (int i = 0; i < steps; ++i) {
     gc.push_back(argmax(a.data(), int64_t(a.size())));
     gg.push_back(argmax(g.data(), int64_t(g.size())));
     a = cpu.feed({gc.back()});
@@ -268,16 +348,50 @@ TEST(CudaModel, Stories260KGreedyMatchesReference) {
   EXPECT_EQ(r.ids, std::vector<int32_t>(want.begin() + 5, want.end()));
 }
 
+// Quantized models (--quant int8 / nf4 / int4, and lm_head quantized too): CUDA against the CPU on the
+// same quantized weights. Greedy decoding (teacher-forced on the CPU's ids, so every one of the 32 steps
+// compares the argmax after the same prefix: equal at each step means the free-running greedy sequences
+// are equal) and prefill logits: the GEMV path (chunks of 4) in fp32 like the CPU; the cuBLAS path
+// (chunks of 5) with fp16 weights and activations, which a CPU emulation of that rounding puts at a
+// relative logits error of 2e-4 to 3e-4 for stories260K and about 1.2e-3 for the random fixtures.
+TEST(CudaModel, QuantizedMatchesCpu) {
+  REQUIRE_GPU();
+  const std::string dir = testutil::shared_data("models/stories260K");
+  std::vector<std::string> dirs = {testutil::source_path("models/fixtures/w8_gqa2_bf16"),
+                                   testutil::source_path("models/fixtures/native_w8_gqa2_f32")};
+  if (testutil::exists(dir)) dirs.insert(dirs.begin(), dir);
+  else std::fprintf(stderr, "stories260K is not present: quantized fixtures only\n");
+  for (const std::string& d : dirs)
+    for (Quant q : {Quant::Int8, Quant::NF4, Quant::Int4})
+      for (bool lm_head : {false, true}) {
+        SCOPED_TRACE(d + " --quant " + quant_name(q) + (lm_head ? " --quant-lm-head" : ""));
+        LoadOptions o;
+        o.quant = q;
+        o.quant_lm_head = lm_head;
+        check_model(d, 1e-4, 5e-3, o, 32);
+      }
+}
+
 }  // namespace
 
 namespace {
 
 // Recorded decode graphs replay exactly what the eager path computes, across window wrap-around and
-// with two sequences (two graphs) interleaved.
+// with two sequences (two graphs) interleaved; full-precision and quantized weights.
 TEST(CudaModel, GraphEqualsEager) {
   REQUIRE_GPU();
-  for (const char* f : {"w8_gqa1_f32", "w8_gqa2_bf16", "full_gqa2_tied_f32"}) {
-    auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f));
+  const std::pair<const char*, Quant> cases[] = {{"w8_gqa1_f32", Quant::None},
+                                                 {"w8_gqa2_bf16", Quant::None},
+                                                 {"full_gqa2_tied_f32", Quant::None},
+                                                 {"w8_gqa2_bf16", Quant::Int4},
+                                                 {"full_gqa2_tied_f32", Quant::NF4},
+                                                 {"w8_gqa1_f32", Quant::Int8}};
+  for (const auto& [f, q] : cases) {
+    LoadOptions lo;
+    lo.quant = q;
+    lo.quant_lm_head = q != Quant::None;
+    SCOPED_TRACE(std::string(f) + " --quant " + quant_name(q));
+    auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f), lo);
     auto gpu = make_cuda_backend(0);
     SessionOptions eager_o, graph_o;
     eager_o.graphs = false;

@@ -35,8 +35,7 @@ std::unique_ptr<Backend> make_backend(const ModelArgs& a) {
     return make_cuda_backend(0);
   }
   if (a.device == "auto") {
-    std::string why = cuda_unavailable_reason();
-    if (why.empty() && a.quant != "none") why = "the CUDA backend does not run --quant weights yet";
+    const std::string why = cuda_unavailable_reason();
     if (why.empty()) return make_cuda_backend(0);
     if (a.verbose) std::fprintf(stderr, "device: cpu (%s)\n", why.c_str());
   }

@@ -1,9 +1,11 @@
 // CUDA backend: the Backend ops on one stream over device memory. Weights are uploaded once
 // (place_weights); activations and KV caches are fp32 device buffers. Small-T matmuls use our GEMV
-// kernel, larger ones cuBLAS (activations converted to the weight dtype, fp32 accumulation).
+// kernels, larger ones cuBLAS (activations converted to the weight dtype, fp32 accumulation; quantized
+// weights are first dequantized to fp16 into a scratch matrix).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +20,7 @@
 #include "embed.cuh"
 #include "gemv.cuh"
 #include "mistral/backend.h"
+#include "quant_gemv.cuh"
 #include "rmsnorm.cuh"
 #include "rope.cuh"
 
@@ -83,6 +86,7 @@ class CudaBackend final : public Backend {
     for (auto& kv : inv_freq_) cudaFree(kv.second);
     if (ids_) cudaFree(ids_);
     if (conv_) cudaFree(conv_);
+    if (deq_) cudaFree(deq_);
     if (split_) cudaFree(split_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
@@ -96,19 +100,27 @@ class CudaBackend final : public Backend {
     for (const auto& l : w.layers)
       for (const Weight* x : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
         all.push_back(x);
-    size_t need = 0;
-    std::map<const void*, size_t> distinct;
+    std::map<const void*, size_t> distinct;  // host buffers not yet on the device (data and scales)
+    size_t dequant = 0;                      // fp16 scratch for the largest quantized matrix (prefill)
     for (const Weight* x : all) {
-      if (!is_float_dtype(x->dtype))
-        throw UsageError("the CUDA backend does not run quantized weights yet (use --device cpu)");
+      check_dtype(*x);
       if (!uploaded_.count(x->data)) distinct[x->data] = x->nbytes();
+      if (is_quantized(x->dtype)) {
+        if (!uploaded_.count(x->scales)) distinct[x->scales] = x->scale_bytes();
+        dequant = std::max(dequant, size_t(x->rows) * size_t(x->cols) * 2);
+      }
     }
+    size_t need = 0;
     for (const auto& kv : distinct) need += kv.second;
+    if (dequant > deq_cap_) need += dequant;
     size_t free_b = 0, total_b = 0;
     MR_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    if (need > free_b)
-      throw UsageError("not enough GPU memory for the weights: " + gib(need) + " needed, " + gib(free_b) + " free of " +
-                       gib(total_b) + " on " + name_ + " (try --quant or --device cpu)");
+    if (need > free_b) {
+      const std::string scratch =
+          dequant > deq_cap_ ? " (" + gib(dequant) + " of it to dequantize one matrix for prefill)" : "";
+      throw UsageError("not enough GPU memory for the weights: " + gib(need) + " needed" + scratch + ", " +
+                       gib(free_b) + " free of " + gib(total_b) + " on " + name_ + " (try --quant or --device cpu)");
+    }
     auto dev = [&](const Weight& x) { return place_weight(x); };
     ModelWeights out;
     out.embed = dev(w.embed);
@@ -123,20 +135,13 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  // Full-precision weights: `data` copied. Quantized ones: `data` and `scales` copied (each keyed by its
+  // host address), `group` kept; the result points at the device copies.
   Weight place_weight(const Weight& x) override {
-    if (!is_float_dtype(x.dtype)) throw UsageError("the CUDA backend does not run quantized weights yet (use --device cpu)");
+    check_dtype(x);
     Weight y = x;
-    auto it = uploaded_.find(x.data);
-    if (it != uploaded_.end()) {
-      y.data = it->second;
-      return y;
-    }
-    void* d = nullptr;
-    MR_CUDA_CHECK(cudaMalloc(&d, x.nbytes()));
-    MR_CUDA_CHECK(cudaMemcpy(d, x.data, x.nbytes(), cudaMemcpyHostToDevice));
-    uploaded_[x.data] = d;
-    weight_bytes_ += x.nbytes();
-    y.data = d;
+    y.data = upload(x.data, x.nbytes());
+    if (is_quantized(x.dtype)) y.scales = upload(x.scales, x.scale_bytes());
     return y;
   }
 
@@ -246,8 +251,14 @@ class CudaBackend final : public Backend {
 
   void matmul(const float* x, int T, const Weight& W, float* y) override {
     const int N = int(W.rows), K = int(W.cols);
+    const bool quant = is_quantized(W.dtype);
     if (T <= kGemvMaxT) {
-      MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, stream_), stream_);
+      if (quant)
+        MR_LAUNCH_CHECK(
+            quant_gemv_cuda(x, T, W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), y, n_sms_, stream_),
+            stream_);
+      else
+        MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, stream_), stream_);
       return;
     }
     const float one = 1.0f, zero = 0.0f;
@@ -257,15 +268,34 @@ class CudaBackend final : public Backend {
                                   x, K, &zero, y, N));
       return;
     }
+    const void* A = W.data;
+    DType at = W.dtype;  // dtype of A and of the converted activations
+    if (quant) {         // dequantize W [N, K] to fp16 scratch, then the fp16 product
+      const size_t bytes = size_t(N) * size_t(K) * 2;
+      if (bytes > deq_cap_) {
+        // Prefill only (T > kGemvMaxT): recorded decode steps (T == 1) never get here.
+        if (capturing_) throw Error("internal: dequantization scratch grew during graph capture");
+        MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // an earlier product may still read the old one
+        if (deq_) MR_CUDA_CHECK(cudaFree(deq_));
+        deq_ = nullptr;
+        deq_cap_ = 0;
+        MR_CUDA_CHECK(cudaMalloc(&deq_, bytes));
+        deq_cap_ = bytes;
+      }
+      MR_LAUNCH_CHECK(dequantize_f16_cuda(W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), deq_, stream_),
+                      stream_);
+      A = deq_;
+      at = DType::F16;
+    }
     const size_t need = size_t(T) * size_t(K) * 2;
     if (need > conv_cap_) {
       if (conv_) MR_CUDA_CHECK(cudaFree(conv_));
       conv_cap_ = need * 2;
       MR_CUDA_CHECK(cudaMalloc(&conv_, conv_cap_));
     }
-    MR_LAUNCH_CHECK(convert_cuda(x, conv_, W.dtype, size_t(T) * size_t(K), stream_), stream_);
-    const cudaDataType_t dt = W.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
-    MR_CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W.data, dt, K, conv_, dt, K, &zero, y,
+    MR_LAUNCH_CHECK(convert_cuda(x, conv_, at, size_t(T) * size_t(K), stream_), stream_);
+    const cudaDataType_t dt = at == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
+    MR_CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, A, dt, K, conv_, dt, K, &zero, y,
                                  CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
@@ -314,6 +344,23 @@ class CudaBackend final : public Backend {
   void add(float* x, const float* y, size_t n) override { MR_LAUNCH_CHECK(add_cuda(x, y, n, stream_), stream_); }
 
  private:
+  static void check_dtype(const Weight& x) {
+    if (!is_float_dtype(x.dtype) && !is_quantized(x.dtype))
+      throw UsageError(std::string("the CUDA backend cannot run ") + dtype_name(x.dtype) + " weights");
+    if (is_quantized(x.dtype) && !x.scales) throw Error("internal: a quantized weight without scales");
+  }
+  static int64_t quant_group_of(const Weight& W) { return W.group > 0 ? W.group : quant_group(W.dtype, W.cols); }
+  // The device copy of host buffer `host` (bytes long), made on first use; keyed by the host address.
+  void* upload(const void* host, size_t bytes) {
+    auto it = uploaded_.find(host);
+    if (it != uploaded_.end()) return it->second;
+    void* d = nullptr;
+    MR_CUDA_CHECK(cudaMalloc(&d, bytes == 0 ? 1 : bytes));
+    MR_CUDA_CHECK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    uploaded_[host] = d;
+    weight_bytes_ += bytes;
+    return d;
+  }
   // Device table of 1 / theta^(2i/hd), computed like the CPU backend; cached per (theta, hd).
   const float* inv_freq(const AttnShape& s) {
     const auto key = std::make_pair(s.rope_theta, s.head_dim);
@@ -373,6 +420,8 @@ class CudaBackend final : public Backend {
   size_t ids_cap_ = 0;
   void* conv_ = nullptr;  // activations converted to fp16/bf16 for cuBLAS
   size_t conv_cap_ = 0;
+  void* deq_ = nullptr;  // a quantized weight dequantized to fp16 [N, K] for cuBLAS (prefill)
+  size_t deq_cap_ = 0;
 };
 
 }  // namespace

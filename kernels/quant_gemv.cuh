@@ -1,0 +1,24 @@
+// Quantized weights (Q8, NF4, Q4; byte layout of include/mistral/quant.h) on the GPU: a small-batch
+// GEMV that dequantizes in registers (decode), and a dequantizer to fp16 for the cuBLAS path (prefill).
+#pragma once
+#include <cuda_runtime.h>
+
+#include "mistral/dtype.h"
+
+namespace mistral {
+namespace cuda {
+
+// y[T, N] = x[T, K] * dequant(W)[N, K]^T for 1 <= T <= kGemvMaxT (gemv.cuh); fp32 activations and
+// accumulation. W: `data` [N, quant_row_bytes(wt, K)] (16-byte aligned), `scales` [N, ceil(K / group)]
+// (fp32 for Q8, fp16 otherwise); group is K for Q8 and a multiple of 32 for NF4 / Q4. n_sms sizes the
+// grid (K is split over more warps when there are too few rows to fill the SMs). x is read only below K.
+cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
+                            int group, float* y, int n_sms, cudaStream_t stream);
+
+// out[N, K] (fp16, row-major, dense) = dequant(W): code value times its scale in fp32, rounded to
+// nearest fp16 (saturating at +-65504, like the activation conversion of the cuBLAS path).
+cudaError_t dequantize_f16_cuda(const void* data, const void* scales, DType wt, int N, int K, int group, void* out,
+                                cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace mistral

@@ -1,0 +1,193 @@
+// Runs the per-lane / per-chunk code of kernels/quant_gemv.cu on the CPU (no GPU needed), emulating the
+// two kernels' block structure, with exact-size buffers so that AddressSanitizer reports any read past the
+// packed weights, the scales or x (T = 1 cases end x exactly at K) and any write past the output.
+// Checks the GEMV against dequantize_row in double (relative to sum |x w|) over every split (1, 2, 4, 8),
+// partial chunks and groups, odd N and misaligned x; and the dequantizer bit for bit against
+// f32_to_f16(dequantize_row), writing chunks in reverse order so that a write past a row's end survives.
+// Build (after building mistral_core in build-gpu) and run:
+//   nvcc -std=c++17 -O1 -g -arch=sm_90 -Ikernels -Iinclude -Xcompiler -fsanitize=address \
+//     -Xcompiler -fsanitize=undefined -c tools/quant_gemv_host_check.cu -o /tmp/qhc.o &&
+//   g++ -fsanitize=address,undefined /tmp/qhc.o build-gpu/libmistral_core.a -L"$(dirname "$(which nvcc)")/../lib64" \
+//     -lcudart_static -ldl -lrt -lpthread -o /tmp/qhc && /tmp/qhc
+#define MISTRAL_QUANT_GEMV_HOST 1
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "../kernels/quant_gemv.cu"
+
+using namespace mistral;
+using namespace mistral::cuda;
+
+namespace {
+
+int g_failures = 0;
+
+// quant_gemv_kernel's grid, one block after another: lanes summed in order (for the shuffle reduction),
+// then the split partials, as the kernel does.
+template <DType D, int T, bool V>
+int emulate_gemv(const float* x, const uint8_t* data, const void* scales, int N, int K, int group, float* y,
+                 int n_sms) {
+  constexpr int E = Format<D>::kElems;
+  const long long pairs = (N + kRows - 1) / kRows;
+  const int split = gemv_split(pairs, (K + E - 1) / E, n_sms);
+  const int ppb = kWarps / split;
+  const long long blocks = (pairs + ppb - 1) / ppb;
+  const CodeTable codes = code_table(D);
+  for (long long b = 0; b < blocks; ++b) {
+    float part[kWarps][kRows][T];
+    const int first_pair = int(b) * ppb;
+    for (int warp = 0; warp < kWarps; ++warp) {
+      const int n0 = (first_pair + warp / split) * kRows;
+      float sum[kRows][T] = {};
+      for (int lane = 0; lane < 32; ++lane) {
+        float acc[kRows][T] = {};
+        if (n0 < N)
+          lane_dot<D, T, V>(x, data, scales, codes.v, N, K, group, n0, (warp % split) * 32 + lane, split * 32, acc);
+        for (int r = 0; r < kRows; ++r)
+          for (int t = 0; t < T; ++t) sum[r][t] += acc[r][t];
+      }
+      for (int r = 0; r < kRows; ++r)
+        for (int t = 0; t < T; ++t) part[warp][r][t] = sum[r][t];
+    }
+    for (int i = 0; i < ppb * kRows * T; ++i) {
+      const int p = i / (kRows * T), r = (i / T) % kRows, t = i % T;
+      const int n = (first_pair + p) * kRows + r;
+      if (n >= N) continue;
+      float s = 0.f;
+      for (int w = 0; w < split; ++w) s += part[p * split + w][r][t];
+      if constexpr (D == DType::Q8) s *= scale_at<D>(scales, size_t(n));
+      y[size_t(t) * N + n] = s;
+    }
+  }
+  return split;
+}
+
+struct Packed {  // exact-size copies of a quantized matrix
+  QuantizedMatrix q;
+  uint8_t* data;
+  void* scales;
+  Packed(DType t, int N, int K, std::mt19937& rng) {
+    std::normal_distribution<float> nd(0.f, 0.05f);
+    std::vector<float> w(size_t(N) * K);
+    for (auto& v : w) v = nd(rng);
+    q = quantize_matrix(t, DType::F32, w.data(), N, K, 1);
+    data = static_cast<uint8_t*>(std::aligned_alloc(16, q.data.size()));  // sizes are multiples of 16
+    std::memcpy(data, q.data.data(), q.data.size());
+    scales = std::malloc(q.scales.size());
+    std::memcpy(scales, q.scales.data(), q.scales.size());
+  }
+  ~Packed() {
+    std::free(data);
+    std::free(scales);
+  }
+  std::vector<float> row(int n) const {
+    std::vector<float> r(size_t(q.cols));
+    const size_t rb = quant_row_bytes(q.dtype, q.cols), sb = q.scales.size() / size_t(q.rows);
+    dequantize_row(q.dtype, q.data.data() + size_t(n) * rb, q.scales.data() + size_t(n) * sb, q.cols, r.data());
+    return r;
+  }
+};
+
+template <DType D, int T>
+void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
+  Packed w(D, N, K, rng);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const size_t nx = size_t(T) * K + (misalign ? 1 : 0);
+  float* xbuf = static_cast<float*>(std::malloc(nx * sizeof(float)));
+  float* x = xbuf + (misalign ? 1 : 0);
+  for (size_t i = 0; i < size_t(T) * K; ++i) x[i] = nd(rng);
+  float* y = static_cast<float*>(std::malloc(size_t(T) * N * sizeof(float)));
+  for (size_t i = 0; i < size_t(T) * N; ++i) y[i] = NAN;
+  const int group = int(quant_group(D, K));
+  const bool vec = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const int split = vec ? emulate_gemv<D, T, true>(x, w.data, w.scales, N, K, group, y, n_sms)
+                        : emulate_gemv<D, T, false>(x, w.data, w.scales, N, K, group, y, n_sms);
+  double worst = 0;
+  for (int n = 0; n < N; ++n) {
+    const std::vector<float> r = w.row(n);
+    for (int t = 0; t < T; ++t) {
+      double ref = 0, mag = 0;
+      for (int k = 0; k < K; ++k) {
+        const double p = double(r[size_t(k)]) * x[size_t(t) * K + k];
+        ref += p, mag += std::fabs(p);
+      }
+      const double e = std::fabs(y[size_t(t) * N + n] - ref) / (mag > 0 ? mag : 1.0);
+      if (!(e <= 1e-6) && g_failures++ < 10)
+        std::printf("FAIL gemv %s T %d N %d K %d: y[%d][%d] = %g, reference %g\n", dtype_name(D), T, N, K, t, n,
+                    y[size_t(t) * N + n], ref);
+      worst = std::max(worst, e);
+    }
+  }
+  std::printf("gemv    %-4s T %d N %4d K %5d split %d x %s  max |d| / sum|xw| %.1e\n", dtype_name(D), T, N, K, split,
+              vec ? "float4" : "scalar", worst);
+  std::free(xbuf);
+  std::free(y);
+}
+
+template <DType D>
+void check_dequant(int N, int K, std::mt19937& rng) {
+  Packed w(D, N, K, rng);
+  const size_t n_out = size_t(N) * K;
+  const bool vec = K % 8 == 0;  // aligned_alloc gives a 16-byte aligned output
+  __half* out = static_cast<__half*>(vec ? std::aligned_alloc(16, n_out * 2) : std::malloc(n_out * 2));
+  uint16_t* bits = reinterpret_cast<uint16_t*>(out);
+  for (size_t i = 0; i < n_out; ++i) bits[i] = 0x7E00;  // NaN: every element must be written
+  constexpr int E = Format<D>::kElems;
+  const size_t total = size_t(N) * size_t((K + E - 1) / E);
+  const CodeTable codes = code_table(D);
+  const int group = int(quant_group(D, K));
+  for (size_t i = total; i-- > 0;) {
+    if (vec)
+      dequant_chunk<D, true>(w.data, w.scales, codes.v, K, group, i, out);
+    else
+      dequant_chunk<D, false>(w.data, w.scales, codes.v, K, group, i, out);
+  }
+  int bad = 0;
+  for (int n = 0; n < N; ++n) {
+    const std::vector<float> r = w.row(n);
+    for (int k = 0; k < K; ++k)
+      if (bits[size_t(n) * K + k] != f32_to_f16(r[size_t(k)]) && bad++ < 3)
+        std::printf("FAIL dequant %s N %d K %d: [%d][%d] = %04x, want %04x\n", dtype_name(D), N, K, n, k,
+                    bits[size_t(n) * K + k], f32_to_f16(r[size_t(k)]));
+  }
+  g_failures += bad;
+  std::printf("dequant %-4s N %4d K %5d %s stores  %s\n", dtype_name(D), N, K, vec ? "16-byte" : "2-byte",
+              bad ? "FAIL" : "ok");
+  std::free(out);
+}
+
+template <DType D>
+void check_all(std::mt19937& rng) {
+  for (int K : {1, 17, 31, 33, 40, 64, 128, 200, 333, 4096, 4096 + 96})
+    for (int N : {1, 7, 130})
+      for (int sms : {1, 132}) {
+        check_gemv<D, 1>(N, K, sms, false, rng);
+        check_gemv<D, 3>(N, K, sms, false, rng);
+        check_gemv<D, 4>(N, K, sms, K % 4 == 0, rng);
+      }
+  // Splits 2 / 4 / 8 and Mistral-like shapes.
+  check_gemv<D, 1>(130, 3000, 132, false, rng);
+  check_gemv<D, 4>(131, 1500, 132, false, rng);
+  check_gemv<D, 3>(129, 1501, 132, true, rng);
+  check_gemv<D, 2>(4096, 4096, 132, false, rng);
+  check_gemv<D, 1>(1024, 4096, 132, false, rng);
+  check_gemv<D, 1>(513, 14336, 132, false, rng);
+  for (int K : {1, 8, 17, 31, 33, 40, 64, 200, 333, 4096 + 96})
+    for (int N : {1, 7, 130}) check_dequant<D>(N, K, rng);
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(1);
+  check_all<DType::Q8>(rng);
+  check_all<DType::NF4>(rng);
+  check_all<DType::Q4>(rng);
+  std::printf("%s (%d failures)\n", g_failures ? "FAILED" : "all passed", g_failures);
+  return g_failures ? 1 : 0;
+}
