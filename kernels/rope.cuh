@@ -1,4 +1,5 @@
-// Rotate-half RoPE in place on q[T, Hq*hd] and k[T, Hkv*hd] for positions start .. start+T-1.
+// Rotate-half RoPE in place on q[T, Hq*hd] and k[T, Hkv*hd] for positions start .. start+T-1, alone or
+// fused with the KV-cache write.
 #pragma once
 #include <cstdint>
 #include <cuda_runtime.h>
@@ -11,6 +12,13 @@ namespace cuda {
 // d_start (nullable): read the start position from device memory instead (CUDA-graph replays).
 cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads,
                       int head_dim, const float* inv_freq, cudaStream_t stream);
+// RoPE fused with the KV-cache write: rotates q and k as rope_cuda does (the same bits), then stores the
+// rotated k rows and the v rows [T, Hkv*hd] of the chunk's last min(T, slots) positions in cache rows
+// (position % slots) of cache_k/v [slots, Hkv*hd], as cache_write_cuda does. d_start as in rope_cuda: the
+// cache rows then follow the device-side position too.
+cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, float* cache_k, float* cache_v, int T,
+                                  int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads, int head_dim,
+                                  int64_t slots, const float* inv_freq, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mistral

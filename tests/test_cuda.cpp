@@ -1,15 +1,19 @@
 // CUDA backend against the CPU backend (the reference): every op over randomized shapes (not
 // multiples of 32, GQA ratios 1/2/4/8, KV lengths from 1 to 3x the window with wrap-around, head_dim
-// 12/64/128, fp32/fp16/bf16 weights, int8/NF4/int4 quantized weights), then whole models end to end
+// 12/64/128, fp32/fp16/bf16 weights, int8/NF4/int4 quantized weights), the fused ops (add + RMSNorm, RoPE +
+// cache write: eager, unfused and in a recorded graph), then whole models end to end
 // (full precision and quantized). Label `gpu`: each test skips with the reason when no usable GPU is
 // present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
 
 #include "mistral/backend.h"
 #include "mistral/engine.h"
@@ -450,6 +454,172 @@ TEST(CudaOps, DecodeAttentionLongContext) {
         EXPECT_LT(rel_err(dout.get(), ref, "decode attention"), 1e-5)
             << "W " << window << " ratio " << ratio << " start " << start;
       }
+}
+
+}  // namespace
+
+namespace {
+
+// Elements whose bits differ (the first few reported as failures).
+size_t bit_mismatches(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  EXPECT_EQ(got.size(), want.size()) << what;
+  size_t bad = 0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i)
+    if (std::memcmp(&got[i], &want[i], 4) != 0 && bad++ < 3)
+      ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", expected " << want[i];
+  return bad;
+}
+
+// Records `ops` as a decode-step graph while the step position reads capture_pos, then replays it once with
+// the step position set to replay_pos, and waits. Every buffer must exist before (no allocation inside a
+// capture); ops that take a position must follow the device-side one.
+template <class F>
+void run_captured(Backend& gpu, uint64_t key, int64_t capture_pos, int64_t replay_pos, F&& ops) {
+  gpu.set_step_inputs(0, capture_pos);
+  gpu.graph_capture_begin();
+  try {
+    ops();
+  } catch (...) {
+    gpu.graph_capture_abort();
+    throw;
+  }
+  gpu.graph_capture_end(key);
+  gpu.set_step_inputs(0, replay_pos);
+  const bool launched = gpu.graph_launch(key);
+  gpu.synchronize();
+  gpu.graph_forget(key);
+  EXPECT_TRUE(launched) << "graph " << key;
+}
+
+// Residual add fused with RMSNorm: x exact (fp32 adds), y as close to the CPU as rmsnorm alone; bit for bit
+// the unfused CUDA add + rmsnorm; y aliasing delta (as the forward pass calls it) inside a recorded graph.
+TEST(CudaOps, AddRmsNormFused) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(13);
+  uint64_t key = uint64_t(1) << 40;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int D : {8, 100, 4096, 5003})
+      for (int T : {1, 3, 17, 45}) {
+        const std::string what = std::string(dtype_name(t)) + " D " + std::to_string(D) + " T " + std::to_string(T);
+        const auto x = randn(size_t(T) * D, rng, 3.0f), d = randn(size_t(T) * D, rng, 3.0f);
+        HostWeight& w = b.weight(randn(size_t(D), rng), 1, D, t);
+        const Weight dw = b.gpu->place_weight(w.w);
+        std::vector<float> xr = x, yr(x.size());
+        b.cpu->add_rmsnorm(xr.data(), d.data(), w.w, 1e-5f, T, yr.data());
+        Dev x1(*b.gpu, x), d1(*b.gpu, d), y1(*b.gpu, x.size());
+        b.gpu->add_rmsnorm(x1.p, d1.p, dw, 1e-5f, T, y1.p);
+        Dev x2(*b.gpu, x), d2(*b.gpu, d), y2(*b.gpu, x.size());
+        b.gpu->add(x2.p, d2.p, x.size());
+        b.gpu->rmsnorm(x2.p, dw, 1e-5f, T, y2.p);
+        Dev x3(*b.gpu, x), d3(*b.gpu, d);
+        run_captured(*b.gpu, key++, 0, 0, [&] { b.gpu->add_rmsnorm(x3.p, d3.p, dw, 1e-5f, T, d3.p); });
+        const std::vector<float> gx = x1.get(), gy = y1.get();
+        EXPECT_EQ(bit_mismatches(gx, xr, "x vs CPU " + what), 0u);
+        EXPECT_LT(rel_err(gy, yr, "add_rmsnorm"), 1e-6) << what;
+        EXPECT_EQ(bit_mismatches(x2.get(), gx, "x unfused " + what), 0u);
+        EXPECT_EQ(bit_mismatches(y2.get(), gy, "y unfused " + what), 0u);
+        EXPECT_EQ(bit_mismatches(x3.get(), gx, "x graph " + what), 0u);
+        EXPECT_EQ(bit_mismatches(d3.get(), gy, "y=delta graph " + what), 0u);
+      }
+}
+
+// RoPE fused with the cache write against the CPU's rope + cache_write (q, k and the cache within rope's
+// tolerance, V rows exact, untouched cache rows unchanged), bit for bit the unfused CUDA rope +
+// cache_write, and recorded in a graph at a wrong host position then replayed at the right device-side
+// one. Full cache and a rolling one of 16 slots: chunks that wrap it and chunks longer than it (T 37).
+TEST(CudaOps, RopeCacheWriteFused) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(14);
+  uint64_t key = uint64_t(2) << 40;
+  int cases = 0;
+  for (int hd : {64, 128})
+    for (int ratio : {1, 2, 4, 8})
+      for (int window : {0, 16})
+        for (int64_t start : {int64_t(0), int64_t(5), int64_t(13), int64_t(40), int64_t(1000)})
+          for (int T : {1, 3, 17, 37}) {
+            AttnShape s;
+            s.n_kv_heads = 2, s.n_heads = 2 * ratio, s.head_dim = hd, s.window = window;
+            s.slots = window > 0 ? window : 1040;
+            s.rope_theta = hd == 64 ? 1e4f : 1e6f;
+            const std::string what = "hd " + std::to_string(hd) + " ratio " + std::to_string(ratio) + " W " +
+                                     std::to_string(window) + " start " + std::to_string(start) + " T " +
+                                     std::to_string(T);
+            const size_t cn = size_t(s.slots) * s.kv_dim();
+            const auto q = randn(size_t(T) * s.q_dim(), rng), k = randn(size_t(T) * s.kv_dim(), rng),
+                       v = randn(size_t(T) * s.kv_dim(), rng), ck = randn(cn, rng), cv = randn(cn, rng);
+            std::vector<float> qr = q, kr = k, ckr = ck, cvr = cv;
+            b.cpu->rope_cache_write(qr.data(), kr.data(), v.data(), KVLayer{ckr.data(), cvr.data()}, T, start, s);
+
+            Dev q1(*b.gpu, q), k1(*b.gpu, k), v1(*b.gpu, v), ck1(*b.gpu, ck), cv1(*b.gpu, cv);
+            b.gpu->rope_cache_write(q1.p, k1.p, v1.p, KVLayer{ck1.p, cv1.p}, T, start, s);
+            Dev q2(*b.gpu, q), k2(*b.gpu, k), v2(*b.gpu, v), ck2(*b.gpu, ck), cv2(*b.gpu, cv);
+            b.gpu->rope(q2.p, k2.p, T, start, s);
+            b.gpu->cache_write(k2.p, v2.p, KVLayer{ck2.p, cv2.p}, T, start, s);
+            Dev q3(*b.gpu, q), k3(*b.gpu, k), v3(*b.gpu, v), ck3(*b.gpu, ck), cv3(*b.gpu, cv);
+            run_captured(*b.gpu, key++, start + 7, start, [&] {
+              b.gpu->rope_cache_write(q3.p, k3.p, v3.p, KVLayer{ck3.p, cv3.p}, T, start + 7, s);
+            });
+
+            const std::vector<float> gq = q1.get(), gk = k1.get(), gck = ck1.get(), gcv = cv1.get();
+            EXPECT_LT(rel_err(gq, qr, "rope_cache_write q"), 1e-6) << what;
+            EXPECT_LT(rel_err(gk, kr, "rope_cache_write k"), 1e-6) << what;
+            EXPECT_LT(rel_err(gck, ckr, "rope_cache_write cache k"), 1e-6) << what;
+            EXPECT_EQ(bit_mismatches(gcv, cvr, "cache v vs CPU " + what), 0u);
+            // Cache rows the chunk does not write keep their bits.
+            std::vector<bool> written(size_t(s.slots), false);
+            for (int64_t t = std::max<int64_t>(0, T - s.slots); t < T; ++t)
+              written[size_t((start + t) % s.slots)] = true;
+            size_t kept_bad = 0;
+            for (int64_t r = 0; r < s.slots; ++r)
+              if (!written[size_t(r)])
+                kept_bad += std::memcmp(&gck[size_t(r) * s.kv_dim()], &ck[size_t(r) * s.kv_dim()],
+                                        size_t(s.kv_dim()) * 4) != 0;
+            EXPECT_EQ(kept_bad, 0u) << "rows the chunk does not own changed: " << what;
+
+            EXPECT_EQ(bit_mismatches(q2.get(), gq, "q unfused " + what), 0u);
+            EXPECT_EQ(bit_mismatches(k2.get(), gk, "k unfused " + what), 0u);
+            EXPECT_EQ(bit_mismatches(ck2.get(), gck, "cache k unfused " + what), 0u);
+            EXPECT_EQ(bit_mismatches(cv2.get(), gcv, "cache v unfused " + what), 0u);
+            EXPECT_EQ(bit_mismatches(q3.get(), gq, "q graph " + what), 0u);
+            EXPECT_EQ(bit_mismatches(k3.get(), gk, "k graph " + what), 0u);
+            EXPECT_EQ(bit_mismatches(ck3.get(), gck, "cache k graph " + what), 0u);
+            EXPECT_EQ(bit_mismatches(cv3.get(), gcv, "cache v graph " + what), 0u);
+            ++cases;
+          }
+  EXPECT_EQ(cases, 2 * 4 * 2 * 5 * 4);
+}
+
+// The forward pass with fused ops gives the logits of the unfused sequence bit for bit on the GPU: prefill
+// in chunks on the GEMV path (1, 4) and on cuBLAS (5, 19; with windows of 8 and 16 these wrap the cache and
+// fall back to attending first), then decode steps recorded as graphs.
+TEST(CudaModel, FusedEqualsUnfused) {
+  REQUIRE_GPU();
+  for (const char* f :
+       {"w8_gqa1_f32", "full_gqa2_tied_f32", "w16_gqa4_hd12_f32", "w8_gqa2_bf16", "native_w8_gqa2_f32"}) {
+    auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f));
+    auto gpu = make_cuda_backend(0);
+    std::mt19937 rng(15);
+    std::vector<int32_t> ids;
+    for (int i = 0; i < 40; ++i) ids.push_back(int32_t(rng() % model->config().vocab_size));
+    for (int chunk : {1, 4, 5, 19}) {
+      const std::string what = std::string(f) + " chunk " + std::to_string(chunk);
+      SessionOptions fo, uo;
+      fo.chunk = uo.chunk = chunk;
+      uo.fused = false;
+      Session a(*model, *gpu, fo), u(*model, *gpu, uo);
+      std::vector<float> la = a.feed(ids, true), lu = u.feed(ids, true);
+      ASSERT_EQ(bit_mismatches(la, lu, "prefill " + what), 0u);
+      const size_t V = size_t(model->config().vocab_size);
+      for (int step = 0; step < 12; ++step) {
+        const int32_t id = argmax(la.data() + (la.size() - V), int64_t(V));
+        la = a.feed({id});
+        lu = u.feed({id});
+        ASSERT_EQ(bit_mismatches(la, lu, "decode step " + std::to_string(step) + " " + what), 0u);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // tools/gen_fixtures.py), plus decode == prefill == chunked prefill, and the stories260K golden run.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -119,7 +120,122 @@ TEST_P(FixtureTest, ChunkedAndIncrementalEqualOneShot) {
   for (size_t i = 0; i < rest.size(); ++i) ASSERT_EQ(rest[i], full[half * V + i]);
 }
 
+// The fused ops (residual add + norm, RoPE + cache write before attention where that is allowed) give the
+// bits of the unfused sequence: one-shot, in chunks that wrap the rolling cache or exceed the window, and
+// in single-token decode steps.
+TEST_P(FixtureTest, FusedEqualsUnfused) {
+  Fixture f = load_fixture(GetParam());
+  auto be = make_cpu_backend(2);
+  const int W = int(f.model->config().sliding_window);
+  std::vector<int> chunks = {1, 3, 4096};
+  if (W > 0) chunks.insert(chunks.end(), {W - 1, W + 1, 2 * W + 3});
+  for (int c : chunks)
+    for (bool all : {true, false}) {
+      SessionOptions fused, unfused;
+      fused.chunk = unfused.chunk = c;
+      unfused.fused = false;
+      Session a(*f.model, *be, fused), b(*f.model, *be, unfused);
+      const std::vector<float> la = a.feed(f.input_ids, all), lb = b.feed(f.input_ids, all);
+      ASSERT_EQ(la.size(), lb.size());
+      EXPECT_EQ(std::memcmp(la.data(), lb.data(), la.size() * 4), 0) << "chunk " << c << (all ? " all logits" : "");
+      const std::vector<float> da = a.feed({f.input_ids[0]}), db = b.feed({f.input_ids[0]});
+      EXPECT_EQ(std::memcmp(da.data(), db.data(), da.size() * 4), 0) << "decode after chunk " << c;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest, ::testing::ValuesIn(kFixtures));
+
+// The Backend's default fused ops are the unfused sequences, bit for bit (y aliasing delta included).
+TEST(FusedOps, AddRmsNormDefaultEqualsAddThenNorm) {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  auto be = make_cpu_backend(2);
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int D : {8, 100, 4096})
+      for (int T : {1, 3, 17}) {
+        std::vector<float> x(size_t(T) * D), d(x.size()), wf(static_cast<size_t>(D));
+        for (auto* v : {&x, &d, &wf})
+          for (float& e : *v) e = nd(rng);
+        std::vector<uint16_t> w16(wf.size());
+        for (size_t i = 0; i < wf.size(); ++i) w16[i] = t == DType::F16 ? f32_to_f16(wf[i]) : f32_to_bf16(wf[i]);
+        Weight w;
+        w.dtype = t, w.rows = 1, w.cols = D;
+        w.data = t == DType::F32 ? static_cast<const void*>(wf.data()) : static_cast<const void*>(w16.data());
+        std::vector<float> x1 = x, y1(x.size()), x2 = x, y2(x.size()), x3 = x, d3 = d;
+        be->add(x1.data(), d.data(), x.size());
+        be->rmsnorm(x1.data(), w, 1e-5f, T, y1.data());
+        be->add_rmsnorm(x2.data(), d.data(), w, 1e-5f, T, y2.data());
+        be->add_rmsnorm(x3.data(), d3.data(), w, 1e-5f, T, d3.data());  // y aliasing delta, as the forward pass
+        const std::string what = std::string(dtype_name(t)) + " D " + std::to_string(D) + " T " + std::to_string(T);
+        EXPECT_EQ(std::memcmp(x1.data(), x2.data(), x.size() * 4), 0) << what;
+        EXPECT_EQ(std::memcmp(y1.data(), y2.data(), x.size() * 4), 0) << what;
+        EXPECT_EQ(std::memcmp(x1.data(), x3.data(), x.size() * 4), 0) << what;
+        EXPECT_EQ(std::memcmp(y1.data(), d3.data(), x.size() * 4), 0) << what;
+      }
+}
+
+TEST(FusedOps, RopeCacheWriteDefaultEqualsRopeThenWrite) {
+  std::mt19937 rng(22);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  auto be = make_cpu_backend(2);
+  int cases = 0;
+  for (int hd : {12, 64, 128})
+    for (int ratio : {1, 2, 4, 8})
+      for (int window : {0, 16})
+        for (int64_t start : {int64_t(0), int64_t(5), int64_t(13), int64_t(40)})
+          for (int T : {1, 3, 17, 37}) {
+            AttnShape s;
+            s.n_kv_heads = 2, s.n_heads = 2 * ratio, s.head_dim = hd, s.window = window;
+            s.slots = window > 0 ? window : 96;
+            s.rope_theta = 1e6f;
+            auto fill = [&](size_t n) {
+              std::vector<float> v(n);
+              for (float& e : v) e = nd(rng);
+              return v;
+            };
+            const size_t cn = size_t(s.slots) * s.kv_dim();
+            std::vector<float> q = fill(size_t(T) * s.q_dim()), k = fill(size_t(T) * s.kv_dim()),
+                               v = fill(size_t(T) * s.kv_dim()), ck = fill(cn), cv = fill(cn);
+            std::vector<float> q1 = q, k1 = k, ck1 = ck, cv1 = cv, q2 = q, k2 = k, ck2 = ck, cv2 = cv;
+            be->rope(q1.data(), k1.data(), T, start, s);
+            be->cache_write(k1.data(), v.data(), KVLayer{ck1.data(), cv1.data()}, T, start, s);
+            be->rope_cache_write(q2.data(), k2.data(), v.data(), KVLayer{ck2.data(), cv2.data()}, T, start, s);
+            ASSERT_EQ(q1, q2);
+            ASSERT_EQ(k1, k2);
+            ASSERT_EQ(ck1, ck2);
+            ASSERT_EQ(cv1, cv2);
+            ++cases;
+          }
+  EXPECT_EQ(cases, 3 * 4 * 2 * 4 * 4);
+}
+
+// cache_write_before_attention_ok against a simulation of the cache: where it allows writing first, every
+// cached position any query of the chunk reads is still in its slot after the chunk's writes. It allows
+// every single-token step and every chunk that does not wrap the cache.
+TEST(FusedOps, CacheWriteBeforeAttentionOnlyWhereNothingReadIsEvicted) {
+  for (int window : {0, 1, 4, 8})
+    for (int64_t slots : {int64_t(1), int64_t(4), int64_t(8), int64_t(12)})
+      for (int64_t start = 0; start < 30; ++start)
+        for (int T = 1; T <= 20; ++T) {
+          if (window > 0 && slots < window) continue;
+          if (window == 0 && start + T > slots) continue;  // a full cache refuses it (context full)
+          AttnShape s;
+          s.n_heads = s.n_kv_heads = 1, s.head_dim = 2, s.window = window, s.slots = slots;
+          const bool ok = cache_write_before_attention_ok(T, start, s);
+          if (T == 1 || start + T <= slots)
+            EXPECT_TRUE(ok) << "W " << window << " slots " << slots << " start " << start;
+          if (!ok) continue;
+          std::vector<int64_t> held(static_cast<size_t>(slots), -1);  // position held by each slot
+          for (int64_t j = 0; j < start; ++j) held[size_t(j % slots)] = j;
+          for (int64_t t = std::max<int64_t>(0, T - slots); t < T; ++t) held[size_t((start + t) % slots)] = start + t;
+          for (int t = 0; t < T; ++t) {
+            const int64_t p = start + t, j0 = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+            for (int64_t j = j0; j < start; ++j)
+              ASSERT_EQ(held[size_t(j % slots)], j)
+                  << "W " << window << " slots " << slots << " start " << start << " T " << T << " query " << p;
+          }
+        }
+}
 
 // The window must matter: with the window removed, windowed fixtures give different logits.
 TEST(Model, SlidingWindowChangesLogits) {

@@ -27,6 +27,30 @@ struct KVLayer {
   float* v = nullptr;
 };
 
+// Whether a chunk of T positions at start .. start+T-1 may be stored in its cache BEFORE its attention
+// runs (rope_cache_write, then attention) with the same result as storing it after: true when no row the
+// chunk writes evicts a cached position that one of its queries still reads. That holds for every
+// single-token step (whatever its position, so also for recorded decode graphs replayed later), for any
+// chunk with full attention (the cache never wraps), and for a windowed chunk until the cache wraps;
+// a chunk that wraps the rolling cache, or is longer than it, must attend first.
+inline bool cache_write_before_attention_ok(int T, int64_t start, const AttnShape& s) {
+  if (T <= 0 || s.slots <= 0) return false;
+  if (s.window > 0 && s.slots < s.window) return false;  // not a cache layout the engine makes
+  // Oldest position any query of the chunk reads from the cache (the first query's window start).
+  const int64_t oldest_read = s.window > 0 && start - s.window + 1 > 0 ? start - s.window + 1 : 0;
+  // Newest position the chunk's writes evict: slot (start + T - 1) % slots held start + T - 1 - slots.
+  const int64_t newest_evicted = start + int64_t(T) - 1 - s.slots;
+  return newest_evicted < oldest_read;
+}
+
+// Device memory a backend holds (GPU backends; see Backend::device_memory).
+struct DeviceMemoryInfo {
+  size_t free = 0, total = 0;  // the device's free and total memory now
+  size_t weights = 0;          // weight copies (weight_bytes())
+  size_t buffers = 0;          // held through alloc(): KV caches and activations
+  size_t internal = 0;         // the backend's own scratch (operand conversion, dequantization, attention partials...)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -70,6 +94,31 @@ class Backend {
   // x[i] += y[i].
   virtual void add(float* x, const float* y, size_t n) = 0;
   virtual void synchronize() {}
+
+  // Fused ops. Each default runs the unfused sequence, so a backend without its own version (the CPU)
+  // gives exactly the results of the separate ops.
+  //
+  // The residual add fused with the norm that follows it: x[T, D] += delta[T, D], then
+  // y[T, D] = rmsnorm(x) * w (D = w.cols). y may alias delta (not x).
+  virtual void add_rmsnorm(float* x, const float* delta, const Weight& w, float eps, int T, float* y) {
+    add(x, delta, size_t(T) * size_t(w.cols));
+    rmsnorm(x, w, eps, T, y);
+  }
+  // RoPE fused with the cache write: rotates q[T, Hq*hd] and k[T, Hkv*hd] in place for positions
+  // start .. start+T-1, then stores the rotated k rows and the v rows in their cache slots (only the last
+  // `slots` positions when T > slots), as rope() then cache_write(). Attention for the chunk still reads
+  // the chunk's own keys from k/v; call it before attention only where cache_write_before_attention_ok().
+  virtual void rope_cache_write(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                                const AttnShape& s) {
+    rope(q, k, T, start, s);
+    cache_write(k, v, cache, T, start, s);
+  }
+
+  // Device-to-device copy rate in GB/s, (bytes read + bytes written) / s, best of a few large copies;
+  // 0 when the backend has no device memory of its own to measure (the CPU: bench measures host memory).
+  virtual double copy_bandwidth_gbs() { return 0; }
+  // Fills `m` and returns true for a backend with its own device memory; false (m untouched) otherwise.
+  virtual bool device_memory(DeviceMemoryInfo* m) const { return false; }
 
   // Decode-step graphs (CUDA): a single-token step is recorded once per KV cache and replayed with
   // the token id and position read from device memory. Backends without graphs return false.

@@ -1,6 +1,7 @@
 // The forward pass, written once against Backend, over a ragged batch of sequences (each with its own
 // positions and KV cache); Session wraps it for one sequence.
 #pragma once
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <memory>
@@ -16,6 +17,9 @@ struct SessionOptions {
   int64_t context = 0;  // max positions without a window (0: max_position_embeddings)
   int chunk = 512;      // prefill chunk size (tokens per forward call)
   bool graphs = true;   // replay single-token decode steps as recorded graphs where the backend can
+  // Fused backend ops (residual add + next norm, RoPE + KV-cache write); false runs the unfused sequence
+  // (for comparisons). MISTRAL_UNFUSED=1 in the environment turns them off too.
+  bool fused = true;
 };
 
 // One sequence's KV cache: per layer K and V [slots, Hkv*hd]; position p lives in row p % slots.
@@ -70,6 +74,8 @@ class ForwardPass {
   int64_t capacity() const;  // positions a sequence can hold: unbounded with a sliding window
   int64_t cache_bytes(int64_t max_positions = 0) const;  // what new_cache(max_positions) allocates
   int chunk() const { return chunk_; }
+  // Bytes of activation buffers a pass of T tokens with `rows` logits rows allocates on the backend.
+  int64_t scratch_bytes(int T, int rows) const;
 
  private:
   void ensure_scratch(int T, int rows);
@@ -85,6 +91,7 @@ class ForwardPass {
   int64_t context_;
   int chunk_;
   bool graphs_;
+  bool fused_;
   int scratch_T_ = 0, scratch_rows_ = 0;
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *gate_ = nullptr,
         *up_ = nullptr, *xg_ = nullptr, *logits_ = nullptr;
@@ -103,6 +110,8 @@ class Session {
   int64_t cache_bytes() const { return cache_->bytes(); }
   const AttnShape& shape() const { return fp_.shape(); }
   int chunk() const { return fp_.chunk(); }
+  // Activation buffers feeding n tokens at once (in chunks) and then decoding allocates on the backend.
+  int64_t scratch_bytes(int64_t n) const { return fp_.scratch_bytes(int(std::min<int64_t>(n, fp_.chunk())), 1); }
 
  private:
   ForwardPass fp_;

@@ -1,5 +1,6 @@
 // `mistral-run bench`: prefill and decode speed of a model (or a synthetic one of a chosen shape),
-// decode as GB/s of weights read, against memory bandwidth measured in the same run.
+// decode as GB/s of weights read, against memory bandwidth measured in the same run: host memory for the
+// CPU backend, the device's copy rate (Backend::copy_bandwidth_gbs) for a GPU backend.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -20,7 +21,7 @@ namespace {
 
 struct Bandwidth {
   double copy_gbs = 0;  // (bytes read + bytes written) / s, like STREAM copy
-  double read_gbs = 0;  // bytes read / s by a reduction
+  double read_gbs = 0;  // bytes read / s by a reduction (host memory only)
 };
 
 Bandwidth measure_bandwidth(int threads) {
@@ -122,10 +123,16 @@ int run_bench(const BenchArgs& a) {
     if (compare) base_m.model = Model::random(c, dt, 1234);
   }
   const int threads = cpu_backend_threads(*be);
+  const bool on_cpu = threads > 0;  // else a device backend: its own memory is what decode reads
   Bandwidth bw;
   if (!a.skip_bandwidth) {
-    std::fprintf(stderr, "measuring memory bandwidth...\n");
-    bw = measure_bandwidth(threads);
+    if (on_cpu) {
+      std::fprintf(stderr, "measuring memory bandwidth...\n");
+      bw = measure_bandwidth(threads);
+    } else {
+      std::fprintf(stderr, "measuring device copy bandwidth...\n");
+      bw.copy_gbs = be->copy_bandwidth_gbs();
+    }
   }
 
   const ModelConfig& c = main_m.model->config();
@@ -187,8 +194,11 @@ int run_bench(const BenchArgs& a) {
   const double decode_tps = double(a.gen_tokens) / best_decode;
   const double decode_gbs = bytes * decode_tps / 1e9;
   const double floor_tps = bw.read_gbs * 1e9 / bytes;
+  // A device has no read-only measurement: its decode floor is the copy rate (as DESIGN.md reports it).
+  const double dev_floor_tps = bw.copy_gbs * 1e9 / bytes;
   if (a.json) {
-    nlohmann::json j = {{"threads", threads},
+    nlohmann::json j = {{"backend", be->name()},
+                        {"threads", threads},
                         {"weights_gb", bytes / 1e9},
                         {"dtype", dtype_name(model->matmul_dtype())},
                         {"copy_gbs", bw.copy_gbs},
@@ -202,6 +212,12 @@ int run_bench(const BenchArgs& a) {
                         {"decode_vs_copy_bw", decode_gbs / bw.copy_gbs},
                         {"batch", a.batch},
                         {"batch_decode_tok_s", batch_tps}};
+    if (!on_cpu) {
+      j["read_gbs"] = nullptr;
+      j["decode_vs_read_bw"] = nullptr;
+      j["decode_vs_copy_bw"] = bw.copy_gbs > 0 ? nlohmann::json(decode_gbs / bw.copy_gbs) : nlohmann::json(nullptr);
+      j["floor_tok_s"] = bw.copy_gbs > 0 ? nlohmann::json(dev_floor_tps) : nlohmann::json(nullptr);
+    }
     if (compare) {
       j["quant"] = quant_name(lo.quant);
       j["quant_lm_head"] = lo.quant_lm_head;
@@ -214,18 +230,26 @@ int run_bench(const BenchArgs& a) {
     }
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("backend            cpu, %d threads\n", threads);
+    if (on_cpu) std::printf("backend            cpu, %d threads\n", threads);
+    else std::printf("backend            %s\n", be->name().c_str());
     std::printf("model              %s, %.1f M params, %s, %.3f GB read per decode step\n",
                 a.model.model_dir.empty() ? "synthetic" : a.model.model_dir.c_str(), double(c.param_count()) / 1e6,
                 dtype_name(model->matmul_dtype()), bytes / 1e9);
     if (a.skip_bandwidth) std::printf("memory bandwidth   not measured (--skip-bandwidth)\n");
-    else std::printf("memory bandwidth   copy %.2f GB/s (read+write), read %.2f GB/s\n", bw.copy_gbs, bw.read_gbs);
+    else if (on_cpu)
+      std::printf("memory bandwidth   copy %.2f GB/s (read+write), read %.2f GB/s\n", bw.copy_gbs, bw.read_gbs);
+    else if (bw.copy_gbs > 0)
+      std::printf("device bandwidth   copy %.2f GB/s (device to device, read+write)\n", bw.copy_gbs);
+    else std::printf("device bandwidth   not measured (too little free device memory, or not supported)\n");
     std::printf("prefill            %d tokens: %.2f tok/s\n", a.prompt_tokens, prefill_tps);
     std::printf("decode             %d tokens: %.2f tok/s = %.2f GB/s of weights\n", a.gen_tokens, decode_tps,
                 decode_gbs);
-    if (!a.skip_bandwidth)
+    if (!a.skip_bandwidth && on_cpu)
       std::printf("decode vs floor    %.0f%% of read bandwidth (floor %.2f tok/s), %.0f%% of copy bandwidth\n",
                   100.0 * decode_gbs / bw.read_gbs, floor_tps, 100.0 * decode_gbs / bw.copy_gbs);
+    else if (!a.skip_bandwidth && bw.copy_gbs > 0)
+      std::printf("decode vs floor    %.0f%% of copy bandwidth (floor %.2f tok/s)\n", 100.0 * decode_gbs / bw.copy_gbs,
+                  dev_floor_tps);
     if (a.batch > 1)
       std::printf("decode batch %-5d %.2f tok/s in total = %.2fx batch 1\n", a.batch, batch_tps, batch_tps / decode_tps);
     if (compare) {

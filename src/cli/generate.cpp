@@ -1,11 +1,13 @@
 // One-shot generation: `mistral-run -m DIR -p TEXT`, streamed to stdout or printed as one JSON object.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
 
 #include "common.h"
 #include "mistral/chat.h"
@@ -23,6 +25,13 @@ namespace {
 
 std::atomic<bool> g_interrupted{false};
 void on_sigint(int) { g_interrupted = true; }
+
+std::string mib(double bytes) {
+  char buf[32];
+  if (bytes >= 1024.0 * 1048576.0) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1048576.0));
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
+  return buf;
+}
 
 }  // namespace
 
@@ -68,8 +77,23 @@ int run_generate(const GenerateArgs& a) {
                  model->config().layout == Layout::HF ? "huggingface" : "mistral-native",
                  double(model->config().param_count()) / 1e6, dtype_name(model->matmul_dtype()));
     std::fprintf(stderr, "tokenizer: %s\n", tok->source().c_str());
-    std::fprintf(stderr, "backend: %s, %d threads; kv cache %.1f MiB\n", backend->name().c_str(),
-                 cpu_backend_threads(*backend), double(session.cache_bytes()) / 1048576.0);
+    const int threads = cpu_backend_threads(*backend);
+    if (threads > 0)
+      std::fprintf(stderr, "backend: %s, %d threads; kv cache %.1f MiB\n", backend->name().c_str(), threads,
+                   double(session.cache_bytes()) / 1048576.0);
+    else
+      std::fprintf(stderr, "backend: %s; kv cache %.1f MiB\n", backend->name().c_str(),
+                   double(session.cache_bytes()) / 1048576.0);
+    DeviceMemoryInfo dm;
+    if (backend->device_memory(&dm)) {  // the plan for this run: weights placed, cache made, activations to come
+      const int64_t chunk = std::min<int64_t>(int64_t(prompt_ids.size()), session.chunk());
+      std::fprintf(stderr,
+                   "device memory: weights %s, kv cache %s, activations %s (chunks of up to %lld tokens); "
+                   "%s free of %s\n",
+                   mib(double(dm.weights)).c_str(), mib(double(session.cache_bytes())).c_str(),
+                   mib(double(session.scratch_bytes(int64_t(prompt_ids.size())))).c_str(), (long long)chunk,
+                   mib(double(dm.free)).c_str(), mib(double(dm.total)).c_str());
+    }
     std::fprintf(stderr, "sampling: temp %g top-k %d top-p %g min-p %g repeat-penalty %g seed %llu\n",
                  double(sp.temperature), sp.top_k, double(sp.top_p), double(sp.min_p), double(sp.repeat_penalty),
                  (unsigned long long)sp.seed);
@@ -112,10 +136,18 @@ int run_generate(const GenerateArgs& a) {
     std::printf("\n");
   }
   std::fflush(stdout);
-  if (a.model.verbose)
+  if (a.model.verbose) {
     std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %lld tokens in %.3f s (%.1f tok/s); %s\n",
                  prompt_ids.size(), r.prefill_s, prefill_tps, (long long)r.decoded_tokens, r.decode_s, decode_tps,
                  r.finish_reason.c_str());
+    DeviceMemoryInfo dm;
+    if (backend->device_memory(&dm))  // what the run held at its end
+      std::fprintf(stderr,
+                   "device memory after the run: weights %s, kv cache and activations %s, backend scratch %s; "
+                   "%s free of %s\n",
+                   mib(double(dm.weights)).c_str(), mib(double(dm.buffers)).c_str(), mib(double(dm.internal)).c_str(),
+                   mib(double(dm.free)).c_str(), mib(double(dm.total)).c_str());
+  }
   return g_interrupted ? 130 : 0;
 }
 

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
 
 #include "mistral/engine.h"
 #include "mistral/error.h"
@@ -44,6 +45,8 @@ ForwardPass::ForwardPass(const Model& model, Backend& backend, const SessionOpti
   if (opt.chunk <= 0) throw UsageError("--chunk must be positive");
   chunk_ = opt.chunk;
   graphs_ = opt.graphs;
+  const char* unfused = std::getenv("MISTRAL_UNFUSED");
+  fused_ = opt.fused && !(unfused && *unfused && *unfused != '0');
   shape_.slots = c.sliding_window > 0 ? c.sliding_window : context_;
 }
 
@@ -65,6 +68,13 @@ int64_t ForwardPass::cache_bytes(int64_t max_positions) const {
   int64_t slots = shape_.slots;
   if (shape_.window <= 0 && max_positions > 0) slots = std::min(max_positions, context_);
   return n_layers_ * 2 * slots * shape_.kv_dim() * int64_t(sizeof(float));
+}
+
+int64_t ForwardPass::scratch_bytes(int T, int rows) const {
+  const ModelConfig& c = model_.config();
+  const int64_t t = std::max(T, 1), r = std::max(rows, 1);
+  const int64_t per_token = 2 * c.hidden_size + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.intermediate_size;
+  return (t * per_token + r * (c.hidden_size + c.vocab_size)) * int64_t(sizeof(float));
 }
 
 void ForwardPass::ensure_scratch(int T, int rows) {
@@ -151,9 +161,21 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
   const size_t D = size_t(c.hidden_size);
   const float eps = float(c.rms_norm_eps);
   const size_t QD = size_t(c.q_dim()), KD = size_t(c.kv_dim());
-  for (size_t l = 0; l < w.layers.size(); ++l) {
+  const size_t n_layers = w.layers.size();
+  // x += delta; xn = rmsnorm(x) * norm: one fused op, or the add and the norm.
+  auto add_norm = [&](const Weight& norm) {
+    if (fused_) {
+      be_.add_rmsnorm(x_, xn_, norm, eps, T, xn_);
+    } else {
+      be_.add(x_, xn_, size_t(T) * D);
+      be_.rmsnorm(x_, norm, eps, T, xn_);
+    }
+  };
+  // xn_ holds the input of each layer's attention: the first layer's norm here, the others' fused with
+  // the residual add that ends the layer before.
+  be_.rmsnorm(x_, n_layers > 0 ? w.layers[0].attn_norm : w.norm, eps, T, xn_);
+  for (size_t l = 0; l < n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
-    be_.rmsnorm(x_, L.attn_norm, eps, T, xn_);
     be_.matmul(xn_, T, L.wq, q_);
     be_.matmul(xn_, T, L.wk, k_);
     be_.matmul(xn_, T, L.wv, v_);
@@ -163,34 +185,48 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
       sh.slots = s.cache->slots();
       float *q = q_ + off * QD, *k = k_ + off * KD, *v = v_ + off * KD;
       const KVLayer& cache = s.cache->layer(l);
-      be_.rope(q, k, s.T, s.cache->n_past, sh);
-      be_.attention(q, k, v, cache, s.T, s.cache->n_past, sh, att_ + off * QD);
-      be_.cache_write(k, v, cache, s.T, s.cache->n_past, sh);
+      const int64_t start = s.cache->n_past;
+      // Attention reads positions before `start` from the cache and the chunk's own from k/v: storing the
+      // chunk first is only allowed where that evicts nothing the chunk's queries read (every decode step).
+      if (fused_ && cache_write_before_attention_ok(s.T, start, sh)) {
+        be_.rope_cache_write(q, k, v, cache, s.T, start, sh);
+        be_.attention(q, k, v, cache, s.T, start, sh, att_ + off * QD);
+      } else {
+        be_.rope(q, k, s.T, start, sh);
+        be_.attention(q, k, v, cache, s.T, start, sh, att_ + off * QD);
+        be_.cache_write(k, v, cache, s.T, start, sh);
+      }
       off += size_t(s.T);
     }
     be_.matmul(att_, T, L.wo, xn_);
-    be_.add(x_, xn_, size_t(T) * D);
-    be_.rmsnorm(x_, L.ffn_norm, eps, T, xn_);
+    add_norm(L.ffn_norm);
     be_.matmul(xn_, T, L.w_gate, gate_);
     be_.matmul(xn_, T, L.w_up, up_);
     be_.swiglu(gate_, up_, size_t(T) * size_t(c.intermediate_size), gate_);
     be_.matmul(gate_, T, L.w_down, xn_);
-    be_.add(x_, xn_, size_t(T) * D);
+    if (l + 1 < n_layers) add_norm(w.layers[l + 1].attn_norm);
+    else if (rows > 0) add_norm(w.norm);  // the final norm, over every row (row by row, so as exact as on a few)
   }
   if (rows == 0) return;
-  // Gather the rows whose logits are wanted, then final norm and lm_head on those rows only.
-  size_t off = 0, r = 0;
-  for (const auto& s : segs) {
-    if (s.want_logits) {
-      const size_t first = s.all_logits ? off : off + size_t(s.T) - 1;
-      const size_t n = s.all_logits ? size_t(s.T) : 1;
-      be_.copy(xg_ + r * D, x_ + first * D, n * D);
-      r += n;
+  // xn_ holds the final norm of every row: gather the rows whose logits are wanted (unless that is all of
+  // them, in order), then lm_head on those rows only.
+  bool every_row = true;
+  for (const auto& s : segs) every_row = every_row && s.want_logits && (s.all_logits || s.T == 1);
+  const float* normed = xn_;
+  if (!every_row) {
+    size_t off = 0, r = 0;
+    for (const auto& s : segs) {
+      if (s.want_logits) {
+        const size_t first = s.all_logits ? off : off + size_t(s.T) - 1;
+        const size_t n = s.all_logits ? size_t(s.T) : 1;
+        be_.copy(xg_ + r * D, xn_ + first * D, n * D);
+        r += n;
+      }
+      off += size_t(s.T);
     }
-    off += size_t(s.T);
+    normed = xg_;
   }
-  be_.rmsnorm(xg_, w.norm, eps, rows, xn_);
-  be_.matmul(xn_, rows, w.lm_head, logits_);
+  be_.matmul(normed, rows, w.lm_head, logits_);
 }
 
 Session::Session(const Model& model, Backend& backend, const SessionOptions& opt)

@@ -155,11 +155,18 @@ class CudaBackend final : public Backend {
       throw UsageError("out of GPU memory allocating " + gib(bytes) + " (" + gib(free_b) + " free of " + gib(total_b) +
                        " on " + name_ + "); lower --batch-size, --kv-budget-mb or --ctx");
     }
+    allocs_[p] = bytes;
+    alloc_bytes_ += bytes;
     MR_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
     return static_cast<float*>(p);
   }
   void free(float* p) override {
     cudaStreamSynchronize(stream_);
+    auto it = allocs_.find(p);
+    if (it != allocs_.end()) {
+      alloc_bytes_ -= it->second;
+      allocs_.erase(it);
+    }
     cudaFree(p);
   }
   void to_device(float* dst, const float* src, size_t n) override {
@@ -175,6 +182,56 @@ class CudaBackend final : public Backend {
     MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
   void synchronize() override { MR_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // Best of 5 device-to-device copies of one buffer of up to 1 GiB into another (fewer bytes when memory
+  // is short), timed with events on the backend's stream; counts bytes read + bytes written.
+  double copy_bandwidth_gbs() override {
+    if (capturing_) throw Error("internal: copy_bandwidth_gbs during graph capture");
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    size_t free_b = 0, total_b = 0;
+    MR_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const size_t reserve = size_t(256) << 20;  // left free for everyone else
+    size_t bytes = size_t(1) << 30;
+    while (bytes > (size_t(16) << 20) && 2 * bytes + reserve > free_b) bytes /= 2;
+    if (2 * bytes + reserve > free_b) return 0;  // not even 2 x 16 MiB free: nothing meaningful to measure
+    struct Scratch {  // frees on every exit path
+      void *a = nullptr, *b = nullptr;
+      cudaEvent_t e0 = nullptr, e1 = nullptr;
+      ~Scratch() {
+        if (e0) cudaEventDestroy(e0);
+        if (e1) cudaEventDestroy(e1);
+        if (a) cudaFree(a);
+        if (b) cudaFree(b);
+      }
+    } m;
+    MR_CUDA_CHECK(cudaMalloc(&m.a, bytes));
+    MR_CUDA_CHECK(cudaMalloc(&m.b, bytes));
+    MR_CUDA_CHECK(cudaEventCreate(&m.e0));
+    MR_CUDA_CHECK(cudaEventCreate(&m.e1));
+    MR_CUDA_CHECK(cudaMemsetAsync(m.a, 1, bytes, stream_));
+    MR_CUDA_CHECK(cudaMemsetAsync(m.b, 2, bytes, stream_));
+    MR_CUDA_CHECK(cudaMemcpyAsync(m.b, m.a, bytes, cudaMemcpyDeviceToDevice, stream_));  // warm-up
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+      MR_CUDA_CHECK(cudaEventRecord(m.e0, stream_));
+      MR_CUDA_CHECK(cudaMemcpyAsync(m.b, m.a, bytes, cudaMemcpyDeviceToDevice, stream_));
+      MR_CUDA_CHECK(cudaEventRecord(m.e1, stream_));
+      MR_CUDA_CHECK(cudaEventSynchronize(m.e1));
+      float ms = 0;
+      MR_CUDA_CHECK(cudaEventElapsedTime(&ms, m.e0, m.e1));
+      if (ms > 0) best = std::max(best, 2.0 * double(bytes) / (double(ms) * 1e-3) / 1e9);
+    }
+    return best;
+  }
+
+  bool device_memory(DeviceMemoryInfo* m) const override {
+    MR_CUDA_CHECK(cudaMemGetInfo(&m->free, &m->total));
+    m->weights = weight_bytes_;
+    m->buffers = alloc_bytes_;
+    m->internal = conv_cap_ + deq_cap_ + split_cap_ * sizeof(float) + ids_cap_ * sizeof(int32_t) +
+                  inv_freq_bytes_ + (step_dev_ ? sizeof(StepInputs) : 0);
+    return true;
+  }
 
   bool graphs_supported() const override { return true; }
   void set_step_inputs(int32_t id, int64_t pos) override {
@@ -249,6 +306,10 @@ class CudaBackend final : public Backend {
     MR_LAUNCH_CHECK(rmsnorm_cuda(x, w.data, w.dtype, eps, T, int(w.cols), y, stream_), stream_);
   }
 
+  void add_rmsnorm(float* x, const float* delta, const Weight& w, float eps, int T, float* y) override {
+    MR_LAUNCH_CHECK(add_rmsnorm_cuda(x, delta, w.data, w.dtype, eps, T, int(w.cols), y, stream_), stream_);
+  }
+
   void matmul(const float* x, int T, const Weight& W, float* y) override {
     const int N = int(W.rows), K = int(W.cols);
     const bool quant = is_quantized(W.dtype);
@@ -302,6 +363,15 @@ class CudaBackend final : public Backend {
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
     MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, capturing_ ? &step_dev_->pos : nullptr, s.n_heads, s.n_kv_heads,
                               s.head_dim, inv_freq(s), stream_),
+                    stream_);
+  }
+
+  // Under graph capture the cache rows follow the recorded step's device-side position, as rope and
+  // attention do.
+  void rope_cache_write(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                        const AttnShape& s) override {
+    MR_LAUNCH_CHECK(rope_cache_write_cuda(q, k, v, cache.k, cache.v, T, start, capturing_ ? &step_dev_->pos : nullptr,
+                                          s.n_heads, s.n_kv_heads, s.head_dim, s.slots, inv_freq(s), stream_),
                     stream_);
   }
 
@@ -366,6 +436,8 @@ class CudaBackend final : public Backend {
     const auto key = std::make_pair(s.rope_theta, s.head_dim);
     auto it = inv_freq_.find(key);
     if (it != inv_freq_.end()) return it->second;
+    // Made by the eager step that precedes every recorded one (no allocation or copy inside a capture).
+    if (capturing_) throw Error("internal: RoPE frequency table made during graph capture");
     const int half = s.head_dim / 2;
     std::vector<float> h(static_cast<size_t>(half));
     for (int i = 0; i < half; ++i) h[size_t(i)] = 1.0f / std::pow(s.rope_theta, float(2 * i) / float(s.head_dim));
@@ -373,6 +445,7 @@ class CudaBackend final : public Backend {
     MR_CUDA_CHECK(cudaMalloc(&d, h.size() * sizeof(float)));
     MR_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
     inv_freq_[key] = static_cast<float*>(d);
+    inv_freq_bytes_ += h.size() * sizeof(float);
     return static_cast<float*>(d);
   }
   AttnParams params(const AttnShape& s) const {
@@ -415,7 +488,10 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   std::map<const void*, void*> uploaded_;  // host weight pointer -> device copy
   std::map<std::pair<float, int>, float*> inv_freq_;
+  size_t inv_freq_bytes_ = 0;
   size_t weight_bytes_ = 0;
+  std::map<void*, size_t> allocs_;  // alloc()'s buffers and their sizes
+  size_t alloc_bytes_ = 0;
   int32_t* ids_ = nullptr;
   size_t ids_cap_ = 0;
   void* conv_ = nullptr;  // activations converted to fp16/bf16 for cuBLAS
