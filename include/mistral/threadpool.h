@@ -1,5 +1,6 @@
 // A fixed pool of worker threads for data-parallel loops (the CPU backend's only parallelism).
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -24,13 +25,16 @@ class ThreadPool {
  private:
   void worker(int idx);
   std::vector<std::thread> workers_;
+  // A job is published by storing job_, n_ and chunk_, then bumping generation_ (release). Workers and
+  // the caller spin briefly on the atomics before sleeping on the condition variables, so back-to-back
+  // jobs (the many small matmuls of a decode step) do not pay a sleep and wake-up each.
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t n_ = 0, chunk_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace mistral
