@@ -13,6 +13,7 @@
 #include "mistral/model.h"
 #include "mistral/quant.h"
 #include "mistral/safetensors.h"
+#include "mistral/threadpool.h"
 
 namespace mistral {
 
@@ -428,22 +429,32 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, DType dtype, uint64
   std::unique_ptr<Model> m(new Model());
   m->cfg_ = cfg;
   m->dir_ = "<random>";
-  std::mt19937_64 rng(seed);
   // Full-precision random values in `dtype`; linear weights then quantized when a quant is chosen.
+  // Element i of the t-th tensor is a hash of (seed, t, i), so the values do not depend on the number of
+  // threads that fill them (a 7B-shape model is made in seconds on a many-core machine).
+  ThreadPool pool(0);
+  uint64_t tensor = 0;
   auto make = [&](int64_t rows, int64_t cols, float scale, float offset, bool linear) {
     const size_t n = size_t(rows * cols);
     std::vector<uint8_t> buf(n * dtype_size(dtype));
     uint8_t* d = buf.data();
-    // Cheap uniform noise: the values only need to be finite and not degenerate.
-    std::uniform_real_distribution<float> u(-scale, scale);
-    for (size_t i = 0; i < n; ++i) {
-      float v = offset + u(rng);
-      if (dtype == DType::F32) std::memcpy(d + 4 * i, &v, 4);
-      else {
-        uint16_t h = dtype == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
-        std::memcpy(d + 2 * i, &h, 2);
+    const uint64_t base = seed * 0x9E3779B97F4A7C15ull + (++tensor) * 0xD1B54A32D192ED03ull;
+    // Cheap uniform noise in [offset - scale, offset + scale): the values only need to be finite and
+    // not degenerate.
+    pool.parallel_for(int64_t(n), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        uint64_t z = base + uint64_t(i) * 0x9E3779B97F4A7C15ull;  // splitmix64 finalizer
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        const float v = offset + scale * (float(z >> 40) * (2.0f / 16777216.0f) - 1.0f);
+        if (dtype == DType::F32) std::memcpy(d + 4 * size_t(i), &v, 4);
+        else {
+          const uint16_t h = dtype == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+          std::memcpy(d + 2 * size_t(i), &h, 2);
+        }
       }
-    }
+    }, 1 << 16);
     Weight w;
     w.rows = rows;
     w.cols = cols;
