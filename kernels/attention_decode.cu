@@ -6,7 +6,13 @@
 // in shared memory, and each block writes its partial (max, sum, acc[hd]) per query head; a second
 // kernel merges the splits. The number of splits is fixed by the caller (so a recorded graph can be
 // replayed at any position); the key range of each split is computed on the device from the position.
+// A batched decode step (many sequences, one token each) runs the same block code over a flat list of
+// (row, split) work items, each row with its own cache, position and number of splits (planned on the
+// host from the rows' key counts), then one combine block per (row, query head).
 // Preconditions: head_dim <= 256, group = Hq / Hkv <= 8.
+#include <algorithm>
+#include <climits>
+
 #include "attention.cuh"
 #include "attention_decode.cuh"
 #include "common.cuh"
@@ -19,21 +25,40 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMaxG = 8;
 constexpr int kMaxDPerLane = 8;  // head_dim <= 256
+constexpr int64_t kMinKeysPerSplit = 64;  // batched steps: shorter splits cost more in partials than they save
+constexpr int kMaxRowSplits = 4096;       // batched steps: splits of one row at most
 
-__global__ void __launch_bounds__(kWarps * 32)
-    decode_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                          const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p,
-                          int splits, float* __restrict__ part) {
-  if (p.d_start) start = *p.d_start;
-  const int kvh = blockIdx.x, split = blockIdx.y;
-  const int hd = p.head_dim, G = p.n_heads / p.n_kv_heads, kvd = p.n_kv_heads * hd;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t pos = start;  // the query's position; its own key is the chunk's row 0
-  const int64_t j0 = p.window > 0 ? (pos - p.window + 1 > 0 ? pos - p.window + 1 : 0) : 0;
+// Keys [kb, ke) of split `split` of `splits` for the query at position pos: its keys j0 .. pos (j0 the
+// window's first) in pieces of ceil(n_keys / splits); the last pieces may be short or empty.
+__host__ __device__ __forceinline__ void split_keys(int64_t pos, int window, int splits, int split, int64_t* kb,
+                                                    int64_t* ke) {
+  const int64_t j0 = window > 0 ? (pos - window + 1 > 0 ? pos - window + 1 : 0) : 0;
   const int64_t n_keys = pos - j0 + 1;
   const int64_t per = (n_keys + splits - 1) / splits;
-  const int64_t kb = j0 + int64_t(split) * per;
-  const int64_t ke = kb + per < pos + 1 ? kb + per : pos + 1;
+  *kb = j0 + int64_t(split) * per;
+  *ke = *kb + per < pos + 1 ? *kb + per : pos + 1;
+}
+
+// Partials of one query token: [Hq, splits, hd + 2], (max, sum, acc[hd]) per (query head, split).
+__host__ __device__ __forceinline__ size_t partial_offset(int h, int splits, int split, int hd) {
+  return (size_t(h) * size_t(splits) + size_t(split)) * (size_t(hd) + 2);
+}
+// A batched step's partials: row after row, row i's [Hq, splits_i, hd + 2] from its first split split0_i.
+__host__ __device__ __forceinline__ size_t row_partials(int split0, int n_heads, int hd) {
+  return size_t(split0) * size_t(n_heads) * (size_t(hd) + 2);
+}
+
+// One block's share of the partials: keys [kb, ke) of KV head kvh for all query heads of its GQA group, of
+// the query token at position pos whose q row is q [Hq*hd] and whose own K/V rows are k, v [Hkv*hd]
+// (keys before pos come from the cache ck, cv [slots, Hkv*hd]). Writes (max, sum, acc[hd]) of each of the
+// group's query heads h to part + partial_offset(h, splits, split, hd). Every thread of the block calls it.
+__device__ __forceinline__ void decode_partial_block(const float* __restrict__ q, const float* __restrict__ k,
+                                                     const float* __restrict__ v, const float* __restrict__ ck,
+                                                     const float* __restrict__ cv, int64_t pos, int64_t slots,
+                                                     int n_heads, int n_kv_heads, int hd, int kvh, int64_t kb,
+                                                     int64_t ke, int split, int splits, float* __restrict__ part) {
+  const int G = n_heads / n_kv_heads, kvd = n_kv_heads * hd;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float scale = rsqrtf(float(hd));
 
   __shared__ float qs[kMaxG][kMaxDPerLane * 32];
@@ -51,8 +76,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int r = 0; r < kMaxDPerLane; ++r) acc[g][r] = 0.f;
   }
   for (int64_t j = kb + warp; j < ke; j += kWarps) {
-    const float* kr = (j < start ? ck + size_t(j % p.slots) * kvd : k) + size_t(kvh) * hd;
-    const float* vr = (j < start ? cv + size_t(j % p.slots) * kvd : v) + size_t(kvh) * hd;
+    const float* kr = (j < pos ? ck + size_t(j % slots) * kvd : k) + size_t(kvh) * hd;
+    const float* vr = (j < pos ? cv + size_t(j % slots) * kvd : v) + size_t(kvh) * hd;
     float kx[kMaxDPerLane], vx[kMaxDPerLane];
 #pragma unroll
     for (int r = 0; r < kMaxDPerLane; ++r) {
@@ -94,7 +119,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   __syncthreads();
   // Every thread finishes some (g, d) outputs of the block's partial.
-  const size_t stride = size_t(hd) + 2;  // [max, sum, acc...] per (query head, split)
   for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
     const int g = i / hd, d = i % hd;
     float M = -INFINITY;
@@ -105,17 +129,46 @@ __global__ void __launch_bounds__(kWarps * 32)
       L += sm_l[w][g] * c;
       A += sm_acc[w][g][d] * c;
     }
-    float* out = part + (size_t(kvh * G + g) * splits + split) * stride;
+    float* out = part + partial_offset(kvh * G + g, splits, split, hd);
     if (d == 0) out[0] = M, out[1] = L;
     out[2 + d] = A;
   }
 }
 
-// One block per query head: merges the splits' partials into the output row.
-__global__ void decode_combine_kernel(const float* __restrict__ part, int splits, int hd, float* __restrict__ out) {
-  const int h = blockIdx.x;
+// One sequence's query token (grid: KV head, split); the position from `start` or *p.d_start.
+__global__ void __launch_bounds__(kWarps * 32)
+    decode_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                          const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p,
+                          int splits, float* __restrict__ part) {
+  if (p.d_start) start = *p.d_start;
+  const int kvh = blockIdx.x, split = blockIdx.y;
+  int64_t kb, ke;
+  split_keys(start, p.window, splits, split, &kb, &ke);
+  decode_partial_block(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke, split, splits,
+                       part);
+}
+
+// A batched decode step (grid: work item, KV head): work item blockIdx.x is split w.split of row w.row,
+// whose q/k/v rows are row w.row of q[n, Hq*hd], k, v[n, Hkv*hd] and whose partials start at
+// row_partials(split0); position, cache and slot count from the row's table entry.
+__global__ void __launch_bounds__(kWarps * 32)
+    decode_rows_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                               const DecodeRowArgs* __restrict__ rows, const DecodeWork* __restrict__ work,
+                               AttnParams p, float* __restrict__ part) {
+  const DecodeWork w = work[blockIdx.x];
+  const DecodeRowArgs r = rows[w.row];
+  const size_t qd = size_t(p.n_heads) * size_t(p.head_dim), kvd = size_t(p.n_kv_heads) * size_t(p.head_dim);
+  int64_t kb, ke;
+  split_keys(r.pos, p.window, r.splits, w.split, &kb, &ke);
+  decode_partial_block(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, r.cache_k, r.cache_v,
+                       r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split, r.splits,
+                       part + row_partials(r.split0, p.n_heads, p.head_dim));
+}
+
+// Merges the `splits` partials of one query head (ph: [splits, hd + 2]) into its output row o[hd]; the
+// block's threads share the dims.
+__device__ __forceinline__ void combine_head(const float* __restrict__ ph, int splits, int hd, float* __restrict__ o) {
   const size_t stride = size_t(hd) + 2;
-  const float* ph = part + size_t(h) * splits * stride;
   float M = -INFINITY;
   for (int s = 0; s < splits; ++s) M = fmaxf(M, ph[s * stride]);
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
@@ -126,8 +179,23 @@ __global__ void decode_combine_kernel(const float* __restrict__ part, int splits
       L += ph[s * stride + 1] * c;
       A += ph[s * stride + 2 + d] * c;
     }
-    out[size_t(h) * hd + d] = A / L;
+    o[d] = A / L;
   }
+}
+
+// One block per query head: merges the splits' partials into the output row.
+__global__ void decode_combine_kernel(const float* __restrict__ part, int splits, int hd, float* __restrict__ out) {
+  const int h = blockIdx.x;
+  combine_head(part + partial_offset(h, splits, 0, hd), splits, hd, out + size_t(h) * hd);
+}
+
+// Grid (row, query head) of a batched decode step: out row `row` [Hq*hd].
+__global__ void decode_rows_combine_kernel(const float* __restrict__ part, const DecodeRowArgs* __restrict__ rows,
+                                           int n_heads, int hd, float* __restrict__ out) {
+  const int row = blockIdx.x, h = blockIdx.y;
+  const DecodeRowArgs r = rows[row];
+  combine_head(part + row_partials(r.split0, n_heads, hd) + partial_offset(h, r.splits, 0, hd), r.splits, hd,
+               out + (size_t(row) * size_t(n_heads) + size_t(h)) * size_t(hd));
 }
 
 }  // namespace
@@ -155,6 +223,51 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
   decode_partial_kernel<<<dim3(unsigned(p.n_kv_heads), unsigned(splits)), kWarps * 32, 0, stream>>>(
       q, k, v, cache_k, cache_v, start, p, splits, scratch);
   decode_combine_kernel<<<unsigned(p.n_heads), 128, 0, stream>>>(scratch, splits, p.head_dim, out);
+  return cudaGetLastError();
+}
+
+size_t decode_attention_rows_scratch_floats(const AttnParams& p, int64_t total_splits) {
+  return row_partials(int(total_splits), p.n_heads, p.head_dim);  // total_splits <= INT_MAX (the plan's)
+}
+
+int64_t decode_attention_rows_plan(DecodeRowArgs* rows, int n, int window, int n_kv_heads, int n_sms) {
+  // Keys per split: the step's keys (times the KV heads, one block each) over about 4 blocks per SM,
+  // so long rows get several splits and short ones one, and every block has about the same work.
+  auto keys = [&](int64_t pos) {
+    int64_t kb = 0, ke = 0;
+    split_keys(pos, window, 1, 0, &kb, &ke);
+    return ke - kb;
+  };
+  int64_t total = 0;
+  for (int i = 0; i < n; ++i) total += keys(rows[i].pos);
+  const int64_t target = 4 * int64_t(std::max(1, n_sms));
+  const int64_t per = std::max(kMinKeysPerSplit, (total * int64_t(std::max(1, n_kv_heads)) + target - 1) / target);
+  int64_t split0 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int64_t s = std::min<int64_t>(kMaxRowSplits, std::max<int64_t>(1, (keys(rows[i].pos) + per - 1) / per));
+    if (split0 > INT_MAX - s) return -1;
+    rows[i].split0 = int(split0);
+    rows[i].splits = int(s);
+    split0 += s;
+  }
+  return split0;
+}
+
+void decode_attention_rows_work(const DecodeRowArgs* rows, int n, DecodeWork* work) {
+  for (int i = 0; i < n; ++i)
+    for (int sp = 0; sp < rows[i].splits; ++sp, ++work) work->row = i, work->split = sp;
+}
+
+cudaError_t decode_attention_rows_cuda(const float* q, const float* k, const float* v, const DecodeRowArgs* rows, int n,
+                                       const DecodeWork* work, int n_work, const AttnParams& p, float* scratch,
+                                       float* out, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!decode_attention_supported(p) || p.head_dim <= 0 || n_work < n || !rows || !work || !scratch || p.d_start)
+    return cudaErrorInvalidValue;
+  decode_rows_partial_kernel<<<dim3(unsigned(n_work), unsigned(p.n_kv_heads)), kWarps * 32, 0, stream>>>(
+      q, k, v, rows, work, p, scratch);
+  decode_rows_combine_kernel<<<dim3(unsigned(n), unsigned(p.n_heads)), 128, 0, stream>>>(scratch, rows, p.n_heads,
+                                                                                         p.head_dim, out);
   return cudaGetLastError();
 }
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "attention.cuh"
+#include "decode_rows.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -18,6 +19,21 @@ size_t decode_attention_scratch_floats(const AttnParams& p, int splits);
 cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const float* cache_k,
                                   const float* cache_v, int64_t start, const AttnParams& p, int splits,
                                   float* scratch, float* out, cudaStream_t stream);
+
+// A batched decode step: row i of q[n, Hq*hd] (k, v[n, Hkv*hd]: its own K/V rows) attends the keys of
+// its own cache at its own position (rows[i], device table), output row i of out[n, Hq*hd]; the math of
+// decode_attention_cuda. The caches must already hold what the rows read (their positions before pos).
+// Plan on the host first: decode_attention_rows_plan fills each entry's split0/splits (pos and the
+// window decide them) and returns the total number of splits S (-1 if that overflows an int);
+// decode_attention_rows_work writes the S work items (row, split) in row order, which go to a device
+// table `work`; scratch holds decode_attention_rows_scratch_floats(p, S). p.slots is not used (each row
+// has its own); p.d_start must be null.
+int64_t decode_attention_rows_plan(DecodeRowArgs* rows, int n, int window, int n_kv_heads, int n_sms);
+void decode_attention_rows_work(const DecodeRowArgs* rows, int n, DecodeWork* work);
+size_t decode_attention_rows_scratch_floats(const AttnParams& p, int64_t total_splits);
+cudaError_t decode_attention_rows_cuda(const float* q, const float* k, const float* v, const DecodeRowArgs* rows, int n,
+                                       const DecodeWork* work, int n_work, const AttnParams& p, float* scratch,
+                                       float* out, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mistral

@@ -2,7 +2,7 @@
 // head. Angles as the CPU reference computes them: the host's fp32 inverse frequencies, fp32 product
 // with the position, cos/sin in fp64 rounded to fp32; the rotation in explicitly rounded fp32 operations
 // (no contraction), as the CPU does. The fused variant also stores the rotated K row and the V row of the
-// token in its cache slot.
+// token in its cache slot; its rows variant does that for a batched decode step, one sequence per token.
 #include "common.cuh"
 #include "rope.cuh"
 
@@ -39,39 +39,63 @@ __global__ void rope_kernel(float* q, float* k, int64_t start, const int64_t* d_
   }
 }
 
-// Token t = blockIdx.x of the chunk: rotates its q and k rows in place (as rope_kernel, so the same bits),
-// and when t >= first (the chunk's last `slots` positions) writes the rotated k row and its v row to cache
-// row (start + t) % slots. Each element of q, k, the cache rows and v is touched by one thread only, and
-// the rows of different tokens are distinct (at most `slots` consecutive positions are stored), so there
-// is no race and no barrier. q, k: [T, H*hd]; v: [T, Hkv*hd]; ck, cv: [slots, Hkv*hd].
-__global__ void rope_cache_write_kernel(float* q, float* k, const float* __restrict__ v, float* __restrict__ ck,
-                                        float* __restrict__ cv, int first, int64_t start, const int64_t* d_start,
-                                        int n_heads, int n_kv_heads, int hd, int64_t slots,
-                                        const float* __restrict__ inv_freq) {
+// One token's RoPE, by the block's threads: rotates its q row [Hq*hd] and k row [Hkv*hd] in place at
+// position pos (as rope_kernel, so the same bits) and, with ck_row set, stores the rotated k row in
+// ck_row and the v row in cv_row (cache rows [Hkv*hd]). Each element of q, k, v and the cache rows is
+// touched by one thread only: no barrier.
+__device__ __forceinline__ void rope_store_token(float* qt, float* kt, const float* __restrict__ vt,
+                                                 float* __restrict__ ck_row, float* __restrict__ cv_row, float pos,
+                                                 int n_heads, int n_kv_heads, int hd,
+                                                 const float* __restrict__ inv_freq) {
   const int half = hd / 2;
-  const int t = blockIdx.x;
-  if (d_start) start = *d_start;
-  const float pos = float(start + t);
-  const bool store = t >= first;
   const int kvd = n_kv_heads * hd;
-  const size_t row = size_t((start + t) % slots) * size_t(kvd);  // start >= 0, slots > 0
   const int pairs_q = n_heads * half, pairs = (n_heads + n_kv_heads) * half;
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
     const bool is_q = p < pairs_q;
     const int pp = is_q ? p : p - pairs_q;
     const int h = pp / half, i = pp % half;
-    float* x = is_q ? q + (size_t(t) * n_heads + h) * hd : k + size_t(t) * kvd + size_t(h) * hd;
+    float* x = (is_q ? qt : kt) + size_t(h) * hd;
     const float2 r = rotate_pair(x, i, half, pos, inv_freq);
     x[i] = r.x;
     x[i + half] = r.y;
-    if (!is_q && store) {
-      float* c = ck + row + size_t(h) * hd;
+    if (!is_q && ck_row) {
+      float* c = ck_row + size_t(h) * hd;
       c[i] = r.x;
       c[i + half] = r.y;
     }
   }
-  if (store)
-    for (int i = threadIdx.x; i < kvd; i += blockDim.x) cv[row + i] = v[size_t(t) * kvd + i];
+  if (ck_row)
+    for (int i = threadIdx.x; i < kvd; i += blockDim.x) cv_row[i] = vt[i];
+}
+
+// Token t = blockIdx.x of the chunk: rotates its q and k rows in place, and when t >= first (the chunk's
+// last `slots` positions) writes the rotated k row and its v row to cache row (start + t) % slots. The rows
+// of different tokens are distinct (at most `slots` consecutive positions are stored), so there is no race.
+// q, k: [T, H*hd]; v: [T, Hkv*hd]; ck, cv: [slots, Hkv*hd].
+__global__ void rope_cache_write_kernel(float* q, float* k, const float* __restrict__ v, float* __restrict__ ck,
+                                        float* __restrict__ cv, int first, int64_t start, const int64_t* d_start,
+                                        int n_heads, int n_kv_heads, int hd, int64_t slots,
+                                        const float* __restrict__ inv_freq) {
+  const int t = blockIdx.x;
+  if (d_start) start = *d_start;
+  const bool store = t >= first;
+  const int kvd = n_kv_heads * hd;
+  const size_t row = size_t((start + t) % slots) * size_t(kvd);  // start >= 0, slots > 0
+  rope_store_token(q + size_t(t) * n_heads * hd, k + size_t(t) * kvd, v + size_t(t) * kvd, store ? ck + row : nullptr,
+                   store ? cv + row : nullptr, float(start + t), n_heads, n_kv_heads, hd, inv_freq);
+}
+
+// Row t = blockIdx.x of a batched decode step: its own position, cache and slot count from the table.
+// Distinct rows have distinct caches (Backend::decode_rows), so no two blocks write the same cache row.
+__global__ void rope_cache_write_rows_kernel(float* q, float* k, const float* __restrict__ v,
+                                             const DecodeRowArgs* __restrict__ rows, int n_heads, int n_kv_heads,
+                                             int hd, const float* __restrict__ inv_freq) {
+  const int t = blockIdx.x;
+  const DecodeRowArgs r = rows[t];
+  const int kvd = n_kv_heads * hd;
+  const size_t row = size_t(r.pos % r.slots) * size_t(kvd);  // pos >= 0, slots > 0 (checked by the host)
+  rope_store_token(q + size_t(t) * n_heads * hd, k + size_t(t) * kvd, v + size_t(t) * kvd, r.cache_k + row,
+                   r.cache_v + row, float(r.pos), n_heads, n_kv_heads, hd, inv_freq);
 }
 
 }  // namespace
@@ -93,6 +117,15 @@ cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, float* cac
   const int first = int64_t(T) > slots ? int(int64_t(T) - slots) : 0;
   rope_cache_write_kernel<<<T, 128, 0, stream>>>(q, k, v, cache_k, cache_v, first, start, d_start, n_heads, n_kv_heads,
                                                  head_dim, slots, inv_freq);
+  return cudaGetLastError();
+}
+
+cudaError_t rope_cache_write_rows_cuda(float* q, float* k, const float* v, const DecodeRowArgs* rows, int n,
+                                       int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
+                                       cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (head_dim <= 0 || head_dim % 2 || n_heads <= 0 || n_kv_heads <= 0 || !rows) return cudaErrorInvalidValue;
+  rope_cache_write_rows_kernel<<<unsigned(n), 128, 0, stream>>>(q, k, v, rows, n_heads, n_kv_heads, head_dim, inv_freq);
   return cudaGetLastError();
 }
 

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "decode_rows.cuh"
+
 namespace mistral {
 namespace cuda {
 
@@ -19,6 +21,14 @@ cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, const int64_t* d
 cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, float* cache_k, float* cache_v, int T,
                                   int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads, int head_dim,
                                   int64_t slots, const float* inv_freq, cudaStream_t stream);
+
+// A batched decode step (one token per row, each row with its own sequence): row i of q[n, Hq*hd] and
+// k[n, Hkv*hd] is rotated at position rows[i].pos, as rope_cache_write_cuda with T = 1 does (the same
+// bits), and the rotated k row and v row i are stored in row pos % slots of rows[i].cache_k/v.
+// rows: a device table of n entries (decode_rows.cuh); distinct rows must have distinct caches.
+cudaError_t rope_cache_write_rows_cuda(float* q, float* k, const float* v, const DecodeRowArgs* rows, int n,
+                                       int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
+                                       cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mistral

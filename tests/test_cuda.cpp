@@ -1,8 +1,9 @@
 // CUDA backend against the CPU backend (the reference): every op over randomized shapes (not
 // multiples of 32, GQA ratios 1/2/4/8, KV lengths from 1 to 3x the window with wrap-around, head_dim
 // 12/64/128, fp32/fp16/bf16 weights, int8/NF4/int4 quantized weights), the fused ops (add + RMSNorm, RoPE +
-// cache write: eager, unfused and in a recorded graph), then whole models end to end
-// (full precision and quantized). Label `gpu`: each test skips with the reason when no usable GPU is
+// cache write: eager, unfused and in a recorded graph), batched decode steps (decode_rows: many sequences,
+// one token each), then whole models end to end (full precision and quantized; batched decode against each
+// sequence alone). Label `gpu`: each test skips with the reason when no usable GPU is
 // present.
 #include <gtest/gtest.h>
 
@@ -620,6 +621,257 @@ TEST(CudaModel, FusedEqualsUnfused) {
       }
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// One batched decode step's inputs: n rows, each with its own cache (slot count: the window, or any size
+// of a full-attention cache) and position; the caches lie one after another in ck/cv.
+struct RowsCase {
+  AttnShape s;
+  int n = 0;
+  std::vector<int64_t> pos, slots;
+  std::vector<size_t> off;  // row i's cache starts at float off[i] of ck and cv
+  std::vector<float> ck, cv, q, k, v;
+  size_t qd() const { return size_t(s.q_dim()); }
+  size_t kvd() const { return size_t(s.kv_dim()); }
+  // The rows' table over caches at ck_base / cv_base (host or device copies of ck, cv).
+  std::vector<DecodeRow> rows(float* ck_base, float* cv_base) const {
+    std::vector<DecodeRow> r(pos.size());
+    for (size_t i = 0; i < r.size(); ++i) {
+      r[i].cache = KVLayer{ck_base + off[i], cv_base + off[i]};
+      r[i].pos = pos[i];
+      r[i].slots = slots[i];
+    }
+    return r;
+  }
+};
+
+// Windowed caches hold W slots and positions 0 .. 3W-1 (the window full, then wrapped); full caches hold
+// 1 .. 600 slots and any position below that (several KV splits per row at the longer ones).
+RowsCase make_rows_case(std::mt19937& rng, int n, int hd, int ratio, int window) {
+  RowsCase c;
+  c.s.n_kv_heads = 2, c.s.n_heads = 2 * ratio, c.s.head_dim = hd, c.s.window = window;
+  c.s.rope_theta = hd == 64 ? 1e4f : 1e6f;
+  c.s.slots = 0;  // decode_rows reads each row's own
+  c.n = n;
+  size_t total = 0;
+  for (int i = 0; i < n; ++i) {
+    const int64_t slots = window > 0 ? window : 1 + int64_t(rng() % 600);
+    c.slots.push_back(slots);
+    c.pos.push_back(int64_t(rng() % uint32_t(window > 0 ? 3 * window : slots)));
+    c.off.push_back(total);
+    total += size_t(slots) * c.kvd();
+  }
+  c.ck = randn(total, rng), c.cv = randn(total, rng);
+  c.q = randn(size_t(n) * c.qd(), rng), c.k = randn(size_t(n) * c.kvd(), rng), c.v = randn(size_t(n) * c.kvd(), rng);
+  return c;
+}
+
+// Cache rows that the step does not write (every slot but pos % slots of each row) keep their bits.
+size_t rows_changed_elsewhere(const RowsCase& c, const std::vector<float>& ck, const std::vector<float>& cv) {
+  size_t bad = 0;
+  const size_t kvd = c.kvd();
+  for (int i = 0; i < c.n; ++i)
+    for (int64_t r = 0; r < c.slots[size_t(i)]; ++r) {
+      if (r == c.pos[size_t(i)] % c.slots[size_t(i)]) continue;
+      const size_t o = c.off[size_t(i)] + size_t(r) * kvd;
+      bad += std::memcmp(&ck[o], &c.ck[o], kvd * 4) != 0 || std::memcmp(&cv[o], &c.cv[o], kvd * 4) != 0;
+    }
+  return bad;
+}
+
+// decode_rows on CUDA (the batched kernels: one RoPE + cache-write launch, one split-KV attention) against
+// the CPU's default (the per-row ops) over randomized steps: 1 .. 70 rows, each with its own cache length,
+// windowed (W 16 and 200) and full caches, GQA 1/2/4/8, head_dim 64 and 128. q, k and the cache K rows
+// within RoPE's tolerance, V rows exact, other cache rows untouched, outputs within attention's tolerance;
+// RoPE and the stores bit for bit the per-row CUDA path's (they share its code), attention close to it
+// (another split plan). Every third case also runs the unfused order (fused = false: the per-row ops).
+TEST(CudaOps, DecodeRows) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(16);
+  const int ns[] = {1, 2, 70, 5, 33, 64, 17, 3};
+  int cases = 0;
+  for (int hd : {64, 128})
+    for (int ratio : {1, 2, 4, 8})
+      for (int window : {0, 16, 200}) {
+        const int n = ns[cases % 8];
+        const RowsCase c = make_rows_case(rng, n, hd, ratio, window);
+        const std::string what = "n " + std::to_string(n) + " hd " + std::to_string(hd) + " ratio " +
+                                 std::to_string(ratio) + " W " + std::to_string(window);
+        const size_t qd = c.qd(), kvd = c.kvd();
+        std::vector<float> q = c.q, k = c.k, ck = c.ck, cv = c.cv, ref(size_t(n) * qd);
+        b.cpu->decode_rows(q.data(), k.data(), c.v.data(), c.rows(ck.data(), cv.data()).data(), n, c.s, true,
+                           ref.data());
+
+        Dev q1(*b.gpu, c.q), k1(*b.gpu, c.k), v1(*b.gpu, c.v), ck1(*b.gpu, c.ck), cv1(*b.gpu, c.cv),
+            o1(*b.gpu, ref.size());
+        b.gpu->decode_rows(q1.p, k1.p, v1.p, c.rows(ck1.p, cv1.p).data(), n, c.s, true, o1.p);
+        Dev q2(*b.gpu, c.q), k2(*b.gpu, c.k), v2(*b.gpu, c.v), ck2(*b.gpu, c.ck), cv2(*b.gpu, c.cv),
+            o2(*b.gpu, ref.size());
+        for (int i = 0; i < n; ++i) {
+          AttnShape sh = c.s;
+          sh.slots = c.slots[size_t(i)];
+          const size_t r = size_t(i);
+          b.gpu->attend_chunk(q2.p + r * qd, k2.p + r * kvd, v2.p + r * kvd,
+                              KVLayer{ck2.p + c.off[r], cv2.p + c.off[r]}, 1, c.pos[r], sh, true, o2.p + r * qd);
+        }
+
+        const std::vector<float> gq = q1.get(), gk = k1.get(), gck = ck1.get(), gcv = cv1.get(), go = o1.get();
+        EXPECT_LT(rel_err(go, ref, "decode_rows out"), 1e-5) << what;
+        EXPECT_LT(rel_err(gq, q, "decode_rows q"), 1e-6) << what;
+        EXPECT_LT(rel_err(gk, k, "decode_rows k"), 1e-6) << what;
+        EXPECT_LT(rel_err(gck, ck, "decode_rows cache k"), 1e-6) << what;
+        EXPECT_EQ(bit_mismatches(gcv, cv, "cache v vs CPU " + what), 0u);
+        EXPECT_EQ(rows_changed_elsewhere(c, gck, gcv), 0u) << "cache rows the step does not own changed: " << what;
+        EXPECT_EQ(bit_mismatches(q2.get(), gq, "q per-row " + what), 0u);
+        EXPECT_EQ(bit_mismatches(k2.get(), gk, "k per-row " + what), 0u);
+        EXPECT_EQ(bit_mismatches(ck2.get(), gck, "cache k per-row " + what), 0u);
+        EXPECT_EQ(bit_mismatches(cv2.get(), gcv, "cache v per-row " + what), 0u);
+        EXPECT_LT(rel_err(go, o2.get(), "decode_rows vs per-row"), 1e-5) << what;
+
+        if (cases % 3 == 0) {
+          Dev q3(*b.gpu, c.q), k3(*b.gpu, c.k), v3(*b.gpu, c.v), ck3(*b.gpu, c.ck), cv3(*b.gpu, c.cv),
+              o3(*b.gpu, ref.size());
+          b.gpu->decode_rows(q3.p, k3.p, v3.p, c.rows(ck3.p, cv3.p).data(), n, c.s, false, o3.p);
+          EXPECT_LT(rel_err(o3.get(), ref, "decode_rows unfused out"), 1e-5) << what;
+          EXPECT_EQ(bit_mismatches(ck3.get(), gck, "cache k unfused " + what), 0u);
+          EXPECT_EQ(bit_mismatches(cv3.get(), gcv, "cache v unfused " + what), 0u);
+        }
+        ++cases;
+      }
+  EXPECT_EQ(cases, 2 * 4 * 3);
+}
+
+// Batched steps queued back to back without a host synchronisation: the 64-slot staging ring wraps twice,
+// every call's table differs (positions advance, the rows and their number change) and grows mid-stream
+// (120 rows at steps 70 and 140); all 150 steps must equal the CPU's. Windowed (wrapping) and full caches.
+TEST(CudaOps, DecodeRowsBackToBack) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(17);
+  for (int window : {0, 16}) {
+    AttnShape s;
+    s.n_kv_heads = 2, s.n_heads = 4, s.head_dim = 64, s.window = window, s.rope_theta = 1e4f;
+    const int pool = 120, steps = 150;
+    const int64_t slots = window > 0 ? window : 400;  // full: start < 200, at most 150 steps
+    const size_t qd = size_t(s.q_dim()), kvd = size_t(s.kv_dim()), cache_n = size_t(slots) * kvd;
+    std::vector<int64_t> pos(static_cast<size_t>(pool));
+    for (auto& p : pos) p = int64_t(rng() % 200);
+    std::vector<std::vector<int>> plan(static_cast<size_t>(steps));  // rows of each step (distinct)
+    size_t total = 0;
+    for (int st = 0; st < steps; ++st) {
+      const int n = st == 70 || st == 140 ? pool : 2 + int(rng() % 8);
+      for (int j = 0; j < n; ++j) plan[size_t(st)].push_back((st * 3 + j) % pool);
+      total += size_t(n);
+    }
+    const auto q = randn(total * qd, rng), k = randn(total * kvd, rng), v = randn(total * kvd, rng);
+    const auto ck = randn(size_t(pool) * cache_n, rng), cv = randn(size_t(pool) * cache_n, rng);
+    std::vector<float> hq = q, hk = k, hck = ck, hcv = cv, ref(total * qd);
+    Dev dq(*b.gpu, q), dk(*b.gpu, k), dv(*b.gpu, v), dck(*b.gpu, ck), dcv(*b.gpu, cv), dout(*b.gpu, ref.size());
+    std::vector<int64_t> p = pos;
+    size_t off = 0;
+    for (int st = 0; st < steps; ++st) {
+      const std::vector<int>& rows = plan[size_t(st)];
+      std::vector<DecodeRow> hr(rows.size()), gr(rows.size());
+      for (size_t j = 0; j < rows.size(); ++j) {
+        const size_t c = size_t(rows[j]) * cache_n;
+        hr[j].cache = KVLayer{hck.data() + c, hcv.data() + c};
+        gr[j].cache = KVLayer{dck.p + c, dcv.p + c};
+        hr[j].pos = gr[j].pos = p[size_t(rows[j])];
+        hr[j].slots = gr[j].slots = slots;
+        ++p[size_t(rows[j])];
+      }
+      const int n = int(rows.size());
+      b.cpu->decode_rows(hq.data() + off * qd, hk.data() + off * kvd, v.data() + off * kvd, hr.data(), n, s, true,
+                         ref.data() + off * qd);
+      b.gpu->decode_rows(dq.p + off * qd, dk.p + off * kvd, dv.p + off * kvd, gr.data(), n, s, true, dout.p + off * qd);
+      off += rows.size();
+    }
+    const std::string what = "W " + std::to_string(window);
+    EXPECT_LT(rel_err(dout.get(), ref, "back-to-back out"), 1e-5) << what;
+    EXPECT_LT(rel_err(dck.get(), hck, "back-to-back cache k"), 1e-6) << what;
+    EXPECT_EQ(bit_mismatches(dcv.get(), hcv, "back-to-back cache v " + what), 0u);
+  }
+}
+
+// A batched decode step of n sequences (one token each: decode_rows) against each sequence stepped alone
+// (single-segment passes, replayed as recorded graphs) on the same GPU, 20 steps teacher-forced on the
+// solo greedy ids, across window wrap-around and full caches of different lengths. n = 3 keeps the
+// matmuls on the fp32 GEMV path (T <= 4), so only the attention's split plan differs; n = 11 runs them
+// through cuBLAS (fp32 SGEMM, or activations rounded to bf16 for bf16 weights: check_model's tolerance
+// for that path). Greedy ids must be equal; on that bf16 path only, they may differ at a near-tie of the
+// solo logits (top two closer than 4x the tolerance times the logits' RMS).
+TEST(CudaModel, BatchedDecodeEqualsSolo) {
+  REQUIRE_GPU();
+  for (const char* f : {"w8_gqa1_f32", "full_gqa2_tied_f32", "w16_gqa4_hd12_f32", "w8_gqa2_bf16", "native_w8_gqa2_f32"})
+    for (int n : {3, 11}) {
+      const bool bf16 = std::string(f).find("bf16") != std::string::npos;
+      const bool rounded = bf16 && n > 4;  // cuBLAS with activations rounded to bf16
+      const double tol = rounded ? 2e-2 : 1e-4;
+      const std::string what = std::string(f) + " n " + std::to_string(n);
+      auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f));
+      auto gpu = make_cuda_backend(0);
+      const size_t V = size_t(model->config().vocab_size);
+      SessionOptions so;
+      ForwardPass batched(*model, *gpu, so), solo(*model, *gpu, so);
+      std::mt19937 rng(18);
+      std::vector<std::unique_ptr<KVCache>> bc, sc;
+      std::vector<std::vector<float>> ls(static_cast<size_t>(n), std::vector<float>(V));
+      for (int i = 0; i < n; ++i) {
+        bc.push_back(batched.new_cache(48 + 5 * i));
+        sc.push_back(solo.new_cache(48 + 5 * i));
+        std::vector<int32_t> prompt(size_t(1 + (i * 7) % 20));
+        for (auto& x : prompt) x = int32_t(rng() % V);
+        BatchSegment seg;
+        seg.ids = prompt.data();
+        seg.T = int(prompt.size());
+        std::vector<float> lb(V);
+        seg.cache = bc[size_t(i)].get();
+        batched.run({seg}, lb.data());
+        seg.cache = sc[size_t(i)].get();
+        solo.run({seg}, ls[size_t(i)].data());
+        ASSERT_EQ(bit_mismatches(lb, ls[size_t(i)], "prefill " + what), 0u);
+      }
+      int ties = 0;
+      std::vector<int32_t> ids(static_cast<size_t>(n));
+      for (int step = 0; step < 20; ++step) {
+        std::vector<BatchSegment> segs(static_cast<size_t>(n));
+        for (int i = 0; i < n; ++i) {
+          ids[size_t(i)] = argmax(ls[size_t(i)].data(), int64_t(V));
+          segs[size_t(i)].cache = bc[size_t(i)].get();
+          segs[size_t(i)].ids = &ids[size_t(i)];
+          segs[size_t(i)].T = 1;
+        }
+        std::vector<float> lb(size_t(n) * V);
+        ASSERT_EQ(batched.run(segs, lb.data()), size_t(n)) << what;
+        for (int i = 0; i < n; ++i) {
+          BatchSegment seg = segs[size_t(i)];
+          seg.cache = sc[size_t(i)].get();
+          std::vector<float>& l = ls[size_t(i)];
+          solo.run({seg}, l.data());
+          const std::vector<float> row(lb.begin() + long(size_t(i) * V), lb.begin() + long(size_t(i + 1) * V));
+          const std::string at = what + " step " + std::to_string(step) + " sequence " + std::to_string(i);
+          ASSERT_LT(rel_err(row, l, "batched logits"), tol) << at;
+          const int32_t ab = argmax(row.data(), int64_t(V)), as = argmax(l.data(), int64_t(V));
+          if (ab != as) {
+            // Only where the activations are rounded to bf16, and only at a near-tie of the solo logits: a
+            // gap below 4x the tolerance times their RMS.
+            double ss = 0;
+            for (float x : l) ss += double(x) * x;
+            const double gap = double(l[size_t(as)]) - l[size_t(ab)];
+            EXPECT_TRUE(rounded && gap <= 4 * tol * std::sqrt(ss / double(V)))
+                << "greedy id " << ab << " (batched) vs " << as << " (solo), solo gap " << gap << ": " << at;
+            ++ties;
+          }
+          ASSERT_EQ(bc[size_t(i)]->n_past, sc[size_t(i)]->n_past) << at;
+        }
+      }
+      if (ties) std::fprintf(stderr, "%s: %d greedy near-ties\n", what.c_str(), ties);
+    }
 }
 
 }  // namespace

@@ -43,6 +43,13 @@ inline bool cache_write_before_attention_ok(int T, int64_t start, const AttnShap
   return newest_evicted < oldest_read;
 }
 
+// One row of Backend::decode_rows: a single token of a sequence that has its own KV cache.
+struct DecodeRow {
+  KVLayer cache;      // the sequence's cache for this layer, [slots, Hkv*hd] each
+  int64_t pos = 0;    // the token's position (the cache's n_past): RoPE angle, cache row pos % slots
+  int64_t slots = 0;  // rows of this cache (full-attention caches differ per sequence)
+};
+
 // Device memory a backend holds (GPU backends; see Backend::device_memory).
 struct DeviceMemoryInfo {
   size_t free = 0, total = 0;  // the device's free and total memory now
@@ -112,6 +119,37 @@ class Backend {
                                 const AttnShape& s) {
     rope(q, k, T, start, s);
     cache_write(k, v, cache, T, start, s);
+  }
+
+  // RoPE, attention and the cache write of one chunk of T tokens at positions start .. start+T-1, in the
+  // order the forward pass uses: with `fused`, and where cache_write_before_attention_ok(), RoPE fused with
+  // the cache write and then attention; otherwise rope, attention, then cache_write. out: [T, Hq*hd].
+  void attend_chunk(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start, const AttnShape& s,
+                    bool fused, float* out) {
+    if (fused && cache_write_before_attention_ok(T, start, s)) {
+      rope_cache_write(q, k, v, cache, T, start, s);
+      attention(q, k, v, cache, T, start, s, out);
+    } else {
+      rope(q, k, T, start, s);
+      attention(q, k, v, cache, T, start, s, out);
+      cache_write(k, v, cache, T, start, s);
+    }
+  }
+  // A run of n single-token segments of different sequences (a batched decode step): row i is token i of
+  // q[n, Hq*hd], k and v[n, Hkv*hd] and out[n, Hq*hd], at position rows[i].pos of cache rows[i].cache
+  // with rows[i].slots rows (s.slots is not used). Each row gets exactly attend_chunk() with T = 1; the
+  // default runs that row after row, so a backend without its own version gives the per-segment results
+  // bit for bit. A GPU backend does all rows in a few launches. Not for recorded graphs (each row has its
+  // own host-side position); rows must use distinct caches.
+  virtual void decode_rows(float* q, float* k, const float* v, const DecodeRow* rows, int n, const AttnShape& s,
+                           bool fused, float* out) {
+    const size_t qd = size_t(s.q_dim()), kvd = size_t(s.kv_dim());
+    for (int i = 0; i < n; ++i) {
+      AttnShape sh = s;
+      sh.slots = rows[i].slots;
+      const size_t r = size_t(i);
+      attend_chunk(q + r * qd, k + r * kvd, v + r * kvd, rows[i].cache, 1, rows[i].pos, sh, fused, out + r * qd);
+    }
   }
 
   // Device-to-device copy rate in GB/s, (bytes read + bytes written) / s, best of a few large copies;

@@ -93,6 +93,7 @@ class ForwardPass {
   bool graphs_;
   bool fused_;
   int scratch_T_ = 0, scratch_rows_ = 0;
+  std::vector<DecodeRow> rows_;  // body(): the current run of single-token segments
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *gate_ = nullptr,
         *up_ = nullptr, *xg_ = nullptr, *logits_ = nullptr;
 };

@@ -122,6 +122,13 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
     T += s.T;
     if (s.want_logits) rows += s.all_logits ? s.T : 1;
   }
+  if (segs.size() > 1) {  // each segment's positions follow its own cache's n_past
+    std::vector<const KVCache*> caches;
+    for (const auto& s : segs) caches.push_back(s.cache);
+    std::sort(caches.begin(), caches.end());
+    if (std::adjacent_find(caches.begin(), caches.end()) != caches.end())
+      throw UsageError("two segments of one batch share a KV cache");
+  }
   if (T == 0) return 0;
   ensure_scratch(T, rows);
   const size_t V = size_t(c.vocab_size);
@@ -180,22 +187,35 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
     be_.matmul(xn_, T, L.wk, k_);
     be_.matmul(xn_, T, L.wv, v_);
     size_t off = 0;  // row offset of the segment in the batch
-    for (const auto& s : segs) {
+    for (size_t i = 0; i < segs.size();) {
+      // A run of two or more single-token segments (decode steps of different sequences): one decode_rows
+      // call, which a GPU backend runs in a few launches. A lone one (batch 1, whose step may be recorded
+      // as a graph) keeps the per-segment path.
+      size_t e = i;
+      while (e < segs.size() && segs[e].T == 1) ++e;
+      if (e - i >= 2) {
+        rows_.clear();
+        for (size_t j = i; j < e; ++j) {
+          DecodeRow r;
+          r.cache = segs[j].cache->layer(l);
+          r.pos = segs[j].cache->n_past;
+          r.slots = segs[j].cache->slots();
+          rows_.push_back(r);
+        }
+        be_.decode_rows(q_ + off * QD, k_ + off * KD, v_ + off * KD, rows_.data(), int(e - i), shape_, fused_,
+                        att_ + off * QD);
+        off += e - i;
+        i = e;
+        continue;
+      }
+      const BatchSegment& s = segs[i++];
       AttnShape sh = shape_;
       sh.slots = s.cache->slots();
-      float *q = q_ + off * QD, *k = k_ + off * KD, *v = v_ + off * KD;
-      const KVLayer& cache = s.cache->layer(l);
-      const int64_t start = s.cache->n_past;
-      // Attention reads positions before `start` from the cache and the chunk's own from k/v: storing the
-      // chunk first is only allowed where that evicts nothing the chunk's queries read (every decode step).
-      if (fused_ && cache_write_before_attention_ok(s.T, start, sh)) {
-        be_.rope_cache_write(q, k, v, cache, s.T, start, sh);
-        be_.attention(q, k, v, cache, s.T, start, sh, att_ + off * QD);
-      } else {
-        be_.rope(q, k, s.T, start, sh);
-        be_.attention(q, k, v, cache, s.T, start, sh, att_ + off * QD);
-        be_.cache_write(k, v, cache, s.T, start, sh);
-      }
+      // Attention reads positions before the chunk's start from the cache and the chunk's own from k/v:
+      // storing the chunk first is only allowed where that evicts nothing the chunk's queries read (every
+      // decode step); attend_chunk picks the order.
+      be_.attend_chunk(q_ + off * QD, k_ + off * KD, v_ + off * KD, s.cache->layer(l), s.T, s.cache->n_past, sh, fused_,
+                       att_ + off * QD);
       off += size_t(s.T);
     }
     be_.matmul(att_, T, L.wo, xn_);

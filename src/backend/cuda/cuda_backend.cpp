@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <vector>
 
@@ -88,6 +89,11 @@ class CudaBackend final : public Backend {
     if (conv_) cudaFree(conv_);
     if (deq_) cudaFree(deq_);
     if (split_) cudaFree(split_);
+    for (cudaEvent_t& e : rows_ev_)
+      if (e) cudaEventDestroy(e);
+    if (rows_host_) cudaFreeHost(rows_host_);
+    if (rows_dev_) cudaFree(rows_dev_);
+    if (rows_split_) cudaFree(rows_split_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -229,7 +235,8 @@ class CudaBackend final : public Backend {
     m->weights = weight_bytes_;
     m->buffers = alloc_bytes_;
     m->internal = conv_cap_ + deq_cap_ + split_cap_ * sizeof(float) + ids_cap_ * sizeof(int32_t) +
-                  inv_freq_bytes_ + (step_dev_ ? sizeof(StepInputs) : 0);
+                  inv_freq_bytes_ + (step_dev_ ? sizeof(StepInputs) : 0) + rows_slot_ +
+                  rows_split_cap_ * sizeof(float);
     return true;
   }
 
@@ -407,6 +414,69 @@ class CudaBackend final : public Backend {
     MR_LAUNCH_CHECK(cache_write_cuda(k, v, cache.k, cache.v, T, start, params(s), stream_), stream_);
   }
 
+  // A batched decode step in three stream operations: the row table (caches, positions, slots, the
+  // attention's split plan) and its work items copied from a pinned staging slot, RoPE + cache write for
+  // every row, split-KV attention for every row (partial and combine kernels). Rows the split-KV kernel
+  // cannot take, the unfused order (fused == false, kept for comparisons), MISTRAL_CUDA_SPLIT_KV=0 and
+  // MISTRAL_CUDA_DECODE_ROWS=0 run the per-row ops instead (Backend's default).
+  void decode_rows(float* q, float* k, const float* v, const DecodeRow* rows, int n, const AttnShape& s, bool fused,
+                   float* out) override {
+    if (n <= 0) return;
+    // Recorded steps are single-segment ones; a table of host-side positions cannot be replayed.
+    if (capturing_) throw Error("internal: decode_rows during graph capture");
+    AttnParams p = params(s);  // d_start null: not capturing
+    p.slots = 0;               // each row has its own
+    bool batched = fused && use_split_kv_ && use_decode_rows_ && decode_attention_supported(p) && s.head_dim > 0 &&
+                   s.head_dim % 2 == 0;
+    for (int i = 0; batched && i < n; ++i) {
+      AttnShape sh = s;
+      sh.slots = rows[i].slots;
+      // Stores before attention (as the fused per-row path): fine for every step of a cache the engine makes.
+      batched =
+          rows[i].pos >= 0 && rows[i].cache.k && rows[i].cache.v && cache_write_before_attention_ok(1, rows[i].pos, sh);
+    }
+    if (!batched) {
+      Backend::decode_rows(q, k, v, rows, n, s, fused, out);
+      return;
+    }
+    rows_plan_.resize(size_t(n));
+    for (int i = 0; i < n; ++i) {
+      DecodeRowArgs& r = rows_plan_[size_t(i)];
+      r.cache_k = rows[i].cache.k;
+      r.cache_v = rows[i].cache.v;
+      r.pos = rows[i].pos;
+      r.slots = rows[i].slots;
+    }
+    const int64_t total = decode_attention_rows_plan(rows_plan_.data(), n, s.window, s.n_kv_heads, n_sms_);
+    if (total < n) throw Error("internal: decode_rows split plan overflows");
+    const size_t need = decode_attention_rows_scratch_floats(p, total);
+    if (need > rows_split_cap_) {
+      MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued steps may still use the old partials
+      if (rows_split_) MR_CUDA_CHECK(cudaFree(rows_split_));
+      rows_split_ = nullptr;
+      rows_split_cap_ = 0;
+      const size_t cap = need + need / 2;
+      MR_CUDA_CHECK(cudaMalloc(&rows_split_, cap * sizeof(float)));
+      rows_split_cap_ = cap;
+    }
+    const size_t table = size_t(n) * sizeof(DecodeRowArgs);
+    const size_t bytes = table + size_t(total) * sizeof(DecodeWork);
+    int slot = 0;
+    char* h = stage_rows(bytes, &slot);
+    std::memcpy(h, rows_plan_.data(), table);
+    decode_attention_rows_work(rows_plan_.data(), n, reinterpret_cast<DecodeWork*>(h + table));
+    // In stream order after every kernel that read the previous table, before the two that read this one.
+    MR_CUDA_CHECK(cudaMemcpyAsync(rows_dev_, h, bytes, cudaMemcpyHostToDevice, stream_));
+    MR_CUDA_CHECK(cudaEventRecord(rows_ev_[slot], stream_));
+    const auto* dt = static_cast<const DecodeRowArgs*>(rows_dev_);
+    const auto* dw = reinterpret_cast<const DecodeWork*>(static_cast<const char*>(rows_dev_) + table);
+    MR_LAUNCH_CHECK(
+        rope_cache_write_rows_cuda(q, k, v, dt, n, s.n_heads, s.n_kv_heads, s.head_dim, inv_freq(s), stream_),
+        stream_);
+    MR_LAUNCH_CHECK(decode_attention_rows_cuda(q, k, v, dt, n, dw, int(total), p, rows_split_, out, stream_),
+                    stream_);
+  }
+
   void swiglu(const float* gate, const float* up, size_t n, float* out) override {
     MR_LAUNCH_CHECK(swiglu_cuda(gate, up, n, out, stream_), stream_);
   }
@@ -448,6 +518,30 @@ class CudaBackend final : public Backend {
     inv_freq_bytes_ += h.size() * sizeof(float);
     return static_cast<float*>(d);
   }
+  // A pinned staging slot of at least `bytes` for a decode_rows table, and its index. The slot's previous
+  // copy to the device has finished (its event), so the host may overwrite it; growing waits for the
+  // stream (no copy still reads the old staging, no kernel the old device table).
+  char* stage_rows(size_t bytes, int* slot) {
+    if (bytes > rows_slot_) {
+      MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (rows_host_) MR_CUDA_CHECK(cudaFreeHost(rows_host_));
+      rows_host_ = nullptr;
+      if (rows_dev_) MR_CUDA_CHECK(cudaFree(rows_dev_));
+      rows_dev_ = nullptr;
+      rows_slot_ = 0;
+      const size_t cap = (std::max<size_t>(2 * bytes, 4096) + 255) / 256 * 256;
+      MR_CUDA_CHECK(cudaMallocHost(&rows_host_, cap * kRowRing));
+      MR_CUDA_CHECK(cudaMalloc(&rows_dev_, cap));
+      rows_slot_ = cap;
+    }
+    for (cudaEvent_t& e : rows_ev_)
+      if (!e) MR_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    const int s = rows_next_;
+    rows_next_ = (s + 1) % kRowRing;
+    MR_CUDA_CHECK(cudaEventSynchronize(rows_ev_[s]));  // returns at once for a slot never used
+    *slot = s;
+    return rows_host_ + size_t(s) * rows_slot_;
+  }
   AttnParams params(const AttnShape& s) const {
     AttnParams p;
     p.d_start = capturing_ ? &step_dev_->pos : nullptr;
@@ -469,6 +563,9 @@ class CudaBackend final : public Backend {
     int32_t id;
   };
   static constexpr size_t kMaxGraphs = 16;
+  // Staging slots for decode_rows tables: the host runs at most this many calls (two 32-layer steps)
+  // ahead of the copies before it waits.
+  static constexpr int kRowRing = 64;
 
   int device_;
   std::string name_;
@@ -480,7 +577,22 @@ class CudaBackend final : public Backend {
     const char* e = std::getenv("MISTRAL_CUDA_SPLIT_KV");
     return !(e && *e == '0');
   }();
+  // MISTRAL_CUDA_DECODE_ROWS=0 runs batched decode steps row by row (for comparisons).
+  bool use_decode_rows_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_DECODE_ROWS");
+    return !(e && *e == '0');
+  }();
   bool capturing_ = false;
+  // decode_rows: the host-side plan, kRowRing pinned staging slots of rows_slot_ bytes (rows_ev_[i]
+  // recorded after the copy from slot i), the device table [rows_slot_ bytes] and the attention partials.
+  std::vector<DecodeRowArgs> rows_plan_;
+  char* rows_host_ = nullptr;
+  size_t rows_slot_ = 0;
+  void* rows_dev_ = nullptr;
+  cudaEvent_t rows_ev_[kRowRing] = {};
+  int rows_next_ = 0;
+  float* rows_split_ = nullptr;
+  size_t rows_split_cap_ = 0;
   StepInputs* step_host_ = nullptr;  // pinned staging for the step inputs
   StepInputs* step_dev_ = nullptr;
   std::map<uint64_t, cudaGraphExec_t> graphs_;
