@@ -193,7 +193,7 @@ batch)
   W=/tmp/stories-w16 && rm -rf "$W" && mkdir -p "$W"
   python3 -c "import json,sys;c=json.load(open('$S/config.json'));c['sliding_window']=16;json.dump(c,open('$W/config.json','w'))"
   ln -s "$S/model.safetensors" "$S/tokenizer.json" "$W/"
-  python3 tools/batch_equivalence.py --bin "$BIN/mistral-run" --model "$W" --device cuda --out "$OUTDIR/batch" \
+  timeout 150 python3 tools/batch_equivalence.py --bin "$BIN/mistral-run" --model "$W" --device cuda --out "$OUTDIR/batch" \
     --sizes 1 3 8 | tee -a "$SUMMARY"
   timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json --batch 64 \
     --prompt-tokens 128 --gen-tokens 32 >"$OUTDIR/ours_batch64.json" || echo "batch bench failed"
