@@ -1,9 +1,12 @@
-// Attention kernel (reference-grade, flash-style online softmax): one block of 128 threads per
+// Attention for a chunk of queries. head_dim <= 128 (every Mistral model) takes the tiled kernel
+// below; larger head dims take the reference-grade one: one block of 128 threads per
 // (query token, query head). Keys are processed in tiles of 128: thread j scores key j of the tile
 // (a full dot product over head_dim), the block finds the tile maximum, rescales its running
 // sum, then thread i accumulates output dims i, i+128, ... over the tile. Any head_dim <= 512.
 // This kernel reads each KV head once per query head; the split-KV decode kernel that shares
 // loads across a GQA group is future work.
+#include <mma.h>
+
 #include "attention.cuh"
 #include "common.cuh"
 
@@ -91,6 +94,319 @@ __global__ void attention_kernel(const float* __restrict__ q, const float* __res
   }
 }
 
+// Tiled prefill attention (flash-style, fp32): one block of 256 threads per (tile of 64 queries, query
+// head). The tile's queries sit in shared memory; each 64-key tile of K and V is loaded once for all
+// of them, scores S = Q K^T are held in registers (thread (ty, tx) owns rows ty + 16a and key columns
+// tx + 16b, a, b < 4), the online softmax runs per row across the 16 threads of a half-warp, P goes
+// through shared memory (over the K tile, no longer needed by then), and O += P V accumulates rows
+// ty + 16a, dims tx + 16c in registers. D is head_dim rounded up to 32, 64 or 128 (zero-padded).
+constexpr int kTileQ = 64, kTileK = 64, kTileThreads = 256;
+
+// K tile [kTileK][D + 1] and P [kTileQ][kTileK + 1] share one region.
+template <int D>
+__host__ __device__ constexpr int tiled_kp_floats() {
+  return kTileK * (D + 1) > kTileQ * (kTileK + 1) ? kTileK * (D + 1) : kTileQ * (kTileK + 1);
+}
+template <int D>
+constexpr size_t tiled_smem_floats() {
+  return size_t(kTileQ) * (D + 1) + size_t(tiled_kp_floats<D>()) + size_t(kTileK) * D;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kTileThreads)
+    attention_tiled_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                           const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p,
+                           int T, float* __restrict__ out) {
+  static_assert(D % 16 == 0, "head dims are padded to a multiple of 16");
+  constexpr int QP = D + 1, PP = kTileK + 1, C = D / 16;
+  if (p.d_start) start = *p.d_start;
+  extern __shared__ float smem[];
+  float* Qs = smem;               // [kTileQ][QP]
+  float* Ks = Qs + kTileQ * QP;   // [kTileK][QP], then P [kTileQ][PP]
+  float* Vs = Ks + tiled_kp_floats<D>();  // [kTileK][D]
+  float* Ps = Ks;
+  const int h = blockIdx.y, q0 = blockIdx.x * kTileQ;
+  const int hd = p.head_dim, kvd = p.n_kv_heads * hd, qd = p.n_heads * hd;
+  const int kvh = h / (p.n_heads / p.n_kv_heads);
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int nq = T - q0 < kTileQ ? T - q0 : kTileQ;
+  const float scale = rsqrtf(float(hd));
+  for (int i = tid; i < kTileQ * D; i += kTileThreads) {
+    const int r = i / D, d = i % D;
+    Qs[r * QP + d] = r < nq && d < hd ? q[size_t(q0 + r) * qd + size_t(h) * hd + d] : 0.f;
+  }
+  const int64_t pos0 = start + q0, pos_hi = pos0 + nq - 1;
+  const int64_t j_lo = p.window > 0 && pos0 - p.window + 1 > 0 ? pos0 - p.window + 1 : 0;
+  float o[4][C], m[4], l[4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    m[a] = -INFINITY, l[a] = 0.f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) o[a][c] = 0.f;
+  }
+  for (int64_t kb = j_lo; kb <= pos_hi; kb += kTileK) {
+    __syncthreads();  // the last tile's P and V reads are done (and Q is visible on the first)
+    for (int i = tid; i < kTileK * D; i += kTileThreads) {
+      const int r = i / D, d = i % D;
+      const int64_t j = kb + r;
+      float kx = 0.f, vx = 0.f;
+      if (j <= pos_hi && d < hd) {
+        const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
+        kx = j < start ? ck[off] : k[off];
+        vx = j < start ? cv[off] : v[off];
+      }
+      Ks[r * QP + d] = kx;
+      Vs[r * D + d] = vx;
+    }
+    __syncthreads();
+    float s[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) s[a][b] = 0.f;
+#pragma unroll 8
+    for (int d = 0; d < D; ++d) {
+      float qa[4], kb4[4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) qa[a] = Qs[(ty + 16 * a) * QP + d];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) kb4[b] = Ks[(tx + 16 * b) * QP + d];
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) s[a][b] += qa[a] * kb4[b];
+    }
+    __syncthreads();  // every thread is done with K before P overwrites it
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int r = ty + 16 * a;
+      const int64_t pos = pos0 + r;
+      float mt = -INFINITY;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int64_t j = kb + tx + 16 * b;
+        const bool ok = j <= pos && (p.window <= 0 || j > pos - p.window);
+        s[a][b] = ok ? s[a][b] * scale : -INFINITY;
+        mt = fmaxf(mt, s[a][b]);
+      }
+#pragma unroll
+      for (int off = 8; off > 0; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+      const float mn = fmaxf(m[a], mt);
+      const float ms = mn == -INFINITY ? 0.f : mn;  // a row with no key yet keeps zeros
+      const float corr = expf(m[a] - ms);
+      float sum = 0.f;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const float pj = expf(s[a][b] - ms);
+        Ps[r * PP + tx + 16 * b] = pj;
+        sum += pj;
+      }
+#pragma unroll
+      for (int off = 8; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      l[a] = l[a] * corr + sum;
+      m[a] = mn;
+#pragma unroll
+      for (int c = 0; c < C; ++c) o[a][c] *= corr;
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int j = 0; j < kTileK; ++j) {
+      float pa[4], vb[C];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) pa[a] = Ps[(ty + 16 * a) * PP + j];
+#pragma unroll
+      for (int c = 0; c < C; ++c) vb[c] = Vs[j * D + tx + 16 * c];
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int c = 0; c < C; ++c) o[a][c] += pa[a] * vb[c];
+    }
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int r = ty + 16 * a;
+    if (r >= nq) continue;
+    const float inv = 1.f / l[a];
+    float* orow = out + size_t(q0 + r) * qd + size_t(h) * hd;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int d = tx + 16 * c;
+      if (d < hd) orow[d] = o[a][c] * inv;
+    }
+  }
+}
+
+template <int D>
+cudaError_t launch_tiled(const float* q, const float* k, const float* v, const float* ck, const float* cv, int T,
+                         int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
+  constexpr size_t bytes = tiled_smem_floats<D>() * sizeof(float);
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(attention_tiled_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(unsigned((T + kTileQ - 1) / kTileQ), unsigned(p.n_heads));
+  attention_tiled_kernel<D><<<grid, kTileThreads, bytes, stream>>>(q, k, v, ck, cv, start, p, T, out);
+  return cudaGetLastError();
+}
+
+// Tensor-core prefill attention (AttnParams::half): the same tiling as above with fp16 operands and
+// fp32 accumulation through WMMA 16x16x16 products. One block of 4 warps per (64 queries, query head);
+// warp w owns query rows 16w .. 16w + 15. Per 64-key tile: S = Q K^T into shared memory (fp32), the
+// online softmax on the warp's rows (lane: row lane / 2, half lane % 2 of the keys), P rounded to fp16,
+// the O rows rescaled in shared memory, then O += P V. q, k and v are rounded to fp16 (saturated) as
+// they are loaded; scores, the softmax and O stay fp32.
+constexpr int kTcQ = 64, kTcK = 64, kTcThreads = 128;
+
+__host__ __device__ constexpr size_t align128(size_t b) { return (b + 127) / 128 * 128; }
+
+template <int D>
+struct TcLayout {
+  static constexpr int HP = D + 8;     // pitch (halves) of the Q, K and V tiles
+  static constexpr int SP = kTcK + 4;  // pitch (floats) of S
+  static constexpr int PP = kTcK + 8;  // pitch (halves) of P
+  static constexpr int OP = D + 4;     // pitch (floats) of O
+  static constexpr size_t q_off = 0;
+  static constexpr size_t k_off = q_off + align128(size_t(kTcQ) * HP * 2);
+  static constexpr size_t v_off = k_off + align128(size_t(kTcK) * HP * 2);
+  static constexpr size_t s_off = v_off + align128(size_t(kTcK) * HP * 2);
+  static constexpr size_t p_off = s_off + align128(size_t(kTcQ) * SP * 4);
+  static constexpr size_t o_off = p_off + align128(size_t(kTcQ) * PP * 2);
+  static constexpr size_t bytes = o_off + align128(size_t(kTcQ) * OP * 4);
+};
+
+__device__ __forceinline__ __half to_half_sat(float x) { return __float2half_rn(fminf(fmaxf(x, -65504.f), 65504.f)); }
+
+template <int D>
+__global__ void __launch_bounds__(kTcThreads)
+    attention_tc_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                        const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p, int T,
+                        float* __restrict__ out) {
+  using namespace nvcuda;
+  using L = TcLayout<D>;
+  constexpr int HP = L::HP, SP = L::SP, PP = L::PP, OP = L::OP;
+  if (p.d_start) start = *p.d_start;
+  extern __shared__ __align__(128) unsigned char tc_smem[];
+  __half* Qs = reinterpret_cast<__half*>(tc_smem + L::q_off);
+  __half* Ks = reinterpret_cast<__half*>(tc_smem + L::k_off);
+  __half* Vs = reinterpret_cast<__half*>(tc_smem + L::v_off);
+  float* Ss = reinterpret_cast<float*>(tc_smem + L::s_off);
+  __half* Ps = reinterpret_cast<__half*>(tc_smem + L::p_off);
+  float* Os = reinterpret_cast<float*>(tc_smem + L::o_off);
+  const int h = blockIdx.y, q0 = blockIdx.x * kTcQ;
+  const int hd = p.head_dim, kvd = p.n_kv_heads * hd, qd = p.n_heads * hd;
+  const int kvh = h / (p.n_heads / p.n_kv_heads);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int nq = T - q0 < kTcQ ? T - q0 : kTcQ;
+  const float scale = rsqrtf(float(hd));
+  for (int i = tid; i < kTcQ * D / 2; i += kTcThreads) {
+    const int r = i / (D / 2), d = 2 * (i % (D / 2));
+    const float* src = q + size_t(q0 + r) * qd + size_t(h) * hd;
+    const float x0 = r < nq && d < hd ? src[d] : 0.f, x1 = r < nq && d + 1 < hd ? src[d + 1] : 0.f;
+    *reinterpret_cast<__half2*>(Qs + r * HP + d) = __halves2half2(to_half_sat(x0), to_half_sat(x1));
+  }
+  for (int i = tid; i < kTcQ * OP; i += kTcThreads) Os[i] = 0.f;
+  const int64_t pos0 = start + q0, pos_hi = pos0 + nq - 1;
+  const int64_t j_lo = p.window > 0 && pos0 - p.window + 1 > 0 ? pos0 - p.window + 1 : 0;
+  const int row = warp * 16 + (lane >> 1), side = lane & 1;  // this lane's softmax row and half
+  const int64_t pos = pos0 + row;
+  float m = -INFINITY, l = 0.f;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fk;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fv;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fp[kTcK / 16];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTcK / 16];
+  for (int64_t kb = j_lo; kb <= pos_hi; kb += kTcK) {
+    __syncthreads();  // every warp is done with the last K and V tiles (and Q, O are written, first time)
+    for (int i = tid; i < kTcK * D / 2; i += kTcThreads) {
+      const int r = i / (D / 2), d = 2 * (i % (D / 2));
+      const int64_t j = kb + r;
+      float k0 = 0.f, k1 = 0.f, v0 = 0.f, v1 = 0.f;
+      if (j <= pos_hi && d < hd) {
+        const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
+        const float* kr = (j < start ? ck : k) + off;
+        const float* vr = (j < start ? cv : v) + off;
+        k0 = kr[0], v0 = vr[0];
+        if (d + 1 < hd) k1 = kr[1], v1 = vr[1];
+      }
+      *reinterpret_cast<__half2*>(Ks + r * HP + d) = __halves2half2(to_half_sat(k0), to_half_sat(k1));
+      *reinterpret_cast<__half2*>(Vs + r * HP + d) = __halves2half2(to_half_sat(v0), to_half_sat(v1));
+    }
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < kTcK / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
+#pragma unroll
+    for (int kk = 0; kk < D; kk += 16) {
+      wmma::load_matrix_sync(fa, Qs + warp * 16 * HP + kk, HP);
+#pragma unroll
+      for (int n = 0; n < kTcK / 16; ++n) {
+        wmma::load_matrix_sync(fk, Ks + n * 16 * HP + kk, HP);
+        wmma::mma_sync(acc[n], fa, fk, acc[n]);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < kTcK / 16; ++n)
+      wmma::store_matrix_sync(Ss + warp * 16 * SP + n * 16, acc[n], SP, wmma::mem_row_major);
+    __syncwarp();
+    const float* srow = Ss + row * SP + side * 32;
+    float mt = -INFINITY;
+    for (int c = 0; c < 32; ++c) {
+      const int64_t j = kb + side * 32 + c;
+      const bool ok = j <= pos && (p.window <= 0 || j > pos - p.window);
+      if (ok) mt = fmaxf(mt, srow[c] * scale);
+    }
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    const float mn = fmaxf(m, mt);
+    const float ms = mn == -INFINITY ? 0.f : mn;  // a row with no key yet keeps zeros
+    const float corr = expf(m - ms);
+    float sum = 0.f;
+    __half* prow = Ps + row * PP + side * 32;
+    for (int c = 0; c < 32; ++c) {
+      const int64_t j = kb + side * 32 + c;
+      const bool ok = j <= pos && (p.window <= 0 || j > pos - p.window);
+      const float pj = ok ? expf(srow[c] * scale - ms) : 0.f;
+      prow[c] = __float2half_rn(pj);
+      sum += pj;
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    l = l * corr + sum;
+    m = mn;
+    float* orow = Os + row * OP + side * (D / 2);
+    for (int d = 0; d < D / 2; ++d) orow[d] *= corr;
+    __syncwarp();
+#pragma unroll
+    for (int kk = 0; kk < kTcK / 16; ++kk) wmma::load_matrix_sync(fp[kk], Ps + warp * 16 * PP + kk * 16, PP);
+#pragma unroll
+    for (int dn = 0; dn < D; dn += 16) {
+      wmma::load_matrix_sync(acc[0], Os + warp * 16 * OP + dn, OP, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < kTcK / 16; ++kk) {
+        wmma::load_matrix_sync(fv, Vs + kk * 16 * HP + dn, HP);
+        wmma::mma_sync(acc[0], fp[kk], fv, acc[0]);
+      }
+      wmma::store_matrix_sync(Os + warp * 16 * OP + dn, acc[0], OP, wmma::mem_row_major);
+    }
+    __syncwarp();  // the O rows are stored before the next tile's rescaling (and the final read)
+  }
+  if (row < nq) {
+    const float inv = 1.f / l;
+    const float* orow = Os + row * OP;
+    float* dst = out + size_t(q0 + row) * qd + size_t(h) * hd;
+    for (int d = side * (D / 2); d < (side + 1) * (D / 2); ++d)
+      if (d < hd) dst[d] = orow[d] * inv;
+  }
+}
+
+template <int D>
+cudaError_t launch_tc(const float* q, const float* k, const float* v, const float* ck, const float* cv, int T,
+                      int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
+  constexpr size_t bytes = TcLayout<D>::bytes;
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(attention_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(unsigned((T + kTcQ - 1) / kTcQ), unsigned(p.n_heads));
+  attention_tc_kernel<D><<<grid, kTcThreads, bytes, stream>>>(q, k, v, ck, cv, start, p, T, out);
+  return cudaGetLastError();
+}
+
 __global__ void cache_write_kernel(const float* __restrict__ k, const float* __restrict__ v, float* ck, float* cv,
                                    int first, int64_t start, const int64_t* d_start, int kvd, int64_t slots) {
   const int t = first + blockIdx.x;
@@ -108,6 +424,14 @@ cudaError_t attention_cuda(const float* q, const float* k, const float* v, const
                            int T, int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   if (p.head_dim > kThreads * kMaxDimsPerThread || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads) return cudaErrorInvalidValue;
+  if (p.half) {
+    if (p.head_dim <= 32) return launch_tc<32>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
+    if (p.head_dim <= 64) return launch_tc<64>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
+    if (p.head_dim <= 128) return launch_tc<128>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
+  }
+  if (p.head_dim <= 32) return launch_tiled<32>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
+  if (p.head_dim <= 64) return launch_tiled<64>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
+  if (p.head_dim <= 128) return launch_tiled<128>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
   const size_t shmem = size_t(p.head_dim + kThreads) * sizeof(float);
   attention_kernel<<<unsigned(T) * unsigned(p.n_heads), kThreads, shmem, stream>>>(q, k, v, cache_k, cache_v, start, p,
                                                                                  out);

@@ -12,6 +12,9 @@ struct AttnParams {
   int window;     // 0 = full attention; else query p attends keys p-W < j <= p
   int64_t slots;  // cache rows; position j lives in row j % slots
   const int64_t* d_start = nullptr;  // when set, the start position is read from device memory (graphs)
+  // Tensor-core path: q, k, v and the probabilities rounded to fp16 (fp32 accumulation), for models
+  // whose prefill matmuls already round activations to 16 bits; head_dim <= 128.
+  bool half = false;
 };
 
 // q: [T, Hq*hd]; k, v: [T, Hkv*hd] (this chunk); cache_k/v: [slots, Hkv*hd] holding positions < start;

@@ -1,7 +1,7 @@
 // GEMV: one warp per output row, 8 warps per block. When a row is 16-byte aligned (K a multiple of
-// 16 bytes' worth of elements), each lane loads 16 bytes of weights per step (8 fp16/bf16 or 4
-// fp32) and reuses them for all T tokens; partial sums are reduced across the warp. Otherwise a
-// scalar path handles any K.
+// 16 bytes' worth of elements), each lane loads 16 bytes of weights at a time (8 fp16/bf16 or 4
+// fp32), several loads in flight, and reuses them for all T tokens; partial sums are reduced across
+// the warp. Otherwise a scalar path handles any K.
 #include "common.cuh"
 #include "gemv.cuh"
 
@@ -17,16 +17,15 @@ struct Vec;  // 16 bytes of W
 template <>
 struct Vec<float> {
   static constexpr int n = 4;
-  __device__ static void load(const float* p, float* out) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  __device__ static void unpack(const uint4& raw, float* out) {
+    out[0] = __uint_as_float(raw.x), out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
   }
 };
 template <>
 struct Vec<__half> {
   static constexpr int n = 8;
-  __device__ static void load(const __half* p, float* out) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  __device__ static void unpack(const uint4& raw, float* out) {
     const __half2* h = reinterpret_cast<const __half2*>(&raw);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -38,8 +37,7 @@ struct Vec<__half> {
 template <>
 struct Vec<__nv_bfloat16> {
   static constexpr int n = 8;
-  __device__ static void load(const __nv_bfloat16* p, float* out) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  __device__ static void unpack(const uint4& raw, float* out) {
     const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -49,6 +47,32 @@ struct Vec<__nv_bfloat16> {
   }
 };
 
+// 16-byte weight loads each lane keeps in flight before using them: one load per lane at a time left
+// a 7B decode step at ~1.5 TB/s on an H200 (35% of the copy rate); eight cover the memory latency.
+constexpr int kUnroll = 8;
+
+template <typename W, int T>
+__device__ __forceinline__ void dot_vec(const float* __restrict__ x, int K, int k, const uint4& raw, float (&acc)[T]) {
+  constexpr int V = Vec<W>::n;
+  float w[V];
+  Vec<W>::unpack(raw, w);
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * K + k);
+#pragma unroll
+    for (int i = 0; i < V / 4; ++i) {
+      const float4 xv = xr[i];
+      acc[t] += w[4 * i] * xv.x;
+      acc[t] += w[4 * i + 1] * xv.y;
+      acc[t] += w[4 * i + 2] * xv.z;
+      acc[t] += w[4 * i + 3] * xv.w;
+    }
+  }
+}
+
+// kVector: rows and x 16-byte aligned (K a multiple of 16 bytes of W). Lane l takes the 16-byte units
+// l, l + 32, l + 64, ... of its row in that order (the same order for every T, so a token's result does
+// not depend on how many tokens share the launch), kUnroll loads issued before any is used.
 template <typename W, int T, bool kVector>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const float* __restrict__ x, const W* __restrict__ Wt, int N,
                                                            int K, float* __restrict__ y) {
@@ -61,14 +85,19 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const float* __restri
   for (int t = 0; t < T; ++t) acc[t] = 0.f;
   if (kVector) {
     constexpr int V = Vec<W>::n;
-    for (int k = lane * V; k < K; k += 32 * V) {
-      float w[V];
-      Vec<W>::load(row + k, w);
+    const uint4* rv = reinterpret_cast<const uint4*>(row);
+    const int nv = K / V;  // 16-byte units in the row
+    for (int base = lane; base < nv; base += 32 * kUnroll) {
+      uint4 raw[kUnroll];
 #pragma unroll
-      for (int t = 0; t < T; ++t) {
-        const float* xr = x + size_t(t) * K + k;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = base + 32 * u;
+        raw[u] = c < nv ? __ldcs(rv + c) : make_uint4(0u, 0u, 0u, 0u);
+      }
 #pragma unroll
-        for (int i = 0; i < V; ++i) acc[t] += w[i] * xr[i];
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = base + 32 * u;
+        if (c < nv) dot_vec<W, T>(x, K, c * V, raw[u], acc);
       }
     }
   } else {
@@ -89,7 +118,8 @@ template <typename W, int T>
 void launch(const float* x, const void* Wp, int N, int K, float* y, cudaStream_t stream) {
   const W* w = static_cast<const W*>(Wp);
   const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
-  const bool vec = (K * sizeof(W)) % 16 == 0 && (reinterpret_cast<uintptr_t>(Wp) % 16) == 0;
+  const bool vec = (K * sizeof(W)) % 16 == 0 && (reinterpret_cast<uintptr_t>(Wp) % 16) == 0 &&
+                   (reinterpret_cast<uintptr_t>(x) % 16) == 0;
   if (vec) gemv_kernel<W, T, true><<<blocks, kWarps * 32, 0, stream>>>(x, w, N, K, y);
   else gemv_kernel<W, T, false><<<blocks, kWarps * 32, 0, stream>>>(x, w, N, K, y);
 }

@@ -13,12 +13,15 @@ import statistics
 import time
 
 
-def byte_tokenizer_json():
+def byte_tokenizer_json(vocab_size):
     # <unk>, <s>, </s>, then the 256 byte pieces: every text encodes through byte fallback, so the
     # ids of a prompt are [1] + [3 + b for b in ("\u2581" + text.replace(" ", "\u2581")).encode()].
+    # Placeholder pieces fill the rest of the model's vocabulary, so that any generated id decodes.
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for b in range(256):
         vocab["<0x%02X>" % b] = 3 + b
+    for i in range(len(vocab), vocab_size):
+        vocab["<filler_%d>" % i] = i
     return {
         "version": "1.0",
         "normalizer": {"type": "Sequence", "normalizers": [
@@ -79,6 +82,19 @@ def main():
         times.append(time.time() - t)
     res["copy_gbs"] = 2 * src.numel() * 4 / statistics.median(times) / 1e9
     del src, dst
+    if cuda:  # cuBLAS bf16 GEMM rate (torch.matmul), the yardstick for prefill
+        n = 8192
+        a = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+        b = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+        for _ in range(3):
+            a @ b
+        sync()
+        t = time.time()
+        for _ in range(10):
+            a @ b
+        sync()
+        res["gemm_bf16_tflops"] = 10 * 2 * n ** 3 / (time.time() - t) / 1e12
+        del a, b
 
     cfg = MistralConfig(hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=a.layers,
                         num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
@@ -98,7 +114,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     model.save_pretrained(a.out, max_shard_size="5GB")
     with open(os.path.join(a.out, "tokenizer.json"), "w") as f:
-        json.dump(byte_tokenizer_json(), f)
+        json.dump(byte_tokenizer_json(a.vocab), f)
     res["save_s"] = time.time() - t0
 
     def timed(fn, reps=3):
@@ -125,7 +141,7 @@ def main():
             out = model(ids, use_cache=True, logits_to_keep=1)
             past = out.past_key_values
             tok = out.logits[:, -1:].argmax(-1)
-            for _ in range(3):  # warm-up steps
+            for _ in range(16):  # warm-up steps (the first context's first steps ran slow)
                 out = model(tok, past_key_values=past, use_cache=True)
                 past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
             sync()

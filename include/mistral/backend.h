@@ -17,6 +17,10 @@ struct AttnShape {
   int window = 0;      // sliding window W (0 = full attention)
   int64_t slots = 0;   // cache rows per layer: W with a window, else the context size
   float rope_theta = 10000.f;
+  // The model's prefill matmuls round activations to 16 bits (fp16/bf16 or quantized weights): a
+  // device backend may then run chunk attention on fp16 q, k, v with fp32 accumulation. The CPU
+  // ignores it.
+  bool half_precision = false;
   int kv_dim() const { return n_kv_heads * head_dim; }
   int q_dim() const { return n_heads * head_dim; }
 };

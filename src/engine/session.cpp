@@ -40,6 +40,7 @@ ForwardPass::ForwardPass(const Model& model, Backend& backend, const SessionOpti
   shape_.head_dim = int(c.head_dim);
   shape_.window = int(c.sliding_window);
   shape_.rope_theta = float(c.rope_theta);
+  shape_.half_precision = model.matmul_dtype() != DType::F32;
   n_layers_ = c.num_layers;
   context_ = opt.context > 0 ? opt.context : c.max_position_embeddings;
   if (opt.chunk <= 0) throw UsageError("--chunk must be positive");

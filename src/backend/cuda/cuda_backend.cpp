@@ -406,7 +406,9 @@ class CudaBackend final : public Backend {
                       stream_);
       return;
     }
-    MR_LAUNCH_CHECK(attention_cuda(q, k, v, cache.k, cache.v, T, start, p, out, stream_), stream_);
+    AttnParams pc = p;
+    pc.half = s.half_precision && T > kGemvMaxT && use_tc_attention_;  // where the matmuls use cuBLAS
+    MR_LAUNCH_CHECK(attention_cuda(q, k, v, cache.k, cache.v, T, start, pc, out, stream_), stream_);
   }
 
   void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
@@ -573,6 +575,11 @@ class CudaBackend final : public Backend {
   float* split_ = nullptr;  // split-KV decode partials
   size_t split_cap_ = 0;
   // MISTRAL_CUDA_SPLIT_KV=0 selects the one-block-per-head kernel for decode too (for comparisons).
+  // MISTRAL_CUDA_ATTN_FP32=1: chunk attention in fp32 even for 16-bit models (AttnShape::half_precision).
+  bool use_tc_attention_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_ATTN_FP32");
+    return !(e && *e && *e != '0');
+  }();
   bool use_split_kv_ = [] {
     const char* e = std::getenv("MISTRAL_CUDA_SPLIT_KV");
     return !(e && *e == '0');
