@@ -84,17 +84,17 @@ def main():
     del src, dst
     if cuda:  # cuBLAS bf16 GEMM rate (torch.matmul), the yardstick for prefill
         n = 8192
-        a = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
-        b = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+        ma = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+        mb = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
         for _ in range(3):
-            a @ b
+            ma @ mb
         sync()
         t = time.time()
         for _ in range(10):
-            a @ b
+            ma @ mb
         sync()
         res["gemm_bf16_tflops"] = 10 * 2 * n ** 3 / (time.time() - t) / 1e12
-        del a, b
+        del ma, mb
 
     cfg = MistralConfig(hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=a.layers,
                         num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,

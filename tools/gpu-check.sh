@@ -113,7 +113,7 @@ sanitize)
       >"$OUTDIR/memcheck.log" 2>&1
     mc=$?
     timeout 90 compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/test_cuda" \
-      --gtest_filter='CudaOps.RmsNorm:CudaOps.AttentionAndCacheWrite:CudaOps.DecodeAttentionLongContext:CudaOps.QuantMatmul' \
+      --gtest_filter='CudaOps.RmsNorm:CudaOps.DecodeAttentionLongContext:CudaOps.QuantMatmul:CudaOps.DecodeRows' \
       >"$OUTDIR/racecheck.log" 2>&1
     rc=$?
     timeout 90 compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/test_cuda" \

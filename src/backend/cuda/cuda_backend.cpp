@@ -498,7 +498,12 @@ class CudaBackend final : public Backend {
     if (it != uploaded_.end()) return it->second;
     void* d = nullptr;
     MR_CUDA_CHECK(cudaMalloc(&d, bytes == 0 ? 1 : bytes));
-    MR_CUDA_CHECK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    // On the backend's own stream, and finished before returning: a plain cudaMemcpy from pageable memory
+    // may return before its DMA lands, and it runs on the legacy default stream, with which stream_
+    // (non-blocking) does not synchronize; kernels could read a half-written weight (seen on an H200:
+    // a 2 MB bf16 matrix read just after its upload gave GEMV errors of 5%).
+    MR_CUDA_CHECK(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
     uploaded_[host] = d;
     weight_bytes_ += bytes;
     return d;
@@ -515,7 +520,8 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < half; ++i) h[size_t(i)] = 1.0f / std::pow(s.rope_theta, float(2 * i) / float(s.head_dim));
     void* d = nullptr;
     MR_CUDA_CHECK(cudaMalloc(&d, h.size() * sizeof(float)));
-    MR_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    MR_CUDA_CHECK(cudaMemcpyAsync(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // as in upload(): stream-ordered, h outlives the copy
     inv_freq_[key] = static_cast<float*>(d);
     inv_freq_bytes_ += h.size() * sizeof(float);
     return static_cast<float*>(d);
