@@ -17,6 +17,8 @@
 # batch:    batched greedy output equal to each prompt alone at batch sizes 1, 3, 8 (stories260K given a
 #           window of 16; tools/batch_equivalence.py), and output tok/s at 64 sequences vs 1 (7B shape).
 # quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process.
+# profile:  Nsight Compute over about one eager decode step of the 7B shape: time and DRAM GB/s by kernel
+#           (tools/ncu_summary.py), to show where the step's time goes besides reading weights.
 # Without a GPU it dry-runs: each GPU step says it skipped and why. Everything is logged to
 # $OUT/gpu-check.log (gpu-check-out/ when $OUT is unset); each phase appends its result to
 # summary.txt at once, and the summary is printed last.
@@ -244,7 +246,19 @@ for q in ("int8", "nf4", "int4"):
         print(f"quant {q}: no result ({e})")
 PY
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant)";;
+profile)
+  # Where a decode step's time goes: every kernel of about one step of the 7B shape (eager, no graph),
+  # timed by Nsight Compute with the DRAM bytes it moved, summed by kernel name.
+  step "profile: one 7B-shape decode step, kernel by kernel (ncu)"
+  if [ $HAVE_GPU != 1 ] || ! command -v ncu >/dev/null 2>&1; then note "profile: skipped (no GPU or no ncu)"; continue; fi
+  timeout 240 ncu --clock-control none --print-units base --csv --launch-skip 2000 --launch-count 430 \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+    "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --no-graph --prompt-tokens 16 --gen-tokens 16 \
+    --reps 1 >"$OUTDIR/ncu.csv" 2>"$OUTDIR/ncu.err"
+  echo "ncu exit $?"
+  python3 tools/ncu_summary.py "$OUTDIR/ncu.csv" | tee -a "$SUMMARY"
+  ;;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, profile)";;
 esac; done
 
 step "summary"
