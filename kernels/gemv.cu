@@ -70,15 +70,14 @@ __device__ __forceinline__ void dot_vec(const float* __restrict__ x, int K, int 
   }
 }
 
-// kVector: rows and x 16-byte aligned (K a multiple of 16 bytes of W). Lane l takes the 16-byte units
-// l, l + 32, l + 64, ... of its row in that order (the same order for every T, so a token's result does
-// not depend on how many tokens share the launch), kUnroll loads issued before any is used.
+// Output row n of y[T, N], by one warp. kVector: the row and x 16-byte aligned (K a multiple of 16
+// bytes of W). Lane l takes the 16-byte units l, l + 32, l + 64, ... of its row in that order (the same
+// order for every T, so a token's result does not depend on how many tokens share the launch),
+// kUnroll loads issued before any is used.
 template <typename W, int T, bool kVector>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const float* __restrict__ x, const W* __restrict__ Wt, int N,
-                                                           int K, float* __restrict__ y) {
+__device__ __forceinline__ void gemv_row(const float* __restrict__ x, const W* __restrict__ Wt, int N, int K, int n,
+                                         float* __restrict__ y) {
   const int lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (n >= N) return;
   const W* row = Wt + size_t(n) * K;
   float acc[T];
 #pragma unroll
@@ -114,6 +113,48 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const float* __restri
   }
 }
 
+template <typename W, int T, bool kVector>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const float* __restrict__ x, const W* __restrict__ Wt, int N,
+                                                           int K, float* __restrict__ y) {
+  const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (n < N) gemv_row<W, T, kVector>(x, Wt, N, K, n, y);
+}
+
+struct GemvParts {
+  const void* w[kGemvMaxParts];
+  float* y[kGemvMaxParts];
+  int n[kGemvMaxParts];
+  int first_block[kGemvMaxParts + 1];  // part i has blocks first_block[i] .. first_block[i + 1] - 1
+  int count;
+};
+
+template <typename W, int T, bool kVector>
+__global__ void __launch_bounds__(kWarps * 32) gemv_multi_kernel(const float* __restrict__ x, GemvParts p, int K) {
+  int i = 0;
+  while (i + 1 < p.count && int(blockIdx.x) >= p.first_block[i + 1]) ++i;
+  const int n = (int(blockIdx.x) - p.first_block[i]) * kWarps + (threadIdx.x >> 5);
+  if (n < p.n[i]) gemv_row<W, T, kVector>(x, static_cast<const W*>(p.w[i]), p.n[i], K, n, p.y[i]);
+}
+
+template <typename W, int T>
+void launch_multi(const float* x, const GemvParts& p, int K, cudaStream_t stream) {
+  bool vec = (K * sizeof(W)) % 16 == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0;
+  for (int i = 0; i < p.count; ++i) vec = vec && (reinterpret_cast<uintptr_t>(p.w[i]) % 16) == 0;
+  const unsigned blocks = unsigned(p.first_block[p.count]);
+  if (vec) gemv_multi_kernel<W, T, true><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
+  else gemv_multi_kernel<W, T, false><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
+}
+
+template <typename W>
+void launch_multi_t(const float* x, int T, const GemvParts& p, int K, cudaStream_t stream) {
+  switch (T) {
+    case 1: launch_multi<W, 1>(x, p, K, stream); break;
+    case 2: launch_multi<W, 2>(x, p, K, stream); break;
+    case 3: launch_multi<W, 3>(x, p, K, stream); break;
+    default: launch_multi<W, 4>(x, p, K, stream); break;
+  }
+}
+
 template <typename W, int T>
 void launch(const float* x, const void* Wp, int N, int K, float* y, cudaStream_t stream) {
   const W* w = static_cast<const W*>(Wp);
@@ -135,6 +176,28 @@ void launch_t(const float* x, int T, const void* Wp, int N, int K, float* y, cud
 }
 
 }  // namespace
+
+cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const int* N, float* const* y, int parts,
+                            DType wt, int K, cudaStream_t stream) {
+  if (T <= 0) return cudaSuccess;
+  if (T > kGemvMaxT || K <= 0 || parts <= 0 || parts > kGemvMaxParts) return cudaErrorInvalidValue;
+  GemvParts p{};
+  p.count = parts;
+  p.first_block[0] = 0;
+  for (int i = 0; i < parts; ++i) {
+    if (N[i] < 0) return cudaErrorInvalidValue;
+    p.w[i] = W[i], p.y[i] = y[i], p.n[i] = N[i];
+    p.first_block[i + 1] = p.first_block[i] + (N[i] + kWarps - 1) / kWarps;
+  }
+  if (p.first_block[parts] == 0) return cudaSuccess;
+  switch (wt) {
+    case DType::F32: launch_multi_t<float>(x, T, p, K, stream); break;
+    case DType::F16: launch_multi_t<__half>(x, T, p, K, stream); break;
+    case DType::BF16: launch_multi_t<__nv_bfloat16>(x, T, p, K, stream); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream) {
   if (T <= 0 || N <= 0) return cudaSuccess;

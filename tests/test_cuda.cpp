@@ -507,6 +507,38 @@ size_t bit_mismatches(const std::vector<float>& got, const std::vector<float>& w
   return bad;
 }
 
+// Several products of one input in a launch (q, k, v; gate, up): each bit for bit what matmul gives
+// alone, and for T > 4 (cuBLAS, one product at a time) too.
+TEST(CudaOps, MatmulMulti) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(41);
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int K : {100, 4096})
+      for (int T : {1, 2, 3, 4, 5}) {
+        const int N[3] = {257, 33, 8};
+        auto x = randn(size_t(T) * K, rng);
+        Dev dx(*b.gpu, x);
+        Weight w[3];
+        const Weight* wp[3];
+        std::vector<std::unique_ptr<Dev>> multi, single;
+        float* out[3];
+        for (int i = 0; i < 3; ++i) {
+          w[i] = b.gpu->place_weight(b.weight(randn(size_t(N[i]) * K, rng, 0.05f), N[i], K, t).w);
+          wp[i] = &w[i];
+          multi.emplace_back(new Dev(*b.gpu, size_t(T) * N[i]));
+          single.emplace_back(new Dev(*b.gpu, size_t(T) * N[i]));
+          out[i] = multi.back()->p;
+        }
+        b.gpu->matmul_multi(dx.p, T, wp, out, 3);
+        for (int i = 0; i < 3; ++i) {
+          b.gpu->matmul(dx.p, T, w[i], single[size_t(i)]->p);
+          EXPECT_EQ(bit_mismatches(multi[size_t(i)]->get(), single[size_t(i)]->get(), "matmul_multi"), 0u)
+              << dtype_name(t) << " K " << K << " T " << T << " part " << i;
+        }
+      }
+}
+
 // Records `ops` as a decode-step graph while the step position reads capture_pos, then replays it once with
 // the step position set to replay_pos, and waits. Every buffer must exist before (no allocation inside a
 // capture); ops that take a position must follow the device-side one.

@@ -90,6 +90,11 @@ class Backend {
   virtual void rmsnorm(const float* x, const Weight& w, float eps, int T, float* y) = 0;
   // y[T, N] = x[T, K] * W[N, K]^T.
   virtual void matmul(const float* x, int T, const Weight& W, float* y) = 0;
+  // y[i][T, N_i] = x[T, K] * W[i][N_i, K]^T for i < n: several products of the same input (q, k, v;
+  // gate, up), which a device backend may run as one launch. Each result equals matmul's.
+  virtual void matmul_multi(const float* x, int T, const Weight* const* W, float* const* y, int n) {
+    for (int i = 0; i < n; ++i) matmul(x, T, *W[i], y[i]);
+  }
   // Rotate-half RoPE in place on q[T, Hq*hd] and k[T, Hkv*hd] for positions start .. start+T-1.
   virtual void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) = 0;
   // out[T, Hq*hd]: causal (and windowed) attention of the chunk at positions start .. start+T-1.

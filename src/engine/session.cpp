@@ -184,9 +184,12 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
   be_.rmsnorm(x_, n_layers > 0 ? w.layers[0].attn_norm : w.norm, eps, T, xn_);
   for (size_t l = 0; l < n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
-    be_.matmul(xn_, T, L.wq, q_);
-    be_.matmul(xn_, T, L.wk, k_);
-    be_.matmul(xn_, T, L.wv, v_);
+    {
+      const Weight* qkv[3] = {&L.wq, &L.wk, &L.wv};
+      float* const out[3] = {q_, k_, v_};
+      if (fused_) be_.matmul_multi(xn_, T, qkv, out, 3);
+      else for (int i = 0; i < 3; ++i) be_.matmul(xn_, T, *qkv[i], out[i]);
+    }
     size_t off = 0;  // row offset of the segment in the batch
     for (size_t i = 0; i < segs.size();) {
       // A run of two or more single-token segments (decode steps of different sequences): one decode_rows
@@ -221,8 +224,12 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
     }
     be_.matmul(att_, T, L.wo, xn_);
     add_norm(L.ffn_norm);
-    be_.matmul(xn_, T, L.w_gate, gate_);
-    be_.matmul(xn_, T, L.w_up, up_);
+    {
+      const Weight* gu[2] = {&L.w_gate, &L.w_up};
+      float* const out[2] = {gate_, up_};
+      if (fused_) be_.matmul_multi(xn_, T, gu, out, 2);
+      else for (int i = 0; i < 2; ++i) be_.matmul(xn_, T, *gu[i], out[i]);
+    }
     be_.swiglu(gate_, up_, size_t(T) * size_t(c.intermediate_size), gate_);
     be_.matmul(gate_, T, L.w_down, xn_);
     if (l + 1 < n_layers) add_norm(w.layers[l + 1].attn_norm);

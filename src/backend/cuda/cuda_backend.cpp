@@ -367,6 +367,25 @@ class CudaBackend final : public Backend {
                                  CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
+  // q, k, v (or gate, up) of a decode step in one GEMV launch: one grid over all their rows, so the small
+  // k and v products no longer run as launches of a few blocks each. Quantized weights, T > kGemvMaxT
+  // (cuBLAS) and mixed shapes or dtypes take matmul one product at a time.
+  void matmul_multi(const float* x, int T, const Weight* const* W, float* const* y, int n) override {
+    bool one = T <= kGemvMaxT && n >= 2 && n <= kGemvMaxParts;
+    for (int i = 0; one && i < n; ++i)
+      one = !is_quantized(W[i]->dtype) && W[i]->dtype == W[0]->dtype && W[i]->cols == W[0]->cols &&
+            reinterpret_cast<uintptr_t>(W[i]->data) % 16 == 0;  // the vector path, as matmul would take
+    if (!one) {
+      Backend::matmul_multi(x, T, W, y, n);
+      return;
+    }
+    const void* w[kGemvMaxParts];
+    int rows[kGemvMaxParts];
+    float* out[kGemvMaxParts];
+    for (int i = 0; i < n; ++i) w[i] = W[i]->data, rows[i] = int(W[i]->rows), out[i] = y[i];
+    MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), stream_), stream_);
+  }
+
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
     MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, capturing_ ? &step_dev_->pos : nullptr, s.n_heads, s.n_kv_heads,
                               s.head_dim, inv_freq(s), stream_),
