@@ -75,16 +75,24 @@ __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q
 #pragma unroll
     for (int r = 0; r < kMaxDPerLane; ++r) acc[g][r] = 0.f;
   }
-  for (int64_t j = kb + warp; j < ke; j += kWarps) {
+  // Key j's K and V rows are loaded while key j - kWarps is scored (one row pair in flight per warp
+  // left decode at 4096 tokens of context latency-bound on an H200).
+  auto load_row = [&](int64_t j, float (&kx)[kMaxDPerLane], float (&vx)[kMaxDPerLane]) {
+    const bool in = j < ke;
     const float* kr = (j < pos ? ck + size_t(j % slots) * kvd : k) + size_t(kvh) * hd;
     const float* vr = (j < pos ? cv + size_t(j % slots) * kvd : v) + size_t(kvh) * hd;
-    float kx[kMaxDPerLane], vx[kMaxDPerLane];
 #pragma unroll
     for (int r = 0; r < kMaxDPerLane; ++r) {
       const int d = lane + 32 * r;
-      kx[r] = d < hd ? kr[d] : 0.f;
-      vx[r] = d < hd ? vr[d] : 0.f;
+      kx[r] = in && d < hd ? kr[d] : 0.f;
+      vx[r] = in && d < hd ? vr[d] : 0.f;
     }
+  };
+  float kx[kMaxDPerLane], vx[kMaxDPerLane];
+  load_row(kb + warp, kx, vx);
+  for (int64_t j = kb + warp; j < ke; j += kWarps) {
+    float kn[kMaxDPerLane], vn[kMaxDPerLane];
+    load_row(j + kWarps, kn, vn);
 #pragma unroll
     for (int g = 0; g < kMaxG; ++g) {
       if (g >= G) break;
@@ -102,6 +110,8 @@ __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q
       for (int r = 0; r < kMaxDPerLane; ++r) acc[g][r] = acc[g][r] * corr + pj * vx[r];
       m[g] = nm;
     }
+#pragma unroll
+    for (int r = 0; r < kMaxDPerLane; ++r) kx[r] = kn[r], vx[r] = vn[r];
   }
   // Merge the warps: warp 0 gathers the others' (m, l, acc) through shared memory.
   __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
@@ -205,10 +215,12 @@ size_t decode_attention_scratch_floats(const AttnParams& p, int splits) {
 }
 
 int decode_attention_splits(const AttnParams& p, int n_sms) {
-  // Enough blocks to cover every SM about twice at the longest context this cache can hold, and
-  // never more splits than 64 keys each at that length.
+  // Three blocks per SM at the longest context this cache can hold, all resident at once (the partial
+  // kernel's registers allow three blocks of 4 warps per SM on sm_90; two blocks left too few loads in
+  // flight at long contexts: to be confirmed by gpu-check's profile), and never more splits than 64 keys
+  // each at that length.
   const int64_t max_keys = p.window > 0 ? p.window : p.slots;
-  int splits = (2 * n_sms + p.n_kv_heads - 1) / p.n_kv_heads;
+  int splits = 3 * n_sms / p.n_kv_heads;
   const int64_t cap = (max_keys + 63) / 64;
   if (splits > cap) splits = int(cap);
   return splits < 1 ? 1 : splits;
