@@ -17,8 +17,8 @@
 # batch:    batched greedy output equal to each prompt alone at batch sizes 1, 3, 8 (stories260K given a
 #           window of 16; tools/batch_equivalence.py), and output tok/s at 64 sequences vs 1 (7B shape).
 # quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process.
-# profile:  Nsight Compute over about one eager decode step of the 7B shape: time and DRAM GB/s by kernel
-#           (tools/ncu_summary.py), to show where the step's time goes besides reading weights.
+# profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
+#           prefill: time and DRAM GB/s by kernel (tools/ncu_summary.py), to show where the time goes.
 # Without a GPU it dry-runs: each GPU step says it skipped and why. Everything is logged to
 # $OUT/gpu-check.log (gpu-check-out/ when $OUT is unset); each phase appends its result to
 # summary.txt at once, and the summary is printed last.
@@ -256,7 +256,16 @@ profile)
     "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --no-graph --prompt-tokens 16 --gen-tokens 16 \
     --reps 1 >"$OUTDIR/ncu.csv" 2>"$OUTDIR/ncu.err"
   echo "ncu exit $?"
+  echo "decode step:" | tee -a "$SUMMARY"
   python3 tools/ncu_summary.py "$OUTDIR/ncu.csv" | tee -a "$SUMMARY"
+  # And a whole 2048-token prefill (one chunk): GEMMs, attention and the rest.
+  timeout 240 ncu --clock-control none --print-units base --csv --launch-count 900 \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+    "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --prompt-tokens 2048 --chunk 2048 \
+    --gen-tokens 1 --reps 1 >"$OUTDIR/ncu_prefill.csv" 2>"$OUTDIR/ncu_prefill.err"
+  echo "ncu exit $?"
+  echo "prefill of 2048 tokens:" | tee -a "$SUMMARY"
+  python3 tools/ncu_summary.py "$OUTDIR/ncu_prefill.csv" | tee -a "$SUMMARY"
   ;;
 *) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, profile)";;
 esac; done
