@@ -297,11 +297,35 @@ __global__ void __launch_bounds__(kTcThreads)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int nq = T - q0 < kTcQ ? T - q0 : kTcQ;
   const float scale = rsqrtf(float(hd));
-  for (int i = tid; i < kTcQ * D / 2; i += kTcThreads) {
-    const int r = i / (D / 2), d = 2 * (i % (D / 2));
-    const float* src = q + size_t(q0 + r) * qd + size_t(h) * hd;
-    const float x0 = r < nq && d < hd ? src[d] : 0.f, x1 = r < nq && d + 1 < hd ? src[d + 1] : 0.f;
-    *reinterpret_cast<__half2*>(Qs + r * HP + d) = __halves2half2(to_half_sat(x0), to_half_sat(x1));
+  // K and V rows start 16-byte aligned when head_dim is a multiple of 4 and the buffers are (cudaMalloc's).
+  const bool vec4 = hd % 4 == 0 && ((reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v) |
+                                     reinterpret_cast<uintptr_t>(ck) | reinterpret_cast<uintptr_t>(cv)) & 15u) == 0;
+  if (vec4 && (reinterpret_cast<uintptr_t>(q) & 15u) == 0) {  // the Q tile by 16-byte loads, 8 in flight
+    constexpr int D4 = D / 4, kPer = kTcQ * D4 / kTcThreads, kBatch = kPer < 8 ? kPer : 8;
+#pragma unroll
+    for (int b0 = 0; b0 < kPer; b0 += kBatch) {
+      float4 x[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = tid + (b0 + u) * kTcThreads, r = i / D4, d = 4 * (i % D4);
+        x[u] = r < nq && d < hd ? *reinterpret_cast<const float4*>(q + size_t(q0 + r) * qd + size_t(h) * hd + d)
+                                : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = tid + (b0 + u) * kTcThreads, r = i / D4, d = 4 * (i % D4);
+        __half2* qd2 = reinterpret_cast<__half2*>(Qs + r * HP + d);
+        qd2[0] = __halves2half2(to_half_sat(x[u].x), to_half_sat(x[u].y));
+        qd2[1] = __halves2half2(to_half_sat(x[u].z), to_half_sat(x[u].w));
+      }
+    }
+  } else {
+    for (int i = tid; i < kTcQ * D / 2; i += kTcThreads) {
+      const int r = i / (D / 2), d = 2 * (i % (D / 2));
+      const float* src = q + size_t(q0 + r) * qd + size_t(h) * hd;
+      const float x0 = r < nq && d < hd ? src[d] : 0.f, x1 = r < nq && d + 1 < hd ? src[d + 1] : 0.f;
+      *reinterpret_cast<__half2*>(Qs + r * HP + d) = __halves2half2(to_half_sat(x0), to_half_sat(x1));
+    }
   }
   for (int i = tid; i < kTcQ * OP; i += kTcThreads) Os[i] = 0.f;
   const int64_t pos0 = start + q0, pos_hi = pos0 + nq - 1;
@@ -316,19 +340,50 @@ __global__ void __launch_bounds__(kTcThreads)
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTcK / 16];
   for (int64_t kb = j_lo; kb <= pos_hi; kb += kTcK) {
     __syncthreads();  // every warp is done with the last K and V tiles (and Q, O are written, first time)
-    for (int i = tid; i < kTcK * D / 2; i += kTcThreads) {
-      const int r = i / (D / 2), d = 2 * (i % (D / 2));
-      const int64_t j = kb + r;
-      float k0 = 0.f, k1 = 0.f, v0 = 0.f, v1 = 0.f;
-      if (j <= pos_hi && d < hd) {
-        const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
-        const float* kr = (j < start ? ck : k) + off;
-        const float* vr = (j < start ? cv : v) + off;
-        k0 = kr[0], v0 = vr[0];
-        if (d + 1 < hd) k1 = kr[1], v1 = vr[1];
+    if (vec4) {
+      // 16-byte loads, kBatch float4 of K and of V per thread issued before any is converted (one scalar
+      // load at a time kept this loop, not the tensor cores, the kernel's limit).
+      constexpr int D4 = D / 4, kPer = kTcK * D4 / kTcThreads, kBatch = kPer < 8 ? kPer : 8;
+#pragma unroll
+      for (int b0 = 0; b0 < kPer; b0 += kBatch) {
+        float4 kx[kBatch], vx[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int i = tid + (b0 + u) * kTcThreads, r = i / D4, d = 4 * (i % D4);
+          const int64_t j = kb + r;
+          kx[u] = vx[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+          if (j <= pos_hi && d < hd) {  // hd % 4 == 0: the whole float4 lies below hd
+            const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
+            kx[u] = *reinterpret_cast<const float4*>((j < start ? ck : k) + off);
+            vx[u] = *reinterpret_cast<const float4*>((j < start ? cv : v) + off);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int i = tid + (b0 + u) * kTcThreads, r = i / D4, d = 4 * (i % D4);
+          __half2* kd = reinterpret_cast<__half2*>(Ks + r * HP + d);
+          __half2* vd = reinterpret_cast<__half2*>(Vs + r * HP + d);
+          kd[0] = __halves2half2(to_half_sat(kx[u].x), to_half_sat(kx[u].y));
+          kd[1] = __halves2half2(to_half_sat(kx[u].z), to_half_sat(kx[u].w));
+          vd[0] = __halves2half2(to_half_sat(vx[u].x), to_half_sat(vx[u].y));
+          vd[1] = __halves2half2(to_half_sat(vx[u].z), to_half_sat(vx[u].w));
+        }
       }
-      *reinterpret_cast<__half2*>(Ks + r * HP + d) = __halves2half2(to_half_sat(k0), to_half_sat(k1));
-      *reinterpret_cast<__half2*>(Vs + r * HP + d) = __halves2half2(to_half_sat(v0), to_half_sat(v1));
+    } else {
+      for (int i = tid; i < kTcK * D / 2; i += kTcThreads) {
+        const int r = i / (D / 2), d = 2 * (i % (D / 2));
+        const int64_t j = kb + r;
+        float k0 = 0.f, k1 = 0.f, v0 = 0.f, v1 = 0.f;
+        if (j <= pos_hi && d < hd) {
+          const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
+          const float* kr = (j < start ? ck : k) + off;
+          const float* vr = (j < start ? cv : v) + off;
+          k0 = kr[0], v0 = vr[0];
+          if (d + 1 < hd) k1 = kr[1], v1 = vr[1];
+        }
+        *reinterpret_cast<__half2*>(Ks + r * HP + d) = __halves2half2(to_half_sat(k0), to_half_sat(k1));
+        *reinterpret_cast<__half2*>(Vs + r * HP + d) = __halves2half2(to_half_sat(v0), to_half_sat(v1));
+      }
     }
     __syncthreads();
 #pragma unroll
