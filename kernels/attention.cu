@@ -236,17 +236,6 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-template <int D>
-cudaError_t launch_tiled(const float* q, const float* k, const float* v, const float* ck, const float* cv, int T,
-                         int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
-  constexpr size_t bytes = tiled_smem_floats<D>() * sizeof(float);
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(attention_tiled_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  if (attr != cudaSuccess) return attr;
-  const dim3 grid(unsigned((T + kTileQ - 1) / kTileQ), unsigned(p.n_heads));
-  attention_tiled_kernel<D><<<grid, kTileThreads, bytes, stream>>>(q, k, v, ck, cv, start, p, T, out);
-  return cudaGetLastError();
-}
 
 // Tensor-core prefill attention (AttnParams::half): the same tiling as above with fp16 operands and
 // fp32 accumulation through WMMA 16x16x16 products. One block of 4 warps per (64 queries, query head);
@@ -450,16 +439,31 @@ __global__ void __launch_bounds__(kTcThreads)
   }
 }
 
+// One launch of a tiled attention kernel: grid (query tiles, query heads), `bytes` of dynamic shared
+// memory (allowed past 48 KB once per kernel).
+template <auto Kernel>
+cudaError_t launch_tiles(size_t bytes, int tile_q, int threads, const float* q, const float* k, const float* v,
+                         const float* ck, const float* cv, int T, int64_t start, const AttnParams& p, float* out,
+                         cudaStream_t stream) {
+  static const cudaError_t attr = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(unsigned((T + tile_q - 1) / tile_q), unsigned(p.n_heads));
+  Kernel<<<grid, threads, bytes, stream>>>(q, k, v, ck, cv, start, p, T, out);
+  return cudaGetLastError();
+}
+
+template <int D>
+cudaError_t launch_tiled(const float* q, const float* k, const float* v, const float* ck, const float* cv, int T,
+                         int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
+  return launch_tiles<attention_tiled_kernel<D>>(tiled_smem_floats<D>() * sizeof(float), kTileQ, kTileThreads, q, k,
+                                                 v, ck, cv, T, start, p, out, stream);
+}
+
 template <int D>
 cudaError_t launch_tc(const float* q, const float* k, const float* v, const float* ck, const float* cv, int T,
                       int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
-  constexpr size_t bytes = TcLayout<D>::bytes;
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(attention_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  if (attr != cudaSuccess) return attr;
-  const dim3 grid(unsigned((T + kTcQ - 1) / kTcQ), unsigned(p.n_heads));
-  attention_tc_kernel<D><<<grid, kTcThreads, bytes, stream>>>(q, k, v, ck, cv, start, p, T, out);
-  return cudaGetLastError();
+  return launch_tiles<attention_tc_kernel<D>>(TcLayout<D>::bytes, kTcQ, kTcThreads, q, k, v, ck, cv, T, start, p,
+                                              out, stream);
 }
 
 __global__ void cache_write_kernel(const float* __restrict__ k, const float* __restrict__ v, float* ck, float* cv,

@@ -263,6 +263,31 @@ TEST(CudaOps, Rope) {
       }
 }
 
+// One attention case: random q, k, v of a chunk of T tokens at `start` and a random cache, attended on
+// the CPU (ref) and on the GPU (out); the buffers stay for a cache write after it.
+struct AttnCase {
+  std::vector<float> ck, cv, q, k, v, ref;
+  KVLayer hc;
+  Dev dq, dk, dv, dck, dcv, dout;
+  AttnCase(Backends& b, std::mt19937& rng, const AttnShape& s, int T, int64_t start)
+      : ck(randn(size_t(s.slots) * s.kv_dim(), rng)),
+        cv(randn(ck.size(), rng)),
+        q(randn(size_t(T) * s.q_dim(), rng)),
+        k(randn(size_t(T) * s.kv_dim(), rng)),
+        v(randn(k.size(), rng)),
+        ref(q.size()),
+        hc{ck.data(), cv.data()},
+        dq(*b.gpu, q),
+        dk(*b.gpu, k),
+        dv(*b.gpu, v),
+        dck(*b.gpu, ck),
+        dcv(*b.gpu, cv),
+        dout(*b.gpu, q.size()) {
+    b.cpu->attention(q.data(), k.data(), v.data(), hc, T, start, s, ref.data());
+    b.gpu->attention(dq.p, dk.p, dv.p, KVLayer{dck.p, dcv.p}, T, start, s, dout.p);
+  }
+};
+
 TEST(CudaOps, AttentionAndCacheWrite) {
   REQUIRE_GPU();
   Backends b;
@@ -276,22 +301,13 @@ TEST(CudaOps, AttentionAndCacheWrite) {
             AttnShape s;
             s.n_kv_heads = 2, s.n_heads = 2 * ratio, s.head_dim = hd, s.window = window;
             s.slots = window > 0 ? window : 320;
-            const size_t cache_n = size_t(s.slots) * s.kv_dim();
-            auto ck = randn(cache_n, rng), cv = randn(cache_n, rng);
-            auto q = randn(size_t(T) * s.q_dim(), rng), k = randn(size_t(T) * s.kv_dim(), rng),
-                 v = randn(size_t(T) * s.kv_dim(), rng);
-            std::vector<float> ref(q.size());
-            KVLayer hc{ck.data(), cv.data()};
-            b.cpu->attention(q.data(), k.data(), v.data(), hc, T, start, s, ref.data());
-            Dev dq(*b.gpu, q), dk(*b.gpu, k), dv(*b.gpu, v), dck(*b.gpu, ck), dcv(*b.gpu, cv), dout(*b.gpu, q.size());
-            KVLayer gc{dck.p, dcv.p};
-            b.gpu->attention(dq.p, dk.p, dv.p, gc, T, start, s, dout.p);
-            EXPECT_LT(rel_err(dout.get(), ref, "attention"), 1e-5)
+            AttnCase c(b, rng, s, T, start);
+            EXPECT_LT(rel_err(c.dout.get(), c.ref, "attention"), 1e-5)
                 << "hd " << hd << " ratio " << ratio << " W " << window << " start " << start << " T " << T;
-            b.cpu->cache_write(k.data(), v.data(), hc, T, start, s);
-            b.gpu->cache_write(dk.p, dv.p, gc, T, start, s);
-            EXPECT_EQ(dck.get(), ck);
-            EXPECT_EQ(dcv.get(), cv);
+            b.cpu->cache_write(c.k.data(), c.v.data(), c.hc, T, start, s);
+            b.gpu->cache_write(c.dk.p, c.dv.p, KVLayer{c.dck.p, c.dcv.p}, T, start, s);
+            EXPECT_EQ(c.dck.get(), c.ck);
+            EXPECT_EQ(c.dcv.get(), c.cv);
             ++cases;
           }
   EXPECT_EQ(cases, 3 * 4 * 2 * 6 * 3);
@@ -316,16 +332,8 @@ TEST(CudaOps, PrefillAttentionTiles) {
             s.n_kv_heads = 2, s.n_heads = 2 * ratio, s.head_dim = hd, s.window = window;
             s.slots = window > 0 ? window : 400;
             s.half_precision = half;
-            const size_t cache_n = size_t(s.slots) * s.kv_dim();
-            auto ck = randn(cache_n, rng), cv = randn(cache_n, rng);
-            auto q = randn(size_t(T) * s.q_dim(), rng), k = randn(size_t(T) * s.kv_dim(), rng),
-                 v = randn(size_t(T) * s.kv_dim(), rng);
-            std::vector<float> ref(q.size());
-            KVLayer hc{ck.data(), cv.data()};
-            b.cpu->attention(q.data(), k.data(), v.data(), hc, T, start, s, ref.data());
-            Dev dq(*b.gpu, q), dk(*b.gpu, k), dv(*b.gpu, v), dck(*b.gpu, ck), dcv(*b.gpu, cv), dout(*b.gpu, q.size());
-            b.gpu->attention(dq.p, dk.p, dv.p, KVLayer{dck.p, dcv.p}, T, start, s, dout.p);
-            EXPECT_LT(rel_err(dout.get(), ref, "prefill attention"), half ? 3e-3 : 1e-5)
+            AttnCase c(b, rng, s, T, start);
+            EXPECT_LT(rel_err(c.dout.get(), c.ref, "prefill attention"), half ? 3e-3 : 1e-5)
                 << "half " << half << " hd " << hd << " ratio " << ratio << " W " << window << " start " << start
                 << " T " << T;
             ++cases;
