@@ -13,7 +13,8 @@ struct AttnParams {
   int64_t slots;  // cache rows; position j lives in row j % slots
   const int64_t* d_start = nullptr;  // when set, the start position is read from device memory (graphs)
   // Tensor-core path: q, k, v and the probabilities rounded to fp16 (fp32 accumulation), for models
-  // whose prefill matmuls already round activations to 16 bits; head_dim <= 128.
+  // whose prefill matmuls already round activations to 16 bits; head_dim <= 128. q, k, v beyond
+  // +-65504 saturate (possible in principle for bf16 models; MISTRAL_CUDA_ATTN_FP32=1 avoids the path).
   bool half = false;
 };
 

@@ -129,7 +129,8 @@ struct GemvParts {
 };
 
 template <typename W, int T, bool kVector>
-__global__ void __launch_bounds__(kWarps * 32) gemv_multi_kernel(const float* __restrict__ x, GemvParts p, int K) {
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_multi_kernel(const float* __restrict__ x, const __grid_constant__ GemvParts p, int K) {
   int i = 0;
   while (i + 1 < p.count && int(blockIdx.x) >= p.first_block[i + 1]) ++i;
   const int n = (int(blockIdx.x) - p.first_block[i]) * kWarps + (threadIdx.x >> 5);

@@ -13,7 +13,8 @@ constexpr int kGemvMaxT = 4;
 cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream);
 
 // Several products of the same x in one launch: y[i][T, N[i]] = x[T, K] * W[i][N[i], K]^T for i < parts
-// (parts <= kGemvMaxParts, every W[i] of dtype wt); each result equals gemv_cuda's, bit for bit.
+// (parts <= kGemvMaxParts, every W[i] of dtype wt). Each result equals gemv_cuda's bit for bit when every
+// W[i] is 16-byte aligned (cudaMalloc's are); with any unaligned, all parts take the scalar path.
 constexpr int kGemvMaxParts = 4;
 cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const int* N, float* const* y, int parts,
                             DType wt, int K, cudaStream_t stream);
