@@ -20,19 +20,29 @@
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
 #           prefill: time and DRAM GB/s by kernel (tools/ncu_summary.py), to show where the time goes.
 # Without a GPU it dry-runs: each GPU step says it skipped and why. Everything is logged to
-# $OUT/gpu-check.log (gpu-check-out/ when $OUT is unset); each phase appends its result to
+# gpu-check.log (in gpu-check-out/ when $OUT is unset); each phase appends its result to
 # summary.txt at once, and the summary is printed last.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-OUTDIR=${OUT:-$ROOT/gpu-check-out}
+# On the device tool's machine ($OUT set) the files are written to a work folder and handed back as
+# $OUT/gpu-check.tgz plus summary.txt and gpu-check.log (the tool returns at most 8 files); summary.txt
+# is copied after every result, so a run stopped at its time limit still returns what it found.
+if [ -n "${OUT:-}" ]; then OUTDIR=${GPU_CHECK_WORK:-/tmp/gpu-check-work}; else OUTDIR=$ROOT/gpu-check-out; fi
 mkdir -p "$OUTDIR"
 LOG=$OUTDIR/gpu-check.log
 exec > >(tee -a "$LOG") 2>&1
 SECONDS=0
 SUMMARY=$OUTDIR/summary.txt
+hand_back() {
+  [ -n "${OUT:-}" ] || return 0
+  cp "$SUMMARY" "$LOG" "$OUT/" 2>/dev/null
+  tar czf "$OUT/gpu-check.tgz" -C "$(dirname "$OUTDIR")" "$(basename "$OUTDIR")" 2>/dev/null
+}
+trap hand_back EXIT
+trap 'exit 143' TERM INT
 step() { printf '\n== [%3ds] %s\n' "$SECONDS" "$*"; }
-note() { echo "$*" | tee -a "$SUMMARY"; }
+note() { echo "$*" | tee -a "$SUMMARY"; [ -z "${OUT:-}" ] || cp "$SUMMARY" "$OUT/" 2>/dev/null; }
 
 if [ "${1:-}" = "--prepare" ]; then
   step "build for sm_90 in build-gpu/"
