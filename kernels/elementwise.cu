@@ -9,8 +9,7 @@ namespace {
 // out may alias gate (the forward pass writes in place): no __restrict__ on either.
 __global__ void swiglu_kernel(const float* gate, const float* __restrict__ up, size_t n, float* out) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    out[i] = swiglu_value(gate[i], up[i]);
   }
 }
 __global__ void add_kernel(float* x, const float* __restrict__ y, size_t n) {

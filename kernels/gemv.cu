@@ -70,16 +70,13 @@ __device__ __forceinline__ void dot_vec(const float* __restrict__ x, int K, int 
   }
 }
 
-// Output row n of y[T, N], by one warp. kVector: the row and x 16-byte aligned (K a multiple of 16
+// One warp's dot products of a weight row with the T rows of x. kVector: the row and x 16-byte aligned (K a multiple of 16
 // bytes of W). Lane l takes the 16-byte units l, l + 32, l + 64, ... of its row in that order (the same
 // order for every T, so a token's result does not depend on how many tokens share the launch),
 // kUnroll loads issued before any is used.
 template <typename W, int T, bool kVector>
-__device__ __forceinline__ void gemv_row(const float* __restrict__ x, const W* __restrict__ Wt, int N, int K, int n,
-                                         float* __restrict__ y) {
+__device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* __restrict__ row, int K, float (&acc)[T]) {
   const int lane = threadIdx.x & 31;
-  const W* row = Wt + size_t(n) * K;
-  float acc[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = 0.f;
   if (kVector) {
@@ -107,10 +104,32 @@ __device__ __forceinline__ void gemv_row(const float* __restrict__ x, const W* _
     }
   }
 #pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const float s = warp_sum(acc[t]);
-    if (lane == 0) y[size_t(t) * N + n] = s;
-  }
+  for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);  // every lane holds the sums
+}
+
+template <typename W, int T, bool kVector>
+__device__ __forceinline__ void gemv_row(const float* __restrict__ x, const W* __restrict__ Wt, int N, int K, int n,
+                                         float* __restrict__ y) {
+  float acc[T];
+  gemv_dot<W, T, kVector>(x, Wt + size_t(n) * K, K, acc);
+  if ((threadIdx.x & 31) == 0)
+#pragma unroll
+    for (int t = 0; t < T; ++t) y[size_t(t) * N + n] = acc[t];
+}
+
+// out[t, n] = silu(x_t . Wg[n]) * (x_t . Wu[n]): both dot products by one warp, each as gemv_row computes it.
+template <typename W, int T, bool kVector>
+__global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* __restrict__ x, const W* __restrict__ Wg,
+                                                                  const W* __restrict__ Wu, int N, int K,
+                                                                  float* __restrict__ out) {
+  const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  float g[T], u[T];
+  gemv_dot<W, T, kVector>(x, Wg + size_t(n) * K, K, g);
+  gemv_dot<W, T, kVector>(x, Wu + size_t(n) * K, K, u);
+  if ((threadIdx.x & 31) == 0)
+#pragma unroll
+    for (int t = 0; t < T; ++t) out[size_t(t) * N + n] = swiglu_value(g[t], u[t]);
 }
 
 template <typename W, int T, bool kVector>
@@ -195,6 +214,38 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
     case DType::F32: launch_multi_t<float>(x, T, p, K, stream); break;
     case DType::F16: launch_multi_t<__half>(x, T, p, K, stream); break;
     case DType::BF16: launch_multi_t<__nv_bfloat16>(x, T, p, K, stream); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* Wu, DType wt, int N, int K,
+                             float* out, cudaStream_t stream) {
+  if (T <= 0 || N <= 0) return cudaSuccess;
+  if (T > kGemvMaxT || K <= 0) return cudaErrorInvalidValue;
+  const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
+  auto go = [&](auto tag) {
+    using W = decltype(tag);
+    const size_t es = sizeof(W);
+    const bool vec = (size_t(K) * es) % 16 == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0 &&
+                     (reinterpret_cast<uintptr_t>(Wg) % 16) == 0 && (reinterpret_cast<uintptr_t>(Wu) % 16) == 0;
+    const W* g = static_cast<const W*>(Wg);
+    const W* u = static_cast<const W*>(Wu);
+#define MR_SWIGLU_LAUNCH(TT)                                                                          \
+  (vec ? gemv_swiglu_kernel<W, TT, true><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out)      \
+       : gemv_swiglu_kernel<W, TT, false><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out))
+    switch (T) {
+      case 1: MR_SWIGLU_LAUNCH(1); break;
+      case 2: MR_SWIGLU_LAUNCH(2); break;
+      case 3: MR_SWIGLU_LAUNCH(3); break;
+      default: MR_SWIGLU_LAUNCH(4); break;
+    }
+#undef MR_SWIGLU_LAUNCH
+  };
+  switch (wt) {
+    case DType::F32: go(float{}); break;
+    case DType::F16: go(__half{}); break;
+    case DType::BF16: go(__nv_bfloat16{}); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

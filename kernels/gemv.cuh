@@ -12,6 +12,11 @@ constexpr int kGemvMaxT = 4;
 
 cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream);
 
+// out[T, N] = silu(x W_gate^T) * (x W_up^T), both [N, K] of dtype wt, in one launch (T <= kGemvMaxT): each
+// element bit for bit the GEMVs followed by swiglu_cuda when the weights are 16-byte aligned.
+cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* Wu, DType wt, int N, int K,
+                             float* out, cudaStream_t stream);
+
 // Several products of the same x in one launch: y[i][T, N[i]] = x[T, K] * W[i][N[i], K]^T for i < parts
 // (parts <= kGemvMaxParts, every W[i] of dtype wt). Each result equals gemv_cuda's bit for bit when every
 // W[i] is 16-byte aligned (cudaMalloc's are); with any unaligned, all parts take the scalar path.

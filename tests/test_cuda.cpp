@@ -547,6 +547,29 @@ TEST(CudaOps, MatmulMulti) {
       }
 }
 
+// Gate, up and SwiGLU of a decode step in one launch: bit for bit the two matmuls and swiglu, for
+// every weight dtype, and for T > 4 (the separate path) too.
+TEST(CudaOps, MatmulSwiglu) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(43);
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int K : {100, 4096})
+      for (int T : {1, 2, 3, 4, 5}) {
+        const int N = 301;
+        auto x = randn(size_t(T) * K, rng);
+        const Weight wg = b.gpu->place_weight(b.weight(randn(size_t(N) * K, rng, 0.05f), N, K, t).w);
+        const Weight wu = b.gpu->place_weight(b.weight(randn(size_t(N) * K, rng, 0.05f), N, K, t).w);
+        Dev dx(*b.gpu, x), g1(*b.gpu, size_t(T) * N), u1(*b.gpu, size_t(T) * N), g2(*b.gpu, size_t(T) * N),
+            u2(*b.gpu, size_t(T) * N);
+        b.gpu->matmul_swiglu(dx.p, T, wg, wu, g1.p, u1.p);
+        b.gpu->matmul(dx.p, T, wg, g2.p);
+        b.gpu->matmul(dx.p, T, wu, u2.p);
+        b.gpu->swiglu(g2.p, u2.p, size_t(T) * N, g2.p);
+        EXPECT_EQ(bit_mismatches(g1.get(), g2.get(), "matmul_swiglu"), 0u) << dtype_name(t) << " K " << K << " T " << T;
+      }
+}
+
 // Records `ops` as a decode-step graph while the step position reads capture_pos, then replays it once with
 // the step position set to replay_pos, and waits. Every buffer must exist before (no allocation inside a
 // capture); ops that take a position must follow the device-side one.

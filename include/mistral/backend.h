@@ -95,6 +95,16 @@ class Backend {
   virtual void matmul_multi(const float* x, int T, const Weight* const* W, float* const* y, int n) {
     for (int i = 0; i < n; ++i) matmul(x, T, *W[i], y[i]);
   }
+  // The feed-forward's first half: gate[T, N] = swiglu(x * W_gate^T, x * W_up^T), up[T, N] scratch (its
+  // contents after the call are unspecified). A device backend may fuse it into one launch; the result
+  // equals matmul_multi followed by swiglu.
+  virtual void matmul_swiglu(const float* x, int T, const Weight& w_gate, const Weight& w_up, float* gate,
+                             float* up) {
+    const Weight* w[2] = {&w_gate, &w_up};
+    float* const y[2] = {gate, up};
+    matmul_multi(x, T, w, y, 2);
+    swiglu(gate, up, size_t(T) * size_t(w_gate.rows), gate);
+  }
   // Rotate-half RoPE in place on q[T, Hq*hd] and k[T, Hkv*hd] for positions start .. start+T-1.
   virtual void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) = 0;
   // out[T, Hq*hd]: causal (and windowed) attention of the chunk at positions start .. start+T-1.

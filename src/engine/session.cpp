@@ -224,13 +224,13 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
     }
     be_.matmul(att_, T, L.wo, xn_);
     add_norm(L.ffn_norm);
-    {
-      const Weight* gu[2] = {&L.w_gate, &L.w_up};
-      float* const out[2] = {gate_, up_};
-      if (fused_) be_.matmul_multi(xn_, T, gu, out, 2);
-      else for (int i = 0; i < 2; ++i) be_.matmul(xn_, T, *gu[i], out[i]);
+    if (fused_) {
+      be_.matmul_swiglu(xn_, T, L.w_gate, L.w_up, gate_, up_);
+    } else {
+      be_.matmul(xn_, T, L.w_gate, gate_);
+      be_.matmul(xn_, T, L.w_up, up_);
+      be_.swiglu(gate_, up_, size_t(T) * size_t(c.intermediate_size), gate_);
     }
-    be_.swiglu(gate_, up_, size_t(T) * size_t(c.intermediate_size), gate_);
     be_.matmul(gate_, T, L.w_down, xn_);
     if (l + 1 < n_layers) add_norm(w.layers[l + 1].attn_norm);
     else if (rows > 0) add_norm(w.norm);  // the final norm, over every row (row by row, so as exact as on a few)

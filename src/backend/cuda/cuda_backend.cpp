@@ -386,6 +386,22 @@ class CudaBackend final : public Backend {
     MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), stream_), stream_);
   }
 
+  // Gate and up GEMVs and SwiGLU in one launch for decode steps (T <= kGemvMaxT, full-precision weights
+  // of one dtype, 16-byte aligned); otherwise matmul_multi and swiglu.
+  void matmul_swiglu(const float* x, int T, const Weight& w_gate, const Weight& w_up, float* gate,
+                     float* up) override {
+    const bool one = T <= kGemvMaxT && !is_quantized(w_gate.dtype) && w_gate.dtype == w_up.dtype &&
+                     w_gate.rows == w_up.rows && w_gate.cols == w_up.cols &&
+                     reinterpret_cast<uintptr_t>(w_gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0;
+    if (!one) {
+      Backend::matmul_swiglu(x, T, w_gate, w_up, gate, up);
+      return;
+    }
+    MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows), int(w_gate.cols),
+                                     gate, stream_),
+                    stream_);
+  }
+
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
     MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, capturing_ ? &step_dev_->pos : nullptr, s.n_heads, s.n_kv_heads,
                               s.head_dim, inv_freq(s), stream_),
