@@ -2,6 +2,8 @@
 // 16 bytes' worth of elements), each lane loads 16 bytes of weights at a time (8 fp16/bf16 or 4
 // fp32), several loads in flight, and reuses them for all T tokens; partial sums are reduced across
 // the warp. Otherwise a scalar path handles any K.
+#include <type_traits>
+
 #include "common.cuh"
 #include "gemv.cuh"
 
@@ -132,13 +134,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* _
     for (int t = 0; t < T; ++t) out[size_t(t) * N + n] = swiglu_value(g[t], u[t]);
 }
 
-template <typename W, int T, bool kVector>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const float* __restrict__ x, const W* __restrict__ Wt, int N,
-                                                           int K, float* __restrict__ y) {
-  const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (n < N) gemv_row<W, T, kVector>(x, Wt, N, K, n, y);
-}
-
 struct GemvParts {
   const void* w[kGemvMaxParts];
   float* y[kGemvMaxParts];
@@ -156,43 +151,27 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (n < p.n[i]) gemv_row<W, T, kVector>(x, static_cast<const W*>(p.w[i]), p.n[i], K, n, p.y[i]);
 }
 
-template <typename W, int T>
-void launch_multi(const float* x, const GemvParts& p, int K, cudaStream_t stream) {
-  bool vec = (K * sizeof(W)) % 16 == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0;
-  for (int i = 0; i < p.count; ++i) vec = vec && (reinterpret_cast<uintptr_t>(p.w[i]) % 16) == 0;
-  const unsigned blocks = unsigned(p.first_block[p.count]);
-  if (vec) gemv_multi_kernel<W, T, true><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
-  else gemv_multi_kernel<W, T, false><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
-}
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <typename W>
-void launch_multi_t(const float* x, int T, const GemvParts& p, int K, cudaStream_t stream) {
-  switch (T) {
-    case 1: launch_multi<W, 1>(x, p, K, stream); break;
-    case 2: launch_multi<W, 2>(x, p, K, stream); break;
-    case 3: launch_multi<W, 3>(x, p, K, stream); break;
-    default: launch_multi<W, 4>(x, p, K, stream); break;
+// Calls f(W{}, std::integral_constant<int, T>{}) for the weight type of wt and T in 1 .. kGemvMaxT (the
+// caller has checked T), then reports the launch's error.
+template <typename F>
+cudaError_t dispatch(DType wt, int T, F&& f) {
+  auto by_t = [&](auto w) {
+    switch (T) {
+      case 1: f(w, std::integral_constant<int, 1>{}); break;
+      case 2: f(w, std::integral_constant<int, 2>{}); break;
+      case 3: f(w, std::integral_constant<int, 3>{}); break;
+      default: f(w, std::integral_constant<int, 4>{}); break;
+    }
+  };
+  switch (wt) {
+    case DType::F32: by_t(float{}); break;
+    case DType::F16: by_t(__half{}); break;
+    case DType::BF16: by_t(__nv_bfloat16{}); break;
+    default: return cudaErrorInvalidValue;
   }
-}
-
-template <typename W, int T>
-void launch(const float* x, const void* Wp, int N, int K, float* y, cudaStream_t stream) {
-  const W* w = static_cast<const W*>(Wp);
-  const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
-  const bool vec = (K * sizeof(W)) % 16 == 0 && (reinterpret_cast<uintptr_t>(Wp) % 16) == 0 &&
-                   (reinterpret_cast<uintptr_t>(x) % 16) == 0;
-  if (vec) gemv_kernel<W, T, true><<<blocks, kWarps * 32, 0, stream>>>(x, w, N, K, y);
-  else gemv_kernel<W, T, false><<<blocks, kWarps * 32, 0, stream>>>(x, w, N, K, y);
-}
-
-template <typename W>
-void launch_t(const float* x, int T, const void* Wp, int N, int K, float* y, cudaStream_t stream) {
-  switch (T) {
-    case 1: launch<W, 1>(x, Wp, N, K, y, stream); break;
-    case 2: launch<W, 2>(x, Wp, N, K, y, stream); break;
-    case 3: launch<W, 3>(x, Wp, N, K, y, stream); break;
-    default: launch<W, 4>(x, Wp, N, K, y, stream); break;
-  }
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -204,19 +183,28 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
   GemvParts p{};
   p.count = parts;
   p.first_block[0] = 0;
+  bool aligned = aligned16(x);
   for (int i = 0; i < parts; ++i) {
     if (N[i] < 0) return cudaErrorInvalidValue;
     p.w[i] = W[i], p.y[i] = y[i], p.n[i] = N[i];
     p.first_block[i + 1] = p.first_block[i] + (N[i] + kWarps - 1) / kWarps;
+    aligned = aligned && aligned16(W[i]);
   }
-  if (p.first_block[parts] == 0) return cudaSuccess;
-  switch (wt) {
-    case DType::F32: launch_multi_t<float>(x, T, p, K, stream); break;
-    case DType::F16: launch_multi_t<__half>(x, T, p, K, stream); break;
-    case DType::BF16: launch_multi_t<__nv_bfloat16>(x, T, p, K, stream); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const unsigned blocks = unsigned(p.first_block[parts]);
+  if (blocks == 0) return cudaSuccess;
+  return dispatch(wt, T, [&](auto w, auto t) {
+    using Wt = decltype(w);
+    constexpr int TT = decltype(t)::value;
+    if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
+      gemv_multi_kernel<Wt, TT, true><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
+    else
+      gemv_multi_kernel<Wt, TT, false><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
+  });
+}
+
+cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream) {
+  if (T > 0 && N <= 0) return cudaSuccess;
+  return gemv_multi_cuda(x, T, &W, &N, &y, 1, wt, K, stream);
 }
 
 cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* Wu, DType wt, int N, int K,
@@ -224,43 +212,17 @@ cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* 
   if (T <= 0 || N <= 0) return cudaSuccess;
   if (T > kGemvMaxT || K <= 0) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
-  auto go = [&](auto tag) {
-    using W = decltype(tag);
-    const size_t es = sizeof(W);
-    const bool vec = (size_t(K) * es) % 16 == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0 &&
-                     (reinterpret_cast<uintptr_t>(Wg) % 16) == 0 && (reinterpret_cast<uintptr_t>(Wu) % 16) == 0;
-    const W* g = static_cast<const W*>(Wg);
-    const W* u = static_cast<const W*>(Wu);
-#define MR_SWIGLU_LAUNCH(TT)                                                                          \
-  (vec ? gemv_swiglu_kernel<W, TT, true><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out)      \
-       : gemv_swiglu_kernel<W, TT, false><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out))
-    switch (T) {
-      case 1: MR_SWIGLU_LAUNCH(1); break;
-      case 2: MR_SWIGLU_LAUNCH(2); break;
-      case 3: MR_SWIGLU_LAUNCH(3); break;
-      default: MR_SWIGLU_LAUNCH(4); break;
-    }
-#undef MR_SWIGLU_LAUNCH
-  };
-  switch (wt) {
-    case DType::F32: go(float{}); break;
-    case DType::F16: go(__half{}); break;
-    case DType::BF16: go(__nv_bfloat16{}); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
-
-cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream) {
-  if (T <= 0 || N <= 0) return cudaSuccess;
-  if (T > kGemvMaxT || K <= 0) return cudaErrorInvalidValue;
-  switch (wt) {
-    case DType::F32: launch_t<float>(x, T, W, N, K, y, stream); break;
-    case DType::F16: launch_t<__half>(x, T, W, N, K, y, stream); break;
-    case DType::BF16: launch_t<__nv_bfloat16>(x, T, W, N, K, y, stream); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const bool aligned = aligned16(x) && aligned16(Wg) && aligned16(Wu);
+  return dispatch(wt, T, [&](auto w, auto t) {
+    using Wt = decltype(w);
+    constexpr int TT = decltype(t)::value;
+    const Wt* g = static_cast<const Wt*>(Wg);
+    const Wt* u = static_cast<const Wt*>(Wu);
+    if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
+      gemv_swiglu_kernel<Wt, TT, true><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out);
+    else
+      gemv_swiglu_kernel<Wt, TT, false><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out);
+  });
 }
 
 }  // namespace cuda

@@ -175,10 +175,7 @@ class CudaBackend final : public Backend {
     }
     cudaFree(p);
   }
-  void to_device(float* dst, const float* src, size_t n) override {
-    MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
-    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  }
+  void to_device(float* dst, const float* src, size_t n) override { copy_in_now(dst, src, n * sizeof(float)); }
   void to_host(float* dst, const float* src, size_t n) override {
     MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -528,17 +525,20 @@ class CudaBackend final : public Backend {
   }
   static int64_t quant_group_of(const Weight& W) { return W.group > 0 ? W.group : quant_group(W.dtype, W.cols); }
   // The device copy of host buffer `host` (bytes long), made on first use; keyed by the host address.
+  // Host to device on the backend's own stream, finished before returning. A plain cudaMemcpy from pageable
+  // memory may return before its DMA lands, and it runs on the legacy default stream, with which stream_
+  // (non-blocking) does not synchronize: kernels could read a half-written weight (seen on an H200: a 2 MB
+  // bf16 matrix read just after its upload gave GEMV errors of 5%).
+  void copy_in_now(void* dst, const void* src, size_t bytes) {
+    MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
   void* upload(const void* host, size_t bytes) {
     auto it = uploaded_.find(host);
     if (it != uploaded_.end()) return it->second;
     void* d = nullptr;
     MR_CUDA_CHECK(cudaMalloc(&d, bytes == 0 ? 1 : bytes));
-    // On the backend's own stream, and finished before returning: a plain cudaMemcpy from pageable memory
-    // may return before its DMA lands, and it runs on the legacy default stream, with which stream_
-    // (non-blocking) does not synchronize; kernels could read a half-written weight (seen on an H200:
-    // a 2 MB bf16 matrix read just after its upload gave GEMV errors of 5%).
-    MR_CUDA_CHECK(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, stream_));
-    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    copy_in_now(d, host, bytes);
     uploaded_[host] = d;
     weight_bytes_ += bytes;
     return d;
@@ -555,8 +555,7 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < half; ++i) h[size_t(i)] = 1.0f / std::pow(s.rope_theta, float(2 * i) / float(s.head_dim));
     void* d = nullptr;
     MR_CUDA_CHECK(cudaMalloc(&d, h.size() * sizeof(float)));
-    MR_CUDA_CHECK(cudaMemcpyAsync(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
-    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // as in upload(): stream-ordered, h outlives the copy
+    copy_in_now(d, h.data(), h.size() * sizeof(float));
     inv_freq_[key] = static_cast<float*>(d);
     inv_freq_bytes_ += h.size() * sizeof(float);
     return static_cast<float*>(d);
@@ -615,12 +614,12 @@ class CudaBackend final : public Backend {
   int n_sms_ = 1;
   float* split_ = nullptr;  // split-KV decode partials
   size_t split_cap_ = 0;
-  // MISTRAL_CUDA_SPLIT_KV=0 selects the one-block-per-head kernel for decode too (for comparisons).
   // MISTRAL_CUDA_ATTN_FP32=1: chunk attention in fp32 even for 16-bit models (AttnShape::half_precision).
   bool use_tc_attention_ = [] {
     const char* e = std::getenv("MISTRAL_CUDA_ATTN_FP32");
     return !(e && *e && *e != '0');
   }();
+  // MISTRAL_CUDA_SPLIT_KV=0 selects the one-block-per-head kernel for decode too (for comparisons).
   bool use_split_kv_ = [] {
     const char* e = std::getenv("MISTRAL_CUDA_SPLIT_KV");
     return !(e && *e == '0');
