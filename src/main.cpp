@@ -28,6 +28,14 @@ std::string one_line(const char* msg) {
   return s;
 }
 
+// GPTQ calibration (quantize, perplexity).
+void add_calib_args(CLI::App* app, ModelArgs& m) {
+  app->add_option("--calib", m.calib, "With --quant: GPTQ, calibrated on this text file (codes chosen to keep each "
+                                      "layer's output on it close to full precision; slower than round-to-nearest)");
+  app->add_option("--calib-tokens", m.calib_tokens, "Calibration tokens used at most (the start of the text)")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 31));
+}
+
 void add_model_args(CLI::App* app, ModelArgs& m, bool runtime) {
   app->add_option("-m,--model", m.model_dir, "Model directory (config.json + safetensors, or params.json + "
                                              "consolidated.safetensors) or GGUF file")
@@ -167,6 +175,7 @@ int main(int argc, char** argv) {
   quant_cmd->add_option("--dtype", qa.model.dtype, "dtype of the tensors left in full precision: auto keeps the stored one")
       ->check(CLI::IsMember({"auto", "f32", "f16", "bf16"}));
   quant_cmd->add_option("-t,--threads", qa.model.threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
+  add_calib_args(quant_cmd, qa.model);
 
   PerplexityArgs pa;
   CLI::App* ppl_cmd = app.add_subcommand(
@@ -179,6 +188,7 @@ int main(int argc, char** argv) {
   ppl_cmd->add_flag("--kl-ref", pa.kl_ref, "Also run the full-precision model: mean KL(full || this) and top-1 agreement");
   ppl_cmd->add_flag("--json", pa.json, "Print one JSON object");
   ppl_cmd->add_flag("--no-bos", pa.no_bos, "Do not prepend the BOS token");
+  add_calib_args(ppl_cmd, pa.model);
 
   BatchArgs ba;
   CLI::App* batch_cmd = app.add_subcommand(

@@ -54,6 +54,22 @@ struct BatchSegment {
   bool want_logits = true;  // false: a prefill chunk whose logits nobody reads
 };
 
+// The inputs of the linear layers, as an ActivationObserver sees them (calibration for GPTQ): the
+// attention's normed input (q/k/v), its output (o_proj), the MLP's normed input (gate/up) and the
+// SwiGLU product (down_proj).
+enum class LinearInput { AttnIn, AttnOut, MlpIn, MlpAct };
+constexpr int kLinearInputs = 4;
+
+class ActivationObserver {
+ public:
+  virtual ~ActivationObserver() = default;
+  // Layers [first_layer(), end_layer()) are observed; a pass stops after end_layer() - 1.
+  virtual int64_t first_layer() const = 0;
+  virtual int64_t end_layer() const = 0;
+  // x: [T, K] floats in host memory, the rows of every segment of the pass in order.
+  virtual void observe(int64_t layer, LinearInput which, const float* x, int T, int64_t K) = 0;
+};
+
 class ForwardPass {
  public:
   ForwardPass(const Model& model, Backend& backend, const SessionOptions& opt);
@@ -76,6 +92,10 @@ class ForwardPass {
   int chunk() const { return chunk_; }
   // Bytes of activation buffers a pass of T tokens with `rows` logits rows allocates on the backend.
   int64_t scratch_bytes(int T, int rows) const;
+  // Shows the observer every observed layer's linear inputs in later runs (nullptr: none); while one is
+  // set, runs stop after its last layer and return no logits. Needs a backend whose buffers are host
+  // memory (the CPU backend); throws UsageError otherwise.
+  void set_observer(ActivationObserver* o);
 
  private:
   void ensure_scratch(int T, int rows);
@@ -94,6 +114,7 @@ class ForwardPass {
   bool fused_;
   int scratch_T_ = 0, scratch_rows_ = 0;
   std::vector<DecodeRow> rows_;  // body(): the current run of single-token segments
+  ActivationObserver* observer_ = nullptr;
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *gate_ = nullptr,
         *up_ = nullptr, *xg_ = nullptr, *logits_ = nullptr;
 };

@@ -67,6 +67,10 @@ struct NamedWeight {
   bool one_dim = false;        // stored as [cols] (norms)
 };
 
+// A layer's linear weights, by role.
+enum class LinearWeight { Q, K, V, O, Gate, Up, Down };
+constexpr int kLinearWeights = 7;
+
 class Model {
  public:
   // Loads a model directory (HF config.json + model.safetensors or shards; native params.json +
@@ -86,6 +90,12 @@ class Model {
   Quant quant() const { return quant_of(matmul_dtype()); }  // None: full-precision linear weights
   // Every stored weight with its checkpoint name, in checkpoint order (empty for random models).
   const std::vector<NamedWeight>& named_weights() const { return named_; }
+
+  // One layer's linear weight.
+  const Weight& linear(int64_t layer, LinearWeight which) const;
+  // Replaces it by a quantized matrix of the same shape, owned by the model from then on (GPTQ,
+  // mistral/gptq.h). Throws UsageError on a bad layer or a shape mismatch.
+  void replace_linear(int64_t layer, LinearWeight which, QuantizedMatrix q);
 
  private:
   ModelConfig cfg_;

@@ -64,6 +64,17 @@ bool quantize_row(DType t, const float* x, int64_t cols, uint8_t* data_row, void
 // Expands one quantized row to cols floats: code value times its scale, in fp32.
 void dequantize_row(DType t, const uint8_t* data_row, const void* scales_row, int64_t cols, float* out);
 
+// The rules above one element and one group at a time, shared by quantize_row and GPTQ (mistral/gptq.h):
+// the scale of a group x[0, n) (Q8: the whole row; the 4-bit scales already rounded to fp16, so that
+// storing them is exact), the code of x under a scale (Q8: q in [-127, 127]; NF4 and Q4: 0..15), the
+// value a code stands for (times the scale), and the packing of a row's codes (padding written).
+float quant_group_scale(DType t, const float* x, int64_t n);
+int quant_code(DType t, float x, float scale);
+float quant_code_value(DType t, int code);
+void pack_codes(DType t, const int8_t* codes, int64_t cols, uint8_t* data_row);
+// Stores one scale (fp32 for Q8, fp16 otherwise) as scale g of a row's scales.
+void store_scale(DType t, float scale, void* scales_row, int64_t g);
+
 struct QuantizedMatrix {
   DType dtype = DType::Q8;
   int64_t rows = 0, cols = 0;

@@ -18,6 +18,8 @@ struct ModelArgs {
   bool no_graph = false;        // CUDA: run decode steps eagerly instead of replaying a recorded graph
   std::string quant = "none";   // none | int8 | nf4 | int4 (linear weights, at load)
   bool quant_lm_head = false;   // also quantize lm_head
+  std::string calib;            // with quant: GPTQ calibrated on this text file (quantize, perplexity)
+  int64_t calib_tokens = 8192;  // calibration tokens used at most (the start of the text)
 };
 
 struct GenerateArgs {

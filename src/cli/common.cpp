@@ -9,6 +9,8 @@
 
 #include "mistral/config.h"
 #include "mistral/error.h"
+#include "mistral/gguf.h"
+#include "mistral/gptq.h"
 
 namespace mistral {
 namespace cli {
@@ -24,6 +26,26 @@ LoadOptions load_options(const ModelArgs& a) {
   o.quant_lm_head = a.quant_lm_head;
   o.threads = a.threads;
   return o;
+}
+
+std::unique_ptr<Model> load_model(const ModelArgs& a, bool progress) {
+  LoadOptions o = load_options(a);
+  if (a.calib.empty()) return Model::load(a.model_dir, o);
+  if (o.quant == Quant::None) throw UsageError("--calib needs --quant int8, nf4 or int4");
+  if (o.quant_lm_head) throw UsageError("--calib quantizes the layers only; drop --quant-lm-head (or --calib)");
+  const std::string text = read_text_file(a.calib);
+  GptqOptions g;
+  g.quant = o.quant;
+  g.threads = a.threads;
+  if (progress) g.progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  o.quant = Quant::None;
+  std::unique_ptr<Model> m = Model::load(a.model_dir, o);
+  if (m->quant() != Quant::None)
+    throw UsageError(a.model_dir + " is already quantized (" + quant_name(m->quant()) + "); --calib needs full precision");
+  std::vector<int32_t> ids = load_model_tokenizer(a.model_dir)->encode(text, true);
+  if (int64_t(ids.size()) > a.calib_tokens) ids.resize(size_t(a.calib_tokens));
+  gptq_quantize_model(*m, ids, g);
+  return m;
 }
 
 std::unique_ptr<Backend> make_backend(const ModelArgs& a) {

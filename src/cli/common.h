@@ -13,6 +13,9 @@ namespace mistral {
 namespace cli {
 
 LoadOptions load_options(const ModelArgs& a);
+// Model::load with the flags of `a`; with --calib, the model is loaded in full precision and its linear
+// weights quantized with GPTQ calibrated on that text (progress on stderr when `progress`).
+std::unique_ptr<Model> load_model(const ModelArgs& a, bool progress);
 // Picks the backend named by --device ("auto" falls back to the CPU with a note under --verbose).
 std::unique_ptr<Backend> make_backend(const ModelArgs& a);
 std::string read_prompt_file(const std::string& path);

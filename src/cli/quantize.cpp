@@ -17,13 +17,13 @@ int run_quantize(const QuantizeArgs& a) {
     throw UsageError("quantize saves checkpoints of safetensors directories; load a GGUF file with --quant instead "
                      "(mistral-run -m " + a.model.model_dir + " --quant " + quant_name(o.quant) + " ...)");
   const double t0 = now_seconds();
-  std::unique_ptr<Model> m = Model::load(a.model.model_dir, o);
+  std::unique_ptr<Model> m = load_model(a.model, true);
   const double t1 = now_seconds();
   save_checkpoint(*m, a.out_dir);
   const double t2 = now_seconds();
   const size_t full = estimate_weight_bytes(m->config(), m->weights().embed.dtype, Quant::None, false);
-  std::printf("wrote %s: %s%s, %.1f MB of weights (%.2fx smaller than %s); quantized in %.1f s, written in %.1f s\n",
-              a.out_dir.c_str(), quant_name(m->quant()), is_quantized(m->weights().lm_head.dtype) ? " (lm_head too)" : "",
+  std::printf("wrote %s: %s%s%s, %.1f MB of weights (%.2fx smaller than %s); quantized in %.1f s, written in %.1f s\n",
+              a.out_dir.c_str(), quant_name(m->quant()), a.model.calib.empty() ? "" : " (GPTQ)", is_quantized(m->weights().lm_head.dtype) ? " (lm_head too)" : "",
               double(m->weight_bytes()) / 1e6, double(full) / double(m->weight_bytes()),
               dtype_name(m->weights().embed.dtype), t1 - t0, t2 - t1);
   return 0;

@@ -57,6 +57,11 @@ ForwardPass::~ForwardPass() {
     if (p) be_.free(p);
 }
 
+void ForwardPass::set_observer(ActivationObserver* o) {
+  if (o && be_.name() != "cpu") throw UsageError("calibration runs on the CPU backend (got " + be_.name() + ")");
+  observer_ = o;
+}
+
 int64_t ForwardPass::capacity() const { return shape_.window > 0 ? INT64_MAX : context_; }
 
 std::unique_ptr<KVCache> ForwardPass::new_cache(int64_t max_positions) {
@@ -131,6 +136,7 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
       throw UsageError("two segments of one batch share a KV cache");
   }
   if (T == 0) return 0;
+  if (observer_) rows = 0, logits_host = nullptr;
   ensure_scratch(T, rows);
   const size_t V = size_t(c.vocab_size);
   // A single-token step of a sequence that has been fed before: replay (or record) its graph.
@@ -182,8 +188,14 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
   // xn_ holds the input of each layer's attention: the first layer's norm here, the others' fused with
   // the residual add that ends the layer before.
   be_.rmsnorm(x_, n_layers > 0 ? w.layers[0].attn_norm : w.norm, eps, T, xn_);
+  const int64_t obs_begin = observer_ ? observer_->first_layer() : INT64_MAX;
+  auto observe = [&](size_t l, LinearInput which, const float* p, size_t K) {
+    if (int64_t(l) >= obs_begin) observer_->observe(int64_t(l), which, p, T, int64_t(K));
+  };
   for (size_t l = 0; l < n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
+    if (observer_ && int64_t(l) >= observer_->end_layer()) return;  // nothing after the observed layers is needed
+    observe(l, LinearInput::AttnIn, xn_, D);
     {
       const Weight* qkv[3] = {&L.wq, &L.wk, &L.wv};
       float* const out[3] = {q_, k_, v_};
@@ -222,8 +234,10 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
                        att_ + off * QD);
       off += size_t(s.T);
     }
+    observe(l, LinearInput::AttnOut, att_, QD);
     be_.matmul(att_, T, L.wo, xn_);
     add_norm(L.ffn_norm);
+    observe(l, LinearInput::MlpIn, xn_, D);
     if (fused_) {
       be_.matmul_swiglu(xn_, T, L.w_gate, L.w_up, gate_, up_);
     } else {
@@ -231,6 +245,7 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
       be_.matmul(xn_, T, L.w_up, up_);
       be_.swiglu(gate_, up_, size_t(T) * size_t(c.intermediate_size), gate_);
     }
+    observe(l, LinearInput::MlpAct, gate_, size_t(c.intermediate_size));
     be_.matmul(gate_, T, L.w_down, xn_);
     if (l + 1 < n_layers) add_norm(w.layers[l + 1].attn_norm);
     else if (rows > 0) add_norm(w.norm);  // the final norm, over every row (row by row, so as exact as on a few)

@@ -423,6 +423,43 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   return m;
 }
 
+namespace {
+Weight LayerWeights::*linear_field(LinearWeight which) {
+  switch (which) {
+    case LinearWeight::Q: return &LayerWeights::wq;
+    case LinearWeight::K: return &LayerWeights::wk;
+    case LinearWeight::V: return &LayerWeights::wv;
+    case LinearWeight::O: return &LayerWeights::wo;
+    case LinearWeight::Gate: return &LayerWeights::w_gate;
+    case LinearWeight::Up: return &LayerWeights::w_up;
+    case LinearWeight::Down: return &LayerWeights::w_down;
+  }
+  return &LayerWeights::wq;
+}
+}  // namespace
+
+const Weight& Model::linear(int64_t layer, LinearWeight which) const {
+  if (layer < 0 || layer >= int64_t(w_.layers.size())) throw UsageError("no layer " + std::to_string(layer));
+  return w_.layers[size_t(layer)].*linear_field(which);
+}
+
+void Model::replace_linear(int64_t layer, LinearWeight which, QuantizedMatrix q) {
+  const Weight& old = linear(layer, which);
+  if (q.rows != old.rows || q.cols != old.cols || !is_quantized(q.dtype))
+    throw UsageError("replace_linear: a quantized [" + std::to_string(old.rows) + ", " + std::to_string(old.cols) +
+                     "] matrix is needed");
+  Weight w;
+  w.dtype = q.dtype;
+  w.rows = q.rows;
+  w.cols = q.cols;
+  w.group = quant_group(q.dtype, q.cols);
+  owned_.push_back(std::move(q.data));
+  w.data = owned_.back().data();
+  owned_.push_back(std::move(q.scales));
+  w.scales = owned_.back().data();
+  w_.layers[size_t(layer)].*linear_field(which) = w;
+}
+
 std::unique_ptr<Model> Model::random(const ModelConfig& cfg, DType dtype, uint64_t seed, Quant quant,
                                      bool quant_lm_head) {
   cfg.validate();

@@ -107,15 +107,6 @@ uint8_t nf4_code(float x) {
   return c;
 }
 
-// Writes 4-bit codes (one per element) two per byte, low nibble first; padding (up to 16-byte rows) is `zero`.
-void pack_nibbles(const std::vector<uint8_t>& codes, int64_t cols, uint8_t zero, uint8_t* dst) {
-  const int64_t n = (cols + 31) / 32 * 32;
-  for (int64_t k = 0; k < n; k += 2) {
-    const uint8_t a = k < cols ? codes[size_t(k)] : zero, b = k + 1 < cols ? codes[size_t(k + 1)] : zero;
-    dst[k / 2] = uint8_t(a | (b << 4));
-  }
-}
-
 inline uint8_t nibble(const uint8_t* row, int64_t k) {
   const uint8_t b = row[k >> 1];
   return (k & 1) ? uint8_t(b >> 4) : uint8_t(b & 15);
@@ -123,47 +114,59 @@ inline uint8_t nibble(const uint8_t* row, int64_t k) {
 
 }  // namespace
 
+float quant_group_scale(DType t, const float* x, int64_t n) {
+  float amax = 0, m = 0;  // m: the first element of largest magnitude
+  for (int64_t k = 0; k < n; ++k)
+    if (std::fabs(x[k]) > amax) amax = std::fabs(x[k]), m = x[k];
+  if (t == DType::Q8) return amax / 127.0f;
+  return f16_to_f32(f32_to_f16(t == DType::NF4 ? amax : m / -8.0f));
+}
+
+int quant_code(DType t, float x, float scale) {
+  if (t == DType::Q8) return scale > 0 ? int(std::max(-127.0f, std::min(127.0f, std::round(x / scale)))) : 0;
+  if (t == DType::NF4) return scale > 0 ? nf4_code(x / scale) : 7;
+  return scale != 0 ? int(std::max(-8.0f, std::min(7.0f, std::round(x / scale)))) + 8 : 8;
+}
+
+float quant_code_value(DType t, int code) {
+  if (t == DType::Q8) return float(code);
+  return t == DType::NF4 ? kNF4Codes[code] : float(code - 8);
+}
+
+void pack_codes(DType t, const int8_t* codes, int64_t cols, uint8_t* dst) {
+  if (t == DType::Q8) {
+    std::memset(dst, 0, quant_row_bytes(t, cols));
+    std::memcpy(dst, codes, size_t(cols));
+    return;
+  }
+  // Two per byte, low nibble first; padding (up to 16-byte rows) encodes zero.
+  const uint8_t zero = t == DType::NF4 ? 7 : 8;
+  const int64_t n = (cols + 31) / 32 * 32;
+  for (int64_t k = 0; k < n; k += 2) {
+    const uint8_t a = k < cols ? uint8_t(codes[k]) : zero, b = k + 1 < cols ? uint8_t(codes[k + 1]) : zero;
+    dst[k / 2] = uint8_t(a | (b << 4));
+  }
+}
+
+void store_scale(DType t, float scale, void* scales, int64_t g) {
+  if (t == DType::Q8) std::memcpy(static_cast<uint8_t*>(scales) + 4 * g, &scale, 4);
+  else static_cast<uint16_t*>(scales)[g] = f32_to_f16(scale);
+}
+
 bool quantize_row(DType t, const float* x, int64_t cols, uint8_t* data, void* scales) {
   if (cols < 0) return false;
   for (int64_t k = 0; k < cols; ++k)
     if (!std::isfinite(x[k])) return false;
-  if (t == DType::Q8) {
-    float amax = 0;
-    for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(x[k]));
-    const float scale = amax / 127.0f;
-    std::memcpy(scales, &scale, 4);
-    int8_t* q = reinterpret_cast<int8_t*>(data);
-    std::memset(data, 0, quant_row_bytes(t, cols));
-    if (scale > 0)
-      for (int64_t k = 0; k < cols; ++k) q[k] = int8_t(std::max(-127.0f, std::min(127.0f, std::round(x[k] / scale))));
-    return true;
-  }
   const int64_t G = quant_group(t, cols), ng = quant_groups(t, cols);
-  uint16_t* s16 = static_cast<uint16_t*>(scales);
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  std::vector<int8_t> codes(static_cast<size_t>(cols));
   for (int64_t g = 0; g < ng; ++g) {
     const int64_t k0 = g * G, k1 = std::min(cols, k0 + G);
-    if (t == DType::NF4) {
-      float amax = 0;
-      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[k]));
-      s16[g] = f32_to_f16(amax);
-      const float scale = f16_to_f32(s16[g]);
-      if (!std::isfinite(scale)) return false;
-      for (int64_t k = k0; k < k1; ++k) codes[size_t(k)] = scale > 0 ? nf4_code(x[k] / scale) : 7;
-    } else {  // Q4
-      float m = 0;
-      for (int64_t k = k0; k < k1; ++k)
-        if (std::fabs(x[k]) > std::fabs(m)) m = x[k];
-      s16[g] = f32_to_f16(m / -8.0f);
-      const float scale = f16_to_f32(s16[g]);
-      if (!std::isfinite(scale)) return false;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float q = scale != 0 ? std::max(-8.0f, std::min(7.0f, std::round(x[k] / scale))) : 0.0f;
-        codes[size_t(k)] = uint8_t(int(q) + 8);
-      }
-    }
+    const float scale = quant_group_scale(t, x + k0, k1 - k0);
+    if (!std::isfinite(scale)) return false;
+    store_scale(t, scale, scales, g);
+    for (int64_t k = k0; k < k1; ++k) codes[size_t(k)] = int8_t(quant_code(t, x[k], scale));
   }
-  pack_nibbles(codes, cols, t == DType::NF4 ? 7 : 8, data);
+  pack_codes(t, codes.data(), cols, data);
   return true;
 }
 
