@@ -30,8 +30,8 @@ std::string one_line(const char* msg) {
 
 // GPTQ calibration (quantize, perplexity).
 void add_calib_args(CLI::App* app, ModelArgs& m) {
-  app->add_option("--calib", m.calib, "With --quant: GPTQ, calibrated on this text file (codes chosen to keep each "
-                                      "layer's output on it close to full precision; slower than round-to-nearest)");
+  app->add_option("--calib", m.calib, "With --quant: GPTQ calibrated on this text file (codes chosen to keep each layer's "
+                                      "output on it close to full precision); runs on the CPU at load, minutes for big models");
   app->add_option("--calib-tokens", m.calib_tokens, "Calibration tokens used at most (the start of the text)")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 31));
 }
@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
 
   GenerateArgs g;
   add_model_args(&app, g.model, true);
+  add_calib_args(&app, g.model);
   app.get_option("--model")->required(false);
   auto* op = app.add_option("-p,--prompt", g.prompt, "Prompt text");
   auto* of = app.add_option("-f,--file", g.prompt_file, "Read the prompt from a file (bytes as they are)");
@@ -100,6 +101,7 @@ int main(int argc, char** argv) {
   ChatArgs ch;
   CLI::App* chat_cmd = app.add_subcommand("chat", "Interactive chat (a REPL; one message per line when stdin is a pipe)");
   add_model_args(chat_cmd, ch.model, true);
+  add_calib_args(chat_cmd, ch.model);
   chat_cmd->add_option("--system", ch.system, "System prompt");
   chat_cmd->add_option("--chat-format", ch.chat_format,
                        "v1, v2, v3, v7, chatml or zephyr (default: from the tokenizer and chat_template)");
@@ -199,6 +201,7 @@ int main(int argc, char** argv) {
       "top_k, seed, stop; or OpenAI batch lines {\"custom_id\", \"body\": {...}}. Ids default to line numbers.\n"
       "Output lines: {\"id\", \"text\", \"prompt_tokens\", \"completion_tokens\", \"finish_reason\"} or {\"id\", \"error\"}.");
   add_model_args(batch_cmd, ba.model, true);
+  add_calib_args(batch_cmd, ba.model);
   batch_cmd->add_option("-i,--input", ba.input, "Prompt file (.txt or .jsonl)")->required();
   batch_cmd->add_option("-o,--output", ba.output, "Results file (.jsonl), written as requests finish")->required();
   batch_cmd->add_flag("--resume", ba.resume, "Skip ids already in the output file (a partial last line is redone)");

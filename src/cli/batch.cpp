@@ -152,7 +152,7 @@ int run_batch(const BatchArgs& a) {
   std::set<std::string> done_ids;
   if (a.resume) done_ids = read_done_ids(a.output);
 
-  std::unique_ptr<Model> model = Model::load(a.model.model_dir, load_options(a.model));
+  std::unique_ptr<Model> model = load_model(a.model, true);
   std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model.model_dir);
   std::unique_ptr<Backend> backend = make_backend(a.model);
   SessionOptions so;

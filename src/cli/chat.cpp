@@ -379,7 +379,7 @@ int run_chat(const ChatArgs& a) {
              !(term && std::string(term) == "dumb");
 
   const double t0 = now_seconds();
-  std::unique_ptr<Model> model = Model::load(a.model.model_dir, load_options(a.model));
+  std::unique_ptr<Model> model = load_model(a.model, true);
   std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model.model_dir);
   if (tok->vocab_size() > model->config().vocab_size)
     throw ConfigError("tokenizer has " + std::to_string(tok->vocab_size()) + " pieces but the model's vocab_size is " +

@@ -39,7 +39,7 @@ int run_generate(const GenerateArgs& a) {
   if (a.prompt_set == a.prompt_file_set) throw UsageError("give exactly one of -p/--prompt and -f/--file");
   const std::string prompt = a.prompt_set ? a.prompt : read_prompt_file(a.prompt_file);
   const double t_load0 = now_seconds();
-  std::unique_ptr<Model> model = Model::load(a.model.model_dir, load_options(a.model));
+  std::unique_ptr<Model> model = load_model(a.model, true);
   std::unique_ptr<Tokenizer> tok = load_model_tokenizer(a.model.model_dir);
   if (tok->vocab_size() > model->config().vocab_size)
     throw ConfigError("tokenizer has " + std::to_string(tok->vocab_size()) + " pieces but the model's vocab_size is " +

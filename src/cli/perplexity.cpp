@@ -15,7 +15,7 @@ namespace cli {
 int run_perplexity(const PerplexityArgs& a) {
   const std::string text = read_prompt_file(a.text_file);
   const LoadOptions lo = load_options(a.model);
-  std::unique_ptr<Model> model = load_model(a.model, a.model.verbose);
+  std::unique_ptr<Model> model = load_model(a.model, true);
   std::unique_ptr<Model> ref;
   if (a.kl_ref) {
     LoadOptions full = lo;
