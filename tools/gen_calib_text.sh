@@ -11,16 +11,9 @@ set -eu
 BIN="${1:-build}/mistral-run"
 ROOT="$(dirname "$0")/.."
 DATA="$ROOT/tests/data/perplexity"
-STORIES="$ROOT/../shared/data/models/stories260K"
 SMOL="$ROOT/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-OUT="$DATA/stories260K_calib.txt"
-: >"$OUT"
-for seed in 101 102 103 104 105 106 107 108; do
-  [ "$seed" = 101 ] || printf '\n' >>"$OUT"
-  printf 'Once upon a time' >>"$OUT"
-  "$BIN" -m "$STORIES" -p "Once upon a time" --temp 1 --seed "$seed" -n 400 >>"$OUT"
-done
+"$(dirname "$0")/gen_perplexity_text.sh" "${1:-build}" "$DATA/stories260K_calib.txt" 101
 
 OUT="$DATA/smollm2_calib.txt"
 : >"$OUT"
