@@ -217,7 +217,8 @@ TEST(QuantAccuracy, PerplexityOnStoriesText) {
   // Issue 7 asks for NF4 and int4 within 10% of full precision. On this 260K-parameter model (hidden
   // size 64) round-to-nearest 4-bit does not get there: NF4 +11.7%, int4 +15.4% (int8 +0.0%), the
   // same as an independent numpy emulation of the formats (tools/quant_reference.py). The bounds
-  // below guard those measured values against regressions; the 10% target is reported, not met.
+  // below guard those measured values against regressions; GPTQ (--calib) meets the target:
+  // tests/test_gptq.cpp, QuantAccuracy.GptqPerplexityOnStoriesText.
   struct Want {
     Quant q;
     double max_ratio;
