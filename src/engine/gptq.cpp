@@ -68,7 +68,8 @@ class Calibrator : public ActivationObserver {
   }
   Hessian& at(int64_t layer, LinearInput which) { return h_[size_t(layer - l0_) * kLinearInputs + size_t(which)]; }
 
-  // H += x^T x, rows of H in parallel, each entry summed over t in order.
+  // H += x^T x, rows of H in parallel, each entry summed over t in order (the upper triangle, then
+  // mirrored: the lower one always equals it, so it need not be summed).
   static void accumulate(Hessian& H, const float* x, int T, ThreadPool& pool) {
     const int64_t K = H.K;
     if (H.h.size() != size_t(K * K)) H.h.assign(size_t(K * K), 0.0);
@@ -83,11 +84,13 @@ class Calibrator : public ActivationObserver {
             const double a = xt[size_t(i)];
             if (a == 0) continue;
             double* hi = H.h.data() + i * K;
-            for (int64_t j = 0; j < K; ++j) hi[j] += a * xt[size_t(j)];
+            for (int64_t j = i; j < K; ++j) hi[j] += a * xt[size_t(j)];  // the upper triangle
           }
         }
       }
     }, 16);
+    for (int64_t i = 1; i < K; ++i)  // mirrored into the lower one
+      for (int64_t j = 0; j < i; ++j) H.h[size_t(i * K + j)] = H.h[size_t(j * K + i)];
     H.rows += T;
   }
 
