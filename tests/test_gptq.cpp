@@ -133,6 +133,21 @@ TEST(Gptq, InverseFactorIsTheUpperCholeskyFactorOfTheDampedInverse) {
     }
 }
 
+TEST(Gptq, InverseFactorInAnOrderIsThatOfThePermutedHessian) {
+  std::mt19937 rng(5);
+  const int64_t K = 40, T = 120;
+  const std::vector<float> x = gaussian(rng, size_t(T * K));
+  Hessian H;
+  H.K = K;
+  H.add(x.data(), int(T));
+  const std::vector<int64_t> order = gptq_act_order(H);
+  for (int64_t k = 1; k < K; ++k)
+    EXPECT_GE(H.h[size_t(order[size_t(k - 1)] * K + order[size_t(k - 1)])], H.h[size_t(order[size_t(k)] * K + order[size_t(k)])]);
+  EXPECT_EQ(gptq_inverse_factor(H, 0.01, 2, order), gptq_inverse_factor(permute_hessian(H, order), 0.01, 1));
+  EXPECT_THROW(gptq_inverse_factor(H, 0.0), UsageError);  // no damping could never give up on a singular H
+  EXPECT_THROW(gptq_inverse_factor(H, 0.01, 0, std::vector<int64_t>(3)), UsageError);
+}
+
 TEST(Gptq, DiagonalHessianGivesRoundToNearest) {
   std::mt19937 rng(3);
   for (DType t : kQuantTypes)
@@ -151,7 +166,7 @@ TEST(Gptq, DiagonalHessianGivesRoundToNearest) {
       EXPECT_EQ(natural.scales, rtn.scales);
       const std::vector<int64_t> order = gptq_act_order(H);
       const QuantizedMatrix act =
-          gptq_quantize(t, f32_weight(w, rows, cols), gptq_inverse_factor(permute_hessian(H, order), 0.01), 2, order);
+          gptq_quantize(t, f32_weight(w, rows, cols), gptq_inverse_factor(H, 0.01, 2, order), 2, order);
       EXPECT_EQ(act.data, rtn.data);
       EXPECT_EQ(act.scales, rtn.scales);
     }
@@ -167,7 +182,7 @@ TEST(Gptq, LowerOutputErrorThanRoundToNearestOnHeldOutRows) {
   H.K = K;
   H.add(calib.data(), int(T));
   const std::vector<int64_t> order = gptq_act_order(H);
-  const std::vector<float> U = gptq_inverse_factor(H, 0.01), Up = gptq_inverse_factor(permute_hessian(H, order), 0.01);
+  const std::vector<float> U = gptq_inverse_factor(H, 0.01), Up = gptq_inverse_factor(H, 0.01, 0, order);
   for (DType t : kQuantTypes) {
     const double e_rtn = output_error(w, dequantize(quantize_matrix(t, DType::F32, w.data(), N, K)), N, K, held_out, T);
     const double e_nat = output_error(w, dequantize(gptq_quantize(t, f32_weight(w, N, K), U)), N, K, held_out, T);
@@ -236,27 +251,53 @@ TEST(Gptq, ObserverSeesEachLinearInput) {
     fp.run({s}, nullptr);
   }
   ASSERT_EQ(rec.seen.size(), 3u * kLinearInputs);
-  const int64_t widths[kLinearInputs] = {c.hidden_size, c.q_dim(), c.hidden_size, c.intermediate_size};
-  std::vector<float> attn_in;
+  EXPECT_EQ(cache->n_past, int64_t(ids.size()));
+  const int64_t D = c.hidden_size, QD = c.q_dim(), F = c.intermediate_size;
+  const int64_t widths[kLinearInputs] = {D, QD, D, F};
+  std::vector<float> seen[kLinearInputs];  // all chunks of each input, rows in token order
   for (size_t i = 0; i < rec.seen.size(); ++i) {
     const auto& s = rec.seen[i];
     EXPECT_EQ(s.layer, 0);
     EXPECT_EQ(int(s.which), int(i % kLinearInputs));
     EXPECT_EQ(s.K, widths[i % kLinearInputs]);
-    if (s.which == LinearInput::AttnIn) attn_in.insert(attn_in.end(), s.x.begin(), s.x.end());
+    seen[i % kLinearInputs].insert(seen[i % kLinearInputs].end(), s.x.begin(), s.x.end());
   }
-  // Layer 0's attention input is RMSNorm(embedding) * input_layernorm, computed here from the weights.
-  const int64_t D = c.hidden_size;
-  ASSERT_EQ(attn_in.size(), ids.size() * size_t(D));
-  const float* E = static_cast<const float*>(m->weights().embed.data);
-  const float* g = static_cast<const float*>(m->weights().layers[0].attn_norm.data);
-  for (size_t t = 0; t < ids.size(); ++t) {
-    const float* e = E + size_t(ids[t]) * size_t(D);
+  for (int i = 0; i < kLinearInputs; ++i) ASSERT_EQ(seen[i].size(), ids.size() * size_t(widths[i]));
+  // Each input recomputed here from the weights (f32 fixture) and the input before it, in double.
+  const LayerWeights& L0 = m->weights().layers[0];
+  auto f32 = [](const Weight& w) { return static_cast<const float*>(w.data); };
+  auto rmsnorm = [&](const std::vector<double>& v, const float* g) {
     double ms = 0;
-    for (int64_t d = 0; d < D; ++d) ms += double(e[d]) * e[d];
-    const double inv = 1.0 / std::sqrt(ms / double(D) + c.rms_norm_eps);
-    for (int64_t d = 0; d < D; ++d)
-      EXPECT_NEAR(attn_in[t * size_t(D) + size_t(d)], e[d] * inv * g[d], 1e-5) << "token " << t << " dim " << d;
+    for (double a : v) ms += a * a;
+    const double inv = 1.0 / std::sqrt(ms / double(v.size()) + c.rms_norm_eps);
+    std::vector<double> out(v.size());
+    for (size_t d = 0; d < v.size(); ++d) out[d] = v[d] * inv * g[d];
+    return out;
+  };
+  auto matvec = [](const float* W, int64_t N, int64_t K, const float* x) {  // W [N, K] times x
+    std::vector<double> y(static_cast<size_t>(N), 0.0);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) y[size_t(n)] += double(W[n * K + k]) * x[k];
+    return y;
+  };
+  const float* E = f32(m->weights().embed);
+  for (size_t t = 0; t < ids.size(); ++t) {
+    // AttnIn = RMSNorm(embedding) * input_layernorm.
+    const std::vector<double> e(E + size_t(ids[t]) * size_t(D), E + size_t(ids[t] + 1) * size_t(D));
+    const std::vector<double> attn_in = rmsnorm(e, f32(L0.attn_norm));
+    for (int64_t d = 0; d < D; ++d) EXPECT_NEAR(seen[0][t * size_t(D) + size_t(d)], attn_in[size_t(d)], 1e-5) << t;
+    // MlpIn = RMSNorm(embedding + o_proj(AttnOut)) * post_attention_layernorm.
+    std::vector<double> h = matvec(f32(L0.wo), D, QD, seen[1].data() + t * size_t(QD));
+    for (int64_t d = 0; d < D; ++d) h[size_t(d)] += e[size_t(d)];
+    const std::vector<double> mlp_in = rmsnorm(h, f32(L0.ffn_norm));
+    for (int64_t d = 0; d < D; ++d) EXPECT_NEAR(seen[2][t * size_t(D) + size_t(d)], mlp_in[size_t(d)], 1e-4) << t;
+    // MlpAct = silu(gate(MlpIn)) * up(MlpIn).
+    const std::vector<double> g = matvec(f32(L0.w_gate), F, D, seen[2].data() + t * size_t(D)),
+                              u = matvec(f32(L0.w_up), F, D, seen[2].data() + t * size_t(D));
+    for (int64_t f = 0; f < F; ++f) {
+      const double want = g[size_t(f)] / (1.0 + std::exp(-g[size_t(f)])) * u[size_t(f)];
+      EXPECT_NEAR(seen[3][t * size_t(F) + size_t(f)], want, 1e-5 + 1e-4 * std::fabs(want)) << t;
+    }
   }
 }
 

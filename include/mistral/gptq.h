@@ -24,10 +24,12 @@ struct Hessian {
 };
 
 // The upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 (H^-1 = U^T U), row-major K x K in
-// float, with the columns no calibration row touched (diag H == 0) given a unit diagonal first. The
-// damping is raised tenfold (up to 1.0) while the matrix is not positive definite; throws WeightError
-// if it never is.
-std::vector<float> gptq_inverse_factor(const Hessian& H, double damp, int threads = 0);
+// float, with the columns no calibration row touched (diag H == 0) given a unit diagonal first; with
+// `order`, of that matrix with rows and columns taken in that order (as permute_hessian(H, order),
+// without the copy). damp in (0, 1]; it is raised tenfold (up to 1.0) while the matrix is not positive
+// definite; throws WeightError if it never is.
+std::vector<float> gptq_inverse_factor(const Hessian& H, double damp, int threads = 0,
+                                       const std::vector<int64_t>& order = {});
 
 // GPTQ's act-order: the columns by decreasing diagonal of H (ties in column order).
 std::vector<int64_t> gptq_act_order(const Hessian& H);
@@ -39,7 +41,7 @@ Hessian permute_hessian(const Hessian& H, const std::vector<int64_t>& order);
 // - order empty: columns in their natural order, U from gptq_inverse_factor(H); each group's scale is
 //   taken from its values when the group is reached (GPTQ's original scheme).
 // - order given (act-order with static groups): columns in that order, U from
-//   gptq_inverse_factor(permute_hessian(H, order)); every group's scale is fixed up front from the
+//   gptq_inverse_factor(H, damp, threads, order); every group's scale is fixed up front from the
 //   weight as stored (the round-to-nearest scale), so the groups stay contiguous in the layout.
 // With a diagonal H (no correlation between inputs) nothing is spread and either way the result
 // equals quantize_matrix's.

@@ -94,7 +94,8 @@ class Model {
   // One layer's linear weight.
   const Weight& linear(int64_t layer, LinearWeight which) const;
   // Replaces it by a quantized matrix of the same shape, owned by the model from then on (GPTQ,
-  // mistral/gptq.h). Throws UsageError on a bad layer or a shape mismatch.
+  // mistral/gptq.h); the old values are freed where the model owned them, so Weights copied from the
+  // old one must not be used after. Throws UsageError on a bad layer or a shape mismatch.
   void replace_linear(int64_t layer, LinearWeight which, QuantizedMatrix q);
 
  private:

@@ -64,34 +64,47 @@ class Calibrator : public ActivationObserver {
     Hessian& H = at(layer, which);
     if (K != H.K) throw Error("internal: calibration input of width " + std::to_string(K) + ", expected " +
                               std::to_string(H.K));
-    accumulate(H, x, T, pool_);
+    accumulate_upper(H, x, T, pool_);  // mirrored once, when the pass is over (finish)
+  }
+  void finish() {
+    for (Hessian& H : h_) mirror(H, pool_);
   }
   Hessian& at(int64_t layer, LinearInput which) { return h_[size_t(layer - l0_) * kLinearInputs + size_t(which)]; }
 
-  // H += x^T x, rows of H in parallel, each entry summed over t in order (the upper triangle, then
-  // mirrored: the lower one always equals it, so it need not be summed).
-  static void accumulate(Hessian& H, const float* x, int T, ThreadPool& pool) {
-    const int64_t K = H.K;
+  // H += x^T x in its upper triangle, each entry summed over t in order. Rows go in blocks of 16, block b
+  // paired with block nb - 1 - b so that every thread's share of the triangle is about the same.
+  static void accumulate_upper(Hessian& H, const float* x, int T, ThreadPool& pool) {
+    const int64_t K = H.K, nb = (K + 15) / 16;
     if (H.h.size() != size_t(K * K)) H.h.assign(size_t(K * K), 0.0);
-    pool.parallel_for(K, [&](int64_t i0, int64_t i1) {
-      std::vector<double> xt(static_cast<size_t>(K));
-      for (int64_t ib = i0; ib < i1; ib += 16) {
-        const int64_t ie = std::min(i1, ib + 16);
-        for (int t = 0; t < T; ++t) {
-          const float* row = x + int64_t(t) * K;
-          for (int64_t j = 0; j < K; ++j) xt[size_t(j)] = row[j];
-          for (int64_t i = ib; i < ie; ++i) {
-            const double a = xt[size_t(i)];
-            if (a == 0) continue;
-            double* hi = H.h.data() + i * K;
-            for (int64_t j = i; j < K; ++j) hi[j] += a * xt[size_t(j)];  // the upper triangle
-          }
+    auto block = [&](int64_t b, std::vector<double>& xt) {
+      const int64_t ib = b * 16, ie = std::min(K, ib + 16);
+      for (int t = 0; t < T; ++t) {
+        const float* row = x + int64_t(t) * K;
+        for (int64_t j = ib; j < K; ++j) xt[size_t(j)] = row[j];
+        for (int64_t i = ib; i < ie; ++i) {
+          const double a = xt[size_t(i)];
+          if (a == 0) continue;
+          double* hi = H.h.data() + i * K;
+          for (int64_t j = i; j < K; ++j) hi[j] += a * xt[size_t(j)];
         }
       }
-    }, 16);
-    for (int64_t i = 1; i < K; ++i)  // mirrored into the lower one
-      for (int64_t j = 0; j < i; ++j) H.h[size_t(i * K + j)] = H.h[size_t(j * K + i)];
+    };
+    pool.parallel_for((nb + 1) / 2, [&](int64_t p0, int64_t p1) {
+      std::vector<double> xt(static_cast<size_t>(K));
+      for (int64_t p = p0; p < p1; ++p) {
+        block(p, xt);
+        if (nb - 1 - p != p) block(nb - 1 - p, xt);
+      }
+    });
     H.rows += T;
+  }
+  // The lower triangle from the upper one, rows in parallel.
+  static void mirror(Hessian& H, ThreadPool& pool) {
+    const int64_t K = H.K;
+    pool.parallel_for(K, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = 0; j < i; ++j) H.h[size_t(i * K + j)] = H.h[size_t(j * K + i)];
+    }, 64);
   }
 
  private:
@@ -104,7 +117,8 @@ class Calibrator : public ActivationObserver {
 
 void Hessian::add(const float* x, int T, int threads) {
   ThreadPool pool(threads);
-  Calibrator::accumulate(*this, x, T, pool);
+  Calibrator::accumulate_upper(*this, x, T, pool);
+  Calibrator::mirror(*this, pool);
 }
 
 std::vector<int64_t> gptq_act_order(const Hessian& H) {
@@ -129,28 +143,38 @@ Hessian permute_hessian(const Hessian& H, const std::vector<int64_t>& order) {
   return P;
 }
 
-std::vector<float> gptq_inverse_factor(const Hessian& H, double damp, int threads) {
+std::vector<float> gptq_inverse_factor(const Hessian& H, double damp, int threads, const std::vector<int64_t>& order) {
   const int64_t K = H.K;
   if (K <= 0 || H.h.size() != size_t(K * K)) throw UsageError("gptq: empty Hessian");
+  if (!(damp > 0) || damp > 1) throw UsageError("gptq: the damping must be in (0, 1]");
+  if (!order.empty() && order.size() != size_t(K)) throw UsageError("gptq: the column order does not match the Hessian");
   ThreadPool pool(threads);
+  // Column c of the ordered matrix is column col(c) of H.
+  auto col = [&](int64_t c) { return order.empty() ? c : order[size_t(c)]; };
   // Columns no input reached get a unit diagonal (GPTQ's "dead" inputs); then the damping, as a
   // fraction of the mean diagonal.
-  std::vector<double> A = H.h;
+  auto diag = [&](int64_t c) {
+    const double d = H.h[size_t(c * K + c)];
+    return d == 0 ? 1.0 : d;
+  };
   double mean = 0;
-  for (int64_t i = 0; i < K; ++i) {
-    double& d = A[size_t(i * K + i)];
-    if (d == 0) d = 1;
-    mean += d;
-  }
+  for (int64_t i = 0; i < K; ++i) mean += diag(i);
   mean /= double(K);
   // U is the upper factor of H^-1. With J the order-reversing permutation and J H J = M M^T (M lower),
   // H = R R^T for the upper R = J M J, so H^-1 = (R^-1)^T R^-1 and U = R^-1 = J M^-1 J: one Cholesky
-  // factorization of the reversed matrix and one triangular inverse.
-  std::vector<double> M(A.size());
+  // factorization of the reversed matrix and one triangular inverse. M is built straight from H (the
+  // order and the reversal in one gather), so no other K x K copy is held.
+  std::vector<double> M(H.h.size());
   for (double frac = damp;; frac *= 10) {
-    for (int64_t i = 0; i < K; ++i)
-      for (int64_t j = 0; j < K; ++j) M[size_t(i * K + j)] = A[size_t((K - 1 - i) * K + (K - 1 - j))];
-    for (int64_t i = 0; i < K; ++i) M[size_t(i * K + i)] += frac * mean;
+    pool.parallel_for(K, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t ci = col(K - 1 - i);
+        const double* Hi = H.h.data() + ci * K;
+        double* Mi = M.data() + i * K;
+        for (int64_t j = 0; j < K; ++j) Mi[j] = Hi[col(K - 1 - j)];
+        Mi[i] = diag(ci) + frac * mean;
+      }
+    }, 64);
     if (cholesky_lower(M, K, pool)) break;
     if (frac >= 1.0)
       throw WeightError("gptq: the calibration Hessian is not positive definite even with damping " +
@@ -306,12 +330,13 @@ void gptq_quantize_model(Model& model, const std::vector<int32_t>& calib, const 
         }
       }
     }
+    cal.finish();
     for (int64_t l = l0; l < l1; ++l) {
       for (int i = 0; i < kLinearInputs; ++i) {
         // Act-order: columns by decreasing Hessian diagonal (the inputs with the most energy first).
         Hessian& H = cal.at(l, LinearInput(i));
         const std::vector<int64_t> order = gptq_act_order(H);
-        const std::vector<float> U = gptq_inverse_factor(permute_hessian(H, order), o.damp, o.threads);
+        const std::vector<float> U = gptq_inverse_factor(H, o.damp, o.threads, order);
         H.h = {};  // memory back as soon as the input is done
         for (const auto& f : feeds)
           if (f.in == LinearInput(i))

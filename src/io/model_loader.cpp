@@ -448,6 +448,9 @@ void Model::replace_linear(int64_t layer, LinearWeight which, QuantizedMatrix q)
   if (q.rows != old.rows || q.cols != old.cols || !is_quantized(q.dtype))
     throw UsageError("replace_linear: a quantized [" + std::to_string(old.rows) + ", " + std::to_string(old.cols) +
                      "] matrix is needed");
+  // The old values go when the model owns them (converted or permuted at load; mapped ones stay mapped).
+  for (auto& buf : owned_)
+    if (!buf.empty() && (buf.data() == old.data || (old.scales && buf.data() == old.scales))) std::vector<uint8_t>().swap(buf);
   Weight w;
   w.dtype = q.dtype;
   w.rows = q.rows;
