@@ -40,8 +40,6 @@ std::unique_ptr<Model> load_model(const ModelArgs& a, bool progress) {
   if (progress) g.progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
   o.quant = Quant::None;
   std::unique_ptr<Model> m = Model::load(a.model_dir, o);
-  if (m->quant() != Quant::None)
-    throw UsageError(a.model_dir + " is already quantized (" + quant_name(m->quant()) + "); --calib needs full precision");
   std::vector<int32_t> ids = load_model_tokenizer(a.model_dir)->encode(text, true);
   if (int64_t(ids.size()) > a.calib_tokens) ids.resize(size_t(a.calib_tokens));
   gptq_quantize_model(*m, ids, g);

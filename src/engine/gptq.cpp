@@ -216,11 +216,12 @@ QuantizedMatrix gptq_quantize(DType qt, const Weight& w, const std::vector<float
   const size_t es = dtype_size(w.dtype);
   constexpr int64_t B = 32;  // rows per block: each row of U is read once per block
   std::atomic<int64_t> bad{-1};
-  auto check = [&](float& s, int64_t row) {
-    if (std::isfinite(s)) return;
+  auto flag = [&](int64_t row) {  // the first bad row is reported
     int64_t expected = -1;
     bad.compare_exchange_strong(expected, row);
-    s = 0;
+  };
+  auto check = [&](float& s, int64_t row) {
+    if (!std::isfinite(s)) flag(row), s = 0;
   };
   ThreadPool pool(threads);
   pool.parallel_for(N, [&](int64_t r0, int64_t r1) {
@@ -233,11 +234,7 @@ QuantizedMatrix gptq_quantize(DType qt, const Weight& w, const std::vector<float
         float* Wi = W.data() + i * K;
         to_f32(w.dtype, src, row.data(), size_t(K));
         for (int64_t k = 0; k < K; ++k)
-          if (!std::isfinite(row[size_t(k)])) {
-            int64_t expected = -1;
-            bad.compare_exchange_strong(expected, rb0 + i);
-            row[size_t(k)] = 0;
-          }
+          if (!std::isfinite(row[size_t(k)])) flag(rb0 + i), row[size_t(k)] = 0;
         if (!permuted) {
           std::copy(row.begin(), row.end(), Wi);
           continue;
@@ -283,7 +280,9 @@ QuantizedMatrix gptq_quantize(DType qt, const Weight& w, const std::vector<float
 }
 
 void gptq_quantize_model(Model& model, const std::vector<int32_t>& calib, const GptqOptions& o) {
-  if (model.quant() != Quant::None) throw UsageError("GPTQ needs a full-precision model; this one is quantized");
+  if (model.quant() != Quant::None)
+    throw UsageError(model.dir() + " is already quantized (" + quant_name(model.quant()) +
+                     "); GPTQ needs full precision");
   if (o.quant == Quant::None) throw UsageError("GPTQ needs --quant int8, nf4 or int4");
   if (calib.size() < 2) throw UsageError("the calibration text is too short (at least 2 tokens)");
   const ModelConfig& c = model.config();
