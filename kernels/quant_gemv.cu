@@ -1,22 +1,25 @@
 // Quantized weights (Q8, NF4, Q4; byte layout of include/mistral/quant.h): GEMV with dequantization in
 // registers for T <= kGemvMaxT tokens, and dequantization to fp16 for the cuBLAS path.
 //
-// quant_gemv_kernel, thread layout. Blocks of 8 warps. A warp computes kRows = 2 adjacent output rows
-// (n0, n0 + 1) for all T tokens; `split` consecutive warps of a block (1, 2, 4 or 8, chosen by the
-// launcher so that the grid holds about 32 warps per SM) work on the same two rows and divide K between
-// them, so a block covers 2 * 8 / split rows. A packed row is read in 16-byte chunks (32 elements of a
-// 4-bit format, 16 of int8): lane l of the warp with split index s takes chunks s * 32 + l, then every
-// (split * 32)-th, so per row a warp loads 512 contiguous bytes per step, one uint4 per lane, 16-byte
-// aligned because every row is a multiple of 16 bytes long and `data` is 16-byte aligned (checked).
-// Each chunk lies inside one scale group (NF4 / Q4 groups are multiples of 32), so a lane sums
-// code * x over the chunk and applies that group's scale once; Q8's per-row scale is applied after the
-// reduction. Both rows use each x value the lane loads: float4 loads when K % 4 == 0 and x is 16-byte
-// aligned, scalars otherwise. Only the partial last chunk of a row (K not a multiple of 16 / 32) is
-// guarded: its weight bytes lie inside the padded row, its x reads stop below K. Rows past N (the
-// second row when N is odd) are clamped to N - 1 for loading and never written.
+// quant_gemv_kernel, thread layout. Blocks of 8 warps. A warp computes kRows = 2 output rows for all T
+// tokens: rows 2p and 2p + 1 of one matrix, or (SwiGLU) row p of the gate and row p of the up matrix,
+// which it combines. `split` consecutive warps of a block (1, 2, 4 or 8, chosen per matrix so that its
+// grid holds about 32 warps per SM) work on the same two rows and divide K between them, so a block
+// covers 8 / split pairs. One launch may hold several matrices of one format and K (q, k, v): each gets
+// its own blocks and its own split. A packed row is read in 16-byte chunks (32 elements of a 4-bit
+// format, 16 of int8): lane l of the warp with split index s takes chunks s * 32 + l, then every
+// (split * 32)-th, up to kPrefetch of them per row loaded before any is used; per row a warp loads 512
+// contiguous bytes per step, one uint4 per lane, 16-byte aligned because every row is a multiple of 16
+// bytes long and `data` is 16-byte aligned (checked). Each chunk lies inside one scale group (NF4 / Q4
+// groups are multiples of 32), so a lane sums code * x over the chunk and applies that group's scale
+// once; Q8's per-row scale is applied after the reduction. Both rows use each x value the lane loads:
+// float4 loads when K % 4 == 0 and x is 16-byte aligned, scalars otherwise. Only the partial last
+// chunk of a row (K not a multiple of 16 / 32) is guarded: its weight bytes lie inside the padded row,
+// its x reads stop below K. Rows past N (the second row when N is odd) are clamped to N - 1 for loading
+// and never written.
 // Reduction: shuffle within the warp, then the `split` partials through shared memory `part` (each
-// slot written by one lane 0, read after the one __syncthreads, never reused: no race); threads
-// 0 .. rows*T-1 of the block write y. Every thread reaches every __syncthreads (no early return).
+// slot written by one lane 0, read after the one __syncthreads, never reused: no race); the block's
+// first threads write y. Every thread reaches every __syncthreads (no early return).
 // Decoding: Q8 and Q4 assemble the float 2^23 + u from the bits (u = int8 + 128, or the nibble) and
 // subtract the offset, exact; NF4 reads its 16 code values from shared memory (16 distinct banks).
 //
@@ -117,12 +120,75 @@ MR_QFN float scale_at(const void* scales, size_t i) {
     return __half2float(static_cast<const __half*>(scales)[i]);
 }
 
-// Chunk c of rows n[0], n[1] (q: its 16 bytes of each row) times the T token rows of x: acc[r][t] += scale * sum(code * x) (Q8: without
-// the scale). kWhole: the chunk lies below K; otherwise x is read only below K (the codes there are 0).
+// A launch's matrices (parts): products of one x with up to kGemvMaxParts matrices of one format and K
+// (q, k, v), or the gate and up matrices of a SwiGLU (kSwiglu). Part i has `split` warps per row pair
+// (gemv_split of its own shape, so that its results do not depend on the other parts of the launch) and
+// the blocks first_block[i] .. first_block[i + 1] - 1.
+struct QuantPart {
+  const uint8_t* data;  // [n, chunks] 16-byte chunks
+  const void* scales;   // [n, n_groups]
+  float* y;             // [T, n]; a SwiGLU launch writes part 0's only
+  int n;                // rows
+  int split;            // warps per row pair: 1, 2, 4 or 8
+};
+struct QuantParts {
+  QuantPart part[kGemvMaxParts];
+  int first_block[kGemvMaxParts + 1];
+  int count;
+};
+
+// The two rows a warp reads: row r at row[r] (its 16-byte chunks), its scales from scales[r] + sbase[r].
+struct RowPair {
+  const uint4* row[kRows];
+  const void* scales[kRows];
+  size_t sbase[kRows];
+};
+
+// What warp `warp` of block `block` works on: pair `pair` of part `part`, whose block starts at pair
+// first_pair and holds kWarps / split pairs. A plain launch's pair p is rows 2p and 2p + 1 (the second
+// clamped to the last row), a SwiGLU launch's pair p is row p of the gate and row p of the up matrix.
+struct WarpJob {
+  int part, split, first_pair, pair;
+};
+template <bool kSwiglu>
+MR_QFN WarpJob warp_job(const QuantParts& ps, int block, int warp) {
+  int i = 0;
+  if (!kSwiglu)
+    while (i + 1 < ps.count && block >= ps.first_block[i + 1]) ++i;
+  WarpJob j;
+  j.part = i;
+  j.split = ps.part[i].split;
+  j.first_pair = (block - ps.first_block[i]) * (kWarps / j.split);
+  j.pair = j.first_pair + warp / j.split;
+  return j;
+}
+template <bool kSwiglu>
+MR_QFN int pairs_of(int n) {
+  return kSwiglu ? n : (n + kRows - 1) / kRows;
+}
+
+template <DType D, bool kSwiglu>
+MR_QFN RowPair row_pair(const QuantParts& ps, int part, int pair, int K, int group) {
+  constexpr int E = Format<D>::kElems;
+  const size_t chunks = size_t((K + E - 1) / E), n_groups = size_t((K + group - 1) / group);
+  RowPair rp;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const QuantPart& P = ps.part[kSwiglu ? r : part];
+    const int n = kSwiglu ? pair : (kRows * pair + r < P.n ? kRows * pair + r : P.n - 1);
+    rp.row[r] = reinterpret_cast<const uint4*>(P.data) + size_t(n) * chunks;
+    rp.scales[r] = P.scales;
+    rp.sbase[r] = D == DType::Q8 ? size_t(n) : size_t(n) * n_groups;
+  }
+  return rp;
+}
+
+// Chunk c of the row pair (q: its 16 bytes of each row) times the T token rows of x: acc[r][t] +=
+// scale * sum(code * x) (Q8: without the scale). kWhole: the chunk lies below K; otherwise x is read only
+// below K (the codes there are 0). gshift: log2(group) when group is a power of two, else -1.
 template <DType D, int T, bool kVecX, bool kWhole>
-MR_QFN void chunk_dot(const float* __restrict__ x, const uint4 (&q)[kRows], const void* __restrict__ scales,
-                      const int (&n)[kRows], int n_groups, int group, int K, int c, const float* lut,
-                      float (&acc)[kRows][T]) {
+MR_QFN void chunk_dot(const float* __restrict__ x, const uint4 (&q)[kRows], const RowPair& rp, int group, int gshift,
+                      int K, int c, const float* lut, float (&acc)[kRows][T]) {
   constexpr int E = Format<D>::kElems, P = E / 4;  // elements per chunk, per 32-bit word
   const int k0 = c * E;
   float b[kRows][T];
@@ -165,56 +231,48 @@ MR_QFN void chunk_dot(const float* __restrict__ x, const uint4 (&q)[kRows], cons
 #pragma unroll
       for (int t = 0; t < T; ++t) acc[r][t] += b[r][t];
   } else {
-    const int g = k0 / group;  // k0 < K, so g < n_groups
+    const int g = gshift >= 0 ? k0 >> gshift : k0 / group;  // k0 < K, so g < n_groups
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const float s = scale_at<D>(scales, size_t(n[r]) * size_t(n_groups) + size_t(g));
+      const float s = scale_at<D>(rp.scales[r], rp.sbase[r] + size_t(g));
 #pragma unroll
       for (int t = 0; t < T; ++t) acc[r][t] = fmaf(s, b[r][t], acc[r][t]);
     }
   }
 }
 
-// One lane's share of rows n0 and n0 + 1 (clamped to N - 1; n0 < N): chunks c_first, c_first + c_stride,
-// ... below ceil(K / E). acc is added to.
+// 16-byte chunks of each row a lane loads before using any: all of its chunks when it has at most this
+// many (a lane of a 4096-wide 4-bit row split over two warps has two), so every load is in flight at
+// once; a loop that prefetched only whole groups of four left such lanes one chunk at a time (7B-shape
+// 4-bit decode at ~0.6 TB/s on an H200).
+constexpr int kPrefetch = 4;
+
+// One lane's share of the row pair: chunks c_first, c_first + c_stride, ... below ceil(K / E), summed in
+// that order. acc is added to.
 template <DType D, int T, bool kVecX>
-MR_QFN void lane_dot(const float* __restrict__ x, const uint8_t* __restrict__ data, const void* __restrict__ scales,
-                     const float* lut, int N, int K, int group, int n0, int c_first, int c_stride,
-                     float (&acc)[kRows][T]) {
+MR_QFN void lane_dot(const float* __restrict__ x, const RowPair& rp, const float* lut, int K, int group, int gshift,
+                     int c_first, int c_stride, float (&acc)[kRows][T]) {
   constexpr int E = Format<D>::kElems;
   const int chunks = (K + E - 1) / E, full = K / E;  // chunks per row (16-byte units), whole ones
-  const int n_groups = (K + group - 1) / group;
-  int n[kRows];
-  const uint4* row[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    n[r] = n0 + r < N ? n0 + r : N - 1;
-    row[r] = reinterpret_cast<const uint4*>(data) + size_t(n[r]) * size_t(chunks);
-  }
-  // kPrefetch chunks of each row are loaded before any is used (one at a time left decode at ~1.5 TB/s
-  // on an H200); the chunks are still summed in the order c_first, c_first + c_stride, ...
-  constexpr int kPrefetch = 4;
-  int c = c_first;
-  for (; c + (kPrefetch - 1) * c_stride < full; c += kPrefetch * c_stride) {
+  for (int c = c_first; c < full; c += kPrefetch * c_stride) {
     uint4 q[kPrefetch][kRows];
 #pragma unroll
     for (int u = 0; u < kPrefetch; ++u)
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) q[u][r] = row[r][c + u * c_stride];
+      for (int r = 0; r < kRows; ++r) {
+        const int cu = c + u * c_stride;
+        q[u][r] = cu < full ? rp.row[r][cu] : make_uint4(0u, 0u, 0u, 0u);
+      }
 #pragma unroll
     for (int u = 0; u < kPrefetch; ++u)
-      chunk_dot<D, T, kVecX, true>(x, q[u], scales, n, n_groups, group, K, c + u * c_stride, lut, acc);
+      if (c + u * c_stride < full)
+        chunk_dot<D, T, kVecX, true>(x, q[u], rp, group, gshift, K, c + u * c_stride, lut, acc);
   }
-  uint4 q[kRows];
-  for (; c < full; c += c_stride) {
+  if (full < chunks && full >= c_first && (full - c_first) % c_stride == 0) {  // the partial last chunk is ours
+    uint4 q[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) q[r] = row[r][c];
-    chunk_dot<D, T, kVecX, true>(x, q, scales, n, n_groups, group, K, c, lut, acc);
-  }
-  if (c < chunks) {  // c == full
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) q[r] = row[r][c];
-    chunk_dot<D, T, kVecX, false>(x, q, scales, n, n_groups, group, K, c, lut, acc);
+    for (int r = 0; r < kRows; ++r) q[r] = rp.row[r][full];
+    chunk_dot<D, T, kVecX, false>(x, q, rp, group, gshift, K, full, lut, acc);
   }
 }
 
@@ -227,10 +285,40 @@ __device__ __forceinline__ void load_lut(const CodeTable& codes, float* lut) {
   }
 }
 
-template <DType D, int T, bool kVecX>
+// Output i of a block (threads 0 .. outputs_per_block - 1): the split partials of its pair summed in warp
+// order, Q8's row scale applied; a SwiGLU launch combines its pair's gate and up sums.
+template <DType D, int T, bool kSwiglu>
+MR_QFN void write_output(const QuantParts& ps, const WarpJob& j, const float (*part)[kRows][T], int i) {
+  const QuantPart& P = ps.part[j.part];
+  const int ppb = kWarps / j.split;
+  if (kSwiglu) {
+    if (i >= ppb * T) return;
+    const int p = i / T, t = i % T, n = j.first_pair + p;
+    if (n >= P.n) return;
+    float s[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      s[r] = 0.f;
+      for (int w = 0; w < j.split; ++w) s[r] += part[p * j.split + w][r][t];
+      if constexpr (D == DType::Q8) s[r] *= scale_at<D>(ps.part[r].scales, size_t(n));
+    }
+    P.y[size_t(t) * size_t(P.n) + size_t(n)] = swiglu_value(s[0], s[1]);
+  } else {
+    if (i >= ppb * kRows * T) return;  // at most 8 * 2 * 4 = 64 outputs per block
+    const int p = i / (kRows * T), r = (i / T) % kRows, t = i % T;
+    const int n = (j.first_pair + p) * kRows + r;
+    if (n >= P.n) return;
+    float s = 0.f;
+    for (int w = 0; w < j.split; ++w) s += part[p * j.split + w][r][t];
+    if constexpr (D == DType::Q8) s *= scale_at<D>(P.scales, size_t(n));
+    P.y[size_t(t) * size_t(P.n) + size_t(n)] = s;
+  }
+}
+
+template <DType D, int T, bool kVecX, bool kSwiglu>
 __global__ void __launch_bounds__(kThreads)
-    quant_gemv_kernel(const float* __restrict__ x, const uint8_t* __restrict__ data, const void* __restrict__ scales,
-                      CodeTable codes, int N, int K, int group, int split, float* __restrict__ y) {
+    quant_gemv_kernel(const float* __restrict__ x, const __grid_constant__ QuantParts ps, CodeTable codes, int K,
+                      int group, int gshift) {
   __shared__ float lut[16];
   __shared__ float part[kWarps][kRows][T];
   if constexpr (D == DType::NF4) {
@@ -238,15 +326,15 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
   const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
-  const int pairs_per_block = kWarps / split;
-  const int first_pair = int(blockIdx.x) * pairs_per_block;
-  const int n0 = (first_pair + warp / split) * kRows;  // uniform across the warp
+  const WarpJob j = warp_job<kSwiglu>(ps, int(blockIdx.x), warp);  // uniform across the warp
   float acc[kRows][T];
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int t = 0; t < T; ++t) acc[r][t] = 0.f;
-  if (n0 < N) lane_dot<D, T, kVecX>(x, data, scales, lut, N, K, group, n0, (warp % split) * 32 + lane, split * 32, acc);
+  if (j.pair < pairs_of<kSwiglu>(ps.part[j.part].n))
+    lane_dot<D, T, kVecX>(x, row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group), lut, K, group, gshift,
+                          (warp % j.split) * 32 + lane, j.split * 32, acc);
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -255,17 +343,7 @@ __global__ void __launch_bounds__(kThreads)
       if (lane == 0) part[warp][r][t] = s;
     }
   __syncthreads();
-  const int i = int(threadIdx.x);
-  if (i < pairs_per_block * kRows * T) {  // at most 8 * 2 * 4 = 64 outputs per block
-    const int p = i / (kRows * T), r = (i / T) % kRows, t = i % T;
-    const int n = (first_pair + p) * kRows + r;
-    if (n < N) {
-      float s = 0.f;
-      for (int w = 0; w < split; ++w) s += part[p * split + w][r][t];
-      if constexpr (D == DType::Q8) s *= scale_at<D>(scales, size_t(n));
-      y[size_t(t) * size_t(N) + size_t(n)] = s;
-    }
-  }
+  write_output<D, T, kSwiglu>(ps, j, part, int(threadIdx.x));
 }
 
 MR_QFN uint32_t half2_bits(float a, float b) {
@@ -337,47 +415,115 @@ bool layout_ok(DType t, const void* data, const void* scales, int K, int group) 
   return t == DType::Q8 ? group == K : group > 0 && group % 32 == 0;
 }
 
-// Warps per row pair (1, 2, 4 or 8): K is split over more warps while the grid holds fewer than ~32 warps
-// per SM and every lane of the wider split still gets at least one of the row's `chunks` chunks.
+// Warps per row pair (1, 2, 4 or 8) of an N x K matrix: K is split over more warps while the matrix's
+// pairs fill fewer than ~32 warps per SM and every lane of the wider split still gets at least one of
+// the row's `chunks` chunks. A function of the matrix's shape alone, so that a product's bits do not
+// depend on what shares its launch.
 int gemv_split(long long pairs, long long chunks, int n_sms) {
   int split = 1;
   while (split < kWarps && pairs * split < 32LL * n_sms && chunks >= 64LL * split) split *= 2;
   return split;
 }
 
-template <DType D, int T>
-void launch_gemv(const float* x, const void* data, const void* scales, int N, int K, int group, float* y, int n_sms,
-                 cudaStream_t stream) {
-  constexpr int E = Format<D>::kElems;
-  const long long pairs = (N + kRows - 1) / kRows;
-  const int split = gemv_split(pairs, (K + E - 1) / E, n_sms);
-  const int pairs_per_block = kWarps / split;
-  const unsigned blocks = unsigned((pairs + pairs_per_block - 1) / pairs_per_block);
-  const uint8_t* d = static_cast<const uint8_t*>(data);
-  const bool vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  if (vec_x)
-    quant_gemv_kernel<D, T, true><<<blocks, kThreads, 0, stream>>>(x, d, scales, code_table(D), N, K, group, split, y);
-  else
-    quant_gemv_kernel<D, T, false><<<blocks, kThreads, 0, stream>>>(x, d, scales, code_table(D), N, K, group, split, y);
+int group_shift(int group) {
+  for (int s = 0; s < 31; ++s)
+    if (group == (1 << s)) return s;
+  return -1;
 }
 
+// Fills part i of ps (rows n, output y) and its blocks; a SwiGLU launch calls it for part 0 only (its
+// pairs are the n rows, its split that of the gate matrix alone).
 template <DType D>
-void launch_gemv_t(const float* x, int T, const void* data, const void* scales, int N, int K, int group, float* y,
-                   int n_sms, cudaStream_t stream) {
+void plan_part(QuantParts& ps, int i, const void* data, const void* scales, int n, float* y, int K, int n_sms,
+               bool swiglu) {
+  constexpr int E = Format<D>::kElems;
+  QuantPart& P = ps.part[i];
+  P.data = static_cast<const uint8_t*>(data), P.scales = scales, P.y = y, P.n = n;
+  P.split = gemv_split((n + kRows - 1) / kRows, (K + E - 1) / E, n_sms);
+  const long long pairs = swiglu ? n : (n + kRows - 1) / kRows, ppb = kWarps / P.split;
+  ps.first_block[i + 1] = ps.first_block[i] + int((pairs + ppb - 1) / ppb);
+}
+
+template <DType D, int T, bool kSwiglu>
+void launch_gemv(const float* x, const QuantParts& ps, int K, int group, cudaStream_t stream) {
+  const unsigned blocks = unsigned(ps.first_block[kSwiglu ? 1 : ps.count]);
+  if (blocks == 0) return;
+  const int gshift = group_shift(group);
+  const bool vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  if (vec_x)
+    quant_gemv_kernel<D, T, true, kSwiglu><<<blocks, kThreads, 0, stream>>>(x, ps, code_table(D), K, group, gshift);
+  else
+    quant_gemv_kernel<D, T, false, kSwiglu><<<blocks, kThreads, 0, stream>>>(x, ps, code_table(D), K, group, gshift);
+}
+
+template <DType D, bool kSwiglu>
+void launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, int group, cudaStream_t stream) {
   switch (T) {
     case 1:
-      launch_gemv<D, 1>(x, data, scales, N, K, group, y, n_sms, stream);
+      launch_gemv<D, 1, kSwiglu>(x, ps, K, group, stream);
       break;
     case 2:
-      launch_gemv<D, 2>(x, data, scales, N, K, group, y, n_sms, stream);
+      launch_gemv<D, 2, kSwiglu>(x, ps, K, group, stream);
       break;
     case 3:
-      launch_gemv<D, 3>(x, data, scales, N, K, group, y, n_sms, stream);
+      launch_gemv<D, 3, kSwiglu>(x, ps, K, group, stream);
       break;
     default:
-      launch_gemv<D, 4>(x, data, scales, N, K, group, y, n_sms, stream);
+      launch_gemv<D, 4, kSwiglu>(x, ps, K, group, stream);
       break;
   }
+}
+
+// Plans one launch over `parts` matrices (a SwiGLU's two: gate, up): false when an argument is invalid.
+template <bool kSwiglu>
+bool plan_launch(const void* const* data, const void* const* scales, const int* N, float* const* y, int parts,
+                 DType wt, int K, int group, int n_sms, QuantParts* ps) {
+  if (n_sms <= 0 || parts <= 0 || parts > kGemvMaxParts || (kSwiglu && parts != 2)) return false;
+  *ps = QuantParts{};
+  ps->count = parts;
+  for (int i = 0; i < parts; ++i) {
+    if (N[i] < 0 || (N[i] > 0 && !y[i]) || !layout_ok(wt, data[i], scales[i], K, group)) return false;
+    if (kSwiglu && i > 0) {  // the up matrix: part 0's rows, split and blocks
+      if (N[i] != N[0]) return false;
+      ps->part[i] = ps->part[0];
+      ps->part[i].data = static_cast<const uint8_t*>(data[i]), ps->part[i].scales = scales[i];
+      ps->first_block[i + 1] = ps->first_block[i];
+      continue;
+    }
+    switch (wt) {
+      case DType::Q8:
+        plan_part<DType::Q8>(*ps, i, data[i], scales[i], N[i], y[i], K, n_sms, kSwiglu);
+        break;
+      case DType::NF4:
+        plan_part<DType::NF4>(*ps, i, data[i], scales[i], N[i], y[i], K, n_sms, kSwiglu);
+        break;
+      default:
+        plan_part<DType::Q4>(*ps, i, data[i], scales[i], N[i], y[i], K, n_sms, kSwiglu);
+        break;
+    }
+  }
+  return true;
+}
+
+template <bool kSwiglu>
+cudaError_t quant_launch(const float* x, int T, const void* const* data, const void* const* scales, const int* N,
+                         float* const* y, int parts, DType wt, int K, int group, int n_sms, cudaStream_t stream) {
+  if (T <= 0) return cudaSuccess;
+  QuantParts ps;
+  if (T > kGemvMaxT || !x || !plan_launch<kSwiglu>(data, scales, N, y, parts, wt, K, group, n_sms, &ps))
+    return cudaErrorInvalidValue;
+  switch (wt) {
+    case DType::Q8:
+      launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, stream);
+      break;
+    case DType::NF4:
+      launch_gemv_t<DType::NF4, kSwiglu>(x, T, ps, K, group, stream);
+      break;
+    default:
+      launch_gemv_t<DType::Q4, kSwiglu>(x, T, ps, K, group, stream);
+      break;
+  }
+  return cudaGetLastError();
 }
 
 template <DType D>
@@ -396,21 +542,24 @@ void launch_dequant(const void* data, const void* scales, int N, int K, int grou
 cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
                             int group, float* y, int n_sms, cudaStream_t stream) {
   if (T <= 0 || N <= 0) return cudaSuccess;
-  if (T > kGemvMaxT || !x || !y || n_sms <= 0 || !layout_ok(wt, data, scales, K, group)) return cudaErrorInvalidValue;
-  switch (wt) {
-    case DType::Q8:
-      launch_gemv_t<DType::Q8>(x, T, data, scales, N, K, group, y, n_sms, stream);
-      break;
-    case DType::NF4:
-      launch_gemv_t<DType::NF4>(x, T, data, scales, N, K, group, y, n_sms, stream);
-      break;
-    case DType::Q4:
-      launch_gemv_t<DType::Q4>(x, T, data, scales, N, K, group, y, n_sms, stream);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return quant_launch<false>(x, T, &data, &scales, &N, &y, 1, wt, K, group, n_sms, stream);
+}
+
+cudaError_t quant_gemv_multi_cuda(const float* x, int T, const void* const* data, const void* const* scales,
+                                  const int* N, float* const* y, int parts, DType wt, int K, int group, int n_sms,
+                                  cudaStream_t stream) {
+  return quant_launch<false>(x, T, data, scales, N, y, parts, wt, K, group, n_sms, stream);
+}
+
+cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data, const void* gate_scales,
+                                   const void* up_data, const void* up_scales, DType wt, int N, int K, int group,
+                                   float* out, int n_sms, cudaStream_t stream) {
+  if (T <= 0 || N <= 0) return cudaSuccess;
+  const void* data[2] = {gate_data, up_data};
+  const void* scales[2] = {gate_scales, up_scales};
+  const int n[2] = {N, N};
+  float* y[2] = {out, out};
+  return quant_launch<true>(x, T, data, scales, n, y, 2, wt, K, group, n_sms, stream);
 }
 
 cudaError_t dequantize_f16_cuda(const void* data, const void* scales, DType wt, int N, int K, int group, void* out,

@@ -15,6 +15,19 @@ namespace cuda {
 cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
                             int group, float* y, int n_sms, cudaStream_t stream);
 
+// Several products of one x (q, k, v of a decode step) in one launch: y[i] = x * dequant(W_i)^T, every
+// W_i of format wt with K columns (group as above), N[i] rows; parts <= kGemvMaxParts. Each result equals
+// quant_gemv_cuda's bit for bit (a matrix's K split depends on its own shape only).
+cudaError_t quant_gemv_multi_cuda(const float* x, int T, const void* const* data, const void* const* scales,
+                                  const int* N, float* const* y, int parts, DType wt, int K, int group, int n_sms,
+                                  cudaStream_t stream);
+
+// out[T, N] = silu(x W_gate^T) * (x W_up^T) in one launch, both [N, K] of format wt: bit for bit the two
+// quant_gemv_cuda products followed by swiglu_cuda.
+cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data, const void* gate_scales,
+                                   const void* up_data, const void* up_scales, DType wt, int N, int K, int group,
+                                   float* out, int n_sms, cudaStream_t stream);
+
 // out[N, K] (fp16, row-major, dense) = dequant(W): code value times its scale in fp32, rounded to
 // nearest fp16 (saturating at +-65504, like the activation conversion of the cuBLAS path).
 cudaError_t dequantize_f16_cuda(const void* data, const void* scales, DType wt, int N, int K, int group, void* out,

@@ -515,13 +515,18 @@ size_t bit_mismatches(const std::vector<float>& got, const std::vector<float>& w
   return bad;
 }
 
+// A host weight of any dtype (quantized ones through quantize_matrix), kept alive by b.
+const Weight& host_weight(Backends& b, const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
+  return is_quantized(t) ? b.quant(v, rows, cols, t).w : b.weight(v, rows, cols, t).w;
+}
+
 // Several products of one input in a launch (q, k, v; gate, up): each bit for bit what matmul gives
-// alone, and for T > 4 (cuBLAS, one product at a time) too.
+// alone, and for T > 4 (cuBLAS, one product at a time) too; quantized weights as well.
 TEST(CudaOps, MatmulMulti) {
   REQUIRE_GPU();
   Backends b;
   std::mt19937 rng(41);
-  for (DType t : {DType::F32, DType::F16, DType::BF16})
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8, DType::NF4, DType::Q4})
     for (int K : {100, 4096})
       for (int T : {1, 2, 3, 4, 5}) {
         const int N[3] = {257, 33, 8};
@@ -532,7 +537,7 @@ TEST(CudaOps, MatmulMulti) {
         std::vector<std::unique_ptr<Dev>> multi, single;
         float* out[3];
         for (int i = 0; i < 3; ++i) {
-          w[i] = b.gpu->place_weight(b.weight(randn(size_t(N[i]) * K, rng, 0.05f), N[i], K, t).w);
+          w[i] = b.gpu->place_weight(host_weight(b, randn(size_t(N[i]) * K, rng, 0.05f), N[i], K, t));
           wp[i] = &w[i];
           multi.emplace_back(new Dev(*b.gpu, size_t(T) * N[i]));
           single.emplace_back(new Dev(*b.gpu, size_t(T) * N[i]));
@@ -548,18 +553,18 @@ TEST(CudaOps, MatmulMulti) {
 }
 
 // Gate, up and SwiGLU of a decode step in one launch: bit for bit the two matmuls and swiglu, for
-// every weight dtype, and for T > 4 (the separate path) too.
+// every weight dtype (quantized ones too), and for T > 4 (the separate path) too.
 TEST(CudaOps, MatmulSwiglu) {
   REQUIRE_GPU();
   Backends b;
   std::mt19937 rng(43);
-  for (DType t : {DType::F32, DType::F16, DType::BF16})
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8, DType::NF4, DType::Q4})
     for (int K : {100, 4096})
       for (int T : {1, 2, 3, 4, 5}) {
         const int N = 301;
         auto x = randn(size_t(T) * K, rng);
-        const Weight wg = b.gpu->place_weight(b.weight(randn(size_t(N) * K, rng, 0.05f), N, K, t).w);
-        const Weight wu = b.gpu->place_weight(b.weight(randn(size_t(N) * K, rng, 0.05f), N, K, t).w);
+        const Weight wg = b.gpu->place_weight(host_weight(b, randn(size_t(N) * K, rng, 0.05f), N, K, t));
+        const Weight wu = b.gpu->place_weight(host_weight(b, randn(size_t(N) * K, rng, 0.05f), N, K, t));
         Dev dx(*b.gpu, x), g1(*b.gpu, size_t(T) * N), u1(*b.gpu, size_t(T) * N), g2(*b.gpu, size_t(T) * N),
             u2(*b.gpu, size_t(T) * N);
         b.gpu->matmul_swiglu(dx.p, T, wg, wu, g1.p, u1.p);

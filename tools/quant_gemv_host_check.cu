@@ -2,7 +2,8 @@
 // two kernels' block structure, with exact-size buffers so that AddressSanitizer reports any read past the
 // packed weights, the scales or x (T = 1 cases end x exactly at K) and any write past the output.
 // Checks the GEMV against dequantize_row in double (relative to sum |x w|) over every split (1, 2, 4, 8),
-// partial chunks and groups, odd N and misaligned x; and the dequantizer bit for bit against
+// partial chunks and groups, odd N and misaligned x; launches of several matrices and SwiGLU pairs bit
+// for bit against single launches; and the dequantizer bit for bit against
 // f32_to_f16(dequantize_row), writing chunks in reverse order so that a write past a row's end survives.
 // Build (after building mistral_core in build-gpu) and run:
 //   nvcc -std=c++17 -O1 -g -arch=sm_90 -Ikernels -Iinclude -Xcompiler -fsanitize=address \
@@ -15,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -28,43 +30,54 @@ namespace {
 int g_failures = 0;
 
 // quant_gemv_kernel's grid, one block after another: lanes summed in order (for the shuffle reduction),
-// then the split partials, as the kernel does.
-template <DType D, int T, bool V>
-int emulate_gemv(const float* x, const uint8_t* data, const void* scales, int N, int K, int group, float* y,
-                 int n_sms) {
-  constexpr int E = Format<D>::kElems;
-  const long long pairs = (N + kRows - 1) / kRows;
-  const int split = gemv_split(pairs, (K + E - 1) / E, n_sms);
-  const int ppb = kWarps / split;
-  const long long blocks = (pairs + ppb - 1) / ppb;
+// then the split partials and the outputs, by the kernel's own functions.
+template <DType D, int T, bool V, bool kSwiglu>
+void emulate_launch(const float* x, const QuantParts& ps, int K, int group) {
+  const int blocks = ps.first_block[kSwiglu ? 1 : ps.count];
+  const int gshift = group_shift(group);
   const CodeTable codes = code_table(D);
-  for (long long b = 0; b < blocks; ++b) {
+  for (int b = 0; b < blocks; ++b) {
     float part[kWarps][kRows][T];
-    const int first_pair = int(b) * ppb;
     for (int warp = 0; warp < kWarps; ++warp) {
-      const int n0 = (first_pair + warp / split) * kRows;
+      const WarpJob j = warp_job<kSwiglu>(ps, b, warp);
       float sum[kRows][T] = {};
       for (int lane = 0; lane < 32; ++lane) {
         float acc[kRows][T] = {};
-        if (n0 < N)
-          lane_dot<D, T, V>(x, data, scales, codes.v, N, K, group, n0, (warp % split) * 32 + lane, split * 32, acc);
+        if (j.pair < pairs_of<kSwiglu>(ps.part[j.part].n))
+          lane_dot<D, T, V>(x, row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group), codes.v, K, group, gshift,
+                            (warp % j.split) * 32 + lane, j.split * 32, acc);
         for (int r = 0; r < kRows; ++r)
           for (int t = 0; t < T; ++t) sum[r][t] += acc[r][t];
       }
       for (int r = 0; r < kRows; ++r)
         for (int t = 0; t < T; ++t) part[warp][r][t] = sum[r][t];
     }
-    for (int i = 0; i < ppb * kRows * T; ++i) {
-      const int p = i / (kRows * T), r = (i / T) % kRows, t = i % T;
-      const int n = (first_pair + p) * kRows + r;
-      if (n >= N) continue;
-      float s = 0.f;
-      for (int w = 0; w < split; ++w) s += part[p * split + w][r][t];
-      if constexpr (D == DType::Q8) s *= scale_at<D>(scales, size_t(n));
-      y[size_t(t) * N + n] = s;
-    }
+    for (int i = 0; i < kThreads; ++i) write_output<D, T, kSwiglu>(ps, warp_job<kSwiglu>(ps, b, i / 32), part, i);
   }
-  return split;
+}
+
+// Plans and emulates one launch as quant_gemv_multi_cuda / quant_gemv_swiglu_cuda do; returns part 0's split.
+template <DType D, int T, bool kSwiglu>
+int emulate(const float* x, const void* const* data, const void* const* scales, const int* N, float* const* y,
+            int parts, int K, int n_sms) {
+  const int group = int(quant_group(D, K));
+  QuantParts ps;
+  if (!plan_launch<kSwiglu>(data, scales, N, y, parts, D, K, group, n_sms, &ps)) {
+    std::printf("FAIL: plan_launch refused a valid launch\n");
+    ++g_failures;
+    return 0;
+  }
+  if (K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+    emulate_launch<D, T, true, kSwiglu>(x, ps, K, group);
+  else
+    emulate_launch<D, T, false, kSwiglu>(x, ps, K, group);
+  return ps.part[0].split;
+}
+
+template <DType D, int T>
+int emulate_gemv(const float* x, const uint8_t* data, const void* scales, int N, int K, float* y, int n_sms) {
+  const void* d = data;
+  return emulate<D, T, false>(x, &d, &scales, &N, &y, 1, K, n_sms);
 }
 
 struct Packed {  // exact-size copies of a quantized matrix
@@ -103,10 +116,8 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
   for (size_t i = 0; i < size_t(T) * K; ++i) x[i] = nd(rng);
   float* y = static_cast<float*>(std::malloc(size_t(T) * N * sizeof(float)));
   for (size_t i = 0; i < size_t(T) * N; ++i) y[i] = NAN;
-  const int group = int(quant_group(D, K));
   const bool vec = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  const int split = vec ? emulate_gemv<D, T, true>(x, w.data, w.scales, N, K, group, y, n_sms)
-                        : emulate_gemv<D, T, false>(x, w.data, w.scales, N, K, group, y, n_sms);
+  const int split = emulate_gemv<D, T>(x, w.data, w.scales, N, K, y, n_sms);
   double worst = 0;
   for (int n = 0; n < N; ++n) {
     const std::vector<float> r = w.row(n);
@@ -127,6 +138,65 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
               vec ? "float4" : "scalar", worst);
   std::free(xbuf);
   std::free(y);
+}
+
+// Bit patterns differing between a and b (n floats).
+int bit_diffs(const float* a, const float* b, size_t n) {
+  int bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += std::memcmp(a + i, b + i, 4) != 0;
+  return bad;
+}
+
+// Three matrices in one launch (q, k, v shapes): each part bit for bit its own single launch (so the
+// exact-size buffers also check the parts' reads and writes).
+template <DType D, int T>
+void check_multi(int K, const int (&N)[3], int n_sms, std::mt19937& rng) {
+  std::vector<std::unique_ptr<Packed>> w;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(size_t(T) * K);
+  for (auto& v : x) v = nd(rng);
+  const void* data[3];
+  const void* scales[3];
+  std::vector<std::vector<float>> multi(3), single(3);
+  float* y[3];
+  for (int i = 0; i < 3; ++i) {
+    w.emplace_back(new Packed(D, N[i], K, rng));
+    data[i] = w.back()->data, scales[i] = w.back()->scales;
+    multi[size_t(i)].assign(size_t(T) * N[i], NAN);
+    single[size_t(i)].assign(size_t(T) * N[i], NAN);
+    y[i] = multi[size_t(i)].data();
+  }
+  emulate<D, T, false>(x.data(), data, scales, N, y, 3, K, n_sms);
+  int bad = 0;
+  for (int i = 0; i < 3; ++i) {
+    emulate_gemv<D, T>(x.data(), w[size_t(i)]->data, w[size_t(i)]->scales, N[i], K, single[size_t(i)].data(), n_sms);
+    bad += bit_diffs(multi[size_t(i)].data(), single[size_t(i)].data(), multi[size_t(i)].size());
+  }
+  g_failures += bad;
+  std::printf("multi   %-4s T %d N %d/%d/%d K %5d  %s\n", dtype_name(D), T, N[0], N[1], N[2], K,
+              bad ? "FAIL (parts differ from single launches)" : "ok (bit for bit single launches)");
+}
+
+// Gate, up and SwiGLU in one launch: bit for bit two single launches and swiglu_value.
+template <DType D, int T>
+void check_swiglu(int N, int K, int n_sms, std::mt19937& rng) {
+  Packed g(D, N, K, rng), u(D, N, K, rng);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(size_t(T) * K);
+  for (auto& v : x) v = nd(rng);
+  std::vector<float> out(size_t(T) * N, NAN), yg(out.size(), NAN), yu(out.size(), NAN);
+  const void* data[2] = {g.data, u.data};
+  const void* scales[2] = {g.scales, u.scales};
+  const int n[2] = {N, N};
+  float* y[2] = {out.data(), out.data()};
+  emulate<D, T, true>(x.data(), data, scales, n, y, 2, K, n_sms);
+  emulate_gemv<D, T>(x.data(), g.data, g.scales, N, K, yg.data(), n_sms);
+  emulate_gemv<D, T>(x.data(), u.data, u.scales, N, K, yu.data(), n_sms);
+  for (size_t i = 0; i < yg.size(); ++i) yg[i] = swiglu_value(yg[i], yu[i]);
+  const int bad = bit_diffs(out.data(), yg.data(), out.size());
+  g_failures += bad;
+  std::printf("swiglu  %-4s T %d N %4d K %5d  %s\n", dtype_name(D), T, N, K,
+              bad ? "FAIL (differs from gemv + swiglu)" : "ok (bit for bit gemv + swiglu)");
 }
 
 template <DType D>
@@ -177,6 +247,15 @@ void check_all(std::mt19937& rng) {
   check_gemv<D, 2>(4096, 4096, 132, false, rng);
   check_gemv<D, 1>(1024, 4096, 132, false, rng);
   check_gemv<D, 1>(513, 14336, 132, false, rng);
+  // Several matrices per launch, and SwiGLU pairs.
+  for (int K : {40, 100, 333, 4096}) {
+    check_multi<D, 1>(K, {257, 33, 8}, 132, rng);
+    check_multi<D, 4>(K, {7, 130, 1}, 132, rng);
+    check_swiglu<D, 1>(301, K, 132, rng);
+    check_swiglu<D, 3>(7, K, 1, rng);
+  }
+  check_multi<D, 1>(4096, {4096, 1024, 1024}, 132, rng);
+  check_swiglu<D, 1>(1433, 4096, 132, rng);
   for (int K : {1, 8, 17, 31, 33, 40, 64, 200, 333, 4096 + 96})
     for (int N : {1, 7, 130}) check_dequant<D>(N, K, rng);
 }

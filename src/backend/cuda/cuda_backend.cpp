@@ -365,38 +365,55 @@ class CudaBackend final : public Backend {
   }
 
   // q, k, v (or gate, up) of a decode step in one GEMV launch: one grid over all their rows, so the small
-  // k and v products no longer run as launches of a few blocks each. Quantized weights, T > kGemvMaxT
-  // (cuBLAS) and mixed shapes or dtypes take matmul one product at a time.
+  // k and v products no longer run as launches of a few blocks each. T > kGemvMaxT (cuBLAS) and mixed
+  // shapes or dtypes take matmul one product at a time.
   void matmul_multi(const float* x, int T, const Weight* const* W, float* const* y, int n) override {
     bool one = T <= kGemvMaxT && n >= 2 && n <= kGemvMaxParts;
+    const bool quant = is_quantized(W[0]->dtype);
     for (int i = 0; one && i < n; ++i)
-      one = !is_quantized(W[i]->dtype) && W[i]->dtype == W[0]->dtype && W[i]->cols == W[0]->cols &&
-            reinterpret_cast<uintptr_t>(W[i]->data) % 16 == 0;  // the vector path, as matmul would take
+      one = W[i]->dtype == W[0]->dtype && W[i]->cols == W[0]->cols &&
+            (quant ? quant_group_of(*W[i]) == quant_group_of(*W[0])
+                   : reinterpret_cast<uintptr_t>(W[i]->data) % 16 == 0);  // the vector path, as matmul would take
     if (!one) {
       Backend::matmul_multi(x, T, W, y, n);
       return;
     }
     const void* w[kGemvMaxParts];
+    const void* sc[kGemvMaxParts];
     int rows[kGemvMaxParts];
     float* out[kGemvMaxParts];
-    for (int i = 0; i < n; ++i) w[i] = W[i]->data, rows[i] = int(W[i]->rows), out[i] = y[i];
-    MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), stream_), stream_);
+    for (int i = 0; i < n; ++i) w[i] = W[i]->data, sc[i] = W[i]->scales, rows[i] = int(W[i]->rows), out[i] = y[i];
+    if (quant)
+      MR_LAUNCH_CHECK(quant_gemv_multi_cuda(x, T, w, sc, rows, out, n, W[0]->dtype, int(W[0]->cols),
+                                            int(quant_group_of(*W[0])), n_sms_, stream_),
+                      stream_);
+    else
+      MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), stream_), stream_);
   }
 
-  // Gate and up GEMVs and SwiGLU in one launch for decode steps (T <= kGemvMaxT, full-precision weights
-  // of one dtype, 16-byte aligned); otherwise matmul_multi and swiglu.
+  // Gate and up GEMVs and SwiGLU in one launch for decode steps (T <= kGemvMaxT, weights of one dtype and
+  // shape; full-precision ones 16-byte aligned); otherwise matmul_multi and swiglu.
   void matmul_swiglu(const float* x, int T, const Weight& w_gate, const Weight& w_up, float* gate,
                      float* up) override {
-    const bool one = T <= kGemvMaxT && !is_quantized(w_gate.dtype) && w_gate.dtype == w_up.dtype &&
-                     w_gate.rows == w_up.rows && w_gate.cols == w_up.cols &&
-                     reinterpret_cast<uintptr_t>(w_gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0;
+    const bool quant = is_quantized(w_gate.dtype);
+    const bool one = T <= kGemvMaxT && w_gate.dtype == w_up.dtype && w_gate.rows == w_up.rows &&
+                     w_gate.cols == w_up.cols &&
+                     (quant ? quant_group_of(w_gate) == quant_group_of(w_up)
+                            : reinterpret_cast<uintptr_t>(w_gate.data) % 16 == 0 &&
+                                  reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0);
     if (!one) {
       Backend::matmul_swiglu(x, T, w_gate, w_up, gate, up);
       return;
     }
-    MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows), int(w_gate.cols),
-                                     gate, stream_),
-                    stream_);
+    if (quant)
+      MR_LAUNCH_CHECK(quant_gemv_swiglu_cuda(x, T, w_gate.data, w_gate.scales, w_up.data, w_up.scales, w_gate.dtype,
+                                             int(w_gate.rows), int(w_gate.cols), int(quant_group_of(w_gate)), gate,
+                                             n_sms_, stream_),
+                      stream_);
+    else
+      MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows),
+                                       int(w_gate.cols), gate, stream_),
+                      stream_);
   }
 
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
