@@ -24,20 +24,29 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kMaxG = 8;
-constexpr int kMaxDPerLane = 8;  // head_dim <= 256
+constexpr int kMaxDPerLane = 8;           // head_dim <= 256
 constexpr int64_t kMinKeysPerSplit = 64;  // batched steps: shorter splits cost more in partials than they save
 constexpr int kMaxRowSplits = 4096;       // batched steps: splits of one row at most
 
 // Keys [kb, ke) of split `split` of `splits` for the query at position pos: its keys j0 .. pos (j0 the
-// window's first) in pieces of ceil(n_keys / splits); the last pieces may be short or empty.
-__host__ __device__ __forceinline__ void split_keys(int64_t pos, int window, int splits, int split, int64_t* kb,
-                                                    int64_t* ke) {
+// window's first) in pieces of max(ceil(n_keys / splits), min_per); the last pieces may be short or
+// empty. Returns the number of non-empty pieces (they come first).
+__host__ __device__ __forceinline__ int64_t split_keys(int64_t pos, int window, int splits, int split, int64_t* kb,
+                                                       int64_t* ke, int64_t min_per = 1) {
   const int64_t j0 = window > 0 ? (pos - window + 1 > 0 ? pos - window + 1 : 0) : 0;
   const int64_t n_keys = pos - j0 + 1;
-  const int64_t per = (n_keys + splits - 1) / splits;
+  int64_t per = (n_keys + splits - 1) / splits;
+  if (per < min_per) per = min_per;
   *kb = j0 + int64_t(split) * per;
   *ke = *kb + per < pos + 1 ? *kb + per : pos + 1;
+  return (n_keys + per - 1) / per;
 }
+
+// One query token's splits take at least this many keys each: at short contexts most of the fixed number
+// of splits (sized for the longest context, so that a recorded graph replays at any position) are then
+// empty; their blocks return at once and the combine reads only the non-empty ones (at 128 tokens of
+// context, 49 splits of 3 keys each cost a 7B decode step more in partials and merging than they saved).
+constexpr int64_t kMinKeysPerDecodeSplit = 32;
 
 // Partials of one query token: [Hq, splits, hd + 2], (max, sum, acc[hd]) per (query head, split).
 __host__ __device__ __forceinline__ size_t partial_offset(int h, int splits, int split, int hd) {
@@ -77,7 +86,7 @@ __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q
   }
   // Key j's K and V rows are loaded while key j - kWarps is scored (one row pair in flight per warp
   // left decode at 4096 tokens of context latency-bound on an H200).
-  auto load_row = [&](int64_t j, float (&kx)[kMaxDPerLane], float (&vx)[kMaxDPerLane]) {
+  auto load_row = [&](int64_t j, float(&kx)[kMaxDPerLane], float(&vx)[kMaxDPerLane]) {
     const bool in = j < ke;
     const float* kr = (j < pos ? ck + size_t(j % slots) * kvd : k) + size_t(kvh) * hd;
     const float* vr = (j < pos ? cv + size_t(j % slots) * kvd : v) + size_t(kvh) * hd;
@@ -153,7 +162,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (p.d_start) start = *p.d_start;
   const int kvh = blockIdx.x, split = blockIdx.y;
   int64_t kb, ke;
-  split_keys(start, p.window, splits, split, &kb, &ke);
+  if (split >= split_keys(start, p.window, splits, split, &kb, &ke, kMinKeysPerDecodeSplit)) return;  // empty
   decode_partial_block(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke, split, splits,
                        part);
 }
@@ -175,15 +184,15 @@ __global__ void __launch_bounds__(kWarps * 32)
                        part + row_partials(r.split0, p.n_heads, p.head_dim));
 }
 
-// Merges the `splits` partials of one query head (ph: [splits, hd + 2]) into its output row o[hd]; the
+// Merges the first `used` partials of one query head (ph: [splits, hd + 2]) into its output row o[hd]; the
 // block's threads share the dims.
-__device__ __forceinline__ void combine_head(const float* __restrict__ ph, int splits, int hd, float* __restrict__ o) {
+__device__ __forceinline__ void combine_head(const float* __restrict__ ph, int used, int hd, float* __restrict__ o) {
   const size_t stride = size_t(hd) + 2;
   float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, ph[s * stride]);
+  for (int s = 0; s < used; ++s) M = fmaxf(M, ph[s * stride]);
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float L = 0.f, A = 0.f;
-    for (int s = 0; s < splits; ++s) {
+    for (int s = 0; s < used; ++s) {
       const float ms = ph[s * stride];
       const float c = ms == -INFINITY ? 0.f : expf(ms - M);
       L += ph[s * stride + 1] * c;
@@ -193,10 +202,14 @@ __device__ __forceinline__ void combine_head(const float* __restrict__ ph, int s
   }
 }
 
-// One block per query head: merges the splits' partials into the output row.
-__global__ void decode_combine_kernel(const float* __restrict__ part, int splits, int hd, float* __restrict__ out) {
+// One block per query head: merges the non-empty splits' partials into the output row.
+__global__ void decode_combine_kernel(const float* __restrict__ part, int64_t start, const int64_t* d_start, int window,
+                                      int splits, int hd, float* __restrict__ out) {
+  if (d_start) start = *d_start;
   const int h = blockIdx.x;
-  combine_head(part + partial_offset(h, splits, 0, hd), splits, hd, out + size_t(h) * hd);
+  int64_t kb, ke;
+  const int used = int(split_keys(start, window, splits, 0, &kb, &ke, kMinKeysPerDecodeSplit));
+  combine_head(part + partial_offset(h, splits, 0, hd), used, hd, out + size_t(h) * hd);
 }
 
 // Grid (row, query head) of a batched decode step: out row `row` [Hq*hd].
@@ -227,14 +240,15 @@ int decode_attention_splits(const AttnParams& p, int n_sms) {
 }
 
 cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const float* cache_k,
-                                  const float* cache_v, int64_t start, const AttnParams& p, int splits,
-                                  float* scratch, float* out, cudaStream_t stream) {
+                                  const float* cache_v, int64_t start, const AttnParams& p, int splits, float* scratch,
+                                  float* out, cudaStream_t stream) {
   if (p.head_dim > kMaxDPerLane * 32 || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads ||
       p.n_heads / p.n_kv_heads > kMaxG || splits < 1)
     return cudaErrorInvalidValue;
   decode_partial_kernel<<<dim3(unsigned(p.n_kv_heads), unsigned(splits)), kWarps * 32, 0, stream>>>(
       q, k, v, cache_k, cache_v, start, p, splits, scratch);
-  decode_combine_kernel<<<unsigned(p.n_heads), 128, 0, stream>>>(scratch, splits, p.head_dim, out);
+  decode_combine_kernel<<<unsigned(p.n_heads), 128, 0, stream>>>(scratch, start, p.d_start, p.window, splits,
+                                                                 p.head_dim, out);
   return cudaGetLastError();
 }
 
