@@ -439,6 +439,217 @@ __global__ void __launch_bounds__(kTcThreads)
   }
 }
 
+// Flash-style prefill attention for head_dim == 128 on the tensor cores (AttnParams::half; the fp16
+// rounding of the kernel above), with the scores, probabilities and output accumulators in registers:
+// mma.sync m16n8k16 (fp16 operands, fp32 accumulation), fragment layouts as the PTX ISA documents them
+// (lane = 4 * g + t: A rows g and g + 8, columns 2t, 2t + 1 and 2t + 8, 2t + 9; B column g, rows 2t, 2t + 1
+// and 2t + 8, 2t + 9; C rows g and g + 8, columns 2t, 2t + 1). One block of 4 warps per (64 queries, query
+// head); warp w owns query rows 16w .. 16w + 15. Per 64-key tile the block stores K row-major and V
+// transposed (Vt[dim][key]) in shared memory as fp16, so that every B fragment is one 32-bit load per
+// register; each warp computes S = Q K^T (16 x 64) in registers, masks it, runs the online softmax on its
+// two rows per lane (quad shuffles for the row max and sum), turns S into the A fragments of P (the C
+// layout of two 8-key tiles is the A layout of one 16-key step) and accumulates O += P V (16 x 128, in
+// registers). The kernel above keeps S, P and O in shared memory and ran prefill attention of a 7B
+// shape at ~38 TFLOP/s on an H200 (a third of a 2048-token prefill). Tiles that need no mask skip it;
+// the query tiles run from the last (the most keys) to the first.
+constexpr int kFaQ = 64, kFaK = 64, kFaD = 128, kFaThreads = 128;
+constexpr int kFaHP = kFaD + 8;  // pitch (halves) of Q and K rows: 68 words, lanes hit distinct banks
+constexpr int kFaVP = kFaK + 8;  // pitch (halves) of Vt rows: 36 words
+constexpr size_t kFaQBytes = size_t(kFaQ) * kFaHP * 2, kFaKBytes = size_t(kFaK) * kFaHP * 2;
+constexpr size_t kFaBytes = kFaQBytes + kFaKBytes + size_t(kFaD) * kFaVP * 2;
+
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);  // lo at the lower address (the lower 16 bits)
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ uint32_t lds32(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// The block's loads of a 64 x 128 tile (16 float4 per thread): load u of thread tid takes row
+// rb + 32 * (u & 1), dims db + 16 * (u >> 1) .. + 3, with rb = (tid / 4) % 8 + 8 * (tid / 32) and
+// db = 4 * (tid % 4). Each 4 consecutive lanes read 64 contiguous bytes of one row, and the 8 lane quads
+// of a warp take 8 consecutive rows, so that a warp's transposed V stores fall in 8 banks, two lanes per
+// word. Offsets from (rb, db) are compile-time constants.
+__device__ __forceinline__ int fa_row(int u) { return 32 * (u & 1); }
+__device__ __forceinline__ int fa_dim(int u) { return 16 * (u >> 1); }
+
+__global__ void __launch_bounds__(kFaThreads, 3)
+    attention_fa_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                        const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p, int T,
+                        float* __restrict__ out) {
+  if (p.d_start) start = *p.d_start;
+  extern __shared__ __align__(128) unsigned char fa_smem[];
+  __half* Qs = reinterpret_cast<__half*>(fa_smem);
+  __half* Ks = reinterpret_cast<__half*>(fa_smem + kFaQBytes);
+  __half* Vt = reinterpret_cast<__half*>(fa_smem + kFaQBytes + kFaKBytes);
+  const int h = blockIdx.y, q0 = int(gridDim.x - 1 - blockIdx.x) * kFaQ;
+  const int kvd = p.n_kv_heads * kFaD, qd = p.n_heads * kFaD;
+  const int kvh = h / (p.n_heads / p.n_kv_heads);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int nq = T - q0 < kFaQ ? T - q0 : kFaQ;
+  constexpr int kPer = kFaQ * kFaD / 4 / kFaThreads;  // float4 loads per thread per tile: 16
+  const int rb = ((tid >> 2) & 7) + 8 * warp, db = 4 * (tid & 3);
+  {
+    float4 x[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int r = rb + fa_row(u), d = db + fa_dim(u);
+      x[u] = r < nq ? *reinterpret_cast<const float4*>(q + size_t(q0 + r) * qd + size_t(h) * kFaD + d)
+                    : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int r = rb + fa_row(u), d = db + fa_dim(u);
+      uint32_t* dst = reinterpret_cast<uint32_t*>(Qs + r * kFaHP + d);
+      dst[0] = pack_half2(fminf(fmaxf(x[u].x, -65504.f), 65504.f), fminf(fmaxf(x[u].y, -65504.f), 65504.f));
+      dst[1] = pack_half2(fminf(fmaxf(x[u].z, -65504.f), 65504.f), fminf(fmaxf(x[u].w, -65504.f), 65504.f));
+    }
+  }
+  const int64_t pos0 = start + q0, pos_hi = pos0 + nq - 1;
+  const int64_t j_lo = p.window > 0 && pos0 - p.window + 1 > 0 ? pos0 - p.window + 1 : 0;
+  const int r0 = warp * 16 + g;  // this lane's rows r0 and r0 + 8 of the tile
+  const float sl2 = rsqrtf(float(kFaD)) * 1.4426950408889634f;  // scale * log2(e): softmax in base 2
+  float o[kFaD / 8][4];
+#pragma unroll
+  for (int n = 0; n < kFaD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for (int64_t kb = j_lo; kb <= pos_hi; kb += kFaK) {
+    __syncthreads();  // every warp is done with the last K and V tiles (and Q is stored, first time)
+    {
+      // Cache row of key j < start: (kb % slots + r) wrapped, one 64-bit modulo per tile.
+      const int64_t kb_mod = kb % p.slots;
+      constexpr int kB = kPer / 4;  // batches of 4 K and 4 V loads in flight (registers: 3 blocks per SM)
+      float4 kx[kB], vx[kB];
+#pragma unroll
+      for (int half = 0; half < kPer / kB; ++half) {
+#pragma unroll
+        for (int u = 0; u < kB; ++u) {
+          const int r = rb + fa_row(half * kB + u), d = db + fa_dim(half * kB + u);
+          const int64_t j = kb + r;
+          kx[u] = vx[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+          if (j <= pos_hi) {
+            int64_t row = j - start;
+            if (j < start) {
+              row = kb_mod + r;
+              while (row >= p.slots) row -= p.slots;
+            }
+            const size_t off = size_t(row) * kvd + size_t(kvh) * kFaD + d;
+            kx[u] = *reinterpret_cast<const float4*>((j < start ? ck : k) + off);
+            vx[u] = *reinterpret_cast<const float4*>((j < start ? cv : v) + off);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kB; ++u) {
+          const int r = rb + fa_row(half * kB + u), d = db + fa_dim(half * kB + u);
+          uint32_t* kd = reinterpret_cast<uint32_t*>(Ks + r * kFaHP + d);
+          kd[0] = pack_half2(fminf(fmaxf(kx[u].x, -65504.f), 65504.f), fminf(fmaxf(kx[u].y, -65504.f), 65504.f));
+          kd[1] = pack_half2(fminf(fmaxf(kx[u].z, -65504.f), 65504.f), fminf(fmaxf(kx[u].w, -65504.f), 65504.f));
+          Vt[(d + 0) * kFaVP + r] = to_half_sat(vx[u].x);
+          Vt[(d + 1) * kFaVP + r] = to_half_sat(vx[u].y);
+          Vt[(d + 2) * kFaVP + r] = to_half_sat(vx[u].z);
+          Vt[(d + 3) * kFaVP + r] = to_half_sat(vx[u].w);
+        }
+      }
+    }
+    __syncthreads();
+    // S = Q K^T for the warp's 16 rows and the tile's 64 keys: 8 key blocks of 8 (n), 8 dim steps of 16.
+    float s[kFaK / 8][4];
+#pragma unroll
+    for (int n = 0; n < kFaK / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kFaD / 16; ++kk) {
+      const __half* qa = Qs + r0 * kFaHP + kk * 16 + 2 * t;
+      const uint32_t a[4] = {lds32(qa), lds32(qa + 8 * kFaHP), lds32(qa + 8), lds32(qa + 8 * kFaHP + 8)};
+#pragma unroll
+      for (int n = 0; n < kFaK / 8; ++n) {
+        const __half* kbp = Ks + (n * 8 + g) * kFaHP + kk * 16 + 2 * t;
+        mma_16816(s[n], a, lds32(kbp), lds32(kbp + 8));
+      }
+    }
+    // Scale to base 2 and mask: key kb + 8n + 2t + e of row r (position pos0 + r) counts when it is at
+    // most the row's position and, with a window, inside it. A tile wholly below the block's first
+    // query and inside every row's window needs no mask.
+    const bool whole = kb + kFaK - 1 <= pos0 && (p.window <= 0 || kb > pos_hi - p.window);
+    const int jr0 = int(kb - pos0);  // key offset from the block's first position (|.| < window + 64)
+#pragma unroll
+    for (int n = 0; n < kFaK / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rr = r0 + (e >> 1) * 8, jr = jr0 + n * 8 + 2 * t + (e & 1);
+        const bool ok = whole || (jr <= rr && (p.window <= 0 || jr > rr - p.window));
+        s[n][e] = ok ? s[n][e] * sl2 : -INFINITY;
+      }
+    // Online softmax on rows r0 (elements 0, 1) and r0 + 8 (elements 2, 3): the quad of lanes sharing g
+    // holds a row's 64 keys.
+    float corr[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float mt = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kFaK / 8; ++n) mt = fmaxf(mt, fmaxf(s[n][2 * hr], s[n][2 * hr + 1]));
+      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+      const float mn = fmaxf(m[hr], mt);
+      const float ms = mn == -INFINITY ? 0.f : mn;  // a row with no key yet keeps zeros
+      corr[hr] = exp2f(m[hr] - ms);
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < kFaK / 8; ++n) {
+        s[n][2 * hr] = exp2f(s[n][2 * hr] - ms);
+        s[n][2 * hr + 1] = exp2f(s[n][2 * hr + 1] - ms);
+        sum += s[n][2 * hr] + s[n][2 * hr + 1];
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l[hr] = l[hr] * corr[hr] + sum;
+      m[hr] = mn;
+    }
+#pragma unroll
+    for (int n = 0; n < kFaD / 8; ++n) {
+      o[n][0] *= corr[0], o[n][1] *= corr[0];
+      o[n][2] *= corr[1], o[n][3] *= corr[1];
+    }
+    // O += P V: key step kk (16 keys) takes the C fragments of key blocks 2kk and 2kk + 1 as its A.
+#pragma unroll
+    for (int kk = 0; kk < kFaK / 16; ++kk) {
+      const uint32_t a[4] = {pack_half2(s[2 * kk][0], s[2 * kk][1]), pack_half2(s[2 * kk][2], s[2 * kk][3]),
+                             pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int n = 0; n < kFaD / 8; ++n) {
+        const __half* vb = Vt + (n * 8 + g) * kFaVP + kk * 16 + 2 * t;
+        mma_16816(o[n], a, lds32(vb), lds32(vb + 8));
+      }
+    }
+  }
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = r0 + 8 * hr;
+    if (r >= nq) continue;
+    const float inv = 1.f / l[hr];
+    float* orow = out + size_t(q0 + r) * qd + size_t(h) * kFaD + 2 * t;
+#pragma unroll
+    for (int n = 0; n < kFaD / 8; ++n)
+      *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[n][2 * hr] * inv, o[n][2 * hr + 1] * inv);
+  }
+}
+
+// Preconditions of attention_fa_kernel: head_dim 128, every q/k/v/cache row 16-byte aligned.
+bool fa_supported(const float* q, const float* k, const float* v, const float* ck, const float* cv,
+                  const AttnParams& p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(k) |
+                      reinterpret_cast<uintptr_t>(v) | reinterpret_cast<uintptr_t>(ck) | reinterpret_cast<uintptr_t>(cv);
+  return p.head_dim == kFaD && (a & 15u) == 0;
+}
+
 // One launch of a tiled attention kernel: grid (query tiles, query heads), `bytes` of dynamic shared
 // memory (allowed past 48 KB once per kernel).
 template <auto Kernel>
@@ -486,6 +697,9 @@ cudaError_t attention_cuda(const float* q, const float* k, const float* v, const
   if (p.half) {
     if (p.head_dim <= 32) return launch_tc<32>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
     if (p.head_dim <= 64) return launch_tc<64>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
+    if (fa_supported(q, k, v, cache_k, cache_v, p))
+      return launch_tiles<attention_fa_kernel>(kFaBytes, kFaQ, kFaThreads, q, k, v, cache_k, cache_v, T, start, p, out,
+                                               stream);
     if (p.head_dim <= 128) return launch_tc<128>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
   }
   if (p.head_dim <= 32) return launch_tiled<32>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
