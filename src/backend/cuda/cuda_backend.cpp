@@ -326,16 +326,39 @@ class CudaBackend final : public Backend {
         MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, stream_), stream_);
       return;
     }
-    const float one = 1.0f, zero = 0.0f;
     if (W.dtype == DType::F32) {
+      const float one = 1.0f, zero = 0.0f;
       // Column-major view: y^T [N, T] = W^T(as [K, N])^T * x^T [K, T].
       MR_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, static_cast<const float*>(W.data), K,
                                   x, K, &zero, y, N));
       return;
     }
+    gemm16(convert_x(x, T, K, gemm_dtype(W.dtype)), T, W, y);
+  }
+
+  // The 16-bit type a cuBLAS product with weights of dtype t rounds its activations to (quantized weights
+  // are dequantized to fp16).
+  static DType gemm_dtype(DType t) { return is_quantized(t) ? DType::F16 : t; }
+
+  // x [T, K] rounded to `at` (F16 or BF16) in the conversion scratch; returns the scratch.
+  const void* convert_x(const float* x, int T, int K, DType at) {
+    const size_t need = size_t(T) * size_t(K) * 2;
+    if (need > conv_cap_) {
+      if (conv_) MR_CUDA_CHECK(cudaFree(conv_));
+      conv_cap_ = need * 2;
+      MR_CUDA_CHECK(cudaMalloc(&conv_, conv_cap_));
+    }
+    MR_LAUNCH_CHECK(convert_cuda(x, conv_, at, size_t(T) * size_t(K), stream_), stream_);
+    return conv_;
+  }
+
+  // y [T, N] = xc W^T by cuBLAS, xc the activations already rounded to gemm_dtype(W.dtype); quantized W
+  // is dequantized to fp16 scratch first.
+  void gemm16(const void* xc, int T, const Weight& W, float* y) {
+    const int N = int(W.rows), K = int(W.cols);
+    const float one = 1.0f, zero = 0.0f;
     const void* A = W.data;
-    DType at = W.dtype;  // dtype of A and of the converted activations
-    if (quant) {         // dequantize W [N, K] to fp16 scratch, then the fp16 product
+    if (is_quantized(W.dtype)) {
       const size_t bytes = size_t(N) * size_t(K) * 2;
       if (bytes > deq_cap_) {
         // Prefill only (T > kGemvMaxT): recorded decode steps (T == 1) never get here.
@@ -350,17 +373,9 @@ class CudaBackend final : public Backend {
       MR_LAUNCH_CHECK(dequantize_f16_cuda(W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), deq_, stream_),
                       stream_);
       A = deq_;
-      at = DType::F16;
     }
-    const size_t need = size_t(T) * size_t(K) * 2;
-    if (need > conv_cap_) {
-      if (conv_) MR_CUDA_CHECK(cudaFree(conv_));
-      conv_cap_ = need * 2;
-      MR_CUDA_CHECK(cudaMalloc(&conv_, conv_cap_));
-    }
-    MR_LAUNCH_CHECK(convert_cuda(x, conv_, at, size_t(T) * size_t(K), stream_), stream_);
-    const cudaDataType_t dt = at == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
-    MR_CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, A, dt, K, conv_, dt, K, &zero, y,
+    const cudaDataType_t dt = gemm_dtype(W.dtype) == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
+    MR_CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, A, dt, K, xc, dt, K, &zero, y,
                                  CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
@@ -368,6 +383,19 @@ class CudaBackend final : public Backend {
   // k and v products no longer run as launches of a few blocks each. T > kGemvMaxT (cuBLAS) and mixed
   // shapes or dtypes take matmul one product at a time.
   void matmul_multi(const float* x, int T, const Weight* const* W, float* const* y, int n) override {
+    if (T > kGemvMaxT && n >= 2 && W[0]->dtype != DType::F32) {
+      // cuBLAS products of one x: it is rounded to 16 bits once for all of them when they agree on the
+      // type and on K (bit for bit what matmul does one product at a time).
+      bool shared = true;
+      for (int i = 1; i < n; ++i)
+        shared = shared && W[i]->cols == W[0]->cols && W[i]->dtype != DType::F32 &&
+                 gemm_dtype(W[i]->dtype) == gemm_dtype(W[0]->dtype);
+      if (shared) {
+        const void* xc = convert_x(x, T, int(W[0]->cols), gemm_dtype(W[0]->dtype));
+        for (int i = 0; i < n; ++i) gemm16(xc, T, *W[i], y[i]);
+        return;
+      }
+    }
     bool one = T <= kGemvMaxT && n >= 2 && n <= kGemvMaxParts;
     const bool quant = is_quantized(W[0]->dtype);
     for (int i = 0; one && i < n; ++i)
