@@ -162,7 +162,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--batch", b.batch, "Also decode this many sequences together and compare with batch 1")
       ->check(CLI::Range(1, 4096));
   bench_cmd->add_option("--reps", b.reps, "Repetitions (best is reported)")->check(CLI::Range(1, 1000));
-  bench_cmd->add_flag("--json", b.json, "Print one JSON object");
+  bench_cmd->add_option("--quant-list", b.quant_list,
+                        "Measure each of these quantizations (comma-separated: int8,nf4,int4) against one "
+                        "full-precision baseline built once; one report (JSON line) each");
+  bench_cmd->add_flag("--json", b.json, "Print one JSON object (one per line with --quant-list)");
   bench_cmd->add_flag("--skip-bandwidth", b.skip_bandwidth, "Do not measure memory bandwidth (saves 512 MiB of RSS)");
 
   QuantizeArgs qa;

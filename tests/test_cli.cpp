@@ -251,3 +251,44 @@ TEST(Cli, HelpListsSubcommands) {
 }
 
 }  // namespace
+
+namespace {
+
+// bench --quant-list: one JSON line per quantization in the order given, each against the same
+// full-precision baseline, each quantized model the size that --quant alone reports; bad lists are
+// one-line errors before anything is built.
+TEST(Cli, BenchQuantListSharesOneBaseline) {
+  const std::string dir = fixture("w8_gqa1_f32");
+  const std::vector<std::string> common = {"bench", "-m", dir, "--prompt-tokens", "4", "--gen-tokens", "2",
+                                           "-t",    "1",  "--skip-bandwidth", "--json"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(args);
+  };
+  const RunResult r = with({"--quant-list", "int8,nf4,int4"});
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  std::vector<json> lines;
+  size_t at = 0;
+  while (at < r.out.size()) {
+    const size_t nl = r.out.find('\n', at);
+    ASSERT_NE(nl, std::string::npos) << describe(r);
+    lines.push_back(json::parse(r.out.substr(at, nl - at)));
+    at = nl + 1;
+  }
+  ASSERT_EQ(lines.size(), 3u) << describe(r);
+  const char* names[] = {"int8", "nf4", "int4"};
+  for (size_t i = 0; i < lines.size(); ++i) {
+    EXPECT_EQ(lines[i]["quant"], names[i]);
+    EXPECT_EQ(lines[i]["baseline"]["weights_gb"], lines[0]["baseline"]["weights_gb"]);
+    EXPECT_LT(lines[i]["weights_gb"].get<double>(), lines[i]["baseline"]["weights_gb"].get<double>());
+    const json alone = parse_stdout_json(with({"--quant", names[i]}));
+    EXPECT_EQ(alone["weights_gb"], lines[i]["weights_gb"]) << names[i];
+    EXPECT_EQ(alone["baseline"]["weights_gb"], lines[i]["baseline"]["weights_gb"]) << names[i];
+  }
+  expect_error(with({"--quant-list", "int8,none"}), {"--quant-list", "none"});
+  expect_error(with({"--quant-list", "int8", "--quant", "nf4"}), {"--quant-list"});
+  expect_error(with({"--quant-list", "int8,int4", "--batch", "2"}), {"--batch"});
+}
+
+}  // namespace

@@ -238,24 +238,31 @@ PY
   ;;
 quant)
   # Issue 7 on CUDA: decode at batch 1 on the 7B shape, int8 / NF4 / int4 against the same weights in
-  # fp16, each measured in the same process (bench --quant alternates the two).
+  # fp16, one process (bench --quant-list builds the fp16 baseline once and alternates each quantized
+  # model with it), best of 3 repetitions.
   step "quant: 7B-shape decode, int8 / nf4 / int4 vs fp16"
   if [ $HAVE_GPU != 1 ]; then note "quant: skipped (no GPU)"; continue; fi
-  for q in int8 nf4 int4; do
-    timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json --quant $q --reps 3 \
-      --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_$q.json" || echo "bench --quant $q failed"
-  done
+  timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json --quant-list int8,nf4,int4 \
+    --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_quant.jsonl" || echo "bench --quant-list failed"
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 goal = {"int8": 1.6, "nf4": 2.5, "int4": 2.5}
+got = {}
+try:
+    for line in open(os.path.join(sys.argv[1], "ours_quant.jsonl")):
+        if line.strip():
+            o = json.loads(line)
+            got[o["quant"]] = o
+except Exception as e:
+    print(f"quant: no results ({e})")
 for q in ("int8", "nf4", "int4"):
-    try:
-        o = json.load(open(os.path.join(sys.argv[1], f"ours_{q}.json")))
-        print(f"quant {q:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 {o['baseline']['decode_tok_s']:7.1f} = "
-              f"{o['decode_speedup']:.2f}x (goal {goal[q]}x); prefill {o['prefill_speedup']:.2f}x; "
-              f"{o['weights_gb']:.2f} GB read per token")
-    except Exception as e:
-        print(f"quant {q}: no result ({e})")
+    o = got.get(q)
+    if o is None:
+        print(f"quant {q}: no result")
+        continue
+    print(f"quant {q:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 {o['baseline']['decode_tok_s']:7.1f} = "
+          f"{o['decode_speedup']:.2f}x (goal {goal[q]}x); prefill {o['prefill_speedup']:.2f}x; "
+          f"{o['weights_gb']:.2f} GB read per token")
 PY
   ;;
 profile)

@@ -83,73 +83,15 @@ double decode_bytes(const Model& m) {
   return bytes;
 }
 
-}  // namespace
-
-int run_bench(const BenchArgs& a) {
-  // With --quant, the quantized model is measured against the same weights unquantized (the
-  // baseline), repetitions alternating between the two so that both see the same machine load.
-  const LoadOptions lo = load_options(a.model);
-  const bool compare = lo.quant != Quant::None;
-  std::unique_ptr<Backend> be = make_backend(a.model);  // outlives the sessions (their caches)
-  Timed main_m, base_m;
-  if (!a.model.model_dir.empty()) {
-    main_m.model = Model::load(a.model.model_dir, lo);
-    if (compare) {
-      LoadOptions full = lo;
-      full.quant = Quant::None;
-      full.quant_lm_head = false;
-      base_m.model = Model::load(a.model.model_dir, full);
-    }
-  } else {
-    ModelConfig c;
-    c.hidden_size = a.hidden;
-    c.intermediate_size = a.intermediate;
-    c.num_layers = a.layers;
-    c.num_heads = a.heads;
-    c.num_kv_heads = a.kv_heads;
-    c.head_dim = a.heads > 0 ? a.hidden / a.heads : 0;
-    c.vocab_size = a.vocab;
-    c.sliding_window = a.window;
-    c.max_position_embeddings = 32768;
-    DType dt;
-    if (a.synth_dtype == "f32") dt = DType::F32;
-    else if (a.synth_dtype == "f16") dt = DType::F16;
-    else if (a.synth_dtype == "bf16") dt = DType::BF16;
-    else throw UsageError("--synthetic-dtype must be f32, f16 or bf16");
-    c.torch_dtype = dt;
-    std::fprintf(stderr, "building a synthetic model (%.0f M params, %s%s%s)...\n", double(c.param_count()) / 1e6,
-                 a.synth_dtype.c_str(), compare ? ", quantized to " : "", compare ? quant_name(lo.quant) : "");
-    main_m.model = Model::random(c, dt, 1234, lo.quant, lo.quant_lm_head);
-    if (compare) base_m.model = Model::random(c, dt, 1234);
-  }
+// Batched decode (--batch) of the model under test, then its figures: one JSON line, or text.
+void report(const BenchArgs& a, Backend& be_ref, const Bandwidth& bw, Timed& main_m, const Timed* base, const LoadOptions& lo,
+            const SessionOptions& so, const std::vector<int32_t>& prompt) {
+  Backend* be = &be_ref;
+  const bool compare = base != nullptr;
+  const Timed& base_m = *(compare ? base : &main_m);
   const int threads = cpu_backend_threads(*be);
-  const bool on_cpu = threads > 0;  // else a device backend: its own memory is what decode reads
-  Bandwidth bw;
-  if (!a.skip_bandwidth) {
-    if (on_cpu) {
-      std::fprintf(stderr, "measuring memory bandwidth...\n");
-      bw = measure_bandwidth(threads);
-    } else {
-      std::fprintf(stderr, "measuring device copy bandwidth...\n");
-      bw.copy_gbs = be->copy_bandwidth_gbs();
-    }
-  }
-
+  const bool on_cpu = threads > 0;
   const ModelConfig& c = main_m.model->config();
-  SessionOptions so;
-  so.chunk = a.model.chunk;
-  so.graphs = !a.model.no_graph;
-  so.context = std::max<int64_t>(a.model.ctx, a.prompt_tokens + a.gen_tokens + 1);
-  main_m.session.reset(new Session(*main_m.model, *be, so));
-  if (compare) base_m.session.reset(new Session(*base_m.model, *be, so));
-  std::mt19937 rng(7);
-  std::vector<int32_t> prompt(size_t(a.prompt_tokens));
-  for (auto& id : prompt) id = int32_t(rng() % uint32_t(c.vocab_size));
-
-  for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
-    if (compare) time_once(base_m, prompt, a.gen_tokens);
-    time_once(main_m, prompt, a.gen_tokens);
-  }
   const Model* model = main_m.model.get();
   const double best_prefill = main_m.prefill, best_decode = main_m.decode;
   // Batched decode: `batch` sequences with their own caches, one token each per forward pass.
@@ -261,6 +203,109 @@ int run_bench(const BenchArgs& a) {
       std::printf("baseline decode    %.2f tok/s = %.2f GB/s; %s is %.2fx\n", bd, bb * bd / 1e9, quant_name(lo.quant),
                   decode_tps / bd);
     }
+  }
+}
+
+}  // namespace
+
+int run_bench(const BenchArgs& a) {
+  // With --quant, the quantized model is measured against the same weights unquantized (the
+  // baseline), repetitions alternating between the two so that both see the same machine load.
+  // --quant-list measures several quantizations in turn against one baseline, built once.
+  std::vector<std::string> quants;
+  if (a.quant_list.empty()) {
+    quants.push_back(a.model.quant);
+  } else {
+    if (a.model.quant != "none") throw UsageError("give --quant or --quant-list, not both");
+    if (a.batch > 1) throw UsageError("--batch takes one --quant, not --quant-list");
+    std::string cur;
+    for (char ch : a.quant_list + ",") {
+      if (ch != ',') {
+        cur += ch;
+        continue;
+      }
+      Quant q;
+      if (!parse_quant(cur, &q) || q == Quant::None)
+        throw UsageError("--quant-list: '" + cur + "' is not int8, nf4 or int4 (comma-separated, no spaces)");
+      quants.push_back(cur);
+      cur.clear();
+    }
+  }
+  auto options_for = [&](const std::string& q) {
+    ModelArgs m = a.model;
+    m.quant = q;
+    return load_options(m);
+  };
+  const bool compare = options_for(quants[0]).quant != Quant::None;
+  std::unique_ptr<Backend> be = make_backend(a.model);  // outlives the sessions (their caches)
+  ModelConfig synth;
+  DType dt = DType::BF16;
+  if (a.model.model_dir.empty()) {
+    synth.hidden_size = a.hidden;
+    synth.intermediate_size = a.intermediate;
+    synth.num_layers = a.layers;
+    synth.num_heads = a.heads;
+    synth.num_kv_heads = a.kv_heads;
+    synth.head_dim = a.heads > 0 ? a.hidden / a.heads : 0;
+    synth.vocab_size = a.vocab;
+    synth.sliding_window = a.window;
+    synth.max_position_embeddings = 32768;
+    if (a.synth_dtype == "f32") dt = DType::F32;
+    else if (a.synth_dtype == "f16") dt = DType::F16;
+    else if (a.synth_dtype == "bf16") dt = DType::BF16;
+    else throw UsageError("--synthetic-dtype must be f32, f16 or bf16");
+    synth.torch_dtype = dt;
+  }
+  // The model under test with quantization lo (the baseline: Quant::None).
+  auto build = [&](const LoadOptions& lo) {
+    if (!a.model.model_dir.empty()) return Model::load(a.model.model_dir, lo);
+    std::fprintf(stderr, "building a synthetic model (%.0f M params, %s%s%s)...\n", double(synth.param_count()) / 1e6,
+                 a.synth_dtype.c_str(), lo.quant != Quant::None ? ", quantized to " : "",
+                 lo.quant != Quant::None ? quant_name(lo.quant) : "");
+    return Model::random(synth, dt, 1234, lo.quant, lo.quant_lm_head);
+  };
+  Timed base_m;
+  if (compare) {
+    LoadOptions full = options_for(quants[0]);
+    full.quant = Quant::None;
+    full.quant_lm_head = false;
+    base_m.model = build(full);
+  }
+  const int threads = cpu_backend_threads(*be);
+  const bool on_cpu = threads > 0;  // else a device backend: its own memory is what decode reads
+  Bandwidth bw;
+  if (!a.skip_bandwidth) {
+    if (on_cpu) {
+      std::fprintf(stderr, "measuring memory bandwidth...\n");
+      bw = measure_bandwidth(threads);
+    } else {
+      std::fprintf(stderr, "measuring device copy bandwidth...\n");
+      bw.copy_gbs = be->copy_bandwidth_gbs();
+    }
+  }
+  // Every model stays alive to the end: a device backend keys its weight copies by host address.
+  std::vector<Timed> mains(quants.size());
+  for (size_t qi = 0; qi < quants.size(); ++qi) {
+    const LoadOptions lo = options_for(quants[qi]);
+    Timed& main_m = mains[qi];
+    main_m.model = build(lo);
+    const ModelConfig& c = main_m.model->config();
+    SessionOptions so;
+    so.chunk = a.model.chunk;
+    so.graphs = !a.model.no_graph;
+    so.context = std::max<int64_t>(a.model.ctx, a.prompt_tokens + a.gen_tokens + 1);
+    main_m.session.reset(new Session(*main_m.model, *be, so));
+    if (compare && !base_m.session) base_m.session.reset(new Session(*base_m.model, *be, so));
+    std::mt19937 rng(7);
+    std::vector<int32_t> prompt(size_t(a.prompt_tokens));
+    for (auto& id : prompt) id = int32_t(rng() % uint32_t(c.vocab_size));
+
+    for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
+      if (compare) time_once(base_m, prompt, a.gen_tokens);
+      time_once(main_m, prompt, a.gen_tokens);
+    }
+    main_m.session.reset();  // its cache; the model stays (see above)
+    report(a, *be, bw, main_m, compare ? &base_m : nullptr, lo, so, prompt);
   }
   return 0;
 }

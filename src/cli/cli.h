@@ -65,6 +65,7 @@ struct BenchArgs {
   std::string synth_dtype = "bf16";
   int prompt_tokens = 128, gen_tokens = 32, reps = 1, batch = 1;
   bool json = false, skip_bandwidth = false;
+  std::string quant_list;  // --quant-list int8,nf4,int4: each against one baseline
 };
 
 struct BatchArgs {
