@@ -16,6 +16,7 @@
 #include "attention.cuh"
 #include "attention_decode.cuh"
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -205,6 +206,7 @@ __device__ __forceinline__ void combine_head(const float* __restrict__ ph, int u
 // One block per query head: merges the non-empty splits' partials into the output row.
 __global__ void decode_combine_kernel(const float* __restrict__ part, int64_t start, const int64_t* d_start, int window,
                                       int splits, int hd, float* __restrict__ out) {
+  pdl_trigger();  // the output projection launched after this kernel may start (pdl.cuh)
   if (d_start) start = *d_start;
   const int h = blockIdx.x;
   int64_t kb, ke;
@@ -215,6 +217,7 @@ __global__ void decode_combine_kernel(const float* __restrict__ part, int64_t st
 // Grid (row, query head) of a batched decode step: out row `row` [Hq*hd].
 __global__ void decode_rows_combine_kernel(const float* __restrict__ part, const DecodeRowArgs* __restrict__ rows,
                                            int n_heads, int hd, float* __restrict__ out) {
+  pdl_trigger();  // the output projection launched after this kernel may start (pdl.cuh)
   const int row = blockIdx.x, h = blockIdx.y;
   const DecodeRowArgs r = rows[row];
   combine_head(part + row_partials(r.split0, n_heads, hd) + partial_offset(h, r.splits, 0, hd), r.splits, hd,

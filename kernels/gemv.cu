@@ -6,6 +6,7 @@
 
 #include "common.cuh"
 #include "gemv.cuh"
+#include "pdl.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -109,6 +110,19 @@ __device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* _
   for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);  // every lane holds the sums
 }
 
+// Before pdl_wait (pdl.cuh): the warp asks L2 for the first kPrefetchLines 128-byte lines of each lane's
+// share of a weight row (the whole row up to 32 KB).
+constexpr int kPrefetchLines = 8;
+__device__ __forceinline__ void prefetch_row(const void* row, size_t bytes) {
+  const char* b = static_cast<const char*>(row);
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int u = 0; u < kPrefetchLines; ++u) {
+    const size_t off = size_t(lane + 32 * u) * 128;
+    if (off < bytes) prefetch_l2(b + off);
+  }
+}
+
 template <typename W, int T, bool kVector>
 __device__ __forceinline__ void gemv_row(const float* __restrict__ x, const W* __restrict__ Wt, int N, int K, int n,
                                          float* __restrict__ y) {
@@ -125,7 +139,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* _
                                                                   const W* __restrict__ Wu, int N, int K,
                                                                   float* __restrict__ out) {
   const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (n >= N) return;
+  if (n >= N) return;  // this warp reads and writes nothing
+  prefetch_row(Wg + size_t(n) * K, size_t(K) * sizeof(W));
+  prefetch_row(Wu + size_t(n) * K, size_t(K) * sizeof(W));
+  pdl_wait();
   float g[T], u[T];
   gemv_dot<W, T, kVector>(x, Wg + size_t(n) * K, K, g);
   gemv_dot<W, T, kVector>(x, Wu + size_t(n) * K, K, u);
@@ -148,21 +165,25 @@ __global__ void __launch_bounds__(kWarps * 32)
   int i = 0;
   while (i + 1 < p.count && int(blockIdx.x) >= p.first_block[i + 1]) ++i;
   const int n = (int(blockIdx.x) - p.first_block[i]) * kWarps + (threadIdx.x >> 5);
-  if (n < p.n[i]) gemv_row<W, T, kVector>(x, static_cast<const W*>(p.w[i]), p.n[i], K, n, p.y[i]);
+  if (n >= p.n[i]) return;  // this warp reads and writes nothing
+  prefetch_row(static_cast<const W*>(p.w[i]) + size_t(n) * K, size_t(K) * sizeof(W));
+  pdl_wait();
+  gemv_row<W, T, kVector>(x, static_cast<const W*>(p.w[i]), p.n[i], K, n, p.y[i]);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Calls f(W{}, std::integral_constant<int, T>{}) for the weight type of wt and T in 1 .. kGemvMaxT (the
-// caller has checked T), then reports the launch's error.
+// caller has checked T); returns the launch's error (f returns it).
 template <typename F>
 cudaError_t dispatch(DType wt, int T, F&& f) {
+  cudaError_t err = cudaSuccess;
   auto by_t = [&](auto w) {
     switch (T) {
-      case 1: f(w, std::integral_constant<int, 1>{}); break;
-      case 2: f(w, std::integral_constant<int, 2>{}); break;
-      case 3: f(w, std::integral_constant<int, 3>{}); break;
-      default: f(w, std::integral_constant<int, 4>{}); break;
+      case 1: err = f(w, std::integral_constant<int, 1>{}); break;
+      case 2: err = f(w, std::integral_constant<int, 2>{}); break;
+      case 3: err = f(w, std::integral_constant<int, 3>{}); break;
+      default: err = f(w, std::integral_constant<int, 4>{}); break;
     }
   };
   switch (wt) {
@@ -171,7 +192,7 @@ cudaError_t dispatch(DType wt, int T, F&& f) {
     case DType::BF16: by_t(__nv_bfloat16{}); break;
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 }  // namespace
@@ -196,9 +217,8 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;
     if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      gemv_multi_kernel<Wt, TT, true><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
-    else
-      gemv_multi_kernel<Wt, TT, false><<<blocks, kWarps * 32, 0, stream>>>(x, p, K);
+      return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true>, blocks, kWarps * 32, 0, stream, x, p, K);
+    return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, false>, blocks, kWarps * 32, 0, stream, x, p, K);
   });
 }
 
@@ -219,9 +239,8 @@ cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* 
     const Wt* g = static_cast<const Wt*>(Wg);
     const Wt* u = static_cast<const Wt*>(Wu);
     if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      gemv_swiglu_kernel<Wt, TT, true><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out);
-    else
-      gemv_swiglu_kernel<Wt, TT, false><<<blocks, kWarps * 32, 0, stream>>>(x, g, u, N, K, out);
+      return launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true>, blocks, kWarps * 32, 0, stream, x, g, u, N, K, out);
+    return launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, false>, blocks, kWarps * 32, 0, stream, x, g, u, N, K, out);
   });
 }
 

@@ -32,6 +32,7 @@
 #include "common.cuh"
 #include "gemv.cuh"
 #include "mistral/quant.h"
+#include "pdl.cuh"
 #include "quant_gemv.cuh"
 
 // The per-lane and per-chunk work is device code, and host code too with MISTRAL_QUANT_GEMV_HOST defined:
@@ -332,9 +333,22 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int t = 0; t < T; ++t) acc[r][t] = 0.f;
-  if (j.pair < pairs_of<kSwiglu>(ps.part[j.part].n))
-    lane_dot<D, T, kVecX>(x, row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group), lut, K, group, gshift,
-                          (warp % j.split) * 32 + lane, j.split * 32, acc);
+  const bool busy = j.pair < pairs_of<kSwiglu>(ps.part[j.part].n);
+  RowPair rp{};
+  if (busy) {  // before pdl_wait (pdl.cuh): this lane's first chunks of both rows into L2
+    constexpr int E = Format<D>::kElems;
+    rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
+    const int chunks = (K + E - 1) / E;
+#pragma unroll
+    for (int u = 0; u < kPrefetch; ++u) {
+      const int c = (warp % j.split) * 32 + lane + u * j.split * 32;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (c < chunks) prefetch_l2(rp.row[r] + c);
+    }
+  }
+  pdl_wait();  // every thread: the block's outputs are written after it
+  if (busy) lane_dot<D, T, kVecX>(x, rp, lut, K, group, gshift, (warp % j.split) * 32 + lane, j.split * 32, acc);
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -450,10 +464,13 @@ void launch_gemv(const float* x, const QuantParts& ps, int K, int group, cudaStr
   if (blocks == 0) return;
   const int gshift = group_shift(group);
   const bool vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  // A launch error is picked up by quant_launch's cudaGetLastError.
   if (vec_x)
-    quant_gemv_kernel<D, T, true, kSwiglu><<<blocks, kThreads, 0, stream>>>(x, ps, code_table(D), K, group, gshift);
+    launch_maybe_pdl(quant_gemv_kernel<D, T, true, kSwiglu>, blocks, kThreads, 0, stream, x, ps, code_table(D), K,
+                     group, gshift);
   else
-    quant_gemv_kernel<D, T, false, kSwiglu><<<blocks, kThreads, 0, stream>>>(x, ps, code_table(D), K, group, gshift);
+    launch_maybe_pdl(quant_gemv_kernel<D, T, false, kSwiglu>, blocks, kThreads, 0, stream, x, ps, code_table(D), K,
+                     group, gshift);
 }
 
 template <DType D, bool kSwiglu>

@@ -4,6 +4,7 @@
 // fused kernel gives bit for bit what add_kernel followed by rmsnorm_kernel gives.
 // Preconditions: D > 0, T >= 0; blockDim.x a multiple of 32, at most 1024.
 #include "common.cuh"
+#include "pdl.cuh"
 #include "rmsnorm.cuh"
 
 namespace mistral {
@@ -36,6 +37,7 @@ __device__ __forceinline__ float scaled(float v, float r, float w) { return __fm
 template <typename W>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const W* __restrict__ w, float eps, int D,
                                float* __restrict__ y) {
+  pdl_trigger();  // a GEMV launched after this kernel may start (pdl.cuh)
   const float* xr = x + size_t(blockIdx.x) * D;
   float* yr = y + size_t(blockIdx.x) * D;
   float ss = 0.f;
@@ -50,6 +52,7 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const W* __restrict_
 template <typename W>
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* delta, const W* __restrict__ w, float eps, int D,
                                    float* y) {
+  pdl_trigger();  // a GEMV launched after this kernel may start (pdl.cuh)
   float* xr = x + size_t(blockIdx.x) * D;
   const float* dr = delta + size_t(blockIdx.x) * D;
   float* yr = y + size_t(blockIdx.x) * D;

@@ -17,6 +17,8 @@
 # batch:    batched greedy output equal to each prompt alone at batch sizes 1, 3, 8 (stories260K given a
 #           window of 16; tools/batch_equivalence.py), and output tok/s at 64 sequences vs 1 (7B shape).
 # quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process.
+# pdl:      programmatic dependent launch (MISTRAL_CUDA_PDL=1): model tests with it, decode off vs on
+#           on the bench phase's checkpoint (run after bench in the same call), quantized decode with it.
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
 #           prefill: time and DRAM GB/s by kernel (tools/ncu_summary.py), to show where the time goes.
 # Without a GPU it dry-runs: each GPU step says it skipped and why. Everything is logged to
@@ -265,6 +267,45 @@ for q in ("int8", "nf4", "int4"):
           f"{o['weights_gb']:.2f} GB read per token")
 PY
   ;;
+pdl)
+  # Programmatic dependent launch (kernels/pdl.cuh, opt-in with MISTRAL_CUDA_PDL=1): the model and
+  # GEMV tests with it on, then decode on the bench phase's checkpoint (run bench first in the same
+  # call) with it off and on, and the quantized formats with it on.
+  step "pdl: MISTRAL_CUDA_PDL=1 against the default"
+  if [ $HAVE_GPU != 1 ]; then note "pdl: skipped (no GPU)"; continue; fi
+  MISTRAL_CUDA_PDL=1 timeout 120 "$BIN/test_cuda" --gtest_filter='CudaModel.*:CudaOps.Matmul*:CudaOps.Quant*' \
+    >"$OUTDIR/test_pdl.log" 2>&1
+  rc=$?
+  grep -E '^\[ *FAILED *\]|Failure' "$OUTDIR/test_pdl.log" | head -20
+  note "pdl tests (CudaModel.*, CudaOps.Matmul*, CudaOps.Quant*): $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_pdl.log" | tr '\n' ' ')(exit $rc)"
+  CK=${CKPT_DIR:-/tmp/mistral7b-random}
+  if [ ! -d "$CK" ]; then note "pdl: no checkpoint (run the bench phase first in the same call)"; continue; fi
+  for pdl in 0 1; do
+    MISTRAL_CUDA_PDL=$pdl timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 \
+      --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl$pdl.json" || echo "bench (pdl $pdl) failed"
+  done
+  MISTRAL_CUDA_PDL=1 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+    --quant-list int8,nf4,int4 --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl_quant.jsonl" ||
+    echo "bench --quant-list (pdl) failed"
+  python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
+import json, os, sys
+d = sys.argv[1]
+try:
+    off = json.load(open(os.path.join(d, "pdl0.json")))["decode_tok_s"]
+    on = json.load(open(os.path.join(d, "pdl1.json")))["decode_tok_s"]
+    print(f"pdl: fp16 decode ctx 128 {off:.1f} tok/s off, {on:.1f} on = {on / off:.3f}x")
+except Exception as e:
+    print(f"pdl: no fp16 result ({e})")
+try:
+    for line in open(os.path.join(d, "pdl_quant.jsonl")):
+        if line.strip():
+            o = json.loads(line)
+            print(f"pdl on: quant {o['quant']:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
+                  f"{o['baseline']['decode_tok_s']:7.1f} = {o['decode_speedup']:.2f}x")
+except Exception as e:
+    print(f"pdl: no quant result ({e})")
+PY
+  ;;
 profile)
   # Where a decode step's time goes: every kernel of about one step of the 7B shape (eager, no graph),
   # timed by Nsight Compute with the DRAM bytes it moved, summed by kernel name.
@@ -286,7 +327,7 @@ profile)
   echo "prefill of 2048 tokens:" | tee -a "$SUMMARY"
   python3 tools/ncu_summary.py "$OUTDIR/ncu_prefill.csv" | tee -a "$SUMMARY"
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, profile)";;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, profile)";;
 esac; done
 
 step "summary"

@@ -1,0 +1,68 @@
+// Programmatic dependent launch (sm_90), opt-in with MISTRAL_CUDA_PDL=1. A decode step is ~290 small
+// kernels; between two of them the GPU idles while the next one launches and ramps up. A GEMV launched
+// by launch_maybe_pdl may start while the kernel before it still runs: it prefetches its first weight
+// bytes to L2 (weights never depend on an earlier kernel), then pdl_wait()s for the earlier kernel to
+// finish (its writes visible) before it reads any activation or writes anything. The small kernels that
+// precede GEMVs (norms, the attention combine) call pdl_trigger() first thing, so that the GEMV's blocks
+// are scheduled onto the idle SMs at once. Without the attribute (the default) both calls do nothing.
+#pragma once
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include <cuda_runtime.h>
+
+namespace mistral {
+namespace cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
+// MISTRAL_CUDA_PDL=1, read once.
+inline bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_PDL");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization attribute when
+// pdl_enabled(): the kernel must pdl_wait() before touching anything an earlier kernel writes or reads.
+template <typename... Params, typename... Args>
+cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                             Args&&... args) {
+  if (!pdl_enabled()) {
+    kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace cuda
+}  // namespace mistral
