@@ -122,20 +122,26 @@ PY
 sanitize)
   step "compute-sanitizer"
   if [ $HAVE_GPU = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
-    F='CudaOps.*:-CudaOps.DecodeAttentionLongContext'
+    # SANITIZE_FILTER narrows memcheck to some tests; SANITIZE_QUICK=1 skips the general racecheck (the
+    # prefill attention one still runs): for a short device budget.
+    F=${SANITIZE_FILTER:-'CudaOps.*:-CudaOps.DecodeAttentionLongContext'}
     timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/test_cuda" --gtest_filter="$F" \
       >"$OUTDIR/memcheck.log" 2>&1
     mc=$?
-    timeout 90 compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/test_cuda" \
-      --gtest_filter='CudaOps.RmsNorm:CudaOps.DecodeAttentionLongContext:CudaOps.QuantMatmul:CudaOps.DecodeRows' \
-      >"$OUTDIR/racecheck.log" 2>&1
-    rc=$?
+    rc=skipped
+    : >"$OUTDIR/racecheck.log"
+    if [ "${SANITIZE_QUICK:-0}" != 1 ]; then
+      timeout 90 compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/test_cuda" \
+        --gtest_filter='CudaOps.RmsNorm:CudaOps.DecodeAttentionLongContext:CudaOps.QuantMatmul:CudaOps.DecodeRows' \
+        >"$OUTDIR/racecheck.log" 2>&1
+      rc=$?
+    fi
     timeout 90 compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/test_cuda" \
       --gtest_filter='CudaOps.PrefillAttentionTiles' >"$OUTDIR/racecheck_prefill.log" 2>&1
     rp=$?
     tail -n 2 "$OUTDIR/memcheck.log" "$OUTDIR/racecheck.log" "$OUTDIR/racecheck_prefill.log"
-    note "compute-sanitizer: memcheck exit $mc, racecheck exit $rc, racecheck (prefill attention) exit $rp" \
-      "(0 clean, 3 errors found, 124 timed out)"
+    note "compute-sanitizer: memcheck ($F) exit $mc, racecheck exit $rc, racecheck (prefill attention) exit $rp" \
+      "(exit codes: 0 clean, 3 errors found, 124 timed out)"
   else
     note "compute-sanitizer: skipped (no GPU or no compute-sanitizer)"
   fi
