@@ -136,6 +136,7 @@ struct QuantParts {
   QuantPart part[kGemvMaxParts];
   int first_block[kGemvMaxParts + 1];
   int count;
+  bool prefetch;  // launched with programmatic dependence: first chunks to L2 before pdl_wait
 };
 
 // The two rows a warp reads: row r at row[r] (its 16-byte chunks), its scales from scales[r] + sbase[r].
@@ -244,8 +245,9 @@ MR_QFN void chunk_dot(const float* __restrict__ x, const uint4 (&q)[kRows], cons
 
 // 16-byte chunks of each row a lane loads before using any: all of its chunks when it has at most this
 // many (a lane of a 4096-wide 4-bit row split over two warps has two), so every load is in flight at
-// once; a loop that prefetched only whole groups of four left such lanes one chunk at a time (7B-shape
-// 4-bit decode at ~0.6 TB/s on an H200).
+// once (a loop that prefetched only whole groups of four left such lanes one chunk at a time). Measured
+// on an H200, this and the fused launches did not move 7B-shape 4-bit decode (169 tok/s, ~0.8 TB/s of
+// weights, before and after): what limits these kernels is still to be profiled.
 constexpr int kPrefetch = 4;
 
 // One lane's share of the row pair: chunks c_first, c_first + c_stride, ... below ceil(K / E), summed in
@@ -335,9 +337,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int t = 0; t < T; ++t) acc[r][t] = 0.f;
   const bool busy = j.pair < pairs_of<kSwiglu>(ps.part[j.part].n);
   RowPair rp{};
-  if (busy) {  // before pdl_wait (pdl.cuh): this lane's first chunks of both rows into L2
+  if (busy) rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
+  if (busy && ps.prefetch) {  // before pdl_wait (pdl.cuh): this lane's first chunks of both rows into L2
     constexpr int E = Format<D>::kElems;
-    rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
     const int chunks = (K + E - 1) / E;
 #pragma unroll
     for (int u = 0; u < kPrefetch; ++u) {
@@ -529,6 +531,7 @@ cudaError_t quant_launch(const float* x, int T, const void* const* data, const v
   QuantParts ps;
   if (T > kGemvMaxT || !x || !plan_launch<kSwiglu>(data, scales, N, y, parts, wt, K, group, n_sms, &ps))
     return cudaErrorInvalidValue;
+  ps.prefetch = pdl_enabled();
   switch (wt) {
     case DType::Q8:
       launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, stream);
