@@ -12,8 +12,10 @@
 // contiguous bytes per step, one uint4 per lane, 16-byte aligned because every row is a multiple of 16
 // bytes long and `data` is 16-byte aligned (checked). Each chunk lies inside one scale group (NF4 / Q4
 // groups are multiples of 32), so a lane sums code * x over the chunk and applies that group's scale
-// once; Q8's per-row scale is applied after the reduction. Both rows use each x value the lane loads:
-// float4 loads when K % 4 == 0 and x is 16-byte aligned, scalars otherwise. Only the partial last
+// once; Q8's per-row scale is applied after the reduction. Both rows use each x value the lane loads.
+// x: when T rows of it fit kMaxStageBytes (every decode step of a 7B shape), the block first copies it
+// to shared memory in a padded layout (kXStaged, see below); else float4 loads from global memory when
+// K % 4 == 0 and x is 16-byte aligned, scalars otherwise. The three give the same bits. Only the partial last
 // chunk of a row (K not a multiple of 16 / 32) is guarded: its weight bytes lie inside the padded row,
 // its x reads stop below K. Rows past N (the second row when N is odd) are clamped to N - 1 for loading
 // and never written.
@@ -27,6 +29,7 @@
 // coalesced uint4 loads; it writes the chunk's elements below K (16-byte stores of 8 halves when
 // K % 8 == 0 and `out` is 16-byte aligned, single halves otherwise).
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "common.cuh"
@@ -137,7 +140,9 @@ struct QuantParts {
   int first_block[kGemvMaxParts + 1];
   int count;
   bool prefetch;  // launched with programmatic dependence: first chunks to L2 before pdl_wait
+  bool vec_x;     // kXStaged: x is copied by float4 (K % 4 == 0, x 16-byte aligned)
 };
+
 
 // The two rows a warp reads: row r at row[r] (its 16-byte chunks), its scales from scales[r] + sbase[r].
 struct RowPair {
@@ -185,12 +190,48 @@ MR_QFN RowPair row_pair(const QuantParts& ps, int part, int pair, int K, int gro
   return rp;
 }
 
-// Chunk c of the row pair (q: its 16 bytes of each row) times the T token rows of x: acc[r][t] +=
-// scale * sum(code * x) (Q8: without the scale). kWhole: the chunk lies below K; otherwise x is read only
-// below K (the codes there are 0). gshift: log2(group) when group is a power of two, else -1.
-template <DType D, int T, bool kVecX, bool kWhole>
-MR_QFN void chunk_dot(const float* __restrict__ x, const uint4 (&q)[kRows], const RowPair& rp, int group, int gshift,
-                      int K, int c, const float* lut, float (&acc)[kRows][T]) {
+// Where x comes from (template parameter kX): kXScalar / kXVec4, global memory [T, K] (float4 loads
+// when K % 4 == 0 and x is 16-byte aligned); kXStaged, the block's shared-memory copy [T, xstride] in
+// which element e sits at e + 4 * (e / 32) (staged_index): lane l's chunk of 32 elements (16 for Q8)
+// then starts 36 l floats (18 l) in, so a warp's float4 reads of 8 lanes at a time hit distinct banks.
+// In global memory the same reads are 128 bytes apart from lane to lane: each float4 instruction of a
+// warp touched 32 cache lines, and 4-bit decode was bound by L1 wavefronts (4 per element pair) rather
+// than by DRAM (~0.8 TB/s of 7B weights on an H200, the same tok/s as on an H100).
+constexpr int kXScalar = 0, kXVec4 = 1, kXStaged = 2;
+__host__ __device__ __forceinline__ int staged_index(int e) { return e + 4 * (e >> 5); }
+__host__ __device__ __forceinline__ int staged_stride(int K) { return 36 * ((K + 31) / 32); }  // floats a token row
+constexpr size_t kMaxStageBytes = 72 * 1024;  // three blocks of 8 warps per SM still fit
+
+template <int kX>
+MR_QFN int x_index(int e) {
+  return kX == kXStaged ? staged_index(e) : e;
+}
+
+// The block's shared-memory copy of x [T, K] for kXStaged (row t at xs + t * staged_stride(K), element e
+// at staged_index(e)); every thread of the block calls it, and a barrier must follow before any read.
+template <int T>
+__device__ __forceinline__ void stage_x(const float* __restrict__ x, int K, bool vec_x, float* __restrict__ xs) {
+  const int stride = staged_stride(K);
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float* xt = x + size_t(t) * size_t(K);
+    float* st = xs + size_t(t) * size_t(stride);
+    if (vec_x) {
+      for (int i = threadIdx.x; i < K / 4; i += blockDim.x)
+        *reinterpret_cast<float4*>(st + staged_index(4 * i)) = reinterpret_cast<const float4*>(xt)[i];
+    } else {
+      for (int e = threadIdx.x; e < K; e += blockDim.x) st[staged_index(e)] = xt[e];
+    }
+  }
+}
+
+// Chunk c of the row pair (q: its 16 bytes of each row) times the T token rows of x (row t at
+// x + t * xstride, laid out as kX says): acc[r][t] += scale * sum(code * x) (Q8: without the scale).
+// kWhole: the chunk lies below K; otherwise x is read only below K (the codes there are 0). gshift:
+// log2(group) when group is a power of two, else -1.
+template <DType D, int T, int kX, bool kWhole>
+MR_QFN void chunk_dot(const float* __restrict__ x, int xstride, const uint4 (&q)[kRows], const RowPair& rp, int group,
+                      int gshift, int K, int c, const float* lut, float (&acc)[kRows][T]) {
   constexpr int E = Format<D>::kElems, P = E / 4;  // elements per chunk, per 32-bit word
   const int k0 = c * E;
   float b[kRows][T];
@@ -206,12 +247,12 @@ MR_QFN void chunk_dot(const float* __restrict__ x, const uint4 (&q)[kRows], cons
     const int k = k0 + j * P;
 #pragma unroll
     for (int t = 0; t < T; ++t) {
-      const float* xt = x + size_t(t) * size_t(K);
+      const float* xt = x + size_t(t) * size_t(xstride);
       float xv[P];
-      if constexpr (kWhole && kVecX) {
+      if constexpr (kWhole && kX != kXScalar) {  // 4 elements from k + 4h never cross a multiple of 32
 #pragma unroll
         for (int h = 0; h < P / 4; ++h) {
-          const float4 f = *reinterpret_cast<const float4*>(xt + k + 4 * h);
+          const float4 f = *reinterpret_cast<const float4*>(xt + x_index<kX>(k + 4 * h));
           xv[4 * h] = f.x, xv[4 * h + 1] = f.y, xv[4 * h + 2] = f.z, xv[4 * h + 3] = f.w;
         }
       } else if constexpr (kWhole) {
@@ -219,7 +260,7 @@ MR_QFN void chunk_dot(const float* __restrict__ x, const uint4 (&q)[kRows], cons
         for (int i = 0; i < P; ++i) xv[i] = xt[k + i];
       } else {
 #pragma unroll
-        for (int i = 0; i < P; ++i) xv[i] = k + i < K ? xt[k + i] : 0.f;
+        for (int i = 0; i < P; ++i) xv[i] = k + i < K ? xt[x_index<kX>(k + i)] : 0.f;
       }
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
@@ -252,9 +293,9 @@ constexpr int kPrefetch = 4;
 
 // One lane's share of the row pair: chunks c_first, c_first + c_stride, ... below ceil(K / E), summed in
 // that order. acc is added to.
-template <DType D, int T, bool kVecX>
-MR_QFN void lane_dot(const float* __restrict__ x, const RowPair& rp, const float* lut, int K, int group, int gshift,
-                     int c_first, int c_stride, float (&acc)[kRows][T]) {
+template <DType D, int T, int kX>
+MR_QFN void lane_dot(const float* __restrict__ x, int xstride, const RowPair& rp, const float* lut, int K, int group,
+                     int gshift, int c_first, int c_stride, float (&acc)[kRows][T]) {
   constexpr int E = Format<D>::kElems;
   const int chunks = (K + E - 1) / E, full = K / E;  // chunks per row (16-byte units), whole ones
   for (int c = c_first; c < full; c += kPrefetch * c_stride) {
@@ -269,13 +310,13 @@ MR_QFN void lane_dot(const float* __restrict__ x, const RowPair& rp, const float
 #pragma unroll
     for (int u = 0; u < kPrefetch; ++u)
       if (c + u * c_stride < full)
-        chunk_dot<D, T, kVecX, true>(x, q[u], rp, group, gshift, K, c + u * c_stride, lut, acc);
+        chunk_dot<D, T, kX, true>(x, xstride, q[u], rp, group, gshift, K, c + u * c_stride, lut, acc);
   }
   if (full < chunks && full >= c_first && (full - c_first) % c_stride == 0) {  // the partial last chunk is ours
     uint4 q[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) q[r] = rp.row[r][full];
-    chunk_dot<D, T, kVecX, false>(x, q, rp, group, gshift, K, full, lut, acc);
+    chunk_dot<D, T, kX, false>(x, xstride, q, rp, group, gshift, K, full, lut, acc);
   }
 }
 
@@ -318,10 +359,11 @@ MR_QFN void write_output(const QuantParts& ps, const WarpJob& j, const float (*p
   }
 }
 
-template <DType D, int T, bool kVecX, bool kSwiglu>
+template <DType D, int T, int kX, bool kSwiglu>
 __global__ void __launch_bounds__(kThreads)
     quant_gemv_kernel(const float* __restrict__ x, const __grid_constant__ QuantParts ps, CodeTable codes, int K,
                       int group, int gshift) {
+  extern __shared__ float4 staged[];  // kXStaged: T * staged_stride(K) floats
   __shared__ float lut[16];
   __shared__ float part[kWarps][kRows][T];
   if constexpr (D == DType::NF4) {
@@ -349,8 +391,17 @@ __global__ void __launch_bounds__(kThreads)
         if (c < chunks) prefetch_l2(rp.row[r] + c);
     }
   }
-  pdl_wait();  // every thread: the block's outputs are written after it
-  if (busy) lane_dot<D, T, kVecX>(x, rp, lut, K, group, gshift, (warp % j.split) * 32 + lane, j.split * 32, acc);
+  pdl_wait();  // every thread: x is read and the block's outputs are written after it
+  const float* xr = x;
+  int xstride = K;
+  if constexpr (kX == kXStaged) {
+    float* xs = reinterpret_cast<float*>(staged);
+    stage_x<T>(x, K, ps.vec_x, xs);
+    __syncthreads();
+    xr = xs, xstride = staged_stride(K);
+  }
+  if (busy)
+    lane_dot<D, T, kX>(xr, xstride, rp, lut, K, group, gshift, (warp % j.split) * 32 + lane, j.split * 32, acc);
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -441,6 +492,18 @@ int gemv_split(long long pairs, long long chunks, int n_sms) {
   return split;
 }
 
+// Bytes of the shared-memory copy of x for T tokens of K elements, or 0 when it would not fit
+// kMaxStageBytes (then x is read from global memory). MISTRAL_CUDA_QUANT_STAGE=0 turns the copy off
+// (to measure it against global reads; the results are the same bits).
+size_t stage_bytes(int T, int K) {
+  static const bool off = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_QUANT_STAGE");
+    return e && std::strcmp(e, "0") == 0;
+  }();
+  const size_t b = size_t(T) * size_t(staged_stride(K)) * sizeof(float);
+  return !off && b <= kMaxStageBytes ? b : 0;
+}
+
 int group_shift(int group) {
   for (int s = 0; s < 31; ++s)
     if (group == (1 << s)) return s;
@@ -461,35 +524,36 @@ void plan_part(QuantParts& ps, int i, const void* data, const void* scales, int 
 }
 
 template <DType D, int T, bool kSwiglu>
-void launch_gemv(const float* x, const QuantParts& ps, int K, int group, cudaStream_t stream) {
+cudaError_t launch_gemv(const float* x, const QuantParts& ps, int K, int group, cudaStream_t stream) {
   const unsigned blocks = unsigned(ps.first_block[kSwiglu ? 1 : ps.count]);
-  if (blocks == 0) return;
+  if (blocks == 0) return cudaSuccess;
   const int gshift = group_shift(group);
-  const bool vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  // A launch error is picked up by quant_launch's cudaGetLastError.
-  if (vec_x)
-    launch_maybe_pdl(quant_gemv_kernel<D, T, true, kSwiglu>, blocks, kThreads, 0, stream, x, ps, code_table(D), K,
-                     group, gshift);
-  else
-    launch_maybe_pdl(quant_gemv_kernel<D, T, false, kSwiglu>, blocks, kThreads, 0, stream, x, ps, code_table(D), K,
-                     group, gshift);
+  const size_t stage = stage_bytes(T, K);
+  if (stage > 0) {
+    static const cudaError_t attr = cudaFuncSetAttribute(quant_gemv_kernel<D, T, kXStaged, kSwiglu>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
+    if (attr != cudaSuccess) return attr;
+    return launch_maybe_pdl(quant_gemv_kernel<D, T, kXStaged, kSwiglu>, blocks, kThreads, stage, stream, x, ps,
+                            code_table(D), K, group, gshift);
+  }
+  if (ps.vec_x)
+    return launch_maybe_pdl(quant_gemv_kernel<D, T, kXVec4, kSwiglu>, blocks, kThreads, 0, stream, x, ps,
+                            code_table(D), K, group, gshift);
+  return launch_maybe_pdl(quant_gemv_kernel<D, T, kXScalar, kSwiglu>, blocks, kThreads, 0, stream, x, ps,
+                          code_table(D), K, group, gshift);
 }
 
 template <DType D, bool kSwiglu>
-void launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, int group, cudaStream_t stream) {
+cudaError_t launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, int group, cudaStream_t stream) {
   switch (T) {
     case 1:
-      launch_gemv<D, 1, kSwiglu>(x, ps, K, group, stream);
-      break;
+      return launch_gemv<D, 1, kSwiglu>(x, ps, K, group, stream);
     case 2:
-      launch_gemv<D, 2, kSwiglu>(x, ps, K, group, stream);
-      break;
+      return launch_gemv<D, 2, kSwiglu>(x, ps, K, group, stream);
     case 3:
-      launch_gemv<D, 3, kSwiglu>(x, ps, K, group, stream);
-      break;
+      return launch_gemv<D, 3, kSwiglu>(x, ps, K, group, stream);
     default:
-      launch_gemv<D, 4, kSwiglu>(x, ps, K, group, stream);
-      break;
+      return launch_gemv<D, 4, kSwiglu>(x, ps, K, group, stream);
   }
 }
 
@@ -532,18 +596,20 @@ cudaError_t quant_launch(const float* x, int T, const void* const* data, const v
   if (T > kGemvMaxT || !x || !plan_launch<kSwiglu>(data, scales, N, y, parts, wt, K, group, n_sms, &ps))
     return cudaErrorInvalidValue;
   ps.prefetch = pdl_enabled();
+  ps.vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  cudaError_t err;
   switch (wt) {
     case DType::Q8:
-      launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, stream);
+      err = launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, stream);
       break;
     case DType::NF4:
-      launch_gemv_t<DType::NF4, kSwiglu>(x, T, ps, K, group, stream);
+      err = launch_gemv_t<DType::NF4, kSwiglu>(x, T, ps, K, group, stream);
       break;
     default:
-      launch_gemv_t<DType::Q4, kSwiglu>(x, T, ps, K, group, stream);
+      err = launch_gemv_t<DType::Q4, kSwiglu>(x, T, ps, K, group, stream);
       break;
   }
-  return cudaGetLastError();
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <DType D>

@@ -252,6 +252,20 @@ quant)
   if [ $HAVE_GPU != 1 ]; then note "quant: skipped (no GPU)"; continue; fi
   timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json --quant-list int8,nf4,int4 \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_quant.jsonl" || echo "bench --quant-list failed"
+  # QUANT_AB=1: again with x read from global memory instead of the shared-memory copy (kernels/quant_gemv.cu).
+  if [ "${QUANT_AB:-0}" = 1 ]; then
+    MISTRAL_CUDA_QUANT_STAGE=0 timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
+      --quant-list int8,nf4,int4 --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_quant_nostage.jsonl" ||
+      echo "bench --quant-list (no staging) failed"
+    python3 - "$OUTDIR/ours_quant_nostage.jsonl" <<'PY' | tee -a "$SUMMARY"
+import json, sys
+for line in open(sys.argv[1]):
+    if line.strip():
+        o = json.loads(line)
+        print(f"quant {o['quant']:<5} without the x copy: decode {o['decode_tok_s']:7.1f} tok/s = "
+              f"{o['decode_speedup']:.2f}x fp16")
+PY
+  fi
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 goal = {"int8": 1.6, "nf4": 2.5, "int4": 2.5}

@@ -28,11 +28,13 @@ using namespace mistral::cuda;
 namespace {
 
 int g_failures = 0;
+int g_last_mode = 0;  // x mode of the last emulated launch
+const char* mode_name(int m) { return m == kXStaged ? "staged" : m == kXVec4 ? "float4" : "scalar"; }
 
 // quant_gemv_kernel's grid, one block after another: lanes summed in order (for the shuffle reduction),
 // then the split partials and the outputs, by the kernel's own functions.
-template <DType D, int T, bool V, bool kSwiglu>
-void emulate_launch(const float* x, const QuantParts& ps, int K, int group) {
+template <DType D, int T, int kX, bool kSwiglu>
+void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, int group) {
   const int blocks = ps.first_block[kSwiglu ? 1 : ps.count];
   const int gshift = group_shift(group);
   const CodeTable codes = code_table(D);
@@ -44,8 +46,8 @@ void emulate_launch(const float* x, const QuantParts& ps, int K, int group) {
       for (int lane = 0; lane < 32; ++lane) {
         float acc[kRows][T] = {};
         if (j.pair < pairs_of<kSwiglu>(ps.part[j.part].n))
-          lane_dot<D, T, V>(x, row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group), codes.v, K, group, gshift,
-                            (warp % j.split) * 32 + lane, j.split * 32, acc);
+          lane_dot<D, T, kX>(x, xstride, row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group), codes.v, K, group,
+                             gshift, (warp % j.split) * 32 + lane, j.split * 32, acc);
         for (int r = 0; r < kRows; ++r)
           for (int t = 0; t < T; ++t) sum[r][t] += acc[r][t];
       }
@@ -54,6 +56,28 @@ void emulate_launch(const float* x, const QuantParts& ps, int K, int group) {
     }
     for (int i = 0; i < kThreads; ++i) write_output<D, T, kSwiglu>(ps, warp_job<kSwiglu>(ps, b, i / 32), part, i);
   }
+}
+
+// quant_gemv_kernel's grid, one block after another: lanes summed in order (for the shuffle reduction),
+// then the split partials and the outputs, by the kernel's own functions; x staged in an exact-size
+// copy laid out as stage_x lays it out (its padding NaN, so that reading it shows) when the launcher
+// would stage it. Returns the x mode.
+template <DType D, int T, bool kSwiglu>
+int emulate_launch(const float* x, const QuantParts& ps, int K, int group) {
+  if (stage_bytes(T, K) > 0) {
+    const int stride = staged_stride(K);
+    std::vector<float> xs(size_t(T) * size_t(stride), NAN);
+    for (int t = 0; t < T; ++t)
+      for (int e = 0; e < K; ++e) xs[size_t(t) * stride + size_t(staged_index(e))] = x[size_t(t) * K + e];
+    emulate_blocks<D, T, kXStaged, kSwiglu>(xs.data(), stride, ps, K, group);
+    return kXStaged;
+  }
+  if (ps.vec_x) {
+    emulate_blocks<D, T, kXVec4, kSwiglu>(x, K, ps, K, group);
+    return kXVec4;
+  }
+  emulate_blocks<D, T, kXScalar, kSwiglu>(x, K, ps, K, group);
+  return kXScalar;
 }
 
 // Plans and emulates one launch as quant_gemv_multi_cuda / quant_gemv_swiglu_cuda do; returns part 0's split.
@@ -67,10 +91,8 @@ int emulate(const float* x, const void* const* data, const void* const* scales, 
     ++g_failures;
     return 0;
   }
-  if (K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
-    emulate_launch<D, T, true, kSwiglu>(x, ps, K, group);
-  else
-    emulate_launch<D, T, false, kSwiglu>(x, ps, K, group);
+  ps.vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  g_last_mode = emulate_launch<D, T, kSwiglu>(x, ps, K, group);
   return ps.part[0].split;
 }
 
@@ -116,8 +138,25 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
   for (size_t i = 0; i < size_t(T) * K; ++i) x[i] = nd(rng);
   float* y = static_cast<float*>(std::malloc(size_t(T) * N * sizeof(float)));
   for (size_t i = 0; i < size_t(T) * N; ++i) y[i] = NAN;
-  const bool vec = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   const int split = emulate_gemv<D, T>(x, w.data, w.scales, N, K, y, n_sms);
+  if (g_last_mode == kXStaged) {  // the shared-memory copy must not change a bit: x read from global memory
+    std::vector<float> y2(size_t(T) * N, NAN);
+    QuantParts ps;
+    const void* d = w.data;
+    const void* sc = w.scales;
+    float* yp = y2.data();
+    const int group = int(quant_group(D, K));
+    if (plan_launch<false>(&d, &sc, &N, &yp, 1, D, K, group, n_sms, &ps)) {
+      if (K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+        emulate_blocks<D, T, kXVec4, false>(x, K, ps, K, group);
+      else
+        emulate_blocks<D, T, kXScalar, false>(x, K, ps, K, group);
+      for (size_t i = 0; i < y2.size(); ++i)
+        if (std::memcmp(&y2[i], &y[i], 4) != 0 && g_failures++ < 10)
+          std::printf("FAIL staged %s T %d N %d K %d: y[%zu] = %g, from global x %g\n", dtype_name(D), T, N, K, i,
+                      y[i], y2[i]);
+    }
+  }
   double worst = 0;
   for (int n = 0; n < N; ++n) {
     const std::vector<float> r = w.row(n);
@@ -135,7 +174,7 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
     }
   }
   std::printf("gemv    %-4s T %d N %4d K %5d split %d x %s  max |d| / sum|xw| %.1e\n", dtype_name(D), T, N, K, split,
-              vec ? "float4" : "scalar", worst);
+              mode_name(g_last_mode), worst);
   std::free(xbuf);
   std::free(y);
 }
