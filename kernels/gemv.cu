@@ -110,19 +110,15 @@ __device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* _
   for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);  // every lane holds the sums
 }
 
-// Before pdl_wait, in launches with programmatic dependence only (pdl.cuh): the warp asks L2 for the
-// first kPrefetchLines 128-byte lines of each lane's share of a weight row (8 KB a row: the rows of the
-// blocks resident at once fit in L2). Done on every launch, a whole-row prefetch (32 KB) coincided with
-// 7B fp16 decode falling from 202 to 166 tok/s on an H200 (the resident rows no longer fit in L2).
-constexpr int kPrefetchLines = 2;
-__device__ __forceinline__ void prefetch_row(const void* row, size_t bytes) {
-  const char* b = static_cast<const char*>(row);
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int u = 0; u < kPrefetchLines; ++u) {
-    const size_t off = size_t(lane + 32 * u) * 128;
-    if (off < bytes) prefetch_l2(b + off);
-  }
+// Before pdl_wait, in launches with programmatic dependence only (pdl.cuh): lanes first .. first + n - 1
+// of the warp each ask L2 for one 128-byte line of the start of a weight row (lane first: line 0), which
+// the first loads of gemv_dot will want. Kept small: the point is to cover DRAM latency while the
+// kernel before finishes, and every warp of the grid runs it (4 KB a warp: ~34 MB for all warps that
+// can be resident at once, under L2's 50 MB). A whole-row prefetch (up to 32 KB a warp) run on every
+// launch coincided with 7B fp16 decode falling from 202 to 166 tok/s on an H200.
+__device__ __forceinline__ void prefetch_lines(const void* row, size_t bytes, int first, int n) {
+  const int i = int(threadIdx.x & 31) - first;
+  if (i >= 0 && i < n && size_t(i) * 128 < bytes) prefetch_l2(static_cast<const char*>(row) + size_t(i) * 128);
 }
 
 template <typename W, int T, bool kVector>
@@ -143,8 +139,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* _
   const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;  // this warp reads and writes nothing
   if (prefetch) {
-    prefetch_row(Wg + size_t(n) * K, size_t(K) * sizeof(W));
-    prefetch_row(Wu + size_t(n) * K, size_t(K) * sizeof(W));
+    prefetch_lines(Wg + size_t(n) * K, size_t(K) * sizeof(W), 0, 16);
+    prefetch_lines(Wu + size_t(n) * K, size_t(K) * sizeof(W), 16, 16);
   }
   pdl_wait();
   float g[T], u[T];
@@ -161,7 +157,7 @@ struct GemvParts {
   int n[kGemvMaxParts];
   int first_block[kGemvMaxParts + 1];  // part i has blocks first_block[i] .. first_block[i + 1] - 1
   int count;
-  bool prefetch;  // launched with programmatic dependence: prefetch_row before pdl_wait
+  bool prefetch;  // launched with programmatic dependence: prefetch_lines before pdl_wait
 };
 
 template <typename W, int T, bool kVector>
@@ -171,7 +167,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   while (i + 1 < p.count && int(blockIdx.x) >= p.first_block[i + 1]) ++i;
   const int n = (int(blockIdx.x) - p.first_block[i]) * kWarps + (threadIdx.x >> 5);
   if (n >= p.n[i]) return;  // this warp reads and writes nothing
-  if (p.prefetch) prefetch_row(static_cast<const W*>(p.w[i]) + size_t(n) * K, size_t(K) * sizeof(W));
+  if (p.prefetch) prefetch_lines(static_cast<const W*>(p.w[i]) + size_t(n) * K, size_t(K) * sizeof(W), 0, 32);
   pdl_wait();
   gemv_row<W, T, kVector>(x, static_cast<const W*>(p.w[i]), p.n[i], K, n, p.y[i]);
 }
