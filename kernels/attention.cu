@@ -459,11 +459,13 @@ constexpr size_t kFaQBytes = size_t(kFaQ) * kFaHP * 2, kFaKBytes = size_t(kFaK) 
 constexpr size_t kFaBytes = kFaQBytes + kFaKBytes + size_t(kFaD) * kFaVP * 2;
 
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
@@ -485,6 +487,7 @@ __global__ void __launch_bounds__(kFaThreads, 3)
     attention_fa_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                         const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p, int T,
                         float* __restrict__ out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // mma.sync m16n8k16 (fa_supported checks the device)
   if (p.d_start) start = *p.d_start;
   extern __shared__ __align__(128) unsigned char fa_smem[];
   __half* Qs = reinterpret_cast<__half*>(fa_smem);
@@ -524,8 +527,9 @@ __global__ void __launch_bounds__(kFaThreads, 3)
   for (int64_t kb = j_lo; kb <= pos_hi; kb += kFaK) {
     __syncthreads();  // every warp is done with the last K and V tiles (and Q is stored, first time)
     {
-      // Cache row of key j < start: (kb % slots + r) wrapped, one 64-bit modulo per tile.
-      const int64_t kb_mod = kb % p.slots;
+      // Cache row of key j < start: (kb % slots + r) wrapped, one 64-bit modulo per tile (only when the
+      // tile reaches into the cache: slots may be 0 without one).
+      const int64_t kb_mod = kb < start ? kb % p.slots : 0;
       constexpr int kB = kPer / 4;  // batches of 4 K and 4 V loads in flight (registers: 3 blocks per SM)
       float4 kx[kB], vx[kB];
 #pragma unroll
@@ -578,7 +582,11 @@ __global__ void __launch_bounds__(kFaThreads, 3)
     // most the row's position and, with a window, inside it. A tile wholly below the block's first
     // query and inside every row's window needs no mask.
     const bool whole = kb + kFaK - 1 <= pos0 && (p.window <= 0 || kb > pos_hi - p.window);
-    const int jr0 = int(kb - pos0);  // key offset from the block's first position (|.| < window + 64)
+    // Key offset from the block's first position: |.| < window + 64 with a window; without one, every
+    // key more than a tile below pos0 is valid for every row, so the offset is clamped there (an int
+    // even past 2^31 positions).
+    const int64_t jd = kb - pos0;
+    const int jr0 = int(p.window > 0 || jd > -(kFaK + 1) ? jd : -(kFaK + 1));
 #pragma unroll
     for (int n = 0; n < kFaK / 8; ++n)
 #pragma unroll
@@ -640,14 +648,29 @@ __global__ void __launch_bounds__(kFaThreads, 3)
     for (int n = 0; n < kFaD / 8; ++n)
       *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[n][2 * hr] * inv, o[n][2 * hr + 1] * inv);
   }
+#endif
 }
 
-// Preconditions of attention_fa_kernel: head_dim 128, every q/k/v/cache row 16-byte aligned.
-bool fa_supported(const float* q, const float* k, const float* v, const float* ck, const float* cv,
+// Compute capability major of the current device (read once per process).
+int device_major() {
+  static const int major = [] {
+    int dev = 0, m = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, dev) !=
+                                                 cudaSuccess)
+      return 0;
+    return m;
+  }();
+  return major;
+}
+
+// Preconditions of attention_fa_kernel: sm_80 or newer, head_dim 128, every q/k/v/cache/out row 16-byte
+// aligned.
+bool fa_supported(const float* q, const float* k, const float* v, const float* ck, const float* cv, const float* out,
                   const AttnParams& p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(k) |
-                      reinterpret_cast<uintptr_t>(v) | reinterpret_cast<uintptr_t>(ck) | reinterpret_cast<uintptr_t>(cv);
-  return p.head_dim == kFaD && (a & 15u) == 0;
+                      reinterpret_cast<uintptr_t>(v) | reinterpret_cast<uintptr_t>(ck) |
+                      reinterpret_cast<uintptr_t>(cv) | reinterpret_cast<uintptr_t>(out);
+  return p.head_dim == kFaD && (a & 15u) == 0 && device_major() >= 8;
 }
 
 // One launch of a tiled attention kernel: grid (query tiles, query heads), `bytes` of dynamic shared
@@ -697,7 +720,7 @@ cudaError_t attention_cuda(const float* q, const float* k, const float* v, const
   if (p.half) {
     if (p.head_dim <= 32) return launch_tc<32>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
     if (p.head_dim <= 64) return launch_tc<64>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
-    if (fa_supported(q, k, v, cache_k, cache_v, p))
+    if (fa_supported(q, k, v, cache_k, cache_v, out, p))
       return launch_tiles<attention_fa_kernel>(kFaBytes, kFaQ, kFaThreads, q, k, v, cache_k, cache_v, T, start, p, out,
                                                stream);
     if (p.head_dim <= 128) return launch_tc<128>(q, k, v, cache_k, cache_v, T, start, p, out, stream);

@@ -300,6 +300,7 @@ int run_bench(const BenchArgs& a) {
     std::vector<int32_t> prompt(size_t(a.prompt_tokens));
     for (auto& id : prompt) id = int32_t(rng() % uint32_t(c.vocab_size));
 
+    base_m.prefill = base_m.decode = 1e30;  // each entry's baseline: the repetitions alternating with it
     for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
       if (compare) time_once(base_m, prompt, a.gen_tokens);
       time_once(main_m, prompt, a.gen_tokens);

@@ -344,9 +344,14 @@ class CudaBackend final : public Backend {
   const void* convert_x(const float* x, int T, int K, DType at) {
     const size_t need = size_t(T) * size_t(K) * 2;
     if (need > conv_cap_) {
+      // Prefill only (T > kGemvMaxT): recorded decode steps never get here.
+      if (capturing_) throw Error("internal: conversion scratch grew during graph capture");
+      MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // an earlier product may still read the old one
       if (conv_) MR_CUDA_CHECK(cudaFree(conv_));
+      conv_ = nullptr;
+      conv_cap_ = 0;
+      MR_CUDA_CHECK(cudaMalloc(&conv_, need * 2));
       conv_cap_ = need * 2;
-      MR_CUDA_CHECK(cudaMalloc(&conv_, conv_cap_));
     }
     MR_LAUNCH_CHECK(convert_cuda(x, conv_, at, size_t(T) * size_t(K), stream_), stream_);
     return conv_;
