@@ -340,19 +340,22 @@ class CudaBackend final : public Backend {
   // are dequantized to fp16).
   static DType gemm_dtype(DType t) { return is_quantized(t) ? DType::F16 : t; }
 
+  // Replaces the prefill scratch *buf (capacity *cap) by one of `bytes`. Prefill only (T > kGemvMaxT):
+  // recorded decode steps never get here. An earlier product may still read the old buffer: synchronize.
+  void grow_scratch(void** buf, size_t* cap, size_t bytes, const char* what) {
+    if (capturing_) throw Error(std::string("internal: ") + what + " scratch grew during graph capture");
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (*buf) MR_CUDA_CHECK(cudaFree(*buf));
+    *buf = nullptr;
+    *cap = 0;
+    MR_CUDA_CHECK(cudaMalloc(buf, bytes));
+    *cap = bytes;
+  }
+
   // x [T, K] rounded to `at` (F16 or BF16) in the conversion scratch; returns the scratch.
   const void* convert_x(const float* x, int T, int K, DType at) {
     const size_t need = size_t(T) * size_t(K) * 2;
-    if (need > conv_cap_) {
-      // Prefill only (T > kGemvMaxT): recorded decode steps never get here.
-      if (capturing_) throw Error("internal: conversion scratch grew during graph capture");
-      MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // an earlier product may still read the old one
-      if (conv_) MR_CUDA_CHECK(cudaFree(conv_));
-      conv_ = nullptr;
-      conv_cap_ = 0;
-      MR_CUDA_CHECK(cudaMalloc(&conv_, need * 2));
-      conv_cap_ = need * 2;
-    }
+    if (need > conv_cap_) grow_scratch(&conv_, &conv_cap_, need * 2, "conversion");
     MR_LAUNCH_CHECK(convert_cuda(x, conv_, at, size_t(T) * size_t(K), stream_), stream_);
     return conv_;
   }
@@ -365,16 +368,7 @@ class CudaBackend final : public Backend {
     const void* A = W.data;
     if (is_quantized(W.dtype)) {
       const size_t bytes = size_t(N) * size_t(K) * 2;
-      if (bytes > deq_cap_) {
-        // Prefill only (T > kGemvMaxT): recorded decode steps (T == 1) never get here.
-        if (capturing_) throw Error("internal: dequantization scratch grew during graph capture");
-        MR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // an earlier product may still read the old one
-        if (deq_) MR_CUDA_CHECK(cudaFree(deq_));
-        deq_ = nullptr;
-        deq_cap_ = 0;
-        MR_CUDA_CHECK(cudaMalloc(&deq_, bytes));
-        deq_cap_ = bytes;
-      }
+      if (bytes > deq_cap_) grow_scratch(&deq_, &deq_cap_, bytes, "dequantization");
       MR_LAUNCH_CHECK(dequantize_f16_cuda(W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), deq_, stream_),
                       stream_);
       A = deq_;
