@@ -20,7 +20,8 @@
 # pdl:      programmatic dependent launch (MISTRAL_CUDA_PDL=1): model tests with it, decode off vs on
 #           on the bench phase's checkpoint (run after bench in the same call), quantized decode with it.
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
-#           prefill: time and DRAM GB/s by kernel (tools/ncu_summary.py), to show where the time goes.
+#           prefill: time and DRAM GB/s by kernel (tools/ncu_summary.py), to show where the time goes;
+#           PROFILE_QUANT=int4 (int8, nf4) adds a decode step of that format.
 # Without a GPU it dry-runs: each GPU step says it skipped and why. Everything is logged to
 # gpu-check.log (in gpu-check-out/ when $OUT is unset); each phase appends its result to
 # summary.txt at once, and the summary is printed last.
@@ -346,6 +347,18 @@ profile)
   echo "ncu exit $?"
   echo "prefill of 2048 tokens:" | tee -a "$SUMMARY"
   python3 tools/ncu_summary.py "$OUTDIR/ncu_prefill.csv" | tee -a "$SUMMARY"
+  # PROFILE_QUANT=int4 (or int8, nf4): one decode step of that format too. bench --quant runs the fp16
+  # baseline first (a 16-token prefill and 16 eager steps, ~5,200 launches), then the quantized model's
+  # prefill (~750): skipping 6,500 lands in its decode steps (the kernel names show which).
+  if [ -n "${PROFILE_QUANT:-}" ]; then
+    timeout 240 ncu --clock-control none --print-units base --csv --launch-skip 6500 --launch-count 430 \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      "$BIN/mistral-run" bench $SYN7B --quant "$PROFILE_QUANT" --device cuda --skip-bandwidth --no-graph \
+      --prompt-tokens 16 --gen-tokens 16 --reps 1 >"$OUTDIR/ncu_quant.csv" 2>"$OUTDIR/ncu_quant.err"
+    echo "ncu exit $?"
+    echo "decode step, $PROFILE_QUANT weights:" | tee -a "$SUMMARY"
+    python3 tools/ncu_summary.py "$OUTDIR/ncu_quant.csv" | tee -a "$SUMMARY"
+  fi
   ;;
 *) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, profile)";;
 esac; done
