@@ -473,6 +473,11 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// The same, saturated at +-65504 first (as to_half_sat: q, k and v never become inf).
+__device__ __forceinline__ uint32_t pack_half2_sat(float lo, float hi) {
+  return pack_half2(fminf(fmaxf(lo, -65504.f), 65504.f), fminf(fmaxf(hi, -65504.f), 65504.f));
+}
+
 __device__ __forceinline__ uint32_t lds32(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // The block's loads of a 64 x 128 tile (16 float4 per thread): load u of thread tid takes row
@@ -512,8 +517,8 @@ __global__ void __launch_bounds__(kFaThreads, 3)
     for (int u = 0; u < kPer; ++u) {
       const int r = rb + fa_row(u), d = db + fa_dim(u);
       uint32_t* dst = reinterpret_cast<uint32_t*>(Qs + r * kFaHP + d);
-      dst[0] = pack_half2(fminf(fmaxf(x[u].x, -65504.f), 65504.f), fminf(fmaxf(x[u].y, -65504.f), 65504.f));
-      dst[1] = pack_half2(fminf(fmaxf(x[u].z, -65504.f), 65504.f), fminf(fmaxf(x[u].w, -65504.f), 65504.f));
+      dst[0] = pack_half2_sat(x[u].x, x[u].y);
+      dst[1] = pack_half2_sat(x[u].z, x[u].w);
     }
   }
   const int64_t pos0 = start + q0, pos_hi = pos0 + nq - 1;
@@ -554,8 +559,8 @@ __global__ void __launch_bounds__(kFaThreads, 3)
         for (int u = 0; u < kB; ++u) {
           const int r = rb + fa_row(half * kB + u), d = db + fa_dim(half * kB + u);
           uint32_t* kd = reinterpret_cast<uint32_t*>(Ks + r * kFaHP + d);
-          kd[0] = pack_half2(fminf(fmaxf(kx[u].x, -65504.f), 65504.f), fminf(fmaxf(kx[u].y, -65504.f), 65504.f));
-          kd[1] = pack_half2(fminf(fmaxf(kx[u].z, -65504.f), 65504.f), fminf(fmaxf(kx[u].w, -65504.f), 65504.f));
+          kd[0] = pack_half2_sat(kx[u].x, kx[u].y);
+          kd[1] = pack_half2_sat(kx[u].z, kx[u].w);
           Vt[(d + 0) * kFaVP + r] = to_half_sat(vx[u].x);
           Vt[(d + 1) * kFaVP + r] = to_half_sat(vx[u].y);
           Vt[(d + 2) * kFaVP + r] = to_half_sat(vx[u].z);

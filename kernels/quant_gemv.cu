@@ -140,7 +140,7 @@ struct QuantParts {
   int first_block[kGemvMaxParts + 1];
   int count;
   bool prefetch;  // launched with programmatic dependence: first chunks to L2 before pdl_wait
-  bool vec_x;     // kXStaged: x is copied by float4 (K % 4 == 0, x 16-byte aligned)
+  bool vec_x;     // K % 4 == 0 and x 16-byte aligned: x read (kXVec4) or copied (kXStaged) by float4
 };
 
 
@@ -557,13 +557,16 @@ cudaError_t launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, in
   }
 }
 
-// Plans one launch over `parts` matrices (a SwiGLU's two: gate, up): false when an argument is invalid.
+// Plans one launch of x over `parts` matrices (a SwiGLU's two: gate, up): false when an argument is
+// invalid.
 template <bool kSwiglu>
-bool plan_launch(const void* const* data, const void* const* scales, const int* N, float* const* y, int parts,
-                 DType wt, int K, int group, int n_sms, QuantParts* ps) {
-  if (n_sms <= 0 || parts <= 0 || parts > kGemvMaxParts || (kSwiglu && parts != 2)) return false;
+bool plan_launch(const float* x, const void* const* data, const void* const* scales, const int* N, float* const* y,
+                 int parts, DType wt, int K, int group, int n_sms, QuantParts* ps) {
+  if (!x || n_sms <= 0 || parts <= 0 || parts > kGemvMaxParts || (kSwiglu && parts != 2)) return false;
   *ps = QuantParts{};
   ps->count = parts;
+  ps->prefetch = pdl_enabled();
+  ps->vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int i = 0; i < parts; ++i) {
     if (N[i] < 0 || (N[i] > 0 && !y[i]) || !layout_ok(wt, data[i], scales[i], K, group)) return false;
     if (kSwiglu && i > 0) {  // the up matrix: part 0's rows, split and blocks
@@ -593,10 +596,8 @@ cudaError_t quant_launch(const float* x, int T, const void* const* data, const v
                          float* const* y, int parts, DType wt, int K, int group, int n_sms, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   QuantParts ps;
-  if (T > kGemvMaxT || !x || !plan_launch<kSwiglu>(data, scales, N, y, parts, wt, K, group, n_sms, &ps))
+  if (T > kGemvMaxT || !plan_launch<kSwiglu>(x, data, scales, N, y, parts, wt, K, group, n_sms, &ps))
     return cudaErrorInvalidValue;
-  ps.prefetch = pdl_enabled();
-  ps.vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   cudaError_t err;
   switch (wt) {
     case DType::Q8:

@@ -86,12 +86,11 @@ int emulate(const float* x, const void* const* data, const void* const* scales, 
             int parts, int K, int n_sms) {
   const int group = int(quant_group(D, K));
   QuantParts ps;
-  if (!plan_launch<kSwiglu>(data, scales, N, y, parts, D, K, group, n_sms, &ps)) {
+  if (!plan_launch<kSwiglu>(x, data, scales, N, y, parts, D, K, group, n_sms, &ps)) {
     std::printf("FAIL: plan_launch refused a valid launch\n");
     ++g_failures;
     return 0;
   }
-  ps.vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   g_last_mode = emulate_launch<D, T, kSwiglu>(x, ps, K, group);
   return ps.part[0].split;
 }
@@ -146,8 +145,8 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
     const void* sc = w.scales;
     float* yp = y2.data();
     const int group = int(quant_group(D, K));
-    if (plan_launch<false>(&d, &sc, &N, &yp, 1, D, K, group, n_sms, &ps)) {
-      if (K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+    if (plan_launch<false>(x, &d, &sc, &N, &yp, 1, D, K, group, n_sms, &ps)) {
+      if (ps.vec_x)
         emulate_blocks<D, T, kXVec4, false>(x, K, ps, K, group);
       else
         emulate_blocks<D, T, kXScalar, false>(x, K, ps, K, group);

@@ -84,9 +84,8 @@ double decode_bytes(const Model& m) {
 }
 
 // Batched decode (--batch) of the model under test, then its figures: one JSON line, or text.
-void report(const BenchArgs& a, Backend& be_ref, const Bandwidth& bw, Timed& main_m, const Timed* base, const LoadOptions& lo,
+void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m, const Timed* base, const LoadOptions& lo,
             const SessionOptions& so, const std::vector<int32_t>& prompt) {
-  Backend* be = &be_ref;
   const bool compare = base != nullptr;
   const Timed& base_m = *(compare ? base : &main_m);
   const int threads = cpu_backend_threads(*be);
@@ -264,12 +263,17 @@ int run_bench(const BenchArgs& a) {
                  lo.quant != Quant::None ? quant_name(lo.quant) : "");
     return Model::random(synth, dt, 1234, lo.quant, lo.quant_lm_head);
   };
+  SessionOptions so;
+  so.chunk = a.model.chunk;
+  so.graphs = !a.model.no_graph;
+  so.context = std::max<int64_t>(a.model.ctx, a.prompt_tokens + a.gen_tokens + 1);
   Timed base_m;
   if (compare) {
     LoadOptions full = options_for(quants[0]);
     full.quant = Quant::None;
     full.quant_lm_head = false;
     base_m.model = build(full);
+    base_m.session.reset(new Session(*base_m.model, *be, so));
   }
   const int threads = cpu_backend_threads(*be);
   const bool on_cpu = threads > 0;  // else a device backend: its own memory is what decode reads
@@ -290,12 +294,7 @@ int run_bench(const BenchArgs& a) {
     Timed& main_m = mains[qi];
     main_m.model = build(lo);
     const ModelConfig& c = main_m.model->config();
-    SessionOptions so;
-    so.chunk = a.model.chunk;
-    so.graphs = !a.model.no_graph;
-    so.context = std::max<int64_t>(a.model.ctx, a.prompt_tokens + a.gen_tokens + 1);
     main_m.session.reset(new Session(*main_m.model, *be, so));
-    if (compare && !base_m.session) base_m.session.reset(new Session(*base_m.model, *be, so));
     std::mt19937 rng(7);
     std::vector<int32_t> prompt(size_t(a.prompt_tokens));
     for (auto& id : prompt) id = int32_t(rng() % uint32_t(c.vocab_size));
@@ -306,7 +305,7 @@ int run_bench(const BenchArgs& a) {
       time_once(main_m, prompt, a.gen_tokens);
     }
     main_m.session.reset();  // its cache; the model stays (see above)
-    report(a, *be, bw, main_m, compare ? &base_m : nullptr, lo, so, prompt);
+    report(a, be.get(), bw, main_m, compare ? &base_m : nullptr, lo, so, prompt);
   }
   return 0;
 }

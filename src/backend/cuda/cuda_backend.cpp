@@ -387,8 +387,7 @@ class CudaBackend final : public Backend {
       // type and on K (bit for bit what matmul does one product at a time).
       bool shared = true;
       for (int i = 1; i < n; ++i)
-        shared = shared && W[i]->cols == W[0]->cols && W[i]->dtype != DType::F32 &&
-                 gemm_dtype(W[i]->dtype) == gemm_dtype(W[0]->dtype);
+        shared = shared && W[i]->cols == W[0]->cols && gemm_dtype(W[i]->dtype) == gemm_dtype(W[0]->dtype);
       if (shared) {
         const void* xc = convert_x(x, T, int(W[0]->cols), gemm_dtype(W[0]->dtype));
         for (int i = 0; i < n; ++i) gemm16(xc, T, *W[i], y[i]);
