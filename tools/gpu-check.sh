@@ -16,7 +16,8 @@
 #           greedy-token agreement up to the first near-tie.
 # batch:    batched greedy output equal to each prompt alone at batch sizes 1, 3, 8 (stories260K given a
 #           window of 16; tools/batch_equivalence.py), and output tok/s at 64 sequences vs 1 (7B shape).
-# quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process.
+# quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process
+#           (QUANT_LIST=int8,int4 picks some).
 # pdl:      programmatic dependent launch (MISTRAL_CUDA_PDL=1): model tests with it, decode off vs on
 #           on the bench phase's checkpoint (run after bench in the same call), quantized decode with it.
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
@@ -251,12 +252,13 @@ quant)
   # model with it), best of 3 repetitions.
   step "quant: 7B-shape decode, int8 / nf4 / int4 vs fp16"
   if [ $HAVE_GPU != 1 ]; then note "quant: skipped (no GPU)"; continue; fi
-  timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json --quant-list int8,nf4,int4 \
+  QL=${QUANT_LIST:-int8,nf4,int4}
+  timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json --quant-list "$QL" \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_quant.jsonl" || echo "bench --quant-list failed"
   # QUANT_AB=1: again with x read from global memory instead of the shared-memory copy (kernels/quant_gemv.cu).
   if [ "${QUANT_AB:-0}" = 1 ]; then
     MISTRAL_CUDA_QUANT_STAGE=0 timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
-      --quant-list int8,nf4,int4 --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_quant_nostage.jsonl" ||
+      --quant-list "$QL" --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_quant_nostage.jsonl" ||
       echo "bench --quant-list (no staging) failed"
     python3 - "$OUTDIR/ours_quant_nostage.jsonl" <<'PY' | tee -a "$SUMMARY"
 import json, sys
@@ -280,6 +282,8 @@ except Exception as e:
     print(f"quant: no results ({e})")
 for q in ("int8", "nf4", "int4"):
     o = got.get(q)
+    if o is None and q not in os.environ.get("QUANT_LIST", "int8,nf4,int4").split(","):
+        continue
     if o is None:
         print(f"quant {q}: no result")
         continue
@@ -339,14 +343,15 @@ profile)
   echo "ncu exit $?"
   echo "decode step:" | tee -a "$SUMMARY"
   python3 tools/ncu_summary.py "$OUTDIR/ncu.csv" | tee -a "$SUMMARY"
-  # And a whole 2048-token prefill (one chunk): GEMMs, attention and the rest.
-  timeout 240 ncu --clock-control none --print-units base --csv --launch-count 900 \
+  # And a whole 2048-token prefill (one chunk): GEMMs, attention and the rest (PROFILE_PREFILL=0 skips it).
+  [ "${PROFILE_PREFILL:-1}" = 0 ] || timeout 240 ncu --clock-control none --print-units base --csv --launch-count 900 \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --prompt-tokens 2048 --chunk 2048 \
     --gen-tokens 1 --reps 1 >"$OUTDIR/ncu_prefill.csv" 2>"$OUTDIR/ncu_prefill.err"
-  echo "ncu exit $?"
-  echo "prefill of 2048 tokens:" | tee -a "$SUMMARY"
-  python3 tools/ncu_summary.py "$OUTDIR/ncu_prefill.csv" | tee -a "$SUMMARY"
+  if [ "${PROFILE_PREFILL:-1}" != 0 ]; then
+    echo "prefill of 2048 tokens:" | tee -a "$SUMMARY"
+    python3 tools/ncu_summary.py "$OUTDIR/ncu_prefill.csv" | tee -a "$SUMMARY"
+  fi
   # PROFILE_QUANT=int4 (or int8, nf4): one decode step of that format too. bench --quant runs the fp16
   # baseline first (a 16-token prefill and 16 eager steps, ~5,200 launches), then the quantized model's
   # prefill (~750): skipping 6,500 lands in its decode steps (the kernel names show which).
