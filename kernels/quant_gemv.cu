@@ -55,6 +55,7 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 2;  // output rows per warp
+constexpr int kDefaultWarpsPerSm = 32;  // gemv_split's target
 
 struct CodeTable {  // NF4's code values, passed by value to the kernels
   float v[16];
@@ -139,7 +140,6 @@ struct QuantParts {
   QuantPart part[kGemvMaxParts];
   int first_block[kGemvMaxParts + 1];
   int count;
-  bool prefetch;  // launched with programmatic dependence: first chunks to L2 before pdl_wait
   bool vec_x;     // K % 4 == 0 and x 16-byte aligned: x read (kXVec4) or copied (kXStaged) by float4
 };
 
@@ -286,37 +286,47 @@ MR_QFN void chunk_dot(const float* __restrict__ x, int xstride, const uint4 (&q)
 
 // 16-byte chunks of each row a lane loads before using any: all of its chunks when it has at most this
 // many (a lane of a 4096-wide 4-bit row split over two warps has two), so every load is in flight at
-// once (a loop that prefetched only whole groups of four left such lanes one chunk at a time). Measured
-// on an H200, this and the fused launches did not move 7B-shape 4-bit decode (169 tok/s, ~0.8 TB/s of
-// weights, before and after): what limits these kernels is still to be profiled.
+// once (a loop that prefetched only whole groups of four left such lanes one chunk at a time). On an
+// H200 this and the fused launches did not move 7B-shape 4-bit decode (169 tok/s, ~0.8 TB/s of
+// weights); the shared-memory copy of x did (265 tok/s; ncu: 1.2 TB/s over the GEMVs' time, each block
+// waiting first on the copy and then on its weights, hence the first batch issued before the copy).
 constexpr int kPrefetch = 4;
 
+// One lane's batch of chunks c, c + c_stride, ..., kPrefetch of them below `full` (the whole chunks of a
+// row; the rest are zero and never used), of both rows.
+template <DType D>
+MR_QFN void load_batch(const RowPair& rp, int c, int c_stride, int full, uint4 (&q)[kPrefetch][kRows]) {
+#pragma unroll
+  for (int u = 0; u < kPrefetch; ++u)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int cu = c + u * c_stride;
+      q[u][r] = cu < full ? rp.row[r][cu] : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
 // One lane's share of the row pair: chunks c_first, c_first + c_stride, ... below ceil(K / E), summed in
-// that order. acc is added to.
+// that order. q holds the first batch, loaded by load_batch<D>(rp, c_first, c_stride, K / E, q) before
+// the call: the kernel issues it before copying x to shared memory, so that the weights' DRAM latency
+// and the copy's overlap. acc is added to.
 template <DType D, int T, int kX>
-MR_QFN void lane_dot(const float* __restrict__ x, int xstride, const RowPair& rp, const float* lut, int K, int group,
-                     int gshift, int c_first, int c_stride, float (&acc)[kRows][T]) {
+MR_QFN void lane_dot(const float* __restrict__ x, int xstride, const RowPair& rp, uint4 (&q)[kPrefetch][kRows],
+                     const float* lut, int K, int group, int gshift, int c_first, int c_stride,
+                     float (&acc)[kRows][T]) {
   constexpr int E = Format<D>::kElems;
   const int chunks = (K + E - 1) / E, full = K / E;  // chunks per row (16-byte units), whole ones
   for (int c = c_first; c < full; c += kPrefetch * c_stride) {
-    uint4 q[kPrefetch][kRows];
-#pragma unroll
-    for (int u = 0; u < kPrefetch; ++u)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const int cu = c + u * c_stride;
-        q[u][r] = cu < full ? rp.row[r][cu] : make_uint4(0u, 0u, 0u, 0u);
-      }
+    if (c != c_first) load_batch<D>(rp, c, c_stride, full, q);
 #pragma unroll
     for (int u = 0; u < kPrefetch; ++u)
       if (c + u * c_stride < full)
         chunk_dot<D, T, kX, true>(x, xstride, q[u], rp, group, gshift, K, c + u * c_stride, lut, acc);
   }
   if (full < chunks && full >= c_first && (full - c_first) % c_stride == 0) {  // the partial last chunk is ours
-    uint4 q[kRows];
+    uint4 p[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) q[r] = rp.row[r][full];
-    chunk_dot<D, T, kX, false>(x, xstride, q, rp, group, gshift, K, full, lut, acc);
+    for (int r = 0; r < kRows; ++r) p[r] = rp.row[r][full];
+    chunk_dot<D, T, kX, false>(x, xstride, p, rp, group, gshift, K, full, lut, acc);
   }
 }
 
@@ -359,8 +369,11 @@ MR_QFN void write_output(const QuantParts& ps, const WarpJob& j, const float (*p
   }
 }
 
+// A decode step's launches (T = 1, x staged) are held to 64 registers, four blocks an SM (three at the
+// 75-80 registers ptxas chose, 24 warps to keep the weights' loads in flight), at the cost of 4-20 bytes
+// of spills in the 4-bit ones (ptxas -v; none in int8's).
 template <DType D, int T, int kX, bool kSwiglu>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, T == 1 && kX == kXStaged ? 4 : 1)
     quant_gemv_kernel(const float* __restrict__ x, const __grid_constant__ QuantParts ps, CodeTable codes, int K,
                       int group, int gshift) {
   extern __shared__ float4 staged[];  // kXStaged: T * staged_stride(K) floats
@@ -378,18 +391,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int t = 0; t < T; ++t) acc[r][t] = 0.f;
   const bool busy = j.pair < pairs_of<kSwiglu>(ps.part[j.part].n);
+  const int c_first = (warp % j.split) * 32 + lane, c_stride = j.split * 32;
   RowPair rp{};
-  if (busy) rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
-  if (busy && ps.prefetch) {  // before pdl_wait (pdl.cuh): this lane's first chunks of both rows into L2
-    constexpr int E = Format<D>::kElems;
-    const int chunks = (K + E - 1) / E;
-#pragma unroll
-    for (int u = 0; u < kPrefetch; ++u) {
-      const int c = (warp % j.split) * 32 + lane + u * j.split * 32;
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (c < chunks) prefetch_l2(rp.row[r] + c);
-    }
+  uint4 q[kPrefetch][kRows];
+  if (busy) {
+    rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
+    // The lane's first batch of weights, before pdl_wait (pdl.cuh; the weights are no earlier kernel's
+    // output) and before x is copied: both latencies at once.
+    load_batch<D>(rp, c_first, c_stride, K / Format<D>::kElems, q);
   }
   pdl_wait();  // every thread: x is read and the block's outputs are written after it
   const float* xr = x;
@@ -400,8 +409,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     xr = xs, xstride = staged_stride(K);
   }
-  if (busy)
-    lane_dot<D, T, kX>(xr, xstride, rp, lut, K, group, gshift, (warp % j.split) * 32 + lane, j.split * 32, acc);
+  if (busy) lane_dot<D, T, kX>(xr, xstride, rp, q, lut, K, group, gshift, c_first, c_stride, acc);
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -483,12 +491,21 @@ bool layout_ok(DType t, const void* data, const void* scales, int K, int group) 
 }
 
 // Warps per row pair (1, 2, 4 or 8) of an N x K matrix: K is split over more warps while the matrix's
-// pairs fill fewer than ~32 warps per SM and every lane of the wider split still gets at least one of
-// the row's `chunks` chunks. A function of the matrix's shape alone, so that a product's bits do not
-// depend on what shares its launch.
+// pairs fill fewer than warps_per_sm() warps per SM and every lane of the wider split still gets at
+// least one of the row's `chunks` chunks. A function of the matrix's shape alone, so that a product's
+// bits do not depend on what shares its launch.
+int g_warps_per_sm = 0;  // set_quant_gemv_warps_per_sm; 0: MISTRAL_CUDA_QUANT_WARPS or the default
+int warps_per_sm() {
+  static const int from_env = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_QUANT_WARPS");
+    const int v = e ? std::atoi(e) : 0;
+    return v > 0 ? v : kDefaultWarpsPerSm;
+  }();
+  return g_warps_per_sm > 0 ? g_warps_per_sm : from_env;
+}
 int gemv_split(long long pairs, long long chunks, int n_sms) {
   int split = 1;
-  while (split < kWarps && pairs * split < 32LL * n_sms && chunks >= 64LL * split) split *= 2;
+  while (split < kWarps && pairs * split < (long long)warps_per_sm() * n_sms && chunks >= 64LL * split) split *= 2;
   return split;
 }
 
@@ -565,7 +582,6 @@ bool plan_launch(const float* x, const void* const* data, const void* const* sca
   if (!x || n_sms <= 0 || parts <= 0 || parts > kGemvMaxParts || (kSwiglu && parts != 2)) return false;
   *ps = QuantParts{};
   ps->count = parts;
-  ps->prefetch = pdl_enabled();
   ps->vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int i = 0; i < parts; ++i) {
     if (N[i] < 0 || (N[i] > 0 && !y[i]) || !layout_ok(wt, data[i], scales[i], K, group)) return false;
@@ -625,6 +641,8 @@ void launch_dequant(const void* data, const void* scales, int N, int K, int grou
 }
 
 }  // namespace
+
+void set_quant_gemv_warps_per_sm(int warps) { g_warps_per_sm = warps > 0 ? warps : 0; }
 
 cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
                             int group, float* y, int n_sms, cudaStream_t stream) {

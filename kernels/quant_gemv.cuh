@@ -28,6 +28,12 @@ cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data,
                                    const void* up_data, const void* up_scales, DType wt, int N, int K, int group,
                                    float* out, int n_sms, cudaStream_t stream);
 
+// The K split's target (gemv_split in quant_gemv.cu): rows are split over more warps while a launch
+// has fewer than this many warps per SM. 0 restores the default (32, or MISTRAL_CUDA_QUANT_WARPS);
+// for tools/gemv_bench.cu, which times the choices. Changes the products' summation order (not their
+// accuracy); not thread-safe.
+void set_quant_gemv_warps_per_sm(int warps);
+
 // out[N, K] (fp16, row-major, dense) = dequant(W): code value times its scale in fp32, rounded to
 // nearest fp16 (saturating at +-65504, like the activation conversion of the cuBLAS path).
 cudaError_t dequantize_f16_cuda(const void* data, const void* scales, DType wt, int N, int K, int group, void* out,

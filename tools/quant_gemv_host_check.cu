@@ -45,9 +45,13 @@ void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, in
       float sum[kRows][T] = {};
       for (int lane = 0; lane < 32; ++lane) {
         float acc[kRows][T] = {};
-        if (j.pair < pairs_of<kSwiglu>(ps.part[j.part].n))
-          lane_dot<D, T, kX>(x, xstride, row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group), codes.v, K, group,
-                             gshift, (warp % j.split) * 32 + lane, j.split * 32, acc);
+        if (j.pair < pairs_of<kSwiglu>(ps.part[j.part].n)) {
+          const RowPair rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
+          const int c_first = (warp % j.split) * 32 + lane, c_stride = j.split * 32;
+          uint4 q[kPrefetch][kRows];
+          load_batch<D>(rp, c_first, c_stride, K / Format<D>::kElems, q);
+          lane_dot<D, T, kX>(x, xstride, rp, q, codes.v, K, group, gshift, c_first, c_stride, acc);
+        }
         for (int r = 0; r < kRows; ++r)
           for (int t = 0; t < T; ++t) sum[r][t] += acc[r][t];
       }
