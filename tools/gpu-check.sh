@@ -5,8 +5,9 @@
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
 #                                    (binaries + the stories260K test data); carry gpu-bin to the device.
 #   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
-#                                    quant (default: tests sanitize bench, about 7 minutes on an H100/H200;
-#                                    run batch and quant as a second call: about 4 minutes).
+#                                    quant, pdl, kernels, profile (default: tests sanitize bench, about
+#                                    7 minutes on an H100/H200; tests ~25 s, bench ~70 s, quant ~90 s
+#                                    for QUANT_LIST=int8,int4, kernels ~15 s).
 #
 # tests:    the `gpu`-labelled tests (every kernel against the CPU op, models end to end, graph = eager).
 # sanitize: compute-sanitizer memcheck and racecheck on the kernel tests.
@@ -19,7 +20,10 @@
 # quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process
 #           (QUANT_LIST=int8,int4 picks some).
 # pdl:      programmatic dependent launch (MISTRAL_CUDA_PDL=1): model tests with it, decode off vs on
-#           on the bench phase's checkpoint (run after bench in the same call), quantized decode with it.
+#           on the bench phase's checkpoint (run after bench in the same call), quantized decode with it
+#           (PDL_QUANT=0 skips that).
+# kernels:  a 7B layer's decode GEMVs timed launch by launch (tools/gemv_bench.cu), fp16 and quantized,
+#           the quantized ones at several K-split targets, in GB/s against the copy rate.
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
 #           prefill: time and DRAM GB/s by kernel (tools/ncu_summary.py), to show where the time goes;
 #           PROFILE_QUANT=int4 (int8, nf4) adds a decode step of that format.
@@ -52,9 +56,9 @@ if [ "${1:-}" = "--prepare" ]; then
   step "build for sm_90 in build-gpu/"
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMISTRAL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DMISTRAL_NATIVE=OFF >/dev/null || exit 1
-  cmake --build build-gpu -j"${JOBS:-2}" --target mistral-run test_cuda || exit 1
+  cmake --build build-gpu -j"${JOBS:-2}" --target mistral-run test_cuda gemv_bench || exit 1
   rm -rf gpu-bin && mkdir -p gpu-bin/data/models
-  cp build-gpu/mistral-run build-gpu/tests/test_cuda gpu-bin/
+  cp build-gpu/mistral-run build-gpu/tests/test_cuda build-gpu/gemv_bench gpu-bin/
   if [ -d ../shared/data/models/stories260K ]; then cp -r ../shared/data/models/stories260K gpu-bin/data/models/; fi
   newest=$(objdump -T gpu-bin/mistral-run gpu-bin/test_cuda | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -1)
   echo "newest glibc symbol needed: $newest (the GPU image must have at least this)"
@@ -309,9 +313,11 @@ pdl)
     MISTRAL_CUDA_PDL=$pdl timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 \
       --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl$pdl.json" || echo "bench (pdl $pdl) failed"
   done
-  MISTRAL_CUDA_PDL=1 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
-    --quant-list int8,nf4,int4 --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl_quant.jsonl" ||
-    echo "bench --quant-list (pdl) failed"
+  if [ "${PDL_QUANT:-1}" != 0 ]; then  # PDL_QUANT=0: fp16 only
+    MISTRAL_CUDA_PDL=1 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+      --quant-list "${QUANT_LIST:-int8,nf4,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
+      >"$OUTDIR/pdl_quant.jsonl" || echo "bench --quant-list (pdl) failed"
+  fi
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 d = sys.argv[1]
@@ -330,6 +336,25 @@ try:
 except Exception as e:
     print(f"pdl: no quant result ({e})")
 PY
+  ;;
+kernels)
+  # A 7B layer's decode GEMVs timed launch by launch (tools/gemv_bench.cu): fp16 and each quantized
+  # format, the quantized ones at several K-split targets; then fp16 and int4 again with PDL.
+  step "kernels: a 7B layer's decode GEMVs, launch by launch"
+  if [ $HAVE_GPU != 1 ] || [ ! -x "$BIN/gemv_bench" ]; then note "kernels: skipped (no GPU or no gemv_bench)"; continue; fi
+  timeout 120 "$BIN/gemv_bench" --reps 200 | tee "$OUTDIR/gemv_bench.txt" | tee -a "$SUMMARY"
+  # The K-split target with the least layer time summed over the quantized formats; QUANT_WARPS=best
+  # makes the later phases of this call (quant, pdl, profile) run with it (MISTRAL_CUDA_QUANT_WARPS).
+  best=$(awk '$3 == "layer" && $1 != "f16" { t[$2] += $4 } END { b = ""; for (w in t) if (b == "" || t[w] < t[b]) b = w; print b }' \
+    "$OUTDIR/gemv_bench.txt")
+  note "kernels: K-split target with the least quantized layer time: ${best:-none}"
+  if [ "${QUANT_WARPS:-}" = best ] && [ -n "$best" ]; then
+    export MISTRAL_CUDA_QUANT_WARPS=$best
+    note "kernels: later phases run with MISTRAL_CUDA_QUANT_WARPS=$best"
+  fi
+  echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
+  MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int4 --warps 32 | grep -E 'layer|PDL|copy' |
+    tee -a "$SUMMARY"
   ;;
 profile)
   # Where a decode step's time goes: every kernel of about one step of the 7B shape (eager, no graph),
@@ -365,7 +390,7 @@ profile)
     python3 tools/ncu_summary.py "$OUTDIR/ncu_quant.csv" | tee -a "$SUMMARY"
   fi
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, profile)";;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, profile)";;
 esac; done
 
 step "summary"

@@ -1,0 +1,290 @@
+// Times the decode-step GEMV launches of one Mistral-7B layer (batch 1) kernel by kernel, fp16 and
+// quantized, against the GPU's copy bandwidth measured in the same process: q/k/v in one launch, the
+// output projection, gate/up with SwiGLU, the down projection. For the quantized formats it also tries
+// several values of the K-split target (set_quant_gemv_warps_per_sm), to choose the default from
+// measurements. Random weight bytes (timing only); each launch reads a different copy of its weights out
+// of enough copies to exceed L2, as a real step does.
+//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4] [--warps 16,24,32,48]
+// Built with the CUDA backend (target gemv_bench); tools/gpu-check.sh runs it in its `kernels` phase.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gemv.cuh"
+#include "mistral/quant.h"
+#include "quant_gemv.cuh"
+
+using namespace mistral;
+
+namespace {
+
+#define CK(x)                                                                                    \
+  do {                                                                                           \
+    cudaError_t e_ = (x);                                                                        \
+    if (e_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "gemv_bench: %s failed: %s\n", #x, cudaGetErrorString(e_));           \
+      std::exit(1);                                                                              \
+    }                                                                                            \
+  } while (0)
+
+constexpr size_t kMinBytes = size_t(512) << 20;  // weight copies per matrix: at least this much in all
+
+struct Matrix {  // `copies` copies of an N x K matrix (data, scales) in one format
+  int N = 0, K = 0, group = 0, copies = 0;
+  DType t = DType::F16;
+  size_t data_bytes = 0, scale_bytes = 0;
+  std::vector<void*> data, scales;
+};
+
+// Pseudo-random 32-bit words, ANDed with `mask` (to keep fp16 / fp32 values finite and small).
+__global__ void fill_kernel(uint32_t* p, size_t words, uint32_t seed, uint32_t mask) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < words; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 0x9E3779B1u ^ seed * 0x85EBCA77u;
+    h ^= h >> 15, h *= 0x2C1B3C6Du, h ^= h >> 12, h *= 0x297A2D39u, h ^= h >> 15;
+    p[i] = h & mask;
+  }
+}
+void fill(void* p, size_t bytes, uint32_t seed, uint32_t mask) {
+  fill_kernel<<<1024, 256>>>(static_cast<uint32_t*>(p), bytes / 4, seed, mask);
+  CK(cudaGetLastError());
+}
+constexpr uint32_t kAnyBits = 0xFFFFFFFFu;
+constexpr uint32_t kSmallHalves = 0xB3FFB3FFu;  // |v| < 2^-2 per fp16, either sign
+constexpr uint32_t kSmallFloat = 0x3A7FFFFFu;   // positive, < 2^-10
+
+Matrix make_matrix(DType t, int N, int K, uint32_t seed) {
+  Matrix m;
+  m.t = t, m.N = N, m.K = K;
+  if (t == DType::F16) {
+    m.data_bytes = size_t(N) * K * 2;
+  } else {
+    m.group = int(quant_group(t, K));
+    m.data_bytes = size_t(N) * quant_row_bytes(t, K);
+    m.scale_bytes = size_t(N) * size_t(quant_groups(t, K)) * (t == DType::Q8 ? 4 : 2);
+  }
+  m.copies = int((kMinBytes + m.data_bytes - 1) / m.data_bytes);
+  for (int c = 0; c < m.copies; ++c) {
+    void *d = nullptr, *s = nullptr;
+    CK(cudaMalloc(&d, m.data_bytes));
+    fill(d, m.data_bytes, seed + c, t == DType::F16 ? kSmallHalves : kAnyBits);
+    if (t != DType::F16) {
+      CK(cudaMalloc(&s, m.scale_bytes));
+      fill(s, m.scale_bytes, seed + 7 * c, t == DType::Q8 ? kSmallFloat : kSmallHalves);
+    }
+    m.data.push_back(d), m.scales.push_back(s);
+  }
+  return m;
+}
+
+void free_matrix(Matrix& m) {
+  for (void* p : m.data) cudaFree(p);
+  for (void* p : m.scales) cudaFree(p);
+  m.data.clear(), m.scales.clear();
+}
+
+struct Layer {  // one 7B layer's matrices in one format
+  Matrix q, k, v, o, gate, up, down;
+};
+
+enum Launch { kQKV, kO, kGateUp, kDown, kLaunches };
+const char* kLaunchName[kLaunches] = {"q/k/v", "o", "gate/up+swiglu", "down"};
+
+// Launch `which` of the layer, copy c of its weights.
+void launch(const Layer& L, Launch which, int c, const float* x, const float* xi, float* y, float* y2, float* y3,
+            int n_sms) {
+  const DType t = L.q.t;
+  const int D = L.q.K, I = L.gate.N;
+  if (t == DType::F16) {
+    switch (which) {
+      case kQKV: {
+        const void* W[3] = {L.q.data[c % L.q.copies], L.k.data[c % L.k.copies], L.v.data[c % L.v.copies]};
+        const int N[3] = {L.q.N, L.k.N, L.v.N};
+        float* Y[3] = {y, y2, y3};
+        CK(cuda::gemv_multi_cuda(x, 1, W, N, Y, 3, t, D, 0));
+        break;
+      }
+      case kO:
+        CK(cuda::gemv_cuda(x, 1, L.o.data[c % L.o.copies], t, L.o.N, D, y, 0));
+        break;
+      case kGateUp:
+        CK(cuda::gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.up.data[c % L.up.copies], t, I, D, y, 0));
+        break;
+      default:
+        CK(cuda::gemv_cuda(xi, 1, L.down.data[c % L.down.copies], t, L.down.N, I, y, 0));
+        break;
+    }
+    return;
+  }
+  switch (which) {
+    case kQKV: {
+      const void* W[3] = {L.q.data[c % L.q.copies], L.k.data[c % L.k.copies], L.v.data[c % L.v.copies]};
+      const void* S[3] = {L.q.scales[c % L.q.copies], L.k.scales[c % L.k.copies], L.v.scales[c % L.v.copies]};
+      const int N[3] = {L.q.N, L.k.N, L.v.N};
+      float* Y[3] = {y, y2, y3};
+      CK(cuda::quant_gemv_multi_cuda(x, 1, W, S, N, Y, 3, t, D, L.q.group, n_sms, 0));
+      break;
+    }
+    case kO:
+      CK(cuda::quant_gemv_cuda(x, 1, L.o.data[c % L.o.copies], L.o.scales[c % L.o.copies], t, L.o.N, D, L.o.group, y,
+                               n_sms, 0));
+      break;
+    case kGateUp:
+      CK(cuda::quant_gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.gate.scales[c % L.gate.copies],
+                                      L.up.data[c % L.up.copies], L.up.scales[c % L.up.copies], t, I, D, L.gate.group,
+                                      y, n_sms, 0));
+      break;
+    default:
+      CK(cuda::quant_gemv_cuda(xi, 1, L.down.data[c % L.down.copies], L.down.scales[c % L.down.copies], t, L.down.N,
+                               I, L.down.group, y, n_sms, 0));
+      break;
+  }
+}
+
+size_t launch_bytes(const Layer& L, Launch which) {
+  auto b = [](const Matrix& m) { return m.data_bytes + m.scale_bytes; };
+  switch (which) {
+    case kQKV:
+      return b(L.q) + b(L.k) + b(L.v);
+    case kO:
+      return b(L.o);
+    case kGateUp:
+      return b(L.gate) + b(L.up);
+    default:
+      return b(L.down);
+  }
+}
+
+// Microseconds per launch over `reps` back-to-back launches (after a warm-up), each on the next copy.
+double time_launch(const Layer& L, Launch which, int reps, const float* x, const float* xi, float* y, float* y2,
+                   float* y3, int n_sms) {
+  for (int i = 0; i < 10; ++i) launch(L, which, i, x, xi, y, y2, y3, n_sms);
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  CK(cudaEventRecord(a, 0));
+  for (int i = 0; i < reps; ++i) launch(L, which, i, x, xi, y, y2, y3, n_sms);
+  CK(cudaEventRecord(b, 0));
+  CK(cudaEventSynchronize(b));
+  float ms = 0.f;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  return 1e3 * double(ms) / reps;
+}
+
+// Device-to-device copy rate (bytes read + written per second), GB/s.
+double copy_gbs() {
+  const size_t bytes = size_t(1) << 30;
+  void *a = nullptr, *b = nullptr;
+  CK(cudaMalloc(&a, bytes));
+  CK(cudaMalloc(&b, bytes));
+  CK(cudaMemset(a, 1, bytes));
+  for (int i = 0; i < 3; ++i) CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  CK(cudaEventRecord(e0, 0));
+  for (int i = 0; i < 10; ++i) CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
+  CK(cudaEventRecord(e1, 0));
+  CK(cudaEventSynchronize(e1));
+  float ms = 0.f;
+  CK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaFree(a), cudaFree(b);
+  return 2.0 * 10 * double(bytes) / (1e-3 * ms) / 1e9;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 200;
+  std::string formats = "f16,int8,nf4,int4", warps = "16,24,32,48";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) {
+      reps = std::atoi(argv[++i]);
+    } else if (a == "--formats" && i + 1 < argc) {
+      formats = argv[++i];
+    } else if (a == "--warps" && i + 1 < argc) {
+      warps = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: gemv_bench [--reps N] [--formats f16,int8,nf4,int4] [--warps 16,24,32,48]\n");
+      return 2;
+    }
+  }
+  if (reps < 1) reps = 1;
+  int dev = 0, n_sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    std::fprintf(stderr, "gemv_bench: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, dev));
+  const double bw = copy_gbs();
+  std::printf("gemv_bench on %s (%d SMs): copy %.0f GB/s; Mistral-7B layer, batch 1, %d launches each\n", prop.name,
+              n_sms, bw, reps);
+  const int D = 4096, KV = 1024, I = 14336;
+  float *x = nullptr, *xi = nullptr, *y = nullptr, *y2 = nullptr, *y3 = nullptr;
+  CK(cudaMalloc(&x, D * sizeof(float)));
+  CK(cudaMalloc(&xi, I * sizeof(float)));
+  CK(cudaMalloc(&y, I * sizeof(float)));
+  CK(cudaMalloc(&y2, D * sizeof(float)));
+  CK(cudaMalloc(&y3, D * sizeof(float)));
+  {
+    std::vector<float> h(I);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (auto& v : h) v = nd(rng);
+    CK(cudaMemcpy(x, h.data(), D * sizeof(float), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(xi, h.data(), I * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  std::printf("%-6s %-6s %-16s %9s %9s %9s\n", "format", "warps", "launch", "us", "GB/s", "of copy");
+  for (const std::string& f : split_list(formats)) {
+    DType t;
+    if (f == "f16") t = DType::F16;
+    else if (f == "int8") t = DType::Q8;
+    else if (f == "nf4") t = DType::NF4;
+    else if (f == "int4") t = DType::Q4;
+    else {
+      std::fprintf(stderr, "gemv_bench: unknown format %s\n", f.c_str());
+      return 2;
+    }
+    Layer L;
+    L.q = make_matrix(t, D, D, 10), L.k = make_matrix(t, KV, D, 20), L.v = make_matrix(t, KV, D, 30);
+    L.o = make_matrix(t, D, D, 40), L.gate = make_matrix(t, I, D, 50), L.up = make_matrix(t, I, D, 60);
+    L.down = make_matrix(t, D, I, 70);
+    const std::vector<std::string> ws = t == DType::F16 ? std::vector<std::string>{"-"} : split_list(warps);
+    for (const std::string& w : ws) {
+      if (t != DType::F16) cuda::set_quant_gemv_warps_per_sm(std::atoi(w.c_str()));
+      double total_us = 0, total_bytes = 0;
+      for (int l = 0; l < kLaunches; ++l) {
+        const double us = time_launch(L, Launch(l), reps, x, xi, y, y2, y3, n_sms);
+        const double bytes = double(launch_bytes(L, Launch(l)));
+        total_us += us, total_bytes += bytes;
+        std::printf("%-6s %-6s %-16s %9.2f %9.0f %8.0f%%\n", f.c_str(), w.c_str(), kLaunchName[l], us,
+                    bytes / us / 1e3, 100.0 * bytes / us / 1e3 / bw);
+      }
+      std::printf("%-6s %-6s %-16s %9.2f %9.0f %8.0f%%   (32 layers: %.2f ms of GEMVs a token)\n", f.c_str(), w.c_str(),
+                  "layer", total_us, total_bytes / total_us / 1e3, 100.0 * total_bytes / total_us / 1e3 / bw,
+                  32 * total_us / 1e3);
+    }
+    cuda::set_quant_gemv_warps_per_sm(0);
+    for (Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) free_matrix(*m);
+  }
+  cudaFree(x), cudaFree(xi), cudaFree(y), cudaFree(y2), cudaFree(y3);
+  return 0;
+}
