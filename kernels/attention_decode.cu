@@ -6,12 +6,17 @@
 // in shared memory, and each block writes its partial (max, sum, acc[hd]) per query head; a second
 // kernel merges the splits. The number of splits is fixed by the caller (so a recorded graph can be
 // replayed at any position); the key range of each split is computed on the device from the position.
+// The merge: by default the last block of each KV head to finish (a per-head counter in the scratch,
+// atomicAdd after a __threadfence; that block resets it to zero) merges its group's splits itself, one
+// launch a layer instead of two; MISTRAL_CUDA_DECODE_COMBINE=1 launches the separate combine kernel.
 // A batched decode step (many sequences, one token each) runs the same block code over a flat list of
 // (row, split) work items, each row with its own cache, position and number of splits (planned on the
 // host from the rows' key counts), then one combine block per (row, query head).
 // Preconditions: head_dim <= 256, group = Hq / Hkv <= 8.
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 #include "attention.cuh"
 #include "attention_decode.cuh"
@@ -155,17 +160,63 @@ __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q
   }
 }
 
-// One sequence's query token (grid: KV head, split); the position from `start` or *p.d_start.
+// Merges the first `used` partials of one query head (ph: [splits, hd + 2]) into its output row o[hd]; the
+// block's threads share the dims. kL2: read the partials from L2 (__ldcg), for the merge inside the
+// partial kernel, whose partials other SMs wrote during the same launch.
+template <bool kL2 = false>
+__device__ __forceinline__ void combine_head(const float* __restrict__ ph, int used, int hd, float* __restrict__ o) {
+  auto ld = [](const float* a) { return kL2 ? __ldcg(a) : *a; };
+  const size_t stride = size_t(hd) + 2;
+  float M = -INFINITY;
+  for (int s = 0; s < used; ++s) M = fmaxf(M, ld(ph + s * stride));
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float L = 0.f, A = 0.f;
+    for (int s = 0; s < used; ++s) {
+      const float ms = ld(ph + s * stride);
+      const float c = ms == -INFINITY ? 0.f : expf(ms - M);
+      L += ld(ph + s * stride + 1) * c;
+      A += ld(ph + s * stride + 2 + d) * c;
+    }
+    o[d] = A / L;
+  }
+}
+
+// One sequence's query token (grid: KV head, split); the position from `start` or *p.d_start. With
+// `counters` set (one zero word per KV head), the last of a KV head's non-empty splits to finish merges
+// the group's partials into out (as decode_combine_kernel does, the same bits) and sets its counter back
+// to zero; without, decode_combine_kernel follows.
 __global__ void __launch_bounds__(kWarps * 32)
     decode_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                           const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p,
-                          int splits, float* __restrict__ part) {
-  if (p.d_start) start = *p.d_start;
+                          int splits, float* __restrict__ part, unsigned* __restrict__ counters,
+                          float* __restrict__ out) {
+  pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
+  if (p.d_start) start = *p.d_start;  // written before the step's first kernel: readable before pdl_wait
   const int kvh = blockIdx.x, split = blockIdx.y;
   int64_t kb, ke;
-  if (split >= split_keys(start, p.window, splits, split, &kb, &ke, kMinKeysPerDecodeSplit)) return;  // empty
+  const int used = int(split_keys(start, p.window, splits, split, &kb, &ke, kMinKeysPerDecodeSplit));
+  if (split >= used) return;  // empty
+  pdl_wait();  // q, k, v and the cache row of this step are the kernel before's output
   decode_partial_block(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke, split, splits,
                        part);
+  if (!counters) return;
+  // Release this block's partials, then count it; the block that completes the count merges.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counters + kvh, 1u) == unsigned(used - 1);
+    if (last) counters[kvh] = 0u;  // every other block of this head has counted: ready for the next launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int G = p.n_heads / p.n_kv_heads;
+  for (int g = 0; g < G; ++g) {
+    const int h = kvh * G + g;
+    combine_head<true>(part + partial_offset(h, splits, 0, p.head_dim), used, p.head_dim,
+                       out + size_t(h) * size_t(p.head_dim));
+  }
 }
 
 // A batched decode step (grid: work item, KV head): work item blockIdx.x is split w.split of row w.row,
@@ -185,33 +236,16 @@ __global__ void __launch_bounds__(kWarps * 32)
                        part + row_partials(r.split0, p.n_heads, p.head_dim));
 }
 
-// Merges the first `used` partials of one query head (ph: [splits, hd + 2]) into its output row o[hd]; the
-// block's threads share the dims.
-__device__ __forceinline__ void combine_head(const float* __restrict__ ph, int used, int hd, float* __restrict__ o) {
-  const size_t stride = size_t(hd) + 2;
-  float M = -INFINITY;
-  for (int s = 0; s < used; ++s) M = fmaxf(M, ph[s * stride]);
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float L = 0.f, A = 0.f;
-    for (int s = 0; s < used; ++s) {
-      const float ms = ph[s * stride];
-      const float c = ms == -INFINITY ? 0.f : expf(ms - M);
-      L += ph[s * stride + 1] * c;
-      A += ph[s * stride + 2 + d] * c;
-    }
-    o[d] = A / L;
-  }
-}
-
 // One block per query head: merges the non-empty splits' partials into the output row.
 __global__ void decode_combine_kernel(const float* __restrict__ part, int64_t start, const int64_t* d_start, int window,
                                       int splits, int hd, float* __restrict__ out) {
   pdl_trigger();  // the output projection launched after this kernel may start (pdl.cuh)
+  pdl_wait();     // the partials are the kernel before's output
   if (d_start) start = *d_start;
   const int h = blockIdx.x;
   int64_t kb, ke;
   const int used = int(split_keys(start, window, splits, 0, &kb, &ke, kMinKeysPerDecodeSplit));
-  combine_head(part + partial_offset(h, splits, 0, hd), used, hd, out + size_t(h) * hd);
+  combine_head<false>(part + partial_offset(h, splits, 0, hd), used, hd, out + size_t(h) * hd);
 }
 
 // Grid (row, query head) of a batched decode step: out row `row` [Hq*hd].
@@ -220,14 +254,26 @@ __global__ void decode_rows_combine_kernel(const float* __restrict__ part, const
   pdl_trigger();  // the output projection launched after this kernel may start (pdl.cuh)
   const int row = blockIdx.x, h = blockIdx.y;
   const DecodeRowArgs r = rows[row];
-  combine_head(part + row_partials(r.split0, n_heads, hd) + partial_offset(h, r.splits, 0, hd), r.splits, hd,
+  combine_head<false>(part + row_partials(r.split0, n_heads, hd) + partial_offset(h, r.splits, 0, hd), r.splits, hd,
                out + (size_t(row) * size_t(n_heads) + size_t(h)) * size_t(hd));
+}
+
+// The scratch: kCounterWords counter words (zero between launches), then the partials.
+constexpr size_t kCounterWords = 256;
+
+// MISTRAL_CUDA_DECODE_COMBINE=1: the separate combine kernel (for comparisons), read once.
+bool separate_combine() {
+  static const bool on = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_DECODE_COMBINE");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  return on;
 }
 
 }  // namespace
 
 size_t decode_attention_scratch_floats(const AttnParams& p, int splits) {
-  return size_t(p.n_heads) * size_t(splits) * size_t(p.head_dim + 2);
+  return kCounterWords + size_t(p.n_heads) * size_t(splits) * size_t(p.head_dim + 2);
 }
 
 int decode_attention_splits(const AttnParams& p, int n_sms) {
@@ -248,11 +294,17 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
   if (p.head_dim > kMaxDPerLane * 32 || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads ||
       p.n_heads / p.n_kv_heads > kMaxG || splits < 1)
     return cudaErrorInvalidValue;
-  decode_partial_kernel<<<dim3(unsigned(p.n_kv_heads), unsigned(splits)), kWarps * 32, 0, stream>>>(
-      q, k, v, cache_k, cache_v, start, p, splits, scratch);
-  decode_combine_kernel<<<unsigned(p.n_heads), 128, 0, stream>>>(scratch, start, p.d_start, p.window, splits,
-                                                                 p.head_dim, out);
-  return cudaGetLastError();
+  unsigned* counters = reinterpret_cast<unsigned*>(scratch);
+  float* part = scratch + kCounterWords;
+  const bool fused = !separate_combine() && size_t(p.n_kv_heads) <= kCounterWords;
+  // Both launched with programmatic dependence when MISTRAL_CUDA_PDL=1 (pdl.cuh).
+  cudaError_t err = launch_maybe_pdl(decode_partial_kernel, dim3(unsigned(p.n_kv_heads), unsigned(splits)),
+                                     dim3(kWarps * 32), 0, stream, q, k, v, cache_k, cache_v, start, p, splits, part,
+                                     fused ? counters : nullptr, out);
+  if (err == cudaSuccess && !fused)
+    err = launch_maybe_pdl(decode_combine_kernel, dim3(unsigned(p.n_heads)), dim3(128), 0, stream,
+                           static_cast<const float*>(part), start, p.d_start, p.window, splits, p.head_dim, out);
+  return err;
 }
 
 size_t decode_attention_rows_scratch_floats(const AttnParams& p, int64_t total_splits) {

@@ -136,6 +136,7 @@ template <typename W, int T, bool kVector>
 __global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* __restrict__ x, const W* __restrict__ Wg,
                                                                   const W* __restrict__ Wu, int N, int K,
                                                                   float* __restrict__ out, bool prefetch) {
+  pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;  // this warp reads and writes nothing
   if (prefetch) {
@@ -163,6 +164,7 @@ struct GemvParts {
 template <typename W, int T, bool kVector>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_multi_kernel(const float* __restrict__ x, const __grid_constant__ GemvParts p, int K) {
+  pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   int i = 0;
   while (i + 1 < p.count && int(blockIdx.x) >= p.first_block[i + 1]) ++i;
   const int n = (int(blockIdx.x) - p.first_block[i]) * kWarps + (threadIdx.x >> 5);

@@ -1,10 +1,14 @@
-// Programmatic dependent launch (sm_90), opt-in with MISTRAL_CUDA_PDL=1. A decode step is ~290 small
-// kernels; between two of them the GPU idles while the next one launches and ramps up. A GEMV launched
-// by launch_maybe_pdl may start while the kernel before it still runs: it prefetches its first weight
-// bytes to L2 (weights never depend on an earlier kernel), then pdl_wait()s for the earlier kernel to
-// finish (its writes visible) before it reads any activation or writes anything. The small kernels that
-// precede GEMVs (norms, the attention combine) call pdl_trigger() first thing, so that the GEMV's blocks
-// are scheduled onto the idle SMs at once. Without the attribute (the default) both calls do nothing.
+// Programmatic dependent launch (sm_90), opt-in with MISTRAL_CUDA_PDL=1. A decode step is ~260 small
+// kernels; between two of them the GPU idles while the next one launches and ramps up. Every kernel of a
+// single-sequence decode step after the embedding (norms, GEMVs, RoPE + cache write, split-KV attention)
+// is launched by launch_maybe_pdl and may start while the kernel before it still runs: it calls
+// pdl_trigger() first thing (the kernel after it may launch once all of its blocks have started, so
+// waiting blocks never crowd out its own), does what depends on no earlier kernel (GEMVs load their
+// first weights, RoPE computes its angles, attention finds its key range from the step's position,
+// which is written before the step's first kernel), then pdl_wait()s for the kernel before to finish
+// (its writes visible) before it reads any activation or writes anything. Since each kernel finishes
+// only after its own wait, every earlier kernel has finished too. Without the attribute (the default)
+// both calls do nothing.
 #pragma once
 #include <cstdlib>
 #include <cstring>

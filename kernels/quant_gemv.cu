@@ -379,6 +379,7 @@ __global__ void __launch_bounds__(kThreads, T == 1 && kX == kXStaged ? 4 : 1)
   extern __shared__ float4 staged[];  // kXStaged: T * staged_stride(K) floats
   __shared__ float lut[16];
   __shared__ float part[kWarps][kRows][T];
+  pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   if constexpr (D == DType::NF4) {
     load_lut(codes, lut);
     __syncthreads();

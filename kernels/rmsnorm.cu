@@ -85,6 +85,7 @@ template <typename W>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const W* __restrict__ w, float eps, int D,
                                float* __restrict__ y) {
   pdl_trigger();  // a GEMV launched after this kernel may start (pdl.cuh)
+  pdl_wait();     // x is the kernel before's output
   norm_row<W, false>(const_cast<float*>(x) + size_t(blockIdx.x) * D, nullptr, w, eps, D, y + size_t(blockIdx.x) * D);
 }
 
@@ -95,10 +96,24 @@ template <typename W>
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* delta, const W* __restrict__ w, float eps, int D,
                                    float* y) {
   pdl_trigger();  // a GEMV launched after this kernel may start (pdl.cuh)
+  pdl_wait();     // delta is the kernel before's output
   norm_row<W, true>(x + size_t(blockIdx.x) * D, delta + size_t(blockIdx.x) * D, w, eps, D, y + size_t(blockIdx.x) * D);
 }
 
 int threads_for(int D) { return D >= 1024 ? 1024 : ((D + 31) / 32) * 32; }
+
+// Launched with programmatic dependence when MISTRAL_CUDA_PDL=1 (the kernels pdl_wait before reading).
+template <typename W>
+cudaError_t launch_rmsnorm(const float* x, const void* w, float eps, int T, int D, float* y, cudaStream_t stream) {
+  return launch_maybe_pdl(rmsnorm_kernel<W>, dim3(unsigned(T)), dim3(unsigned(threads_for(D))), 0, stream, x,
+                          static_cast<const W*>(w), eps, D, y);
+}
+template <typename W>
+cudaError_t launch_add_rmsnorm(float* x, const float* delta, const void* w, float eps, int T, int D, float* y,
+                               cudaStream_t stream) {
+  return launch_maybe_pdl(add_rmsnorm_kernel<W>, dim3(unsigned(T)), dim3(unsigned(threads_for(D))), 0, stream, x,
+                          delta, static_cast<const W*>(w), eps, D, y);
+}
 
 }  // namespace
 
@@ -106,43 +121,32 @@ cudaError_t rmsnorm_cuda(const float* x, const void* w, DType wt, float eps, int
                          cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   if (D <= 0 || T < 0) return cudaErrorInvalidValue;
-  const int threads = threads_for(D);
   switch (wt) {
     case DType::F32:
-      rmsnorm_kernel<float><<<T, threads, 0, stream>>>(x, static_cast<const float*>(w), eps, D, y);
-      break;
+      return launch_rmsnorm<float>(x, w, eps, T, D, y, stream);
     case DType::F16:
-      rmsnorm_kernel<__half><<<T, threads, 0, stream>>>(x, static_cast<const __half*>(w), eps, D, y);
-      break;
+      return launch_rmsnorm<__half>(x, w, eps, T, D, y, stream);
     case DType::BF16:
-      rmsnorm_kernel<__nv_bfloat16><<<T, threads, 0, stream>>>(x, static_cast<const __nv_bfloat16*>(w), eps, D, y);
-      break;
+      return launch_rmsnorm<__nv_bfloat16>(x, w, eps, T, D, y, stream);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 cudaError_t add_rmsnorm_cuda(float* x, const float* delta, const void* w, DType wt, float eps, int T, int D, float* y,
                              cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   if (D <= 0 || T < 0 || x == y || x == delta) return cudaErrorInvalidValue;
-  const int threads = threads_for(D);
   switch (wt) {
     case DType::F32:
-      add_rmsnorm_kernel<float><<<T, threads, 0, stream>>>(x, delta, static_cast<const float*>(w), eps, D, y);
-      break;
+      return launch_add_rmsnorm<float>(x, delta, w, eps, T, D, y, stream);
     case DType::F16:
-      add_rmsnorm_kernel<__half><<<T, threads, 0, stream>>>(x, delta, static_cast<const __half*>(w), eps, D, y);
-      break;
+      return launch_add_rmsnorm<__half>(x, delta, w, eps, T, D, y, stream);
     case DType::BF16:
-      add_rmsnorm_kernel<__nv_bfloat16>
-          <<<T, threads, 0, stream>>>(x, delta, static_cast<const __nv_bfloat16*>(w), eps, D, y);
-      break;
+      return launch_add_rmsnorm<__nv_bfloat16>(x, delta, w, eps, T, D, y, stream);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace cuda

@@ -10,6 +10,7 @@
 // contraction), as the CPU does. The fused variant also stores the rotated K row and the V row of the
 // token in its cache slot; its rows variant does that for a batched decode step, one sequence per token.
 #include "common.cuh"
+#include "pdl.cuh"
 #include "rope.cuh"
 
 namespace mistral {
@@ -88,6 +89,7 @@ __device__ __forceinline__ void rope_store_token(float* qt, float* kt, const flo
   float* cs = table;
   float* sn = table + half;
   angle_table(pos, half, inv_freq, cs, sn);
+  pdl_wait();  // q, k, v are the kernel before's output (launched with programmatic dependence, pdl.cuh)
   const int kvd = n_kv_heads * hd;
   const int pairs_q = n_heads * half, pairs = (n_heads + n_kv_heads) * half;
   for (int p = blockIdx.y * blockDim.x + threadIdx.x; p < pairs; p += gridDim.y * blockDim.x) {
@@ -116,8 +118,9 @@ __global__ void __launch_bounds__(kThreads)
     rope_cache_write_kernel(float* q, float* k, const float* __restrict__ v, float* __restrict__ ck,
                             float* __restrict__ cv, int first, int64_t start, const int64_t* d_start, int n_heads,
                             int n_kv_heads, int hd, int64_t slots, const float* __restrict__ inv_freq) {
+  pdl_trigger();  // the attention launched after this kernel may start (pdl.cuh)
   const int t = blockIdx.x;
-  if (d_start) start = *d_start;
+  if (d_start) start = *d_start;  // written before the step's first kernel: readable before pdl_wait
   const bool store = t >= first;
   const int kvd = n_kv_heads * hd;
   const size_t row = size_t((start + t) % slots) * size_t(kvd);  // start >= 0, slots > 0
@@ -157,9 +160,9 @@ cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, float* cac
   if (head_dim <= 0 || head_dim % 2 || n_heads <= 0 || n_kv_heads <= 0 || slots <= 0 || (!d_start && start < 0))
     return cudaErrorInvalidValue;
   const int first = int64_t(T) > slots ? int(int64_t(T) - slots) : 0;
-  rope_cache_write_kernel<<<grid_for(T, n_heads, n_kv_heads, head_dim), kThreads, table_bytes(head_dim), stream>>>(
-      q, k, v, cache_k, cache_v, first, start, d_start, n_heads, n_kv_heads, head_dim, slots, inv_freq);
-  return cudaGetLastError();
+  return launch_maybe_pdl(rope_cache_write_kernel, grid_for(T, n_heads, n_kv_heads, head_dim), dim3(kThreads),
+                          table_bytes(head_dim), stream, q, k, v, cache_k, cache_v, first, start, d_start, n_heads,
+                          n_kv_heads, head_dim, slots, inv_freq);
 }
 
 cudaError_t rope_cache_write_rows_cuda(float* q, float* k, const float* v, const DecodeRowArgs* rows, int n,

@@ -472,6 +472,7 @@ class CudaBackend final : public Backend {
         graph_reset();  // recorded graphs point at the old scratch
         if (split_) MR_CUDA_CHECK(cudaFree(split_));
         MR_CUDA_CHECK(cudaMalloc(&split_, need * sizeof(float)));
+        MR_CUDA_CHECK(cudaMemset(split_, 0, need * sizeof(float)));  // the kernel's counters start at zero
         split_cap_ = need;
       }
     }
