@@ -65,7 +65,11 @@ cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, s
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  // A failed launch also sets the thread's last error: clear it, as the <<<>>> path's cudaGetLastError
+  // does, or the next launch check would report this failure again.
+  if (err != cudaSuccess) cudaGetLastError();
+  return err;
 }
 
 }  // namespace cuda

@@ -4,8 +4,8 @@
 // quant_gemv_kernel, thread layout. Blocks of 8 warps. A warp computes kRows = 2 output rows for all T
 // tokens: rows 2p and 2p + 1 of one matrix, or (SwiGLU) row p of the gate and row p of the up matrix,
 // which it combines. `split` consecutive warps of a block (1, 2, 4 or 8, chosen per matrix so that its
-// grid holds about 32 warps per SM) work on the same two rows and divide K between them, so a block
-// covers 8 / split pairs. One launch may hold several matrices of one format and K (q, k, v): each gets
+// grid holds about kDefaultWarpsPerSm = 24 warps per SM) work on the same two rows and divide K between
+// them, so a block covers 8 / split pairs. One launch may hold several matrices of one format and K (q, k, v): each gets
 // its own blocks and its own split. A packed row is read in 16-byte chunks (32 elements of a 4-bit
 // format, 16 of int8): lane l of the warp with split index s takes chunks s * 32 + l, then every
 // (split * 32)-th, up to kPrefetch of them per row loaded before any is used; per row a warp loads 512
@@ -55,7 +55,10 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 2;  // output rows per warp
-constexpr int kDefaultWarpsPerSm = 32;  // gemv_split's target
+// gemv_split's target. Measured by tools/gemv_bench on an H200 (run 6, a 7B layer's four decode launches,
+// batch 1): 24 (or 16) took 79.2 us for int4, 88.4 for int8, 96.4 for NF4; 32 took 83.7, 90.0, 100.5
+// (48 the same as 32). What changes is q, o and down (2048 row pairs each): one warp a pair, not two.
+constexpr int kDefaultWarpsPerSm = 24;
 
 struct CodeTable {  // NF4's code values, passed by value to the kernels
   float v[16];

@@ -29,7 +29,7 @@ cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data,
                                    float* out, int n_sms, cudaStream_t stream);
 
 // The K split's target (gemv_split in quant_gemv.cu): rows are split over more warps while a launch
-// has fewer than this many warps per SM. 0 restores the default (32, or MISTRAL_CUDA_QUANT_WARPS);
+// has fewer than this many warps per SM. 0 restores the default (24, or MISTRAL_CUDA_QUANT_WARPS);
 // for tools/gemv_bench.cu, which times the choices. Changes the products' summation order (not their
 // accuracy); not thread-safe.
 void set_quant_gemv_warps_per_sm(int warps);

@@ -39,6 +39,9 @@ __device__ __forceinline__ float scaled(float v, float r, float w) { return __fm
 // element and again in the scaling pass (~6 us a launch on a 7B decode step, ncu). Rows longer than
 // kMaxPer * blockDim.x take the loop (same order of operations, same bits).
 constexpr int kMaxPer = 16;
+// Blocks of up to 1024 threads (threads_for): the kernels are compiled for that many (at most 64
+// registers a thread), or a launch with a row of 1024 or more elements fails for want of registers.
+constexpr int kMaxThreads = 1024;
 
 template <typename W, bool kAdd>
 __device__ __forceinline__ void norm_row(float* xr, const float* dr, const W* __restrict__ w, float eps, int D,
@@ -82,7 +85,7 @@ __device__ __forceinline__ void norm_row(float* xr, const float* dr, const W* __
 }
 
 template <typename W>
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const W* __restrict__ w, float eps, int D,
+__global__ void __launch_bounds__(kMaxThreads) rmsnorm_kernel(const float* __restrict__ x, const W* __restrict__ w, float eps, int D,
                                float* __restrict__ y) {
   pdl_trigger();  // a GEMV launched after this kernel may start (pdl.cuh)
   pdl_wait();     // x is the kernel before's output
@@ -93,14 +96,14 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const W* __restrict_
 // writes x[i]) before the barriers in row_scale and writes y[i] only after them, for the same indices i;
 // rows belong to one block each. So neither delta nor y is __restrict__.
 template <typename W>
-__global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* delta, const W* __restrict__ w, float eps, int D,
+__global__ void __launch_bounds__(kMaxThreads) add_rmsnorm_kernel(float* __restrict__ x, const float* delta, const W* __restrict__ w, float eps, int D,
                                    float* y) {
   pdl_trigger();  // a GEMV launched after this kernel may start (pdl.cuh)
   pdl_wait();     // delta is the kernel before's output
   norm_row<W, true>(x + size_t(blockIdx.x) * D, delta + size_t(blockIdx.x) * D, w, eps, D, y + size_t(blockIdx.x) * D);
 }
 
-int threads_for(int D) { return D >= 1024 ? 1024 : ((D + 31) / 32) * 32; }
+int threads_for(int D) { return D >= kMaxThreads ? kMaxThreads : ((D + 31) / 32) * 32; }
 
 // Launched with programmatic dependence when MISTRAL_CUDA_PDL=1 (the kernels pdl_wait before reading).
 template <typename W>
