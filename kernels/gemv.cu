@@ -73,26 +73,39 @@ __device__ __forceinline__ void dot_vec(const float* __restrict__ x, int K, int 
   }
 }
 
-// One warp's dot products of a weight row with the T rows of x. kVector: the row and x 16-byte aligned (K a multiple of 16
-// bytes of W). Lane l takes the 16-byte units l, l + 32, l + 64, ... of its row in that order (the same
-// order for every T, so a token's result does not depend on how many tokens share the launch),
-// kUnroll loads issued before any is used.
-template <typename W, int T, bool kVector>
-__device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* __restrict__ row, int K, float (&acc)[T]) {
+// The kUnroll 16-byte units lane l of a warp loads from a weight row starting at unit `base` (units
+// base, base + 32, ..., zero past the row's K / V units), of a row 16-byte aligned with K a multiple of
+// 16 bytes of W.
+template <typename W>
+__device__ __forceinline__ void load_units(const W* __restrict__ row, int K, int base, uint4 (&raw)[kUnroll]) {
+  const uint4* rv = reinterpret_cast<const uint4*>(row);
+  const int nv = K / Vec<W>::n;
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int c = base + 32 * u;
+    raw[u] = c < nv ? __ldcs(rv + c) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// One warp's dot products of a weight row with the T rows of x. kVector: the row and x 16-byte aligned (K a
+// multiple of 16 bytes of W). Lane l takes the 16-byte units l, l + 32, l + 64, ... of its row in that
+// order (the same order for every T, so a token's result does not depend on how many tokens share the
+// launch), kUnroll loads issued before any is used. kPre: the first kUnroll are in raw already
+// (load_units(row, K, lane, raw), which the kernels issue before pdl_wait when launched with programmatic
+// dependence: weights are no earlier kernel's output, so their DRAM latency overlaps the kernel before).
+// Only then: holding all kUnroll loads across the wait takes 64 registers at T = 1, against 32 for the
+// in-loop loads that run 7B decode at 82% of the copy rate (gemv_bench, run 6), twice the warps per SM.
+template <typename W, int T, bool kVector, bool kPre>
+__device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* __restrict__ row, int K,
+                                         uint4 (&raw)[kUnroll], float (&acc)[T]) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = 0.f;
   if (kVector) {
     constexpr int V = Vec<W>::n;
-    const uint4* rv = reinterpret_cast<const uint4*>(row);
     const int nv = K / V;  // 16-byte units in the row
     for (int base = lane; base < nv; base += 32 * kUnroll) {
-      uint4 raw[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = base + 32 * u;
-        raw[u] = c < nv ? __ldcs(rv + c) : make_uint4(0u, 0u, 0u, 0u);
-      }
+      if (!kPre || base != lane) load_units<W>(row, K, base, raw);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int c = base + 32 * u;
@@ -110,44 +123,24 @@ __device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* _
   for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);  // every lane holds the sums
 }
 
-// Before pdl_wait, in launches with programmatic dependence only (pdl.cuh): lanes first .. first + n - 1
-// of the warp each ask L2 for one 128-byte line of the start of a weight row (lane first: line 0), which
-// the first loads of gemv_dot will want. Kept small: the point is to cover DRAM latency while the
-// kernel before finishes, and every warp of the grid runs it (4 KB a warp: ~34 MB for all warps that
-// can be resident at once, under L2's 50 MB). A whole-row prefetch (up to 32 KB a warp) run on every
-// launch coincided with 7B fp16 decode falling from 202 to 166 tok/s on an H200.
-__device__ __forceinline__ void prefetch_lines(const void* row, size_t bytes, int first, int n) {
-  const int i = int(threadIdx.x & 31) - first;
-  if (i >= 0 && i < n && size_t(i) * 128 < bytes) prefetch_l2(static_cast<const char*>(row) + size_t(i) * 128);
-}
-
-template <typename W, int T, bool kVector>
-__device__ __forceinline__ void gemv_row(const float* __restrict__ x, const W* __restrict__ Wt, int N, int K, int n,
-                                         float* __restrict__ y) {
-  float acc[T];
-  gemv_dot<W, T, kVector>(x, Wt + size_t(n) * K, K, acc);
-  if ((threadIdx.x & 31) == 0)
-#pragma unroll
-    for (int t = 0; t < T; ++t) y[size_t(t) * N + n] = acc[t];
-}
-
-// out[t, n] = silu(x_t . Wg[n]) * (x_t . Wu[n]): both dot products by one warp, each as gemv_row computes it.
-template <typename W, int T, bool kVector>
+// out[t, n] = silu(x_t . Wg[n]) * (x_t . Wu[n]): both dot products by one warp, each as gemv_multi_kernel
+// computes a row.
+template <typename W, int T, bool kVector, bool kPre>
 __global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* __restrict__ x, const W* __restrict__ Wg,
                                                                   const W* __restrict__ Wu, int N, int K,
-                                                                  float* __restrict__ out, bool prefetch) {
+                                                                  float* __restrict__ out) {
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;  // this warp reads and writes nothing
-  if (prefetch) {
-    prefetch_lines(Wg + size_t(n) * K, size_t(K) * sizeof(W), 0, 16);
-    prefetch_lines(Wu + size_t(n) * K, size_t(K) * sizeof(W), 16, 16);
-  }
+  const int lane = threadIdx.x & 31;
+  uint4 raw[kUnroll];
+  if (kVector && kPre) load_units<W>(Wg + size_t(n) * K, K, lane, raw);
   pdl_wait();
   float g[T], u[T];
-  gemv_dot<W, T, kVector>(x, Wg + size_t(n) * K, K, g);
-  gemv_dot<W, T, kVector>(x, Wu + size_t(n) * K, K, u);
-  if ((threadIdx.x & 31) == 0)
+  gemv_dot<W, T, kVector, kPre>(x, Wg + size_t(n) * K, K, raw, g);
+  if (kVector && kPre) load_units<W>(Wu + size_t(n) * K, K, lane, raw);
+  gemv_dot<W, T, kVector, kPre>(x, Wu + size_t(n) * K, K, raw, u);
+  if (lane == 0)
 #pragma unroll
     for (int t = 0; t < T; ++t) out[size_t(t) * N + n] = swiglu_value(g[t], u[t]);
 }
@@ -158,10 +151,9 @@ struct GemvParts {
   int n[kGemvMaxParts];
   int first_block[kGemvMaxParts + 1];  // part i has blocks first_block[i] .. first_block[i + 1] - 1
   int count;
-  bool prefetch;  // launched with programmatic dependence: prefetch_lines before pdl_wait
 };
 
-template <typename W, int T, bool kVector>
+template <typename W, int T, bool kVector, bool kPre>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_multi_kernel(const float* __restrict__ x, const __grid_constant__ GemvParts p, int K) {
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
@@ -169,9 +161,15 @@ __global__ void __launch_bounds__(kWarps * 32)
   while (i + 1 < p.count && int(blockIdx.x) >= p.first_block[i + 1]) ++i;
   const int n = (int(blockIdx.x) - p.first_block[i]) * kWarps + (threadIdx.x >> 5);
   if (n >= p.n[i]) return;  // this warp reads and writes nothing
-  if (p.prefetch) prefetch_lines(static_cast<const W*>(p.w[i]) + size_t(n) * K, size_t(K) * sizeof(W), 0, 32);
+  const W* row = static_cast<const W*>(p.w[i]) + size_t(n) * K;
+  uint4 raw[kUnroll];
+  if (kVector && kPre) load_units<W>(row, K, threadIdx.x & 31, raw);
   pdl_wait();
-  gemv_row<W, T, kVector>(x, static_cast<const W*>(p.w[i]), p.n[i], K, n, p.y[i]);
+  float acc[T];
+  gemv_dot<W, T, kVector, kPre>(x, row, K, raw, acc);
+  if ((threadIdx.x & 31) == 0)
+#pragma unroll
+    for (int t = 0; t < T; ++t) p.y[i][size_t(t) * p.n[i] + n] = acc[t];
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -206,7 +204,6 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
   if (T > kGemvMaxT || K <= 0 || parts <= 0 || parts > kGemvMaxParts) return cudaErrorInvalidValue;
   GemvParts p{};
   p.count = parts;
-  p.prefetch = pdl_enabled();
   p.first_block[0] = 0;
   bool aligned = aligned16(x);
   for (int i = 0; i < parts; ++i) {
@@ -221,8 +218,10 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;
     if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true>, blocks, kWarps * 32, 0, stream, x, p, K);
-    return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, false>, blocks, kWarps * 32, 0, stream, x, p, K);
+      return pdl_enabled()
+                 ? launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, true>, blocks, kWarps * 32, 0, stream, x, p, K)
+                 : launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, false>, blocks, kWarps * 32, 0, stream, x, p, K);
+    return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, false, false>, blocks, kWarps * 32, 0, stream, x, p, K);
   });
 }
 
@@ -243,10 +242,12 @@ cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* 
     const Wt* g = static_cast<const Wt*>(Wg);
     const Wt* u = static_cast<const Wt*>(Wu);
     if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      return launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true>, blocks, kWarps * 32, 0, stream, x, g, u, N, K, out,
-                              pdl_enabled());
-    return launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, false>, blocks, kWarps * 32, 0, stream, x, g, u, N, K, out,
-                            pdl_enabled());
+      return pdl_enabled() ? launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, true>, blocks, kWarps * 32, 0, stream, x,
+                                              g, u, N, K, out)
+                           : launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, false>, blocks, kWarps * 32, 0, stream,
+                                              x, g, u, N, K, out);
+    return launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, false, false>, blocks, kWarps * 32, 0, stream, x, g, u, N, K,
+                            out);
   });
 }
 

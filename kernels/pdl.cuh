@@ -31,12 +31,6 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-#if defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#endif
-}
-
 // MISTRAL_CUDA_PDL=1, read once.
 inline bool pdl_enabled() {
   static const bool on = [] {
