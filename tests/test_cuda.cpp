@@ -219,6 +219,30 @@ TEST(CudaOps, QuantMatmul) {
   EXPECT_EQ(cases, 3 * 6 * 3 * 6);
 }
 
+// The row argmax that greedy decoding runs on the device (only the ids come back): against the CPU
+// backend's (mistral::argmax per row) over lengths around the block size, with the largest value repeated
+// (the first index must win), a row of -inf and a row whose largest value is its last element.
+TEST(CudaOps, ArgmaxRows) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(21);
+  for (int n : {1, 2, 33, 1023, 1024, 1025, 5000, 32000, 131072})
+    for (int rows : {1, 3, 7}) {
+      std::vector<float> x = randn(size_t(rows) * size_t(n), rng);
+      if (rows > 1 && n > 3) {
+        float* r = x.data() + n;  // row 1: the largest value three times, the first of them wins
+        r[n - 2] = r[n / 3] = r[2] = 40.f;
+      }
+      if (rows > 2) std::fill(x.begin() + 2 * size_t(n), x.begin() + 3 * size_t(n), -INFINITY);
+      if (rows > 3) x[4 * size_t(n) - 1] = 60.f;  // row 3: its last element
+      std::vector<int32_t> want(static_cast<size_t>(rows)), got(static_cast<size_t>(rows), -5);
+      b.cpu->argmax_rows(x.data(), rows, n, want.data());
+      Dev dx(*b.gpu, x);
+      b.gpu->argmax_rows(dx.p, rows, n, got.data());
+      EXPECT_EQ(got, want) << "n " << n << " rows " << rows;
+    }
+}
+
 TEST(CudaOps, EmbedSwigluAdd) {
   REQUIRE_GPU();
   Backends b;

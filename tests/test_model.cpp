@@ -13,6 +13,7 @@
 #include "mistral/error.h"
 #include "mistral/generator.h"
 #include "mistral/model.h"
+#include "mistral/sampler.h"
 #include "mistral/tokenizer.h"
 #include "test_util.h"
 
@@ -88,6 +89,54 @@ TEST_P(FixtureTest, GreedyContinuationMatchesTransformers) {
     if (i + 1 < want.size()) logits = s.feed({id});
   }
   EXPECT_EQ(got, want);
+}
+
+// Greedy steps through Session::feed_greedy (the backend's argmax_rows; the logits stay where they were
+// computed) against transformers' greedy ids, and equal to the argmax of feed()'s logits at every step.
+TEST_P(FixtureTest, FeedGreedyMatchesTransformersAndArgmax) {
+  Fixture f = load_fixture(GetParam());
+  auto be = make_cpu_backend(2);
+  const auto prompt = f.ref["greedy"]["prompt_ids"].get<std::vector<int32_t>>();
+  const auto want = f.ref["greedy"]["ids"].get<std::vector<int32_t>>();
+  SessionOptions so;
+  so.chunk = 3;  // the prompt in several chunks: only the last one's row is asked for
+  Session greedy(*f.model, *be, so), logits(*f.model, *be, so);
+  std::vector<int32_t> got;
+  int32_t id = greedy.feed_greedy(prompt);
+  std::vector<float> l = logits.feed(prompt);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(id, argmax(l.data(), int64_t(l.size()))) << "step " << i;
+    got.push_back(id);
+    if (i + 1 < want.size()) id = greedy.feed_greedy({id}), l = logits.feed({got.back()});
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(greedy.n_past(), logits.n_past());
+}
+
+// Backend::argmax_rows (the default, which the CPU backend uses) is mistral::argmax row by row: the first
+// index of the largest value, ties and -inf included.
+TEST(ArgmaxRows, DefaultIsFirstLargestPerRow) {
+  auto be = make_cpu_backend(1);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int64_t n : {int64_t(1), int64_t(2), int64_t(31), int64_t(1000), int64_t(32000)}) {
+    const int rows = 4;
+    std::vector<float> x(size_t(rows) * size_t(n));
+    for (float& v : x) v = nd(rng);
+    if (n > 2) {
+      float* r1 = x.data() + n;  // row 1: the largest value three times
+      r1[n - 1] = r1[n / 2] = r1[1] = 50.f;
+    }
+    std::fill(x.begin() + 2 * n, x.begin() + 3 * n, -INFINITY);  // row 2: all -inf
+    float* p = be->alloc(x.size());
+    be->to_device(p, x.data(), x.size());
+    std::vector<int32_t> out(rows, -7);
+    be->argmax_rows(p, rows, n, out.data());
+    be->free(p);
+    for (int r = 0; r < rows; ++r) EXPECT_EQ(out[size_t(r)], argmax(x.data() + size_t(r) * n, n)) << "n " << n;
+    if (n > 2) EXPECT_EQ(out[1], 1);
+    EXPECT_EQ(out[2], 0);
+  }
 }
 
 TEST_P(FixtureTest, ChunkedAndIncrementalEqualOneShot) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "mistral/model.h"
 
@@ -120,6 +121,20 @@ class Backend {
   // x[i] += y[i].
   virtual void add(float* x, const float* y, size_t n) = 0;
   virtual void synchronize() {}
+  // out[r] (host memory) = the first index of the largest value of row r of x[rows, n] (n >= 1), as
+  // mistral::argmax scans it: greedy decoding without bringing the logits to the host. The default
+  // copies the rows over and scans them there.
+  virtual void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) {
+    std::vector<float> h(size_t(rows) * size_t(n));
+    to_host(h.data(), x, h.size());
+    for (int r = 0; r < rows; ++r) {
+      const float* p = h.data() + size_t(r) * size_t(n);
+      int64_t best = 0;
+      for (int64_t i = 1; i < n; ++i)
+        if (p[i] > p[best]) best = i;
+      out[r] = int32_t(best);
+    }
+  }
 
   // Fused ops. Each default runs the unfused sequence, so a backend without its own version (the CPU)
   // gives exactly the results of the separate ops.

@@ -80,7 +80,7 @@ class ChatSession {
   // Keeps the first n cached positions if the cache still holds them; false when it must restart from 0.
   bool roll_back(int64_t n);
   // Feeds ids at the cache's next positions in chunks; the logits of the last one go to `logits`.
-  void feed(const int32_t* ids, size_t n, std::vector<float>& logits);
+  void feed(const int32_t* ids, size_t n, std::vector<float>& logits, int32_t* greedy_id = nullptr);
 
   ForwardPass& fp_;
   std::unique_ptr<KVCache> cache_;

@@ -79,8 +79,10 @@ class ForwardPass {
 
   // Runs every segment through the model together (weights are read once for the whole batch),
   // advances each cache's n_past by its T, and writes the requested logits rows to logits_host,
-  // segment after segment ([rows, V]). Returns the number of rows written.
-  size_t run(const std::vector<BatchSegment>& segments, float* logits_host);
+  // segment after segment ([rows, V]). Returns the number of rows written. With argmax_host instead
+  // (logits_host null), each row's argmax (Backend::argmax_rows) goes there ([rows]): greedy decoding
+  // with the logits left on the device.
+  size_t run(const std::vector<BatchSegment>& segments, float* logits_host, int32_t* argmax_host = nullptr);
 
   // A cache for one sequence. Without a window it holds max_positions rows (0: the whole context);
   // with a window it always holds W rows and rolls.
@@ -126,6 +128,9 @@ class Session {
   // Feeds ids at positions n_past() ... in chunks. Returns the logits of the last id ([V]); with
   // all_logits, the logits of every id ([n, V]).
   std::vector<float> feed(const std::vector<int32_t>& ids, bool all_logits = false);
+  // As feed(ids), but returns only the argmax of the last id's logits (the greedy next token), computed
+  // by the backend: the logits stay in device memory.
+  int32_t feed_greedy(const std::vector<int32_t>& ids);
   void reset() { cache_->n_past = 0; }
   int64_t n_past() const { return cache_->n_past; }
   int64_t capacity() const { return fp_.capacity(); }
@@ -136,6 +141,9 @@ class Session {
   int64_t scratch_bytes(int64_t n) const { return fp_.scratch_bytes(int(std::min<int64_t>(n, fp_.chunk())), 1); }
 
  private:
+  // Feeds ids in chunks; the last chunk's logits row to logits_host, or its argmax to argmax_host.
+  void feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* argmax_host);
+
   ForwardPass fp_;
   std::unique_ptr<KVCache> cache_;
 };

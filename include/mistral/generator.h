@@ -37,6 +37,11 @@ class Generation {
   // Samples the next token from the logits of the latest position and records it. Returns true when
   // the generation is over (EOS, stop string, max tokens); otherwise last_id() must be fed next.
   bool step(const float* logits, int64_t V);
+  // True when the sampler takes the argmax of the raw logits (temperature 0, no repetition penalty): the
+  // caller may then have the backend find it (Session::feed_greedy) and pass the id to step_id.
+  bool greedy() const;
+  // Records `id` as the next token (what step() would have sampled), with step()'s return value.
+  bool step_id(int32_t id);
   // Ends the generation early (context full: "length"; Ctrl-C: "interrupted"), flushing the text.
   void finish(const std::string& reason);
   bool done() const { return done_; }

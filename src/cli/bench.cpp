@@ -59,19 +59,16 @@ struct Timed {
   double prefill = 1e30, decode = 1e30;
 };
 
-// One repetition: prefill the prompt, then greedy decode steps; keeps the best times.
+// One repetition: prefill the prompt, then greedy decode steps (the argmax found by the backend, as
+// generation does at temperature 0); keeps the best times.
 void time_once(Timed& m, const std::vector<int32_t>& prompt, int gen_tokens) {
   Session& s = *m.session;
   s.reset();
   double t0 = now_seconds();
-  std::vector<float> logits = s.feed(prompt);
+  int32_t id = s.feed_greedy(prompt);
   m.prefill = std::min(m.prefill, now_seconds() - t0);
-  int32_t id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
   t0 = now_seconds();
-  for (int i = 0; i < gen_tokens; ++i) {
-    logits = s.feed({id});
-    id = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  }
+  for (int i = 0; i < gen_tokens; ++i) id = s.feed_greedy({id});
   m.decode = std::min(m.decode, now_seconds() - t0);
 }
 
@@ -98,8 +95,7 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
   if (a.batch > 1) {
     ForwardPass fp(*model, *be, so);
     std::vector<std::unique_ptr<KVCache>> caches;
-    std::vector<int32_t> next(size_t(a.batch));
-    std::vector<float> lg(size_t(a.batch) * size_t(c.vocab_size));
+    std::vector<int32_t> next(size_t(a.batch)), first(size_t(a.batch));
     for (int b = 0; b < a.batch; ++b) caches.push_back(fp.new_cache(a.prompt_tokens + a.gen_tokens + 1));
     std::vector<BatchSegment> segs(size_t(a.batch));
     for (int b = 0; b < a.batch; ++b) {  // prefill every sequence (not timed)
@@ -107,25 +103,17 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
       segs[size_t(b)].ids = prompt.data();
       segs[size_t(b)].T = int(prompt.size());
     }
-    fp.run(segs, lg.data());
+    fp.run(segs, nullptr, first.data());  // each row's greedy next id, found by the backend
     double best = 1e30;
     for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
       for (auto& cc : caches) cc->n_past = int64_t(prompt.size());
+      next = first;
       for (int b = 0; b < a.batch; ++b) {
-        next[size_t(b)] = int32_t(std::max_element(lg.begin() + long(b) * c.vocab_size,
-                                                   lg.begin() + long(b + 1) * c.vocab_size) -
-                                  (lg.begin() + long(b) * c.vocab_size));
         segs[size_t(b)].ids = &next[size_t(b)];
         segs[size_t(b)].T = 1;
       }
       const double t0 = now_seconds();
-      for (int i = 0; i < a.gen_tokens; ++i) {
-        fp.run(segs, lg.data());
-        for (int b = 0; b < a.batch; ++b)
-          next[size_t(b)] = int32_t(std::max_element(lg.begin() + long(b) * c.vocab_size,
-                                                     lg.begin() + long(b + 1) * c.vocab_size) -
-                                    (lg.begin() + long(b) * c.vocab_size));
-      }
+      for (int i = 0; i < a.gen_tokens; ++i) fp.run(segs, nullptr, next.data());
       best = std::min(best, now_seconds() - t0);
     }
     batch_tps = double(a.batch) * double(a.gen_tokens) / best;
@@ -293,8 +281,8 @@ int run_bench(const BenchArgs& a) {
     const LoadOptions lo = options_for(quants[qi]);
     Timed& main_m = mains[qi];
     main_m.model = build(lo);
-    const ModelConfig& c = main_m.model->config();
     main_m.session.reset(new Session(*main_m.model, *be, so));
+    const ModelConfig& c = main_m.model->config();
     std::mt19937 rng(7);
     std::vector<int32_t> prompt(size_t(a.prompt_tokens));
     for (auto& id : prompt) id = int32_t(rng() % uint32_t(c.vocab_size));

@@ -78,9 +78,18 @@ void Generation::finish(const std::string& reason) {
   res_.text = text_;
 }
 
+bool Generation::greedy() const {
+  const SamplerParams& s = sampler_.params();
+  return s.temperature <= 0.0f && s.repeat_penalty == 1.0f;
+}
+
 bool Generation::step(const float* logits, int64_t V) {
   if (done_) return true;
-  const int32_t id = sampler_.sample(logits, V, history_);
+  return step_id(sampler_.sample(logits, V, history_));
+}
+
+bool Generation::step_id(int32_t id) {
+  if (done_) return true;
   res_.ids.push_back(id);
   history_.push_back(id);
   if (!p_.ignore_eos && std::find(p_.eos_ids.begin(), p_.eos_ids.end(), id) != p_.eos_ids.end()) {
@@ -109,12 +118,17 @@ GenerateResult generate(Session& session, const Tokenizer& tok, const std::vecto
     g.finish("length");
     return g.result();
   }
+  // Greedy decoding asks the session for the argmax only (the logits stay on the device).
+  const bool greedy = g.greedy();
   double t0 = now_s();
-  std::vector<float> logits = session.feed(prompt_ids);
+  std::vector<float> logits;
+  int32_t next = -1;
+  if (greedy) next = session.feed_greedy(prompt_ids);
+  else logits = session.feed(prompt_ids);
   const double prefill_s = now_s() - t0;
   t0 = now_s();
   int64_t decoded = 0;
-  while (!g.step(logits.data(), int64_t(logits.size()))) {
+  while (!(greedy ? g.step_id(next) : g.step(logits.data(), int64_t(logits.size())))) {
     if (should_stop && should_stop()) {
       g.finish("interrupted");
       break;
@@ -123,7 +137,8 @@ GenerateResult generate(Session& session, const Tokenizer& tok, const std::vecto
       g.finish("length");  // context full
       break;
     }
-    logits = session.feed({g.last_id()});
+    if (greedy) next = session.feed_greedy({g.last_id()});
+    else logits = session.feed({g.last_id()});
     ++decoded;
   }
   GenerateResult r = g.result();

@@ -109,7 +109,7 @@ void ForwardPass::ensure_scratch(int T, int rows) {
   }
 }
 
-size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_host) {
+size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_host, int32_t* argmax_host) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = w_;
   int T = 0, rows = 0;
@@ -136,12 +136,14 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
       throw UsageError("two segments of one batch share a KV cache");
   }
   if (T == 0) return 0;
-  if (observer_) rows = 0, logits_host = nullptr;
+  if (observer_) rows = 0, logits_host = nullptr, argmax_host = nullptr;
+  if (logits_host) argmax_host = nullptr;
+  const bool want = logits_host || argmax_host;
   ensure_scratch(T, rows);
   const size_t V = size_t(c.vocab_size);
   // A single-token step of a sequence that has been fed before: replay (or record) its graph.
-  const bool graph = graphs_ && be_.graphs_supported() && segs.size() == 1 && T == 1 && rows == 1 &&
-                     logits_host && segs[0].cache->n_past > 0;
+  const bool graph = graphs_ && be_.graphs_supported() && segs.size() == 1 && T == 1 && rows == 1 && want &&
+                     segs[0].cache->n_past > 0;
   if (graph) {
     const BatchSegment& s = segs[0];
     be_.set_step_inputs(s.ids[0], s.cache->n_past);
@@ -158,14 +160,16 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
       if (!be_.graph_launch(s.cache->id())) throw Error("internal: a recorded decode graph did not launch");
     }
     s.cache->n_past += 1;
-    be_.to_host(logits_host, logits_, V);
+    if (argmax_host) be_.argmax_rows(logits_, 1, int64_t(V), argmax_host);
+    else be_.to_host(logits_host, logits_, V);
     return 1;
   }
   be_.embed(w.embed, ids.data(), T, x_);
   body(segs, T, rows);
   for (const auto& s : segs) s.cache->n_past += s.T;
-  if (rows == 0 || !logits_host) return 0;
-  be_.to_host(logits_host, logits_, size_t(rows) * V);
+  if (rows == 0 || !want) return 0;
+  if (argmax_host) be_.argmax_rows(logits_, rows, int64_t(V), argmax_host);
+  else be_.to_host(logits_host, logits_, size_t(rows) * V);
   return size_t(rows);
 }
 
@@ -276,12 +280,24 @@ Session::Session(const Model& model, Backend& backend, const SessionOptions& opt
     : fp_(model, backend, opt), cache_(fp_.new_cache()) {}
 
 std::vector<float> Session::feed(const std::vector<int32_t>& ids, bool all_logits) {
+  const size_t V = size_t(fp_.model().config().vocab_size);
+  std::vector<float> out(all_logits ? ids.size() * V : V);
+  feed_chunks(ids, all_logits, out.data(), nullptr);
+  return out;
+}
+
+int32_t Session::feed_greedy(const std::vector<int32_t>& ids) {
+  int32_t id = -1;
+  feed_chunks(ids, false, nullptr, &id);
+  return id;
+}
+
+void Session::feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* argmax_host) {
   if (ids.empty()) throw UsageError("nothing to feed: empty token sequence");
   if (n_past() + int64_t(ids.size()) > capacity())
     throw UsageError("context full: " + std::to_string(n_past() + int64_t(ids.size())) + " positions needed, " +
                      std::to_string(capacity()) + " available (use --ctx, up to max_position_embeddings)");
   const size_t V = size_t(fp_.model().config().vocab_size);
-  std::vector<float> out(all_logits ? ids.size() * V : V);
   size_t done = 0;
   while (done < ids.size()) {
     BatchSegment s;
@@ -291,10 +307,11 @@ std::vector<float> Session::feed(const std::vector<int32_t>& ids, bool all_logit
     const bool last = done + size_t(s.T) == ids.size();
     s.all_logits = all_logits;
     s.want_logits = all_logits || last;
-    fp_.run({s}, s.want_logits ? out.data() + (all_logits ? done * V : 0) : nullptr);
+    if (!s.want_logits) fp_.run({s}, nullptr);
+    else if (argmax_host) fp_.run({s}, nullptr, argmax_host);
+    else fp_.run({s}, logits_host + (all_logits ? done * V : 0));
     done += size_t(s.T);
   }
-  return out;
 }
 
 }  // namespace mistral

@@ -14,6 +14,7 @@
 #include <map>
 #include <vector>
 
+#include "argmax.cuh"
 #include "attention.cuh"
 #include "attention_decode.cuh"
 #include "cuda_check.h"
@@ -94,6 +95,8 @@ class CudaBackend final : public Backend {
     if (rows_host_) cudaFreeHost(rows_host_);
     if (rows_dev_) cudaFree(rows_dev_);
     if (rows_split_) cudaFree(rows_split_);
+    if (argmax_host_) cudaFreeHost(argmax_host_);
+    if (argmax_dev_) cudaFree(argmax_dev_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -185,6 +188,26 @@ class CudaBackend final : public Backend {
     MR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
   void synchronize() override { MR_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // Greedy decoding: the row argmax on the device, then only the ids cross to the host (through a pinned
+  // buffer), not rows * n logits.
+  void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) override {
+    if (rows <= 0) return;
+    if (n <= 0 || n > INT_MAX) throw Error("internal: argmax over " + std::to_string(n) + " values");
+    if (size_t(rows) > argmax_cap_) {
+      if (argmax_host_) MR_CUDA_CHECK(cudaFreeHost(argmax_host_));
+      if (argmax_dev_) MR_CUDA_CHECK(cudaFree(argmax_dev_));
+      argmax_host_ = nullptr, argmax_dev_ = nullptr, argmax_cap_ = 0;
+      MR_CUDA_CHECK(cudaMallocHost(&argmax_host_, size_t(rows) * sizeof(int32_t)));
+      MR_CUDA_CHECK(cudaMalloc(&argmax_dev_, size_t(rows) * sizeof(int32_t)));
+      argmax_cap_ = size_t(rows);
+    }
+    MR_LAUNCH_CHECK(argmax_rows_cuda(x, rows, int(n), argmax_dev_, stream_), stream_);
+    MR_CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_dev_, size_t(rows) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                  stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::memcpy(out, argmax_host_, size_t(rows) * sizeof(int32_t));
+  }
 
   // Best of 5 device-to-device copies of one buffer of up to 1 GiB into another (fewer bytes when memory
   // is short), timed with events on the backend's stream; counts bytes read + bytes written.
@@ -684,6 +707,9 @@ class CudaBackend final : public Backend {
   int rows_next_ = 0;
   float* rows_split_ = nullptr;
   size_t rows_split_cap_ = 0;
+  int32_t* argmax_host_ = nullptr;  // argmax_rows: pinned ids and their device buffer
+  int32_t* argmax_dev_ = nullptr;
+  size_t argmax_cap_ = 0;
   StepInputs* step_host_ = nullptr;  // pinned staging for the step inputs
   StepInputs* step_dev_ = nullptr;
   std::map<uint64_t, cudaGraphExec_t> graphs_;
