@@ -4,7 +4,8 @@
 // several values of the K-split target (set_quant_gemv_warps_per_sm), to choose the default from
 // measurements. Random weight bytes (timing only); each launch reads a different copy of its weights out
 // of enough copies to exceed L2, as a real step does.
-//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4] [--warps 16,24,32,48]
+//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4] [--warps 16,24,32,48] [--only LAUNCH]
+// --only times one launch (q/k/v, o, gate/up+swiglu or down): for a profiler pointed at its kernels.
 // Built with the CUDA backend (target gemv_bench); tools/gpu-check.sh runs it in its `kernels` phase.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -13,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -212,7 +214,7 @@ std::vector<std::string> split_list(const std::string& s) {
 
 int main(int argc, char** argv) {
   int reps = 200;
-  std::string formats = "f16,int8,nf4,int4", warps = "16,24,32,48";
+  std::string formats = "f16,int8,nf4,int4", warps = "16,24,32,48", only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) {
@@ -221,12 +223,19 @@ int main(int argc, char** argv) {
       formats = argv[++i];
     } else if (a == "--warps" && i + 1 < argc) {
       warps = argv[++i];
+    } else if (a == "--only" && i + 1 < argc) {
+      only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: gemv_bench [--reps N] [--formats f16,int8,nf4,int4] [--warps 16,24,32,48]\n");
+      std::fprintf(stderr,
+                   "usage: gemv_bench [--reps N] [--formats f16,int8,nf4,int4] [--warps 16,24,32,48] [--only LAUNCH]\n");
       return 2;
     }
   }
   if (reps < 1) reps = 1;
+  if (!only.empty() && std::find(std::begin(kLaunchName), std::end(kLaunchName), only) == std::end(kLaunchName)) {
+    std::fprintf(stderr, "gemv_bench: --only takes q/k/v, o, gate/up+swiglu or down\n");
+    return 2;
+  }
   int dev = 0, n_sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
     std::fprintf(stderr, "gemv_bench: no CUDA device\n");
@@ -272,6 +281,7 @@ int main(int argc, char** argv) {
       if (t != DType::F16) cuda::set_quant_gemv_warps_per_sm(std::atoi(w.c_str()));
       double total_us = 0, total_bytes = 0;
       for (int l = 0; l < kLaunches; ++l) {
+        if (!only.empty() && only != kLaunchName[l]) continue;
         const double us = time_launch(L, Launch(l), reps, x, xi, y, y2, y3, n_sms);
         const double bytes = double(launch_bytes(L, Launch(l)));
         total_us += us, total_bytes += bytes;

@@ -5,7 +5,7 @@
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
 #                                    (binaries + the stories260K test data); carry gpu-bin to the device.
 #   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
-#                                    quant, pdl, kernels, profile (default: tests sanitize bench, about
+#                                    quant, pdl, kernels, stalls, profile (default: tests sanitize bench, about
 #                                    7 minutes on an H100/H200; tests ~25 s, bench ~70 s, quant ~90 s
 #                                    for QUANT_LIST=int8,int4, kernels ~15 s).
 #
@@ -24,6 +24,8 @@
 #           (PDL_QUANT=0 skips that).
 # kernels:  a 7B layer's decode GEMVs timed launch by launch (tools/gemv_bench.cu), fp16 and quantized,
 #           the quantized ones at several K-split targets, in GB/s against the copy rate.
+# stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
+#           reasons of the quantized and fp16 GEMVs (about a minute).
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
 #           prefill: time and DRAM GB/s by kernel (tools/ncu_summary.py), to show where the time goes;
 #           PROFILE_QUANT=int4 (int8, nf4) adds a decode step of that format.
@@ -360,6 +362,22 @@ kernels)
   echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
   MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int8,int4 --warps 24 | tee -a "$SUMMARY"
   ;;
+stalls)
+  # Why the decode GEMVs run below the copy rate: Nsight Compute on one gemv_bench launch each (issue
+  # utilization, occupancy, DRAM throughput, stall reasons per issued instruction; tools/ncu_stalls.py).
+  step "stalls: where the decode GEMVs' warps wait (ncu on gemv_bench)"
+  if [ $HAVE_GPU != 1 ] || ! command -v ncu >/dev/null 2>&1 || [ ! -x "$BIN/gemv_bench" ]; then
+    note "stalls: skipped (no GPU, ncu or gemv_bench)"; continue
+  fi
+  for spec in "int4 gate/up+swiglu" "int4 down" "int4 q/k/v" "int8 q/k/v" "f16 o" "f16 gate/up+swiglu"; do
+    set -- $spec
+    f="$OUTDIR/stalls_$1_$(echo "$2" | tr '/+' '--').csv"
+    timeout 90 ncu --csv --page raw --print-units base -k regex:gemv --launch-skip 5 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats "$BIN/gemv_bench" --formats "$1" --warps 24 --only "$2" --reps 3 >"$f" 2>"$f.err"
+    python3 tools/ncu_stalls.py "$f" "$1 $2" | tee -a "$SUMMARY"
+  done
+  ;;
 profile)
   # Where a decode step's time goes: every kernel of about one step of the 7B shape (eager, no graph),
   # timed by Nsight Compute with the DRAM bytes it moved, summed by kernel name.
@@ -394,7 +412,7 @@ profile)
     python3 tools/ncu_summary.py "$OUTDIR/ncu_quant.csv" | tee -a "$SUMMARY"
   fi
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, profile)";;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, stalls, profile)";;
 esac; done
 
 step "summary"
