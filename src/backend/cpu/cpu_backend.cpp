@@ -78,7 +78,7 @@ void matmul_tile(const float* x, int T, int64_t K, const void* W, int64_t N, int
     for (; k < K; ++k) acc += load1<D>(row, k) * xu[k];
     return acc;
   };
-  int64_t kv = 0;  // where the vector loop stops
+  [[maybe_unused]] int64_t kv = 0;  // where the vector loop stops (SIMD builds)
 #ifdef MISTRAL_X86_SIMD
   kv = K / 8 * 8;
 #endif
