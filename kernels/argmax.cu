@@ -1,7 +1,10 @@
 // Row argmax: one block of 1024 threads a row. Thread i scans elements i, i + 1024, ... in order and
 // keeps the first largest it sees; the block then merges the threads' candidates (larger value first,
 // the lower index on equal values) through warp shuffles and one shared-memory round, so the result is
-// the row's first largest value whatever the thread count.
+// the row's first largest value whatever the thread count. NaNs as mistral::argmax treats them: one at
+// index 0 wins (the host scan never leaves it), any other is passed over.
+#include <cmath>
+
 #include "argmax.cuh"
 
 namespace mistral {
@@ -22,7 +25,11 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(const float* __restric
   float v = 0.f;
   int i = -1;
   for (int k = threadIdx.x; k < n; k += kThreads) {
-    const float e = r[k];
+    float e = r[k];
+    if (e != e) {  // NaN: as the host scan, which never moves to one and never leaves one at index 0
+      if (k != 0) continue;
+      e = INFINITY;
+    }
     if (i < 0 || e > v) v = e, i = k;
   }
   for (int o = 16; o > 0; o >>= 1) {

@@ -8,7 +8,7 @@ namespace mistral {
 namespace cuda {
 
 // out[r] = the first index of the largest value of row r of x[rows, n] (device, n >= 1), as a scan from
-// index 0 that keeps the best so far on a strict > (mistral::argmax) gives for rows without NaN.
+// index 0 that keeps the best so far on a strict > (mistral::argmax) gives it, NaNs included.
 // out: device [rows].
 cudaError_t argmax_rows_cuda(const float* x, int rows, int n, int32_t* out, cudaStream_t stream);
 

@@ -221,7 +221,7 @@ TEST(CudaOps, QuantMatmul) {
 
 // The row argmax that greedy decoding runs on the device (only the ids come back): against the CPU
 // backend's (mistral::argmax per row) over lengths around the block size, with the largest value repeated
-// (the first index must win), a row of -inf and a row whose largest value is its last element.
+// (the first index must win), a row of -inf, a row whose largest value is its last element and NaNs.
 TEST(CudaOps, ArgmaxRows) {
   REQUIRE_GPU();
   Backends b;
@@ -235,6 +235,10 @@ TEST(CudaOps, ArgmaxRows) {
       }
       if (rows > 2) std::fill(x.begin() + 2 * size_t(n), x.begin() + 3 * size_t(n), -INFINITY);
       if (rows > 3) x[4 * size_t(n) - 1] = 60.f;  // row 3: its last element
+      if (rows > 5) {  // NaN as the host scan treats it: at index 0 it wins (row 4), elsewhere not (row 5)
+        x[4 * size_t(n)] = NAN;
+        x[5 * size_t(n) + size_t(n) / 2] = NAN;
+      }
       std::vector<int32_t> want(static_cast<size_t>(rows)), got(static_cast<size_t>(rows), -5);
       b.cpu->argmax_rows(x.data(), rows, n, want.data());
       Dev dx(*b.gpu, x);

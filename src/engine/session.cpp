@@ -136,8 +136,8 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
       throw UsageError("two segments of one batch share a KV cache");
   }
   if (T == 0) return 0;
+  if (logits_host && argmax_host) throw Error("internal: a forward pass asked for both logits and their argmax");
   if (observer_) rows = 0, logits_host = nullptr, argmax_host = nullptr;
-  if (logits_host) argmax_host = nullptr;
   const bool want = logits_host || argmax_host;
   ensure_scratch(T, rows);
   const size_t V = size_t(c.vocab_size);
@@ -289,6 +289,7 @@ std::vector<float> Session::feed(const std::vector<int32_t>& ids, bool all_logit
 int32_t Session::feed_greedy(const std::vector<int32_t>& ids) {
   int32_t id = -1;
   feed_chunks(ids, false, nullptr, &id);
+  if (id < 0) throw Error("internal: no greedy token (a forward pass with an observer returns none)");
   return id;
 }
 

@@ -495,7 +495,9 @@ class CudaBackend final : public Backend {
         graph_reset();  // recorded graphs point at the old scratch
         if (split_) MR_CUDA_CHECK(cudaFree(split_));
         MR_CUDA_CHECK(cudaMalloc(&split_, need * sizeof(float)));
-        MR_CUDA_CHECK(cudaMemset(split_, 0, need * sizeof(float)));  // the kernel's counters start at zero
+        // The kernel's counters start at zero; on stream_ (non-blocking: a legacy-stream memset would not be
+        // ordered before the kernels queued there).
+        MR_CUDA_CHECK(cudaMemsetAsync(split_, 0, need * sizeof(float), stream_));
         split_cap_ = need;
       }
     }
