@@ -31,8 +31,12 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// MISTRAL_CUDA_PDL=1, read once.
+// MISTRAL_CUDA_PDL=1, read once; never in a build with an architecture below sm_90 (CMakeLists.txt
+// defines MISTRAL_CUDA_PDL_ARCH otherwise), whose kernels would not wait.
 inline bool pdl_enabled() {
+#ifndef MISTRAL_CUDA_PDL_ARCH
+  return false;
+#endif
   static const bool on = [] {
     const char* e = std::getenv("MISTRAL_CUDA_PDL");
     return e && std::strcmp(e, "1") == 0;
