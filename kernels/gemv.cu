@@ -2,6 +2,8 @@
 // 16 bytes' worth of elements), each lane loads 16 bytes of weights at a time (8 fp16/bf16 or 4
 // fp32), several loads in flight, and reuses them for all T tokens; partial sums are reduced across
 // the warp. Otherwise a scalar path handles any K.
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
@@ -91,10 +93,10 @@ __device__ __forceinline__ void load_units(const W* __restrict__ row, int K, int
 // multiple of 16 bytes of W). Lane l takes the 16-byte units l, l + 32, l + 64, ... of its row in that
 // order (the same order for every T, so a token's result does not depend on how many tokens share the
 // launch), kUnroll loads issued before any is used. kPre: the first kUnroll are in raw already
-// (load_units(row, K, lane, raw), which the kernels issue before pdl_wait when launched with programmatic
-// dependence: weights are no earlier kernel's output, so their DRAM latency overlaps the kernel before).
-// Only then: holding all kUnroll loads across the wait takes 64 registers at T = 1, against 32 for the
-// in-loop loads that run 7B decode at 82% of the copy rate (gemv_bench, run 6), twice the warps per SM.
+// (load_units(row, K, lane, raw), which the kernels issue before pdl_wait: with programmatic dependence
+// their DRAM latency overlaps the kernel before, since weights are no earlier kernel's output). Holding
+// all kUnroll loads takes 64 registers at T = 1, against 32 for the in-loop loads, whose compiled code
+// keeps fewer in flight with twice the warps per SM: preload_for() chooses.
 template <typename W, int T, bool kVector, bool kPre>
 __device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* __restrict__ row, int K,
                                          uint4 (&raw)[kUnroll], float (&acc)[T]) {
@@ -174,6 +176,35 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Multiprocessors of the current device (0 if it cannot be asked), read once.
+int device_sms() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      v = 0;
+    return v;
+  }();
+  return n;
+}
+
+// Whether a launch of `warps` warps (one a row) for T tokens takes the kPre kernels, which hold a lane's first kUnroll
+// loads in registers (64 registers at T = 1, 32 warps an SM) instead of the 32-register ones that issue
+// fewer loads at a time with up to 64 warps an SM. Always with PDL (the loads go before pdl_wait);
+// otherwise when all of the launch's warps fit at 32 an SM: then more warps would not be there to use, and
+// each warp's bytes in flight are what is short (the 7B output projection, 4096 rows, ran at 63% of the
+// copy rate in gemv_bench, run 6, against 88% for the 14336-row gate/up launch). MISTRAL_CUDA_GEMV_PRELOAD=0
+// or 1 forces it off or on, for comparisons.
+bool preload_for(long long warps, int T) {
+  static const int mode = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_GEMV_PRELOAD");
+    return e && std::strcmp(e, "0") == 0 ? 0 : e && std::strcmp(e, "1") == 0 ? 1 : 2;
+  }();
+  if (pdl_enabled()) return true;
+  if (mode != 2) return mode == 1;
+  const int sms = device_sms();
+  return T == 1 && sms > 0 && warps <= 32LL * sms;  // more tokens take more registers: fewer warps fit
+}
+
 // Calls f(W{}, std::integral_constant<int, T>{}) for the weight type of wt and T in 1 .. kGemvMaxT (the
 // caller has checked T); returns the launch's error (f returns it).
 template <typename F>
@@ -214,11 +245,14 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
   }
   const unsigned blocks = unsigned(p.first_block[parts]);
   if (blocks == 0) return cudaSuccess;
+  long long rows = 0;
+  for (int i = 0; i < parts; ++i) rows += N[i];
+  const bool pre = preload_for(rows, T);
   return dispatch(wt, T, [&](auto w, auto t) {
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;
     if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      return pdl_enabled()
+      return pre
                  ? launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, true>, blocks, kWarps * 32, 0, stream, x, p, K)
                  : launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, false>, blocks, kWarps * 32, 0, stream, x, p, K);
     return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, false, false>, blocks, kWarps * 32, 0, stream, x, p, K);
@@ -236,13 +270,14 @@ cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* 
   if (T > kGemvMaxT || K <= 0) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
   const bool aligned = aligned16(x) && aligned16(Wg) && aligned16(Wu);
+  const bool pre = preload_for(N, T);
   return dispatch(wt, T, [&](auto w, auto t) {
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;
     const Wt* g = static_cast<const Wt*>(Wg);
     const Wt* u = static_cast<const Wt*>(Wu);
     if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      return pdl_enabled() ? launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, true>, blocks, kWarps * 32, 0, stream, x,
+      return pre ? launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, true>, blocks, kWarps * 32, 0, stream, x,
                                               g, u, N, K, out)
                            : launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, false>, blocks, kWarps * 32, 0, stream,
                                               x, g, u, N, K, out);

@@ -318,6 +318,9 @@ pdl)
   # merge inside the partial kernel (the default), without PDL.
   MISTRAL_CUDA_DECODE_COMBINE=1 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/combine_separate.json" || echo "bench (separate combine) failed"
+  # And the fp16 GEMVs without the register-preloading kernel for small launches (gemv.cu, preload_for).
+  MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+    --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/preload0.json" || echo "bench (no preload) failed"
   if [ "${PDL_QUANT:-1}" != 0 ]; then  # PDL_QUANT=0: fp16 only
     MISTRAL_CUDA_PDL=1 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
       --quant-list "${QUANT_LIST:-int8,nf4,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
@@ -332,6 +335,8 @@ try:
     print(f"pdl: fp16 decode ctx 128 {off:.1f} tok/s off, {on:.1f} on = {on / off:.3f}x")
     sep = json.load(open(os.path.join(d, "combine_separate.json")))["decode_tok_s"]
     print(f"decode attention: separate combine kernel {sep:.1f} tok/s, merged in the partial kernel {off:.1f}")
+    pre0 = json.load(open(os.path.join(d, "preload0.json")))["decode_tok_s"]
+    print(f"fp16 GEMVs: MISTRAL_CUDA_GEMV_PRELOAD=0 {pre0:.1f} tok/s, default {off:.1f}")
 except Exception as e:
     print(f"pdl: no fp16 result ({e})")
 try:
@@ -359,6 +364,8 @@ kernels)
     export MISTRAL_CUDA_QUANT_WARPS=$best
     note "kernels: later phases run with MISTRAL_CUDA_QUANT_WARPS=$best"
   fi
+  echo "fp16 with MISTRAL_CUDA_GEMV_PRELOAD=0 (the 32-register GEMV for every launch):" | tee -a "$SUMMARY"
+  MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16 | tee -a "$SUMMARY"
   echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
   MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int8,int4 --warps 24 | tee -a "$SUMMARY"
   ;;
