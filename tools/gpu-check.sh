@@ -364,8 +364,13 @@ kernels)
     export MISTRAL_CUDA_QUANT_WARPS=$best
     note "kernels: later phases run with MISTRAL_CUDA_QUANT_WARPS=$best"
   fi
-  echo "fp16 with MISTRAL_CUDA_GEMV_PRELOAD=0 (the 32-register GEMV for every launch):" | tee -a "$SUMMARY"
-  MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16 | tee -a "$SUMMARY"
+  # The fp16 GEMV kernel choice (gemv.cu, preload_for): the 32-register kernel for every launch, then the
+  # register-preloading one for every launch; the default picks by launch size.
+  for pre in 0 1; do
+    echo "fp16 with MISTRAL_CUDA_GEMV_PRELOAD=$pre:" | tee -a "$SUMMARY"
+    MISTRAL_CUDA_GEMV_PRELOAD=$pre timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16 | grep -v '^format' |
+      tee -a "$SUMMARY"
+  done
   echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
   MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int8,int4 --warps 24 | tee -a "$SUMMARY"
   ;;
