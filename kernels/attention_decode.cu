@@ -15,8 +15,6 @@
 // Preconditions: head_dim <= 256, group = Hq / Hkv <= 8.
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
-#include <cstring>
 
 #include "attention.cuh"
 #include "attention_decode.cuh"
@@ -263,10 +261,7 @@ constexpr size_t kCounterWords = 256;
 
 // MISTRAL_CUDA_DECODE_COMBINE=1: the separate combine kernel (for comparisons), read once.
 bool separate_combine() {
-  static const bool on = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_DECODE_COMBINE");
-    return e && std::strcmp(e, "1") == 0;
-  }();
+  static const bool on = env_equals("MISTRAL_CUDA_DECODE_COMBINE", "1");
   return on;
 }
 

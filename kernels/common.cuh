@@ -1,11 +1,21 @@
 // Shared device helpers: weight-element loads by dtype (fp32 out) and small reductions.
 #pragma once
+#include <cstdlib>
+#include <cstring>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 namespace mistral {
 namespace cuda {
+
+// Whether environment variable `name` is set to exactly `value` (the kernels' comparison switches; each
+// caller keeps the answer in a static, so the variable is read once).
+inline bool env_equals(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e && std::strcmp(e, value) == 0;
+}
 
 template <typename W>
 __device__ __forceinline__ float to_float(W v);

@@ -2,8 +2,6 @@
 // 16 bytes' worth of elements), each lane loads 16 bytes of weights at a time (8 fp16/bf16 or 4
 // fp32), several loads in flight, and reuses them for all T tokens; partial sums are reduced across
 // the warp. Otherwise a scalar path handles any K.
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
@@ -176,17 +174,6 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Multiprocessors of the current device (0 if it cannot be asked), read once.
-int device_sms() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      v = 0;
-    return v;
-  }();
-  return n;
-}
-
 // Whether a launch of `warps` warps (one a row) for T tokens takes the kPre kernels, which hold a lane's first kUnroll
 // loads in registers (64 registers at T = 1, 32 warps an SM) instead of the 32-register ones that issue
 // fewer loads at a time with up to 64 warps an SM. Always with PDL (the loads go before pdl_wait);
@@ -194,15 +181,12 @@ int device_sms() {
 // each warp's bytes in flight are what is short (the 7B output projection, 4096 rows, ran at 63% of the
 // copy rate in gemv_bench, run 6, against 88% for the 14336-row gate/up launch). MISTRAL_CUDA_GEMV_PRELOAD=0
 // or 1 forces it off or on, for comparisons.
-bool preload_for(long long warps, int T) {
-  static const int mode = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_GEMV_PRELOAD");
-    return e && std::strcmp(e, "0") == 0 ? 0 : e && std::strcmp(e, "1") == 0 ? 1 : 2;
-  }();
-  if (pdl_enabled()) return true;
-  if (mode != 2) return mode == 1;
-  const int sms = device_sms();
-  return T == 1 && sms > 0 && warps <= 32LL * sms;  // more tokens take more registers: fewer warps fit
+bool preload_for(long long warps, int T, int n_sms) {
+  static const bool off = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "0"),
+                    on = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "1");
+  if (pdl_enabled() || on) return true;
+  if (off) return false;
+  return T == 1 && n_sms > 0 && warps <= 32LL * n_sms;  // more tokens take more registers: fewer warps fit
 }
 
 // Calls f(W{}, std::integral_constant<int, T>{}) for the weight type of wt and T in 1 .. kGemvMaxT (the
@@ -230,7 +214,7 @@ cudaError_t dispatch(DType wt, int T, F&& f) {
 }  // namespace
 
 cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const int* N, float* const* y, int parts,
-                            DType wt, int K, cudaStream_t stream) {
+                            DType wt, int K, int n_sms, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   if (T > kGemvMaxT || K <= 0 || parts <= 0 || parts > kGemvMaxParts) return cudaErrorInvalidValue;
   GemvParts p{};
@@ -247,7 +231,7 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
   if (blocks == 0) return cudaSuccess;
   long long rows = 0;
   for (int i = 0; i < parts; ++i) rows += N[i];
-  const bool pre = preload_for(rows, T);
+  const bool pre = preload_for(rows, T, n_sms);
   return dispatch(wt, T, [&](auto w, auto t) {
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;
@@ -259,18 +243,19 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
   });
 }
 
-cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream) {
+cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, int n_sms,
+                      cudaStream_t stream) {
   if (T > 0 && N <= 0) return cudaSuccess;
-  return gemv_multi_cuda(x, T, &W, &N, &y, 1, wt, K, stream);
+  return gemv_multi_cuda(x, T, &W, &N, &y, 1, wt, K, n_sms, stream);
 }
 
 cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* Wu, DType wt, int N, int K,
-                             float* out, cudaStream_t stream) {
+                             float* out, int n_sms, cudaStream_t stream) {
   if (T <= 0 || N <= 0) return cudaSuccess;
   if (T > kGemvMaxT || K <= 0) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
   const bool aligned = aligned16(x) && aligned16(Wg) && aligned16(Wu);
-  const bool pre = preload_for(N, T);
+  const bool pre = preload_for(N, T, n_sms);
   return dispatch(wt, T, [&](auto w, auto t) {
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;

@@ -10,19 +10,21 @@ namespace cuda {
 
 constexpr int kGemvMaxT = 4;
 
-cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, cudaStream_t stream);
+// n_sms: the device's multiprocessors, which choose between two kernels of the same results (gemv.cu).
+cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, int n_sms,
+                      cudaStream_t stream);
 
 // out[T, N] = silu(x W_gate^T) * (x W_up^T), both [N, K] of dtype wt, in one launch (T <= kGemvMaxT): each
 // element bit for bit the GEMVs followed by swiglu_cuda when the weights are 16-byte aligned.
 cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* Wu, DType wt, int N, int K,
-                             float* out, cudaStream_t stream);
+                             float* out, int n_sms, cudaStream_t stream);
 
 // Several products of the same x in one launch: y[i][T, N[i]] = x[T, K] * W[i][N[i], K]^T for i < parts
 // (parts <= kGemvMaxParts, every W[i] of dtype wt). Each result equals gemv_cuda's bit for bit when every
 // W[i] is 16-byte aligned (cudaMalloc's are); with any unaligned, all parts take the scalar path.
 constexpr int kGemvMaxParts = 4;
 cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const int* N, float* const* y, int parts,
-                            DType wt, int K, cudaStream_t stream);
+                            DType wt, int K, int n_sms, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mistral

@@ -10,11 +10,11 @@
 // only after its own wait, every earlier kernel has finished too. Without the attribute (the default)
 // both calls do nothing.
 #pragma once
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include <cuda_runtime.h>
+
+#include "common.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -37,10 +37,7 @@ inline bool pdl_enabled() {
 #ifndef MISTRAL_CUDA_PDL_ARCH
   return false;
 #endif
-  static const bool on = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_PDL");
-    return e && std::strcmp(e, "1") == 0;
-  }();
+  static const bool on = env_equals("MISTRAL_CUDA_PDL", "1");
   return on;
 }
 

@@ -517,10 +517,7 @@ int gemv_split(long long pairs, long long chunks, int n_sms) {
 // kMaxStageBytes (then x is read from global memory). MISTRAL_CUDA_QUANT_STAGE=0 turns the copy off
 // (to measure it against global reads; the results are the same bits).
 size_t stage_bytes(int T, int K) {
-  static const bool off = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_QUANT_STAGE");
-    return e && std::strcmp(e, "0") == 0;
-  }();
+  static const bool off = env_equals("MISTRAL_CUDA_QUANT_STAGE", "0");
   const size_t b = size_t(T) * size_t(staged_stride(K)) * sizeof(float);
   return !off && b <= kMaxStageBytes ? b : 0;
 }

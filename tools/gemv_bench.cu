@@ -110,17 +110,17 @@ void launch(const Layer& L, Launch which, int c, const float* x, const float* xi
         const void* W[3] = {L.q.data[c % L.q.copies], L.k.data[c % L.k.copies], L.v.data[c % L.v.copies]};
         const int N[3] = {L.q.N, L.k.N, L.v.N};
         float* Y[3] = {y, y2, y3};
-        CK(cuda::gemv_multi_cuda(x, 1, W, N, Y, 3, t, D, 0));
+        CK(cuda::gemv_multi_cuda(x, 1, W, N, Y, 3, t, D, n_sms, 0));
         break;
       }
       case kO:
-        CK(cuda::gemv_cuda(x, 1, L.o.data[c % L.o.copies], t, L.o.N, D, y, 0));
+        CK(cuda::gemv_cuda(x, 1, L.o.data[c % L.o.copies], t, L.o.N, D, y, n_sms, 0));
         break;
       case kGateUp:
-        CK(cuda::gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.up.data[c % L.up.copies], t, I, D, y, 0));
+        CK(cuda::gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.up.data[c % L.up.copies], t, I, D, y, n_sms, 0));
         break;
       default:
-        CK(cuda::gemv_cuda(xi, 1, L.down.data[c % L.down.copies], t, L.down.N, I, y, 0));
+        CK(cuda::gemv_cuda(xi, 1, L.down.data[c % L.down.copies], t, L.down.N, I, y, n_sms, 0));
         break;
     }
     return;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mistral/model.h"
+#include "mistral/sampler.h"
 
 namespace mistral {
 
@@ -127,13 +128,7 @@ class Backend {
   virtual void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) {
     std::vector<float> h(size_t(rows) * size_t(n));
     to_host(h.data(), x, h.size());
-    for (int r = 0; r < rows; ++r) {
-      const float* p = h.data() + size_t(r) * size_t(n);
-      int64_t best = 0;
-      for (int64_t i = 1; i < n; ++i)
-        if (p[i] > p[best]) best = i;
-      out[r] = int32_t(best);
-    }
+    for (int r = 0; r < rows; ++r) out[r] = argmax(h.data() + size_t(r) * size_t(n), n);
   }
 
   // Fused ops. Each default runs the unfused sequence, so a backend without its own version (the CPU)

@@ -23,8 +23,6 @@ void log_softmax(const float* l, int64_t V, std::vector<double>& out) {
   for (int64_t v = 0; v < V; ++v) out[size_t(v)] = double(l[v]) - lse;
 }
 
-int64_t argmax(const float* l, int64_t V) { return int64_t(std::max_element(l, l + V) - l); }
-
 }  // namespace
 
 PerplexityResult evaluate_perplexity(const Model& model, Backend& be, const std::vector<int32_t>& ids,

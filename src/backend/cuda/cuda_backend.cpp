@@ -346,7 +346,7 @@ class CudaBackend final : public Backend {
             quant_gemv_cuda(x, T, W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), y, n_sms_, stream_),
             stream_);
       else
-        MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, stream_), stream_);
+        MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, n_sms_, stream_), stream_);
       return;
     }
     if (W.dtype == DType::F32) {
@@ -437,7 +437,7 @@ class CudaBackend final : public Backend {
                                             int(quant_group_of(*W[0])), n_sms_, stream_),
                       stream_);
     else
-      MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), stream_), stream_);
+      MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), n_sms_, stream_), stream_);
   }
 
   // Gate and up GEMVs and SwiGLU in one launch for decode steps (T <= kGemvMaxT, weights of one dtype and
@@ -461,7 +461,7 @@ class CudaBackend final : public Backend {
                       stream_);
     else
       MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows),
-                                       int(w_gate.cols), gate, stream_),
+                                       int(w_gate.cols), gate, n_sms_, stream_),
                       stream_);
   }
 
