@@ -1,5 +1,10 @@
 // Token selection from fp32 logits: greedy, or temperature with top-k, top-p and min-p filters,
 // after an optional repetition penalty. Deterministic for a given seed.
+//
+// The sampler decides from the head of the distribution: the largest logits (after the penalty), in
+// order, and the softmax normaliser over the whole row. A backend can find those where the logits are
+// (Backend::top_candidates) so that only a few KB reach the host; when they do not settle the draw (a
+// nucleus wider than the candidates), the whole row is sampled instead, with the same draw.
 #pragma once
 #include <cstdint>
 #include <random>
@@ -17,21 +22,58 @@ struct SamplerParams {
   uint64_t seed = 0;
 };
 
+// What to find in a row of logits for one draw: the k largest values after the repetition penalty
+// (each penalised id's logit l becomes l > 0 ? l / penalty : l * penalty), and the normaliser at
+// `temperature`.
+struct CandidateRequest {
+  int k = 1;
+  float temperature = 0;               // <= 0: no normaliser (greedy)
+  float penalty = 1;
+  const int32_t* penalised = nullptr;  // distinct ids in [0, n)
+  int n_penalised = 0;
+};
+
+// What was found: `n` ids and their (penalised) logits, by logit descending then id ascending, and
+// z = sum over the whole row of exp((l - logits[0]) / temperature).
+struct Candidates {
+  const int32_t* ids = nullptr;
+  const float* logits = nullptr;
+  int n = 0;
+  int64_t vocab = 0;  // the row's length: the candidates are the whole row when n == vocab
+  double z = 0;
+};
+
+// The host version of Backend::top_candidates for one row of n host floats: writes min(k, n) ids and
+// logits and *z (0 without a temperature).
+void top_candidates(const float* row, int64_t n, const CandidateRequest& rq, int32_t* ids, float* logits, double* z);
+
 class Sampler {
  public:
   explicit Sampler(const SamplerParams& p);
   // Picks a token from logits[V]; `history` holds ids seen so far (for the repetition penalty).
   int32_t sample(const float* logits, int64_t V, const std::vector<int32_t>& history);
+  // The candidate route: request() says what to find in the next row (the penalised ids stay owned by
+  // the sampler until the next request), pick() draws from what was found, or returns -1 without
+  // drawing when the candidates do not settle it (then sample() on the whole row decides, with the
+  // draw pick() would have made). At most max_k candidates are asked for.
+  CandidateRequest request(const std::vector<int32_t>& history, int64_t V, int max_k);
+  int32_t pick(const Candidates& c);
+  // Temperature 0 without a penalty: the argmax of the raw logits.
+  bool greedy() const { return p_.temperature <= 0.0f && p_.repeat_penalty == 1.0f; }
   const SamplerParams& params() const { return p_; }
   void set_params(const SamplerParams& p) { p_ = p; }
 
  private:
   SamplerParams p_;
   std::mt19937_64 rng_;
-  std::vector<float> work_;
-  std::vector<int32_t> idx_;
+  std::vector<int32_t> penalised_, ids_;
+  std::vector<float> logits_;
+  std::vector<double> prob_;
 };
 
 int32_t argmax(const float* logits, int64_t V);
+
+// Candidates asked for by default on the candidate route (more when top_k is larger).
+constexpr int kSampleCandidates = 1024;
 
 }  // namespace mistral

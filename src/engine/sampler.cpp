@@ -1,10 +1,11 @@
-// Sampler: penalty, temperature, top-k, top-p, min-p, then one draw from the renormalised distribution.
+// Sampler: penalty, temperature, top-k, top-p, min-p, then one draw from the renormalised distribution,
+// decided from the head of the distribution (the largest logits and the row's normaliser) so that no
+// step sorts the whole vocabulary.
 #include "mistral/sampler.h"
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
-#include <unordered_set>
+#include <functional>
 
 namespace mistral {
 
@@ -15,65 +16,130 @@ int32_t argmax(const float* x, int64_t V) {
   return int32_t(best);
 }
 
+void top_candidates(const float* row, int64_t n, const CandidateRequest& rq, int32_t* ids, float* logits, double* z) {
+  thread_local std::vector<float> work, tmp;
+  thread_local std::vector<int32_t> picked;
+  work.assign(row, row + n);
+  for (int i = 0; i < rq.n_penalised; ++i) {
+    float& l = work[size_t(rq.penalised[i])];
+    l = l > 0 ? l / rq.penalty : l * rq.penalty;
+  }
+  const int64_t k = std::max<int64_t>(1, std::min<int64_t>(rq.k, n));
+  picked.clear();
+  if (k == 1) {
+    picked.push_back(argmax(work.data(), n));
+  } else {
+    // The k-th largest value, then everything above it and the first of its ties by id.
+    tmp = work;
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    const float thr = tmp[size_t(k - 1)];
+    for (int64_t i = 0; i < n; ++i)
+      if (work[size_t(i)] > thr) picked.push_back(int32_t(i));
+    for (int64_t i = 0; i < n && int64_t(picked.size()) < k; ++i)
+      if (work[size_t(i)] == thr) picked.push_back(int32_t(i));
+    std::sort(picked.begin(), picked.end(), [&](int32_t a, int32_t b) {
+      return work[size_t(a)] > work[size_t(b)] || (work[size_t(a)] == work[size_t(b)] && a < b);
+    });
+  }
+  for (size_t i = 0; i < picked.size(); ++i) ids[i] = picked[i], logits[i] = work[size_t(picked[i])];
+  double s = 0;
+  if (rq.temperature > 0) {
+    const double mx = logits[0], T = rq.temperature;
+    for (int64_t i = 0; i < n; ++i) s += std::exp((double(work[size_t(i)]) - mx) / T);
+  }
+  *z = s;
+}
+
 Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {}
 
-int32_t Sampler::sample(const float* logits, int64_t V, const std::vector<int32_t>& history) {
-  work_.assign(logits, logits + V);
+CandidateRequest Sampler::request(const std::vector<int32_t>& history, int64_t V, int max_k) {
+  CandidateRequest rq;
+  rq.temperature = p_.temperature;
+  penalised_.clear();
   if (p_.repeat_penalty != 1.0f && !history.empty()) {
     const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
-    std::unordered_set<int32_t> seen(history.end() - long(n), history.end());
-    for (int32_t id : seen)
-      if (id >= 0 && id < V) work_[size_t(id)] = work_[size_t(id)] > 0 ? work_[size_t(id)] / p_.repeat_penalty
-                                                                         : work_[size_t(id)] * p_.repeat_penalty;
+    for (auto it = history.end() - long(n); it != history.end(); ++it)
+      if (*it >= 0 && *it < V) penalised_.push_back(*it);
+    std::sort(penalised_.begin(), penalised_.end());
+    penalised_.erase(std::unique(penalised_.begin(), penalised_.end()), penalised_.end());
+    rq.penalty = p_.repeat_penalty;
+    rq.penalised = penalised_.data();
+    rq.n_penalised = int(penalised_.size());
   }
-  if (p_.temperature <= 0.0f) return argmax(work_.data(), V);
+  int64_t k = max_k;
+  if (p_.temperature <= 0.0f) k = 1;
+  else if (p_.top_k > 0) k = std::min<int64_t>(p_.top_k, max_k);
+  rq.k = int(std::max<int64_t>(1, std::min(k, V)));
+  return rq;
+}
 
-  idx_.resize(size_t(V));
-  std::iota(idx_.begin(), idx_.end(), 0);
-  size_t n = size_t(V);
-  auto by_logit = [&](int32_t a, int32_t b) {
-    return work_[size_t(a)] > work_[size_t(b)] || (work_[size_t(a)] == work_[size_t(b)] && a < b);
-  };
-  if (p_.top_k > 0 && size_t(p_.top_k) < n) {
-    std::partial_sort(idx_.begin(), idx_.begin() + p_.top_k, idx_.end(), by_logit);
-    n = size_t(p_.top_k);
-  } else {
-    std::sort(idx_.begin(), idx_.end(), by_logit);
-  }
-  // Softmax over the kept candidates, in descending order, at the given temperature (fp64).
-  std::vector<double> prob(n);
-  const double mx = work_[size_t(idx_[0])];
+int32_t Sampler::pick(const Candidates& c) {
+  if (c.n <= 0) return -1;
+  if (p_.temperature <= 0.0f) return c.ids[0];
+  const int64_t avail = c.n;
+  // The kept count before the probability filters: top_k, else the whole row.
+  int64_t n = p_.top_k > 0 && p_.top_k < c.vocab ? p_.top_k : c.vocab;
+  const int64_t m = std::min(n, avail);
+  // Softmax at the temperature (fp64) over the kept candidates, in descending order: normalised over
+  // them when all are here, else (no top_k) by the row's normaliser.
+  prob_.resize(size_t(m));
+  const double mx = c.logits[0], T = p_.temperature;
+  for (int64_t i = 0; i < m; ++i) prob_[size_t(i)] = std::exp((double(c.logits[i]) - mx) / T);
   double sum = 0;
-  for (size_t i = 0; i < n; ++i) {
-    prob[i] = std::exp((double(work_[size_t(idx_[i])]) - mx) / double(p_.temperature));
-    sum += prob[i];
+  if (n <= avail) {
+    for (int64_t i = 0; i < n; ++i) sum += prob_[size_t(i)];
+  } else if (n == c.vocab) {
+    sum = c.z;
+  } else {
+    return -1;  // top_k reaches past the candidates: its normaliser is not known
   }
-  for (auto& x : prob) x /= sum;
+  for (auto& x : prob_) x /= sum;
   if (p_.min_p > 0.0f) {
-    const double thr = double(p_.min_p) * prob[0];
-    size_t keep = 1;
-    while (keep < n && prob[keep] >= thr) ++keep;
+    const double thr = double(p_.min_p) * prob_[0];
+    int64_t keep = 1;
+    while (keep < n && keep < avail && prob_[size_t(keep)] >= thr) ++keep;
+    if (keep == avail && keep < n) return -1;  // the cut may lie beyond the candidates
     n = keep;
   }
   if (p_.top_p < 1.0f) {
     double cum = 0;
-    size_t keep = 0;
+    int64_t keep = 0;
     while (keep < n) {
-      cum += prob[keep++];
+      if (keep == avail) return -1;  // the nucleus is wider than the candidates
+      cum += prob_[size_t(keep++)];
       if (cum >= double(p_.top_p)) break;
     }
-    n = std::max<size_t>(1, keep);
+    n = std::max<int64_t>(1, keep);
   }
+  if (n > avail) return -1;
   double total = 0;
-  for (size_t i = 0; i < n; ++i) total += prob[i];
+  for (int64_t i = 0; i < n; ++i) total += prob_[size_t(i)];
   std::uniform_real_distribution<double> u(0.0, total);
   const double r = u(rng_);
-  double c = 0;
-  for (size_t i = 0; i < n; ++i) {
-    c += prob[i];
-    if (r < c) return idx_[i];
+  double acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    acc += prob_[size_t(i)];
+    if (r < acc) return c.ids[i];
   }
-  return idx_[n - 1];
+  return c.ids[n - 1];
+}
+
+int32_t Sampler::sample(const float* logits, int64_t V, const std::vector<int32_t>& history) {
+  if (greedy()) return argmax(logits, V);
+  CandidateRequest rq = request(history, V, kSampleCandidates);
+  for (;;) {
+    ids_.resize(size_t(rq.k));
+    logits_.resize(size_t(rq.k));
+    Candidates c;
+    top_candidates(logits, V, rq, ids_.data(), logits_.data(), &c.z);
+    c.ids = ids_.data();
+    c.logits = logits_.data();
+    c.n = rq.k;
+    c.vocab = V;
+    const int32_t id = pick(c);
+    if (id >= 0 || rq.k >= V) return id >= 0 ? id : ids_[0];  // all of the row always settles it
+    rq.k = int(std::min<int64_t>(V, int64_t(rq.k) * 8));
+  }
 }
 
 }  // namespace mistral
