@@ -1,5 +1,5 @@
-// Continuous batching equals running each request alone: greedy ids and text are identical at batch
-// sizes 1, 3 and 8, with prompts of mixed lengths (some longer than the fixture's sliding window).
+// Continuous batching equals running each request alone: ids and text (greedy, and sampled with seeds)
+// are identical at batch sizes 1, 3 and 8, and equal to sampling from logits brought to the host, with prompts of mixed lengths (some longer than the fixture's sliding window).
 // Backend::decode_rows (a run of single-token segments) equals the per-row ops bit for bit, and a ragged
 // pass mixing such runs with prompt chunks equals each sequence run alone.
 #include <gtest/gtest.h>
@@ -39,12 +39,30 @@ BatchSetup make_setup(const std::string& fixture) {
   return s;
 }
 
+// Greedy for most requests; every third samples (a nucleus, its own seed), every fifth of those with a
+// repetition penalty, so that one pass mixes greedy and sampled rows.
 GenerateParams params_for(size_t i) {
   GenerateParams gp;
   gp.max_tokens = 6 + int(i % 5) * 4;  // different lengths so sequences finish at different steps
   gp.sampler.temperature = 0;
+  if (i % 3 == 1) {
+    gp.sampler.temperature = 0.9f;
+    gp.sampler.top_p = 0.9f;
+    gp.sampler.seed = 1000 + i;
+    if (i % 5 == 1) gp.sampler.repeat_penalty = 1.3f;
+  }
   gp.ignore_eos = true;
   return gp;
+}
+
+// generate() with every row's logits brought to the host and sampled there (Generation::step): the
+// reference for the draws made where the logits are (Session::feed_sample, ForwardPass::run).
+GenerateResult generate_on_host(Session& s, const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                                const GenerateParams& gp) {
+  Generation g(tok, prompt, gp);
+  std::vector<float> l = s.feed(prompt);
+  while (!g.step(l.data(), int64_t(l.size()))) l = s.feed({g.last_id()});
+  return g.result();
 }
 
 void check_batch_equals_solo(const std::string& fixture) {
@@ -55,8 +73,9 @@ void check_batch_equals_solo(const std::string& fixture) {
   so.chunk = 7;  // prompt chunks shorter and longer than the window
   std::vector<GenerateResult> solo;
   for (size_t i = 0; i < s.prompts.size(); ++i) {
-    Session sess(*s.model, *be, so);
+    Session sess(*s.model, *be, so), host(*s.model, *be, so);
     solo.push_back(generate(sess, *s.tok, s.prompts[i], params_for(i)));
+    EXPECT_EQ(solo.back().ids, generate_on_host(host, *s.tok, s.prompts[i], params_for(i)).ids) << "request " << i;
   }
   for (int bs : {1, 3, 8}) {
     ForwardPass fp(*s.model, *be, so);

@@ -247,6 +247,46 @@ TEST(CudaOps, ArgmaxRows) {
     }
 }
 
+// Sampling's candidates (Backend::top_candidates_rows) against the host version: the same ids in the
+// same order (ties by index across the k-th place: values rounded to quarters), the same penalised
+// logits, the normaliser within fp32 rounding; rows with and without a penalty in one launch.
+TEST(CudaOps, TopCandidatesRows) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(23);
+  for (int n : {1, 2, 33, 1000, 1025, 32000, 131072})
+    for (int k : {1, 5, 40, 1024})
+      for (int rows : {1, 3}) {
+        std::vector<float> x = randn(size_t(rows) * size_t(n), rng, 3.0f);
+        if (k != 40)
+          for (auto& v : x) v = std::round(v * 4) / 4;  // many ties
+        std::vector<CandidateRequest> req(static_cast<size_t>(rows));
+        std::vector<std::vector<int32_t>> pen(static_cast<size_t>(rows));
+        for (int r = 0; r < rows; ++r) {
+          CandidateRequest& q = req[size_t(r)];
+          q.k = std::min(k, n);
+          q.temperature = r == 2 ? 0.0f : 0.7f + 0.3f * float(r);
+          if (r == 1) {  // a penalty on a few ids, the largest among them
+            for (int i = 0; i < std::min(n, 20); ++i) pen[1].push_back(int32_t((i * 7919) % n));
+            std::sort(pen[1].begin(), pen[1].end());
+            pen[1].erase(std::unique(pen[1].begin(), pen[1].end()), pen[1].end());
+            q.penalty = 1.5f, q.penalised = pen[1].data(), q.n_penalised = int(pen[1].size());
+          }
+        }
+        const int kmax = std::min(k, n);
+        std::vector<int32_t> want_ids(size_t(rows) * size_t(kmax), -1), got_ids(want_ids.size(), -2);
+        std::vector<float> want_l(want_ids.size()), got_l(want_ids.size());
+        std::vector<double> want_z(static_cast<size_t>(rows)), got_z(static_cast<size_t>(rows));
+        b.cpu->top_candidates_rows(x.data(), rows, n, req.data(), kmax, want_ids.data(), want_l.data(), want_z.data());
+        Dev dx(*b.gpu, x);
+        b.gpu->top_candidates_rows(dx.p, rows, n, req.data(), kmax, got_ids.data(), got_l.data(), got_z.data());
+        SCOPED_TRACE("n " + std::to_string(n) + " k " + std::to_string(k) + " rows " + std::to_string(rows));
+        EXPECT_EQ(got_ids, want_ids);
+        EXPECT_EQ(got_l, want_l);
+        for (int r = 0; r < rows; ++r) EXPECT_NEAR(got_z[size_t(r)], want_z[size_t(r)], 2e-6 * want_z[size_t(r)]) << "row " << r;
+      }
+}
+
 TEST(CudaOps, EmbedSwigluAdd) {
   REQUIRE_GPU();
   Backends b;
@@ -423,6 +463,38 @@ TEST(CudaModel, Stories260KGreedyMatchesReference) {
   auto r = generate(s, *tok, ref["prompt_ids"].get<std::vector<int32_t>>(), gp);
   const auto want = ref["ids"].get<std::vector<int32_t>>();
   EXPECT_EQ(r.ids, std::vector<int32_t>(want.begin() + 5, want.end()));
+}
+
+// Sampling on the device (Session::feed_sample: candidates found by the CUDA backend, the whole row
+// only when they do not settle a draw) against the host sampler over the same CUDA logits (which the
+// eager and graph paths give bit for bit): the same ids from the same seed, for a nucleus, top-k, min-p,
+// a repetition penalty, and pure temperature (which always takes the whole row).
+TEST(CudaModel, DeviceSamplingEqualsHostSampling) {
+  REQUIRE_GPU();
+  auto model = Model::load(testutil::source_path("models/fixtures/w8_gqa2_bf16"));
+  auto gpu = make_cuda_backend(0);
+  const int64_t V = model->config().vocab_size;
+  std::vector<SamplerParams> ps(5);
+  ps[0].temperature = 0.8f, ps[0].top_p = 0.9f;
+  ps[1].temperature = 1.0f, ps[1].top_k = 7, ps[1].top_p = 1.0f;
+  ps[2].temperature = 0.6f, ps[2].min_p = 0.1f, ps[2].top_p = 1.0f;
+  ps[3].temperature = 0.9f, ps[3].repeat_penalty = 1.3f;
+  ps[4].temperature = 1.2f, ps[4].top_p = 1.0f;
+  for (size_t c = 0; c < ps.size(); ++c) {
+    ps[c].seed = 100 + c;
+    Session host(*model, *gpu, SessionOptions()), dev(*model, *gpu, SessionOptions());
+    Sampler hs(ps[c]), ds(ps[c]);
+    std::vector<int32_t> hist = {1, 5, 9, 5};
+    std::vector<float> l = host.feed(hist);
+    int32_t got = dev.feed_sample(hist, ds, hist);
+    for (int step = 0; step < 40; ++step) {
+      const int32_t want = hs.sample(l.data(), V, hist);
+      ASSERT_EQ(got, want) << "case " << c << " step " << step;
+      hist.push_back(want);
+      l = host.feed({want});
+      got = dev.feed_sample({want}, ds, hist);
+    }
+  }
 }
 
 // Quantized models (--quant int8 / nf4 / int4, and lm_head quantized too): CUDA against the CPU on the

@@ -130,6 +130,17 @@ class Backend {
     to_host(h.data(), x, h.size());
     for (int r = 0; r < rows; ++r) out[r] = argmax(h.data() + size_t(r) * size_t(n), n);
   }
+  // For each row r of x[rows, n]: what req[r] asks for (Sampler::request, k <= kmax), as
+  // mistral::top_candidates finds it, into ids[r * kmax ..], logits[r * kmax ..] and z[r] (host
+  // memory): sampling with a few KB leaving the device. The default copies the rows over.
+  virtual void top_candidates_rows(const float* x, int rows, int64_t n, const CandidateRequest* req, int kmax,
+                                   int32_t* ids, float* logits, double* z) {
+    std::vector<float> h(size_t(rows) * size_t(n));
+    to_host(h.data(), x, h.size());
+    for (int r = 0; r < rows; ++r)
+      top_candidates(h.data() + size_t(r) * size_t(n), n, req[r], ids + size_t(r) * size_t(kmax),
+                     logits + size_t(r) * size_t(kmax), z + r);
+  }
 
   // Fused ops. Each default runs the unfused sequence, so a backend without its own version (the CPU)
   // gives exactly the results of the separate ops.

@@ -79,8 +79,9 @@ class ChatSession {
   bool drop_oldest_turn();
   // Keeps the first n cached positions if the cache still holds them; false when it must restart from 0.
   bool roll_back(int64_t n);
-  // Feeds ids at the cache's next positions in chunks; the logits of the last one go to `logits`.
-  void feed(const int32_t* ids, size_t n, std::vector<float>& logits, int32_t* greedy_id = nullptr);
+  // Feeds ids at the cache's next positions in chunks; g's sampler draws the next token from the last
+  // one's logits into *next.
+  void feed(const int32_t* ids, size_t n, Generation& g, int32_t* next);
 
   ForwardPass& fp_;
   std::unique_ptr<KVCache> cache_;

@@ -70,6 +70,13 @@ class ActivationObserver {
   virtual void observe(int64_t layer, LinearInput which, const float* x, int T, int64_t K) = 0;
 };
 
+// How ForwardPass::run chooses a row's next token on the backend: the row's sampler and the ids its
+// sequence holds so far (the repetition penalty's history).
+struct RowSampler {
+  Sampler* sampler = nullptr;
+  const std::vector<int32_t>* history = nullptr;
+};
+
 class ForwardPass {
  public:
   ForwardPass(const Model& model, Backend& backend, const SessionOptions& opt);
@@ -79,10 +86,13 @@ class ForwardPass {
 
   // Runs every segment through the model together (weights are read once for the whole batch),
   // advances each cache's n_past by its T, and writes the requested logits rows to logits_host,
-  // segment after segment ([rows, V]). Returns the number of rows written. With argmax_host instead
-  // (logits_host null), each row's argmax (Backend::argmax_rows) goes there ([rows]): greedy decoding
-  // with the logits left on the device.
-  size_t run(const std::vector<BatchSegment>& segments, float* logits_host, int32_t* argmax_host = nullptr);
+  // segment after segment ([rows, V]). Returns the number of rows written. With ids_host instead
+  // (logits_host null), each row's next token goes there ([rows]), the logits staying on the device:
+  // the argmax (Backend::argmax_rows), or with `samplers` ([rows]) each row's draw from the candidates
+  // the backend finds (Backend::top_candidates_rows; the whole row comes over only when they do not
+  // settle the draw).
+  size_t run(const std::vector<BatchSegment>& segments, float* logits_host, int32_t* ids_host = nullptr,
+             const RowSampler* samplers = nullptr);
 
   // A cache for one sequence. Without a window it holds max_positions rows (0: the whole context);
   // with a window it always holds W rows and rolls.
@@ -104,6 +114,8 @@ class ForwardPass {
   // The layers, final norm and lm_head for the segments (embedding already in x_); logits rows stay on
   // the device in logits_.
   void body(const std::vector<BatchSegment>& segs, int T, int rows);
+  // The next token of each of the `rows` logits rows in logits_ (see run()).
+  void choose(int rows, int32_t* ids_host, const RowSampler* samplers);
 
   const Model& model_;
   Backend& be_;
@@ -116,6 +128,10 @@ class ForwardPass {
   bool fused_;
   int scratch_T_ = 0, scratch_rows_ = 0;
   std::vector<DecodeRow> rows_;  // body(): the current run of single-token segments
+  std::vector<CandidateRequest> cand_req_;  // choose(): the candidates of each row, and a row's logits
+  std::vector<int32_t> cand_ids_;
+  std::vector<float> cand_logits_, row_host_;
+  std::vector<double> cand_z_;
   ActivationObserver* observer_ = nullptr;
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *gate_ = nullptr,
         *up_ = nullptr, *xg_ = nullptr, *logits_ = nullptr;
@@ -131,6 +147,9 @@ class Session {
   // As feed(ids), but returns only the argmax of the last id's logits (the greedy next token), computed
   // by the backend: the logits stay in device memory.
   int32_t feed_greedy(const std::vector<int32_t>& ids);
+  // As feed(ids), but returns the next token as `sampler` draws it from the last id's logits (history:
+  // the ids the repetition penalty looks at), the backend finding the candidates (ForwardPass::run).
+  int32_t feed_sample(const std::vector<int32_t>& ids, Sampler& sampler, const std::vector<int32_t>& history);
   void reset() { cache_->n_past = 0; }
   int64_t n_past() const { return cache_->n_past; }
   int64_t capacity() const { return fp_.capacity(); }
@@ -141,8 +160,10 @@ class Session {
   int64_t scratch_bytes(int64_t n) const { return fp_.scratch_bytes(int(std::min<int64_t>(n, fp_.chunk())), 1); }
 
  private:
-  // Feeds ids in chunks; the last chunk's logits row to logits_host, or its argmax to argmax_host.
-  void feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* argmax_host);
+  // Feeds ids in chunks; the last chunk's logits row to logits_host, or its next token to ids_host (the
+  // argmax, or the sampler's draw).
+  void feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* ids_host,
+                   const RowSampler* sampler = nullptr);
 
   ForwardPass fp_;
   std::unique_ptr<KVCache> cache_;

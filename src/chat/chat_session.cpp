@@ -71,7 +71,7 @@ bool ChatSession::roll_back(int64_t n) {
   return ok;
 }
 
-void ChatSession::feed(const int32_t* ids, size_t n, std::vector<float>& logits, int32_t* greedy_id) {
+void ChatSession::feed(const int32_t* ids, size_t n, Generation& g, int32_t* next) {
   if (cache_->n_past + int64_t(n) > cache_->capacity())
     throw UsageError("context full: " + std::to_string(cache_->n_past + int64_t(n)) + " positions needed, " +
                      std::to_string(cache_->capacity()) + " available (use --ctx, up to max_position_embeddings)");
@@ -82,8 +82,8 @@ void ChatSession::feed(const int32_t* ids, size_t n, std::vector<float>& logits,
     s.ids = ids + done;
     s.T = int(std::min<size_t>(size_t(fp_.chunk()), n - done));
     s.want_logits = done + size_t(s.T) == n;
-    if (s.want_logits && greedy_id) fp_.run({s}, nullptr, greedy_id);
-    else fp_.run({s}, s.want_logits ? logits.data() : nullptr);
+    const RowSampler rs{&g.sampler(), &g.history()};
+    fp_.run({s}, nullptr, s.want_logits ? next : nullptr, s.want_logits ? &rs : nullptr);
     held_.insert(held_.end(), ids + done, ids + done + s.T);
     done += size_t(s.T);
   }
@@ -152,18 +152,15 @@ ChatTurn ChatSession::send(const std::string& user, const GenerateParams& gp_in,
 
   // Prefill, then decode as generate() does, on this conversation's cache.
   Generation g(enc_.tokenizer(), full, gp, stream);
-  const size_t V = size_t(fp_.model().config().vocab_size);
-  std::vector<float> logits(V);
-  const bool greedy = g.greedy();  // then only the argmax leaves the device
-  int32_t next = -1;
+  int32_t next = -1;  // drawn where the logits are (ForwardPass::run)
   double t0 = now_s();
   if (g.done()) {
     g.finish("length");
   } else {
-    feed(full.data() + keep, full.size() - size_t(keep), logits, greedy ? &next : nullptr);
+    feed(full.data() + keep, full.size() - size_t(keep), g, &next);
     turn.prefill_s = now_s() - t0;
     t0 = now_s();
-    while (!(greedy ? g.step_id(next) : g.step(logits.data(), int64_t(V)))) {
+    while (!g.step_id(next)) {
       if (should_stop && should_stop()) {
         g.finish("interrupted");
         break;
@@ -173,7 +170,7 @@ ChatTurn ChatSession::send(const std::string& user, const GenerateParams& gp_in,
         break;
       }
       const int32_t id = g.last_id();
-      feed(&id, 1, logits, greedy ? &next : nullptr);
+      feed(&id, 1, g, &next);
       ++turn.decoded_tokens;
     }
     turn.decode_s = now_s() - t0;

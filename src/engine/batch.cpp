@@ -39,8 +39,8 @@ void BatchScheduler::run(const std::function<bool(BatchRequest*)>& next, const s
   int64_t kv_in_use = 0;
   bool exhausted = false;
   std::deque<BatchRequest> waiting;  // pulled but not yet admitted (memory budget)
-  const int64_t V = fp_.model().config().vocab_size;
-  std::vector<float> logits;
+  std::vector<int32_t> next_ids;
+  std::vector<RowSampler> samplers;
 
   auto fail = [&](BatchRequest& r, const std::string& why) {
     BatchResult res;
@@ -124,10 +124,12 @@ void BatchScheduler::run(const std::function<bool(BatchRequest*)>& next, const s
       segs.push_back(seg);
       seg_slot.push_back(s.get());
     }
-    size_t rows = 0;
-    for (const auto& g : segs) rows += g.want_logits ? 1 : 0;
-    logits.resize(std::max<size_t>(1, rows) * size_t(V));
-    fp_.run(segs, logits.data());
+    // Each row's next token is drawn where the logits are (ForwardPass::run).
+    samplers.clear();
+    for (size_t i = 0; i < segs.size(); ++i)
+      if (segs[i].want_logits) samplers.push_back({&seg_slot[i]->gen->sampler(), &seg_slot[i]->gen->history()});
+    next_ids.assign(std::max<size_t>(1, samplers.size()), -1);
+    fp_.run(segs, nullptr, next_ids.data(), samplers.data());
     ++stats_.forward_passes;
 
     size_t r = 0;
@@ -135,8 +137,7 @@ void BatchScheduler::run(const std::function<bool(BatchRequest*)>& next, const s
       Slot* s = seg_slot[i];
       if (s->prompt_done < s->req.prompt_ids.size()) s->prompt_done += size_t(segs[i].T);
       if (!segs[i].want_logits) continue;
-      const float* l = logits.data() + r++ * size_t(V);
-      bool finished = s->gen->step(l, V);
+      bool finished = s->gen->step_id(next_ids[r++]);
       if (!finished && s->cache->n_past + 1 > s->cache->capacity()) {
         s->gen->finish("length");
         finished = true;

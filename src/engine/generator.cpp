@@ -78,10 +78,7 @@ void Generation::finish(const std::string& reason) {
   res_.text = text_;
 }
 
-bool Generation::greedy() const {
-  const SamplerParams& s = sampler_.params();
-  return s.temperature <= 0.0f && s.repeat_penalty == 1.0f;
-}
+bool Generation::greedy() const { return sampler_.greedy(); }
 
 bool Generation::step(const float* logits, int64_t V) {
   if (done_) return true;
@@ -118,17 +115,14 @@ GenerateResult generate(Session& session, const Tokenizer& tok, const std::vecto
     g.finish("length");
     return g.result();
   }
-  // Greedy decoding asks the session for the argmax only (the logits stay on the device).
-  const bool greedy = g.greedy();
+  // The session draws each token where the logits are (only the candidates, or the argmax, leave the
+  // device).
   double t0 = now_s();
-  std::vector<float> logits;
-  int32_t next = -1;
-  if (greedy) next = session.feed_greedy(prompt_ids);
-  else logits = session.feed(prompt_ids);
+  int32_t next = session.feed_sample(prompt_ids, g.sampler(), g.history());
   const double prefill_s = now_s() - t0;
   t0 = now_s();
   int64_t decoded = 0;
-  while (!(greedy ? g.step_id(next) : g.step(logits.data(), int64_t(logits.size())))) {
+  while (!g.step_id(next)) {
     if (should_stop && should_stop()) {
       g.finish("interrupted");
       break;
@@ -137,8 +131,7 @@ GenerateResult generate(Session& session, const Tokenizer& tok, const std::vecto
       g.finish("length");  // context full
       break;
     }
-    if (greedy) next = session.feed_greedy({g.last_id()});
-    else logits = session.feed({g.last_id()});
+    next = session.feed_sample({g.last_id()}, g.sampler(), g.history());
     ++decoded;
   }
   GenerateResult r = g.result();

@@ -109,7 +109,8 @@ void ForwardPass::ensure_scratch(int T, int rows) {
   }
 }
 
-size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_host, int32_t* argmax_host) {
+size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_host, int32_t* ids_host,
+                        const RowSampler* samplers) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = w_;
   int T = 0, rows = 0;
@@ -136,9 +137,9 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
       throw UsageError("two segments of one batch share a KV cache");
   }
   if (T == 0) return 0;
-  if (logits_host && argmax_host) throw Error("internal: a forward pass asked for both logits and their argmax");
-  if (observer_) rows = 0, logits_host = nullptr, argmax_host = nullptr;
-  const bool want = logits_host || argmax_host;
+  if (logits_host && ids_host) throw Error("internal: a forward pass asked for both logits and next tokens");
+  if (observer_) rows = 0, logits_host = nullptr, ids_host = nullptr;
+  const bool want = logits_host || ids_host;
   ensure_scratch(T, rows);
   const size_t V = size_t(c.vocab_size);
   // A single-token step of a sequence that has been fed before: replay (or record) its graph.
@@ -160,7 +161,7 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
       if (!be_.graph_launch(s.cache->id())) throw Error("internal: a recorded decode graph did not launch");
     }
     s.cache->n_past += 1;
-    if (argmax_host) be_.argmax_rows(logits_, 1, int64_t(V), argmax_host);
+    if (ids_host) choose(1, ids_host, samplers);
     else be_.to_host(logits_host, logits_, V);
     return 1;
   }
@@ -168,9 +169,49 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
   body(segs, T, rows);
   for (const auto& s : segs) s.cache->n_past += s.T;
   if (rows == 0 || !want) return 0;
-  if (argmax_host) be_.argmax_rows(logits_, rows, int64_t(V), argmax_host);
+  if (ids_host) choose(rows, ids_host, samplers);
   else be_.to_host(logits_host, logits_, size_t(rows) * V);
   return size_t(rows);
+}
+
+void ForwardPass::choose(int rows, int32_t* ids_host, const RowSampler* samplers) {
+  const int64_t V = model_.config().vocab_size;
+  bool greedy = true;
+  for (int r = 0; samplers && r < rows; ++r) greedy = greedy && samplers[r].sampler->greedy();
+  if (greedy) {
+    be_.argmax_rows(logits_, rows, V, ids_host);
+    return;
+  }
+  static const std::vector<int32_t> kNoHistory;
+  const int max_k = int(std::min<int64_t>(V, kSampleCandidates));
+  cand_req_.resize(size_t(rows));
+  int kmax = 1;
+  for (int r = 0; r < rows; ++r) {
+    const RowSampler& s = samplers[r];
+    cand_req_[size_t(r)] = s.sampler->request(s.history ? *s.history : kNoHistory, V, max_k);
+    kmax = std::max(kmax, cand_req_[size_t(r)].k);
+  }
+  cand_ids_.resize(size_t(rows) * size_t(kmax));
+  cand_logits_.resize(cand_ids_.size());
+  cand_z_.resize(size_t(rows));
+  be_.top_candidates_rows(logits_, rows, V, cand_req_.data(), kmax, cand_ids_.data(), cand_logits_.data(),
+                          cand_z_.data());
+  for (int r = 0; r < rows; ++r) {
+    const RowSampler& s = samplers[r];
+    Candidates c;
+    c.ids = cand_ids_.data() + size_t(r) * size_t(kmax);
+    c.logits = cand_logits_.data() + size_t(r) * size_t(kmax);
+    c.n = cand_req_[size_t(r)].k;
+    c.vocab = V;
+    c.z = cand_z_[size_t(r)];
+    int32_t id = s.sampler->pick(c);
+    if (id < 0) {  // a nucleus wider than the candidates: the whole row, with the same draw
+      row_host_.resize(size_t(V));
+      be_.to_host(row_host_.data(), logits_ + size_t(r) * size_t(V), size_t(V));
+      id = s.sampler->sample(row_host_.data(), V, s.history ? *s.history : kNoHistory);
+    }
+    ids_host[r] = id;
+  }
 }
 
 void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
@@ -293,7 +334,16 @@ int32_t Session::feed_greedy(const std::vector<int32_t>& ids) {
   return id;
 }
 
-void Session::feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* argmax_host) {
+int32_t Session::feed_sample(const std::vector<int32_t>& ids, Sampler& sampler, const std::vector<int32_t>& history) {
+  int32_t id = -1;
+  const RowSampler rs{&sampler, &history};
+  feed_chunks(ids, false, nullptr, &id, &rs);
+  if (id < 0) throw Error("internal: no sampled token (a forward pass with an observer returns none)");
+  return id;
+}
+
+void Session::feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* ids_host,
+                          const RowSampler* sampler) {
   if (ids.empty()) throw UsageError("nothing to feed: empty token sequence");
   if (n_past() + int64_t(ids.size()) > capacity())
     throw UsageError("context full: " + std::to_string(n_past() + int64_t(ids.size())) + " positions needed, " +
@@ -309,7 +359,7 @@ void Session::feed_chunks(const std::vector<int32_t>& ids, bool all_logits, floa
     s.all_logits = all_logits;
     s.want_logits = all_logits || last;
     if (!s.want_logits) fp_.run({s}, nullptr);
-    else if (argmax_host) fp_.run({s}, nullptr, argmax_host);
+    else if (ids_host) fp_.run({s}, nullptr, ids_host, sampler);
     else fp_.run({s}, logits_host + (all_logits ? done * V : 0));
     done += size_t(s.T);
   }

@@ -25,6 +25,7 @@
 #include "quant_gemv.cuh"
 #include "rmsnorm.cuh"
 #include "rope.cuh"
+#include "top_candidates.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -97,6 +98,11 @@ class CudaBackend final : public Backend {
     if (rows_split_) cudaFree(rows_split_);
     if (argmax_host_) cudaFreeHost(argmax_host_);
     if (argmax_dev_) cudaFree(argmax_dev_);
+    for (PinnedPair* b : {&top_in_, &top_out_}) {
+      if (b->host) cudaFreeHost(b->host);
+      if (b->dev) cudaFree(b->dev);
+    }
+    if (top_work_) cudaFree(top_work_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -207,6 +213,57 @@ class CudaBackend final : public Backend {
                                   stream_));
     MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
     std::memcpy(out, argmax_host_, size_t(rows) * sizeof(int32_t));
+  }
+
+  // Sampling: each row's candidates found on the device (kernels/top_candidates.cu); the requests and
+  // penalised ids go over in one copy, the ids, logits and normalisers come back in one.
+  void top_candidates_rows(const float* x, int rows, int64_t n, const CandidateRequest* req, int kmax, int32_t* ids,
+                           float* logits, double* z) override {
+    if (rows <= 0) return;
+    if (n <= 0 || n > INT_MAX) throw Error("internal: candidates among " + std::to_string(n) + " values");
+    if (kmax > cuda::kMaxTopCandidates) {  // more than the kernel sorts: the host finds them
+      Backend::top_candidates_rows(x, rows, n, req, kmax, ids, logits, z);
+      return;
+    }
+    size_t n_pen = 0;
+    for (int r = 0; r < rows; ++r) n_pen += size_t(std::max(0, req[r].n_penalised));
+    const size_t in_bytes = size_t(rows) * sizeof(cuda::TopRequest) + n_pen * sizeof(int32_t);
+    const size_t cand_bytes = size_t(rows) * size_t(kmax) * sizeof(int32_t);
+    const size_t out_bytes = 2 * cand_bytes + size_t(rows) * sizeof(double);  // ids, logits, then z (8-aligned)
+    reserve_pinned(top_in_, in_bytes);
+    reserve_pinned(top_out_, out_bytes);
+    auto* rq = static_cast<cuda::TopRequest*>(top_in_.host);
+    auto* pen = reinterpret_cast<int32_t*>(rq + rows);
+    size_t off = 0;
+    for (int r = 0; r < rows; ++r) {
+      const CandidateRequest& c = req[r];
+      rq[r].k = std::max(1, std::min(c.k, kmax));
+      rq[r].inv_temp = c.temperature > 0 ? 1.0f / c.temperature : 0.0f;
+      rq[r].penalty = c.penalty;
+      rq[r].pen_offset = int(off);
+      rq[r].n_pen = std::max(0, c.n_penalised);
+      for (int i = 0; i < rq[r].n_pen; ++i) pen[off++] = c.penalised[i];
+    }
+    if (n_pen > 0 && size_t(rows) * size_t(n) > top_work_cap_) {
+      if (top_work_) MR_CUDA_CHECK(cudaFree(top_work_));
+      top_work_ = nullptr, top_work_cap_ = 0;
+      MR_CUDA_CHECK(cudaMalloc(&top_work_, size_t(rows) * size_t(n) * sizeof(float)));
+      top_work_cap_ = size_t(rows) * size_t(n);
+    }
+    MR_CUDA_CHECK(cudaMemcpyAsync(top_in_.dev, top_in_.host, in_bytes, cudaMemcpyHostToDevice, stream_));
+    char* out = static_cast<char*>(top_out_.dev);
+    const auto* rq_dev = static_cast<const cuda::TopRequest*>(top_in_.dev);
+    MR_LAUNCH_CHECK(top_candidates_cuda(x, rows, int(n), rq_dev, reinterpret_cast<const int32_t*>(rq_dev + rows),
+                                        n_pen > 0 ? top_work_ : nullptr, kmax, reinterpret_cast<int32_t*>(out),
+                                        reinterpret_cast<float*>(out + cand_bytes),
+                                        reinterpret_cast<double*>(out + 2 * cand_bytes), stream_),
+                    stream_);
+    MR_CUDA_CHECK(cudaMemcpyAsync(top_out_.host, top_out_.dev, out_bytes, cudaMemcpyDeviceToHost, stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    const char* h = static_cast<const char*>(top_out_.host);
+    std::memcpy(ids, h, cand_bytes);
+    std::memcpy(logits, h + cand_bytes, cand_bytes);
+    std::memcpy(z, h + 2 * cand_bytes, size_t(rows) * sizeof(double));
   }
 
   // Best of 5 device-to-device copies of one buffer of up to 1 GiB into another (fewer bytes when memory
@@ -709,6 +766,26 @@ class CudaBackend final : public Backend {
   int rows_next_ = 0;
   float* rows_split_ = nullptr;
   size_t rows_split_cap_ = 0;
+  // A pinned host buffer and a device buffer of the same size, grown on demand (synchronized: the
+  // stream is idle whenever one of them is reused).
+  struct PinnedPair {
+    void* host = nullptr;
+    void* dev = nullptr;
+    size_t cap = 0;
+  };
+  void reserve_pinned(PinnedPair& b, size_t bytes) {
+    if (bytes <= b.cap) return;
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (b.host) MR_CUDA_CHECK(cudaFreeHost(b.host));
+    if (b.dev) MR_CUDA_CHECK(cudaFree(b.dev));
+    b = PinnedPair{};
+    MR_CUDA_CHECK(cudaMallocHost(&b.host, bytes));
+    MR_CUDA_CHECK(cudaMalloc(&b.dev, bytes));
+    b.cap = bytes;
+  }
+  PinnedPair top_in_, top_out_;  // top_candidates_rows: requests and penalised ids; ids, logits, z
+  float* top_work_ = nullptr;    // the penalised rows
+  size_t top_work_cap_ = 0;
   int32_t* argmax_host_ = nullptr;  // argmax_rows: pinned ids and their device buffer
   int32_t* argmax_dev_ = nullptr;
   size_t argmax_cap_ = 0;
