@@ -165,6 +165,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--quant-list", b.quant_list,
                         "Measure each of these quantizations (comma-separated: int8,nf4,int4) against one "
                         "full-precision baseline built once; one report (JSON line) each");
+  bench_cmd->add_option("--temp", b.temperature, "Decode by sampling at this temperature (default 0: greedy)")
+      ->check(CLI::Range(0.0, 100.0));
+  bench_cmd->add_option("--top-k", b.top_k, "With --temp: top-k (0 = off)")->check(CLI::Range(0, 1 << 24));
+  bench_cmd->add_option("--top-p", b.top_p, "With --temp: top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
   bench_cmd->add_flag("--json", b.json, "Print one JSON object (one per line with --quant-list)");
   bench_cmd->add_flag("--skip-bandwidth", b.skip_bandwidth, "Do not measure memory bandwidth (saves 512 MiB of RSS)");
 

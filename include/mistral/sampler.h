@@ -62,8 +62,13 @@ class Sampler {
   bool greedy() const { return p_.temperature <= 0.0f && p_.repeat_penalty == 1.0f; }
   const SamplerParams& params() const { return p_; }
   void set_params(const SamplerParams& p) { p_ = p; }
+  // Draws made (greedy picks included), and those of them sample() made on a whole row.
+  int64_t draws() const { return draws_; }
+  int64_t row_draws() const { return row_draws_; }
 
  private:
+  int32_t pick_from(const Candidates& c);  // pick() without the count
+  int64_t draws_ = 0, row_draws_ = 0;
   SamplerParams p_;
   std::mt19937_64 rng_;
   std::vector<int32_t> penalised_, ids_;

@@ -57,19 +57,29 @@ struct Timed {
   std::unique_ptr<Model> model;
   std::unique_ptr<Session> session;
   double prefill = 1e30, decode = 1e30;
+  int64_t draws = 0, row_draws = 0;  // sampled decode: draws, and those that took the whole logits row
 };
 
-// One repetition: prefill the prompt, then greedy decode steps (the argmax found by the backend, as
-// generation does at temperature 0); keeps the best times.
-void time_once(Timed& m, const std::vector<int32_t>& prompt, int gen_tokens) {
+// One repetition: prefill the prompt, then decode steps: greedy (the argmax found by the backend, as
+// generation does at temperature 0), or with --temp sampled as generation samples (the candidates found
+// by the backend); keeps the best times.
+void time_once(Timed& m, const BenchArgs& a, const std::vector<int32_t>& prompt) {
   Session& s = *m.session;
   s.reset();
+  SamplerParams sp;
+  sp.temperature = a.temperature, sp.top_k = a.top_k, sp.top_p = a.top_p;
+  Sampler sampler(sp);
+  std::vector<int32_t> hist = prompt;
   double t0 = now_seconds();
-  int32_t id = s.feed_greedy(prompt);
+  int32_t id = s.feed_sample(prompt, sampler, hist);
   m.prefill = std::min(m.prefill, now_seconds() - t0);
   t0 = now_seconds();
-  for (int i = 0; i < gen_tokens; ++i) id = s.feed_greedy({id});
+  for (int i = 0; i < a.gen_tokens; ++i) {
+    hist.push_back(id);
+    id = s.feed_sample({id}, sampler, hist);
+  }
   m.decode = std::min(m.decode, now_seconds() - t0);
+  m.draws = sampler.draws(), m.row_draws = sampler.row_draws();
 }
 
 // Bytes a decode step reads: every weight except the embedding table (one row of it).
@@ -140,7 +150,11 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
                         {"decode_vs_read_bw", decode_gbs / bw.read_gbs},
                         {"decode_vs_copy_bw", decode_gbs / bw.copy_gbs},
                         {"batch", a.batch},
-                        {"batch_decode_tok_s", batch_tps}};
+                        {"batch_decode_tok_s", batch_tps},
+                        {"temperature", a.temperature},
+                        {"top_k", a.top_k},
+                        {"top_p", a.top_p},
+                        {"draws_from_whole_row", main_m.row_draws}};
     if (!on_cpu) {
       j["read_gbs"] = nullptr;
       j["decode_vs_read_bw"] = nullptr;
@@ -173,6 +187,10 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
     std::printf("prefill            %d tokens: %.2f tok/s\n", a.prompt_tokens, prefill_tps);
     std::printf("decode             %d tokens: %.2f tok/s = %.2f GB/s of weights\n", a.gen_tokens, decode_tps,
                 decode_gbs);
+    if (a.temperature > 0)
+      std::printf("sampling           temperature %g, top-k %d, top-p %g: %lld of %lld draws took the whole row\n",
+                  double(a.temperature), a.top_k, double(a.top_p), (long long)main_m.row_draws,
+                  (long long)main_m.draws);
     if (!a.skip_bandwidth && on_cpu)
       std::printf("decode vs floor    %.0f%% of read bandwidth (floor %.2f tok/s), %.0f%% of copy bandwidth\n",
                   100.0 * decode_gbs / bw.read_gbs, floor_tps, 100.0 * decode_gbs / bw.copy_gbs);
@@ -289,8 +307,8 @@ int run_bench(const BenchArgs& a) {
 
     base_m.prefill = base_m.decode = 1e30;  // each entry's baseline: the repetitions alternating with it
     for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
-      if (compare) time_once(base_m, prompt, a.gen_tokens);
-      time_once(main_m, prompt, a.gen_tokens);
+      if (compare) time_once(base_m, a, prompt);
+      time_once(main_m, a, prompt);
     }
     main_m.session.reset();  // its cache; the model stays (see above)
     report(a, be.get(), bw, main_m, compare ? &base_m : nullptr, lo, so, prompt);

@@ -66,6 +66,8 @@ struct BenchArgs {
   int prompt_tokens = 128, gen_tokens = 32, reps = 1, batch = 1;
   bool json = false, skip_bandwidth = false;
   std::string quant_list;  // --quant-list int8,nf4,int4: each against one baseline
+  float temperature = 0, top_p = 1;  // decode sampling (temperature 0: greedy)
+  int top_k = 0;
 };
 
 struct BatchArgs {

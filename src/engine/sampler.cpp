@@ -74,6 +74,12 @@ CandidateRequest Sampler::request(const std::vector<int32_t>& history, int64_t V
 }
 
 int32_t Sampler::pick(const Candidates& c) {
+  const int32_t id = pick_from(c);
+  if (id >= 0) ++draws_;
+  return id;
+}
+
+int32_t Sampler::pick_from(const Candidates& c) {
   if (c.n <= 0) return -1;
   if (p_.temperature <= 0.0f) return c.ids[0];
   const int64_t avail = c.n;
@@ -125,6 +131,7 @@ int32_t Sampler::pick(const Candidates& c) {
 }
 
 int32_t Sampler::sample(const float* logits, int64_t V, const std::vector<int32_t>& history) {
+  ++draws_, ++row_draws_;
   if (greedy()) return argmax(logits, V);
   CandidateRequest rq = request(history, V, kSampleCandidates);
   for (;;) {
@@ -136,7 +143,7 @@ int32_t Sampler::sample(const float* logits, int64_t V, const std::vector<int32_
     c.logits = logits_.data();
     c.n = rq.k;
     c.vocab = V;
-    const int32_t id = pick(c);
+    const int32_t id = pick_from(c);
     if (id >= 0 || rq.k >= V) return id >= 0 ? id : ids_[0];  // all of the row always settles it
     rq.k = int(std::min<int64_t>(V, int64_t(rq.k) * 8));
   }
