@@ -175,6 +175,12 @@ bench)
     timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 \
       --prompt-tokens "$1" --gen-tokens "$2" --chunk "$3" >"$OUTDIR/ours_p$1.json" || echo "bench $run failed"
   done
+  # Decode by sampling (the candidates found on the device): top-k, which the candidates always settle,
+  # and a nucleus, which may take the whole row on random weights.
+  timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 --prompt-tokens 128 \
+    --gen-tokens 64 --temp 0.7 --top-k 40 >"$OUTDIR/ours_topk.json" || echo "bench (top-k) failed"
+  timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 --prompt-tokens 128 \
+    --gen-tokens 64 --temp 0.7 --top-p 0.95 >"$OUTDIR/ours_topp.json" || echo "bench (top-p) failed"
   PROMPT=$(python3 -c "import json;print(json.load(open('$OUTDIR/transformers.json'))['greedy']['prompt'])")
   timeout 90 "$BIN/mistral-run" -m "$CK" --device cuda -p "$PROMPT" --temp 0 --ignore-eos -n 32 --json \
     >"$OUTDIR/ours_greedy.json" || echo "greedy run failed"
@@ -216,6 +222,12 @@ if o and tr.get("gemm_bf16_tflops"):
 o = load("ours_p128.json")
 if o:
     print(f"decode ctx 128: {o['decode_tok_s'] * tr['decode_bytes'] / 1e9:.0f} GB/s of weights read vs copy {bw:.0f} GB/s")
+o = load("ours_p128.json")
+for name, f in (("top-k 40", "ours_topk.json"), ("top-p 0.95", "ours_topp.json")):
+    s = load(f)
+    if s and o:
+        print(f"decode ctx 128 sampled (temperature 0.7, {name}): {s['decode_tok_s']:.1f} tok/s = "
+              f"{s['decode_tok_s'] / o['decode_tok_s']:.1%} of greedy; whole-row draws {s['draws_from_whole_row']}")
 g = load("ours_greedy.json")
 if g:
     ref = tr["greedy"]
