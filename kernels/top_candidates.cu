@@ -16,9 +16,13 @@ namespace {
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 
-// A float's order-preserving unsigned key (-0 and +0 equal): a > b as floats iff key(a) > key(b).
+// A logit as the candidates see it: NaN as -inf (mistral::top_candidates does the same).
+__device__ __forceinline__ float clean(float f) { return f != f ? -INFINITY : f; }
+
+// A float's order-preserving unsigned key (-0 and +0 equal, NaN as -inf): a > b as floats iff
+// key(a) > key(b).
 __device__ __forceinline__ unsigned order_key(float f) {
-  unsigned u = __float_as_uint(f);
+  unsigned u = __float_as_uint(clean(f));
   if (u == 0x80000000u) u = 0;
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
@@ -29,9 +33,11 @@ __device__ __forceinline__ unsigned long long entry(unsigned key, int i) {
 }
 
 __global__ void __launch_bounds__(kThreads)
-top_candidates_kernel(const float* __restrict__ x, int n, const TopRequest* __restrict__ reqs,
-                      const int32_t* __restrict__ pen, float* __restrict__ work, int kmax, int32_t* __restrict__ ids,
-                      float* __restrict__ vals, double* __restrict__ zs) {
+top_candidates_kernel(const float* x, int n, const TopRequest* __restrict__ reqs, const int32_t* __restrict__ pen,
+                      float* work, int kmax, int32_t* __restrict__ ids, float* __restrict__ vals,
+                      double* __restrict__ zs) {
+  // x and work without __restrict__: the passes read the row through `row`, which is the penalised copy
+  // this block has just written when there is a penalty, so its loads must not take the read-only path.
   __shared__ unsigned long long cand[kMaxTopCandidates];
   __shared__ unsigned hist[256];
   __shared__ unsigned s_prefix, s_kk;
@@ -94,7 +100,10 @@ top_candidates_kernel(const float* __restrict__ x, int n, const TopRequest* __re
   __syncthreads();
   for (int i = tid; i < n; i += kThreads) {
     const unsigned key = order_key(row[i]);
-    if (key > kth) cand[atomicAdd(&s_count, 1)] = entry(key, i);
+    if (key > kth) {
+      const int slot = atomicAdd(&s_count, 1);
+      if (slot < greater) cand[slot] = entry(key, i);  // always, when the passes agree
+    }
   }
   unsigned base = 0;
   for (int start = 0; start < n && base < kk; start += kThreads) {
@@ -135,14 +144,14 @@ top_candidates_kernel(const float* __restrict__ x, int n, const TopRequest* __re
   for (int i = tid; i < k; i += kThreads) {
     const int id = int(unsigned(cand[i] & 0xffffffffu));
     out_ids[i] = id;
-    out_vals[i] = row[id];
+    out_vals[i] = clean(row[id]);
   }
 
   // The normaliser against the largest value.
   double s = 0;
-  if (rq.inv_temp > 0) {
-    const float mx = row[int(unsigned(cand[0] & 0xffffffffu))];
-    for (int i = tid; i < n; i += kThreads) s += double(expf((row[i] - mx) * rq.inv_temp));
+  if (rq.temperature > 0) {
+    const float mx = clean(row[int(unsigned(cand[0] & 0xffffffffu))]);
+    for (int i = tid; i < n; i += kThreads) s += double(expf((clean(row[i]) - mx) / rq.temperature));
   }
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   if (lane == 0) warp_sums[warp] = s;
@@ -159,7 +168,7 @@ top_candidates_kernel(const float* __restrict__ x, int n, const TopRequest* __re
 cudaError_t top_candidates_cuda(const float* x, int rows, int n, const TopRequest* req, const int32_t* pen,
                                 float* work, int kmax, int32_t* ids, float* vals, double* z, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  if (n <= 0 || kmax <= 0 || kmax > kMaxTopCandidates || !x || !req || !ids || !vals || !z) return cudaErrorInvalidValue;
+  if (n <= 0 || n > (1 << 30) || kmax <= 0 || kmax > kMaxTopCandidates || !x || !req || !ids || !vals || !z) return cudaErrorInvalidValue;
   top_candidates_kernel<<<unsigned(rows), kThreads, 0, stream>>>(x, n, req, pen, work, kmax, ids, vals, z);
   return cudaGetLastError();
 }

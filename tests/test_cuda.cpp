@@ -249,28 +249,34 @@ TEST(CudaOps, ArgmaxRows) {
 
 // Sampling's candidates (Backend::top_candidates_rows) against the host version: the same ids in the
 // same order (ties by index across the k-th place: values rounded to quarters), the same penalised
-// logits, the normaliser within fp32 rounding; rows with and without a penalty in one launch.
+// logits, the normaliser within fp32 rounding; rows with and without a penalty, with different k and
+// temperatures (0 included) in one launch, and a row with a huge value, -inf and NaN (as -inf).
 TEST(CudaOps, TopCandidatesRows) {
   REQUIRE_GPU();
   Backends b;
   std::mt19937 rng(23);
   for (int n : {1, 2, 33, 1000, 1025, 32000, 131072})
     for (int k : {1, 5, 40, 1024})
-      for (int rows : {1, 3}) {
+      for (int rows : {1, 3, 5}) {
         std::vector<float> x = randn(size_t(rows) * size_t(n), rng, 3.0f);
         if (k != 40)
           for (auto& v : x) v = std::round(v * 4) / 4;  // many ties
+        if (rows > 3) {
+          float* r3 = x.data() + 3 * size_t(n);
+          r3[n / 2] = 1e30f, r3[n / 3] = NAN, r3[0] = -INFINITY, r3[n - 1] = NAN;
+        }
         std::vector<CandidateRequest> req(static_cast<size_t>(rows));
         std::vector<std::vector<int32_t>> pen(static_cast<size_t>(rows));
         for (int r = 0; r < rows; ++r) {
           CandidateRequest& q = req[size_t(r)];
-          q.k = std::min(k, n);
+          q.k = std::max(1, std::min(k, n) >> (r % 2));
           q.temperature = r == 2 ? 0.0f : 0.7f + 0.3f * float(r);
-          if (r == 1) {  // a penalty on a few ids, the largest among them
-            for (int i = 0; i < std::min(n, 20); ++i) pen[1].push_back(int32_t((i * 7919) % n));
-            std::sort(pen[1].begin(), pen[1].end());
-            pen[1].erase(std::unique(pen[1].begin(), pen[1].end()), pen[1].end());
-            q.penalty = 1.5f, q.penalised = pen[1].data(), q.n_penalised = int(pen[1].size());
+          if (r == 1 || r == 4) {  // a penalty on a few ids, the largest among them
+            std::vector<int32_t>& pr = pen[size_t(r)];
+            for (int i = 0; i < std::min(n, 20); ++i) pr.push_back(int32_t((i * 7919 + r) % n));
+            std::sort(pr.begin(), pr.end());
+            pr.erase(std::unique(pr.begin(), pr.end()), pr.end());
+            q.penalty = 1.5f, q.penalised = pr.data(), q.n_penalised = int(pr.size());
           }
         }
         const int kmax = std::min(k, n);
@@ -281,6 +287,9 @@ TEST(CudaOps, TopCandidatesRows) {
         Dev dx(*b.gpu, x);
         b.gpu->top_candidates_rows(dx.p, rows, n, req.data(), kmax, got_ids.data(), got_l.data(), got_z.data());
         SCOPED_TRACE("n " + std::to_string(n) + " k " + std::to_string(k) + " rows " + std::to_string(rows));
+        for (int r = 0; r < rows; ++r)  // the slots past a row's k are not written
+          for (int i = req[size_t(r)].k; i < kmax; ++i) got_ids[size_t(r * kmax + i)] = want_ids[size_t(r * kmax + i)] = 0,
+                                                          got_l[size_t(r * kmax + i)] = want_l[size_t(r * kmax + i)] = 0;
         EXPECT_EQ(got_ids, want_ids);
         EXPECT_EQ(got_l, want_l);
         for (int r = 0; r < rows; ++r) EXPECT_NEAR(got_z[size_t(r)], want_z[size_t(r)], 2e-6 * want_z[size_t(r)]) << "row " << r;

@@ -70,8 +70,9 @@ class ActivationObserver {
   virtual void observe(int64_t layer, LinearInput which, const float* x, int T, int64_t K) = 0;
 };
 
-// How ForwardPass::run chooses a row's next token on the backend: the row's sampler and the ids its
-// sequence holds so far (the repetition penalty's history).
+// How ForwardPass::run chooses a row's next token on the backend: the row's sampler (one per row: a
+// request's penalised ids live in it until the draw) and the ids its sequence holds so far (the
+// repetition penalty's history).
 struct RowSampler {
   Sampler* sampler = nullptr;
   const std::vector<int32_t>* history = nullptr;

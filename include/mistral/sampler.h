@@ -33,8 +33,8 @@ struct CandidateRequest {
   int n_penalised = 0;
 };
 
-// What was found: `n` ids and their (penalised) logits, by logit descending then id ascending, and
-// z = sum over the whole row of exp((l - logits[0]) / temperature).
+// What was found: `n` ids and their (penalised) logits, by logit descending then id ascending (a NaN
+// logit counts as -inf), and z = sum over the whole row of exp((l - logits[0]) / temperature).
 struct Candidates {
   const int32_t* ids = nullptr;
   const float* logits = nullptr;

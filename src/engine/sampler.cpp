@@ -20,6 +20,8 @@ void top_candidates(const float* row, int64_t n, const CandidateRequest& rq, int
   thread_local std::vector<float> work, tmp;
   thread_local std::vector<int32_t> picked;
   work.assign(row, row + n);
+  for (auto& v : work)
+    if (v != v) v = -INFINITY;  // NaN as -inf (the CUDA kernel does the same)
   for (int i = 0; i < rq.n_penalised; ++i) {
     float& l = work[size_t(rq.penalised[i])];
     l = l > 0 ? l / rq.penalty : l * rq.penalty;

@@ -220,7 +220,7 @@ class CudaBackend final : public Backend {
   void top_candidates_rows(const float* x, int rows, int64_t n, const CandidateRequest* req, int kmax, int32_t* ids,
                            float* logits, double* z) override {
     if (rows <= 0) return;
-    if (n <= 0 || n > INT_MAX) throw Error("internal: candidates among " + std::to_string(n) + " values");
+    if (n <= 0 || n > (int64_t(1) << 30)) throw Error("internal: candidates among " + std::to_string(n) + " values");
     if (kmax > cuda::kMaxTopCandidates) {  // more than the kernel sorts: the host finds them
       Backend::top_candidates_rows(x, rows, n, req, kmax, ids, logits, z);
       return;
@@ -238,11 +238,14 @@ class CudaBackend final : public Backend {
     for (int r = 0; r < rows; ++r) {
       const CandidateRequest& c = req[r];
       rq[r].k = std::max(1, std::min(c.k, kmax));
-      rq[r].inv_temp = c.temperature > 0 ? 1.0f / c.temperature : 0.0f;
+      rq[r].temperature = c.temperature;
       rq[r].penalty = c.penalty;
       rq[r].pen_offset = int(off);
       rq[r].n_pen = std::max(0, c.n_penalised);
-      for (int i = 0; i < rq[r].n_pen; ++i) pen[off++] = c.penalised[i];
+      for (int i = 0; i < rq[r].n_pen; ++i) {
+        if (c.penalised[i] < 0 || c.penalised[i] >= n) throw Error("internal: penalised id out of range");
+        pen[off++] = c.penalised[i];
+      }
     }
     if (n_pen > 0 && size_t(rows) * size_t(n) > top_work_cap_) {
       if (top_work_) MR_CUDA_CHECK(cudaFree(top_work_));
