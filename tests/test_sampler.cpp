@@ -196,10 +196,10 @@ std::vector<float> random_logits(const Case& c, std::mt19937& g) {
   return l;
 }
 
-}  // namespace
-
-TEST(Sampler, SamplesAsTheDirectDefinition) {
-  int n_cases = 0;
+// Six draws of every case: `draw` (the sampler, the case, the logits, the history) makes the
+// sampler's, which must equal the direct definition's from the same seed.
+template <typename Draw>
+void expect_draws_as_defined(Draw draw) {
   for (const Case& c : cases()) {
     std::mt19937 g(uint32_t(c.p.seed));
     Sampler s(c.p);
@@ -208,39 +208,37 @@ TEST(Sampler, SamplesAsTheDirectDefinition) {
     for (int step = 0; step < 6; ++step) {
       const std::vector<float> l = random_logits(c, g);
       const int32_t want = reference_sample(c.p, ref_rng, l, hist);
-      ASSERT_EQ(s.sample(l.data(), c.V, hist), want) << "V " << c.V << " seed " << c.p.seed << " step " << step;
+      ASSERT_EQ(draw(s, c, l, hist), want) << "V " << c.V << " seed " << c.p.seed << " step " << step;
       hist.push_back(want);
     }
-    ++n_cases;
   }
-  EXPECT_GT(n_cases, 300);
+}
+
+}  // namespace
+
+TEST(Sampler, SamplesAsTheDirectDefinition) {
+  EXPECT_GT(cases().size(), 300u);
+  expect_draws_as_defined([](Sampler& s, const Case& c, const std::vector<float>& l, const std::vector<int32_t>& hist) {
+    return s.sample(l.data(), c.V, hist);
+  });
 }
 
 // The route a backend takes: a few candidates found, pick() from them, and the whole row sampled when
 // they do not settle it; the draws line up with the direct definition either way.
 TEST(Sampler, CandidateRouteFallsBackWithTheSameDraw) {
   int settled = 0, fell_back = 0;
-  for (const Case& c : cases()) {
-    std::mt19937 g(uint32_t(c.p.seed));
-    Sampler s(c.p);
-    std::mt19937_64 ref_rng(c.p.seed);
-    std::vector<int32_t> hist;
-    for (int step = 0; step < 6; ++step) {
-      const std::vector<float> l = random_logits(c, g);
-      const int32_t want = reference_sample(c.p, ref_rng, l, hist);
-      const CandidateRequest rq = s.request(hist, c.V, 8);
-      std::vector<int32_t> ids(size_t(rq.k));
-      std::vector<float> vals(size_t(rq.k));
-      Candidates cand;
-      top_candidates(l.data(), c.V, rq, ids.data(), vals.data(), &cand.z);
-      cand.ids = ids.data(), cand.logits = vals.data(), cand.n = rq.k, cand.vocab = c.V;
-      int32_t got = s.pick(cand);
-      if (got >= 0) ++settled;
-      else ++fell_back, got = s.sample(l.data(), c.V, hist);
-      ASSERT_EQ(got, want) << "V " << c.V << " seed " << c.p.seed << " step " << step;
-      hist.push_back(want);
-    }
-  }
+  expect_draws_as_defined([&](Sampler& s, const Case& c, const std::vector<float>& l, const std::vector<int32_t>& hist) {
+    const CandidateRequest rq = s.request(hist, c.V, 8);
+    std::vector<int32_t> ids(size_t(rq.k));
+    std::vector<float> vals(size_t(rq.k));
+    Candidates cand;
+    top_candidates(l.data(), c.V, rq, ids.data(), vals.data(), &cand.z);
+    cand.ids = ids.data(), cand.logits = vals.data(), cand.n = rq.k, cand.vocab = c.V;
+    const int32_t got = s.pick(cand);
+    if (got >= 0) return ++settled, got;
+    ++fell_back;
+    return s.sample(l.data(), c.V, hist);
+  });
   EXPECT_GT(settled, 100);
   EXPECT_GT(fell_back, 100);
 }
