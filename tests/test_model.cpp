@@ -245,14 +245,15 @@ TEST(FusedOps, RopeCacheWriteDefaultEqualsRopeThenWrite) {
 
 // cache_write_before_attention_ok against a simulation of the cache: where it allows writing first, every
 // cached position any query of the chunk reads is still in its slot after the chunk's writes. It allows
-// every single-token step and every chunk that does not wrap the cache.
+// every single-token step and every chunk that does not wrap the cache. Caches: full (positions below
+// slots), rolling (slots >= W) and windowed but bounded below W (positions below slots).
 TEST(FusedOps, CacheWriteBeforeAttentionOnlyWhereNothingReadIsEvicted) {
   for (int window : {0, 1, 4, 8})
     for (int64_t slots : {int64_t(1), int64_t(4), int64_t(8), int64_t(12)})
       for (int64_t start = 0; start < 30; ++start)
         for (int T = 1; T <= 20; ++T) {
-          if (window > 0 && slots < window) continue;
-          if (window == 0 && start + T > slots) continue;  // a full cache refuses it (context full)
+          // A full or bounded cache refuses a chunk past its rows (context full).
+          if ((window == 0 || slots < window) && start + T > slots) continue;
           AttnShape s;
           s.n_heads = s.n_kv_heads = 1, s.head_dim = 2, s.window = window, s.slots = slots;
           const bool ok = cache_write_before_attention_ok(T, start, s);
@@ -300,6 +301,36 @@ TEST(Model, RollingCacheKeepsConstantSizeAndFiniteLogits) {
   EXPECT_EQ(s.cache_bytes(), bytes);
   EXPECT_EQ(s.n_past(), int64_t(f.input_ids.size()) + 3000);
   for (float x : l) ASSERT_TRUE(std::isfinite(x));
+}
+
+// A windowed model's cache bounded below W (a batch request that never leaves the window): fewer rows,
+// the same logits bit for bit as the rolling cache of W rows, chunked or not, and "context full" past its
+// bound; a bound of W or more gives the rolling cache.
+TEST(Model, BoundedWindowedCacheEqualsRolling) {
+  Fixture f = load_fixture("w8_gqa1_f32");
+  auto be = make_cpu_backend(1);
+  ForwardPass fp(*f.model, *be, SessionOptions());
+  ASSERT_EQ(fp.shape().window, 8);
+  EXPECT_EQ(fp.cache_slots(0), 8);
+  EXPECT_EQ(fp.cache_slots(20), 8);
+  EXPECT_EQ(fp.cache_slots(6), 6);
+  EXPECT_EQ(fp.cache_bytes(6) * 8, fp.cache_bytes(0) * 6);
+  auto bounded = fp.new_cache(7), rolling = fp.new_cache();
+  EXPECT_EQ(bounded->capacity(), 7);
+  EXPECT_EQ(rolling->capacity(), INT64_MAX);
+  const size_t V = size_t(f.model->config().vocab_size);
+  std::vector<float> lb(3 * V), lr(3 * V);
+  const int32_t* ids = f.input_ids.data();
+  for (const auto& [at, T] : std::vector<std::pair<int, int>>{{0, 3}, {3, 1}, {4, 2}, {6, 1}}) {
+    BatchSegment sb{bounded.get(), ids + at, T, true, true}, sr{rolling.get(), ids + at, T, true, true};
+    fp.run({sb}, lb.data());
+    fp.run({sr}, lr.data());
+    ASSERT_EQ(std::vector<float>(lb.begin(), lb.begin() + long(size_t(T) * V)),
+              std::vector<float>(lr.begin(), lr.begin() + long(size_t(T) * V)))
+        << "chunk at " << at;
+  }
+  BatchSegment past{bounded.get(), ids + 7, 1, false, true};
+  EXPECT_THROW(fp.run({past}, lb.data()), UsageError);
 }
 
 TEST(Model, FullCacheRefusesPastContext) {

@@ -36,12 +36,12 @@ struct KVLayer {
 // Whether a chunk of T positions at start .. start+T-1 may be stored in its cache BEFORE its attention
 // runs (rope_cache_write, then attention) with the same result as storing it after: true when no row the
 // chunk writes evicts a cached position that one of its queries still reads. That holds for every
-// single-token step (whatever its position, so also for recorded decode graphs replayed later), for any
-// chunk with full attention (the cache never wraps), and for a windowed chunk until the cache wraps;
-// a chunk that wraps the rolling cache, or is longer than it, must attend first.
+// single-token step of a rolling cache (whatever its position, so also for recorded decode graphs
+// replayed later), for any chunk of a cache that never wraps (full attention, or a windowed cache
+// bounded below W), and for a windowed chunk until the cache wraps; a chunk that wraps the rolling
+// cache, or is longer than it, must attend first.
 inline bool cache_write_before_attention_ok(int T, int64_t start, const AttnShape& s) {
   if (T <= 0 || s.slots <= 0) return false;
-  if (s.window > 0 && s.slots < s.window) return false;  // not a cache layout the engine makes
   // Oldest position any query of the chunk reads from the cache (the first query's window start).
   const int64_t oldest_read = s.window > 0 && start - s.window + 1 > 0 ? start - s.window + 1 : 0;
   // Newest position the chunk's writes evict: slot (start + T - 1) % slots held start + T - 1 - slots.

@@ -95,14 +95,17 @@ class ForwardPass {
   size_t run(const std::vector<BatchSegment>& segments, float* logits_host, int32_t* ids_host = nullptr,
              const RowSampler* samplers = nullptr);
 
-  // A cache for one sequence. Without a window it holds max_positions rows (0: the whole context);
-  // with a window it always holds W rows and rolls.
+  // A cache for one sequence of at most max_positions positions (0: no bound). Without a window it
+  // holds that many rows (0 or more than the context: the whole context). With a window W it holds W
+  // rows and rolls, or, for a bound below W, only that many rows (no position ever leaves the window:
+  // a batch request of a short prompt and answer needs a fraction of W).
   std::unique_ptr<KVCache> new_cache(int64_t max_positions = 0);
   const AttnShape& shape() const { return shape_; }
   const Model& model() const { return model_; }
   int64_t capacity() const;  // positions a sequence can hold: unbounded with a sliding window
   int64_t cache_bytes(int64_t max_positions = 0) const;  // what new_cache(max_positions) allocates
   int chunk() const { return chunk_; }
+  int64_t cache_slots(int64_t max_positions) const;  // rows a new_cache(max_positions) has
   // Bytes of activation buffers a pass of T tokens with `rows` logits rows allocates on the backend.
   int64_t scratch_bytes(int T, int rows) const;
   // Shows the observer every observed layer's linear inputs in later runs (nullptr: none); while one is

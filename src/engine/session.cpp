@@ -13,7 +13,7 @@ KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id++;
   slots_ = s.slots;
-  rolling_ = s.window > 0;
+  rolling_ = s.window > 0 && s.slots >= s.window;  // a windowed cache bounded below W never wraps
   const size_t n = size_t(s.slots) * size_t(s.kv_dim());
   for (int64_t l = 0; l < n_layers; ++l) {
     KVLayer kv;
@@ -64,16 +64,20 @@ void ForwardPass::set_observer(ActivationObserver* o) {
 
 int64_t ForwardPass::capacity() const { return shape_.window > 0 ? INT64_MAX : context_; }
 
+int64_t ForwardPass::cache_slots(int64_t max_positions) const {
+  if (max_positions <= 0) return shape_.slots;
+  if (shape_.window > 0) return std::min<int64_t>(max_positions, shape_.window);
+  return std::min(max_positions, context_);
+}
+
 std::unique_ptr<KVCache> ForwardPass::new_cache(int64_t max_positions) {
   AttnShape s = shape_;
-  if (s.window <= 0 && max_positions > 0) s.slots = std::min(max_positions, context_);
+  s.slots = cache_slots(max_positions);
   return std::unique_ptr<KVCache>(new KVCache(be_, s, n_layers_));
 }
 
 int64_t ForwardPass::cache_bytes(int64_t max_positions) const {
-  int64_t slots = shape_.slots;
-  if (shape_.window <= 0 && max_positions > 0) slots = std::min(max_positions, context_);
-  return n_layers_ * 2 * slots * shape_.kv_dim() * int64_t(sizeof(float));
+  return n_layers_ * 2 * cache_slots(max_positions) * shape_.kv_dim() * int64_t(sizeof(float));
 }
 
 int64_t ForwardPass::scratch_bytes(int T, int rows) const {
