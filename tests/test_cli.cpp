@@ -236,6 +236,22 @@ TEST(Cli, MaxTokensLimitsLength) {
   EXPECT_EQ(j["finish_reason"], "length");
 }
 
+// One-shot generation sizes its cache by what it can reach (prompt + max tokens), not by the model's
+// context (stories260K: 512 positions), and still produces the reference's greedy text; a context
+// smaller than that bound caps it and ends the generation at the context.
+TEST(Cli, OneShotCacheHoldsPromptAndMaxTokens) {
+  REQUIRE_STORIES();
+  const RunResult r = run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "-v"});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_NE(r.err.find("(65 positions)"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, reference()["text"].get<std::string>().substr(std::string(kPrompt).size()) + "\n");
+  const RunResult c = run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "-v", "--ctx", "20", "--json"});
+  EXPECT_NE(c.err.find("(20 positions)"), std::string::npos) << c.err;
+  const json j = parse_stdout_json(c);
+  EXPECT_EQ(j["ids"].size(), 16u);  // 20 positions: 5 prompt ids, 15 fed, the 16th sampled and not fed
+  EXPECT_EQ(j["finish_reason"], "length");
+}
+
 TEST(Cli, InfoPrintsConfig) {
   REQUIRE_STORIES();
   const RunResult r = run_cli({"info", "-m", stories()});

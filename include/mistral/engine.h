@@ -144,7 +144,9 @@ class ForwardPass {
 // One sequence: a ForwardPass and its cache, fed in chunks.
 class Session {
  public:
-  Session(const Model& model, Backend& backend, const SessionOptions& opt);
+  // max_positions: the most positions this sequence will hold (0: no bound), which sizes its cache
+  // (ForwardPass::new_cache).
+  Session(const Model& model, Backend& backend, const SessionOptions& opt, int64_t max_positions = 0);
   // Feeds ids at positions n_past() ... in chunks. Returns the logits of the last id ([V]); with
   // all_logits, the logits of every id ([n, V]).
   std::vector<float> feed(const std::vector<int32_t>& ids, bool all_logits = false);
@@ -158,6 +160,7 @@ class Session {
   int64_t n_past() const { return cache_->n_past; }
   int64_t capacity() const { return fp_.capacity(); }
   int64_t cache_bytes() const { return cache_->bytes(); }
+  int64_t cache_positions() const { return cache_->slots(); }  // rows of the cache
   const AttnShape& shape() const { return fp_.shape(); }
   int chunk() const { return fp_.chunk(); }
   // Activation buffers feeding n tokens at once (in chunks) and then decoding allocates on the backend.

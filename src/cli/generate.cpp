@@ -29,7 +29,8 @@ void on_sigint(int) { g_interrupted = true; }
 std::string mib(double bytes) {
   char buf[32];
   if (bytes >= 1024.0 * 1048576.0) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1048576.0));
-  else std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
+  else if (bytes >= 1048576.0) std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
+  else std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024.0);
   return buf;
 }
 
@@ -49,8 +50,6 @@ int run_generate(const GenerateArgs& a) {
   so.chunk = a.model.chunk;
   so.graphs = !a.model.no_graph;
   so.context = a.model.ctx;
-  Session session(*model, *backend, so);
-  const double load_s = now_seconds() - t_load0;
 
   GenerateParams gp = generate_params_from_flags(*model, *tok, a);
   gp.stop = a.stop;
@@ -72,6 +71,10 @@ int run_generate(const GenerateArgs& a) {
   conv.push_back({"user", prompt});
   const std::vector<int32_t> prompt_ids = chat ? chat->encode(conv, true) : tok->encode(prompt, !a.no_bos);
   if (prompt_ids.empty()) throw UsageError("the prompt is empty (and --no-bos leaves no token to start from)");
+  // The cache holds what this run can reach: the prompt and max_tokens more (at most the context), not
+  // the model's whole context (32k positions of Mistral-7B v0.3 would be 8.6 GB).
+  Session session(*model, *backend, so, int64_t(prompt_ids.size()) + std::max(0, gp.max_tokens));
+  const double load_s = now_seconds() - t_load0;
   if (a.model.verbose) {
     std::fprintf(stderr, "model: %s (%s, %.1f M params, %s weights)\n", a.model.model_dir.c_str(),
                  model->config().layout == Layout::HF ? "huggingface" : "mistral-native",
@@ -79,11 +82,11 @@ int run_generate(const GenerateArgs& a) {
     std::fprintf(stderr, "tokenizer: %s\n", tok->source().c_str());
     const int threads = cpu_backend_threads(*backend);
     if (threads > 0)
-      std::fprintf(stderr, "backend: %s, %d threads; kv cache %.1f MiB\n", backend->name().c_str(), threads,
-                   double(session.cache_bytes()) / 1048576.0);
+      std::fprintf(stderr, "backend: %s, %d threads; kv cache %s (%lld positions)\n", backend->name().c_str(), threads,
+                   mib(double(session.cache_bytes())).c_str(), (long long)session.cache_positions());
     else
-      std::fprintf(stderr, "backend: %s; kv cache %.1f MiB\n", backend->name().c_str(),
-                   double(session.cache_bytes()) / 1048576.0);
+      std::fprintf(stderr, "backend: %s; kv cache %s (%lld positions)\n", backend->name().c_str(),
+                   mib(double(session.cache_bytes())).c_str(), (long long)session.cache_positions());
     DeviceMemoryInfo dm;
     if (backend->device_memory(&dm)) {  // the plan for this run: weights placed, cache made, activations to come
       const int64_t chunk = std::min<int64_t>(int64_t(prompt_ids.size()), session.chunk());

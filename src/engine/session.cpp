@@ -321,8 +321,8 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
   be_.matmul(normed, rows, w.lm_head, logits_);
 }
 
-Session::Session(const Model& model, Backend& backend, const SessionOptions& opt)
-    : fp_(model, backend, opt), cache_(fp_.new_cache()) {}
+Session::Session(const Model& model, Backend& backend, const SessionOptions& opt, int64_t max_positions)
+    : fp_(model, backend, opt), cache_(fp_.new_cache(max_positions)) {}
 
 std::vector<float> Session::feed(const std::vector<int32_t>& ids, bool all_logits) {
   const size_t V = size_t(fp_.model().config().vocab_size);
