@@ -402,3 +402,34 @@ TEST(TokenizeMessages, EqualsMistralCommonVectors) {
 }
 
 }  // namespace
+
+namespace {
+
+// stories260K with a longer declared context (the weights and tokenizer linked), as a model without a
+// window whose max_position_embeddings exceeds chat's default context.
+std::string long_context_copy(const testutil::TempDir& dir, int64_t max_positions) {
+  json c = json::parse(testutil::read_file(stories() + "/config.json"));
+  c["max_position_embeddings"] = max_positions;
+  testutil::write_file(dir.file("config.json"), c.dump());
+  for (const char* f : {"model.safetensors", "tokenizer.json"}) fs::create_symlink(stories() + "/" + f, dir.file(f));
+  return dir.path();
+}
+
+}  // namespace
+
+// Chat without --ctx holds at most 8192 positions of a model without a window (not its whole declared
+// context, allocated up front); --ctx chooses, up to the model's.
+TEST(ChatPiped, DefaultContextIsAtMost8192) {
+  REQUIRE_STORIES();
+  testutil::TempDir dir;
+  const std::string model = long_context_copy(dir, 20000);
+  std::vector<std::string> args = chat_args(model, 4);
+  args.push_back("-v");
+  const testutil::RunResult r = testutil::run_cli(args, "Once upon a time\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("context: 8192 positions (--ctx up to 20000)"), std::string::npos) << r.err;
+  args.insert(args.end(), {"--ctx", "12000"});
+  const testutil::RunResult c = testutil::run_cli(args, "Once upon a time\n");
+  EXPECT_NE(c.err.find("context: 12000 positions"), std::string::npos) << c.err;
+  EXPECT_EQ(c.out, r.out);
+}
