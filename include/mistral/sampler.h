@@ -68,6 +68,7 @@ class Sampler {
 
  private:
   int32_t pick_from(const Candidates& c);  // pick() without the count
+  int64_t next_k(const Candidates& c) const;  // candidates to find after c did not settle a draw
   int64_t draws_ = 0, row_draws_ = 0;
   SamplerParams p_;
   std::mt19937_64 rng_;

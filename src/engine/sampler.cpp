@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 
 namespace mistral {
@@ -16,9 +17,23 @@ int32_t argmax(const float* x, int64_t V) {
   return int32_t(best);
 }
 
+namespace {
+
+// A candidate as one sortable number: ascending order is logit descending (-0 and +0 equal), then id
+// ascending (the CUDA kernel sorts the same keys).
+uint64_t sort_entry(float v, int64_t id) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if (u == 0x80000000u) u = 0;
+  const uint32_t key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (uint64_t(~key) << 32) | uint64_t(uint32_t(id));
+}
+
+}  // namespace
+
 void top_candidates(const float* row, int64_t n, const CandidateRequest& rq, int32_t* ids, float* logits, double* z) {
   thread_local std::vector<float> work, tmp;
-  thread_local std::vector<int32_t> picked;
+  thread_local std::vector<uint64_t> picked;
   work.assign(row, row + n);
   for (auto& v : work)
     if (v != v) v = -INFINITY;  // NaN as -inf (the CUDA kernel does the same)
@@ -29,21 +44,24 @@ void top_candidates(const float* row, int64_t n, const CandidateRequest& rq, int
   const int64_t k = std::max<int64_t>(1, std::min<int64_t>(rq.k, n));
   picked.clear();
   if (k == 1) {
-    picked.push_back(argmax(work.data(), n));
+    picked.push_back(sort_entry(0.0f, argmax(work.data(), n)));
+  } else if (k == n) {
+    for (int64_t i = 0; i < n; ++i) picked.push_back(sort_entry(work[size_t(i)], i));
   } else {
     // The k-th largest value, then everything above it and the first of its ties by id.
     tmp = work;
     std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
     const float thr = tmp[size_t(k - 1)];
     for (int64_t i = 0; i < n; ++i)
-      if (work[size_t(i)] > thr) picked.push_back(int32_t(i));
+      if (work[size_t(i)] > thr) picked.push_back(sort_entry(work[size_t(i)], i));
     for (int64_t i = 0; i < n && int64_t(picked.size()) < k; ++i)
-      if (work[size_t(i)] == thr) picked.push_back(int32_t(i));
-    std::sort(picked.begin(), picked.end(), [&](int32_t a, int32_t b) {
-      return work[size_t(a)] > work[size_t(b)] || (work[size_t(a)] == work[size_t(b)] && a < b);
-    });
+      if (work[size_t(i)] == thr) picked.push_back(sort_entry(thr, i));
   }
-  for (size_t i = 0; i < picked.size(); ++i) ids[i] = picked[i], logits[i] = work[size_t(picked[i])];
+  std::sort(picked.begin(), picked.end());
+  for (size_t i = 0; i < picked.size(); ++i) {
+    ids[i] = int32_t(uint32_t(picked[i]));
+    logits[i] = work[size_t(ids[i])];
+  }
   double s = 0;
   if (rq.temperature > 0) {
     const double mx = logits[0], T = rq.temperature;
@@ -132,6 +150,21 @@ int32_t Sampler::pick_from(const Candidates& c) {
   return c.ids[n - 1];
 }
 
+int64_t Sampler::next_k(const Candidates& c) const {
+  // A nucleus wider than the candidates: the rest of it holds top_p - (their mass), in tokens no more
+  // likely than the last candidate, so at least that over its probability more are needed.
+  int64_t k = int64_t(c.n) * 8;
+  if (p_.top_k == 0 && p_.top_p < 1.0f && c.z > 0) {
+    const double mx = c.logits[0], T = p_.temperature;
+    double mass = 0;
+    for (int i = 0; i < c.n; ++i) mass += std::exp((double(c.logits[i]) - mx) / T);
+    mass /= c.z;
+    const double last = std::exp((double(c.logits[c.n - 1]) - mx) / T) / c.z;
+    if (mass < double(p_.top_p) && last > 0) k = std::max(k, int64_t(double(c.n) + 1.25 * (double(p_.top_p) - mass) / last));
+  }
+  return k;
+}
+
 int32_t Sampler::sample(const float* logits, int64_t V, const std::vector<int32_t>& history) {
   ++draws_, ++row_draws_;
   if (greedy()) return argmax(logits, V);
@@ -147,7 +180,7 @@ int32_t Sampler::sample(const float* logits, int64_t V, const std::vector<int32_
     c.vocab = V;
     const int32_t id = pick_from(c);
     if (id >= 0 || rq.k >= V) return id >= 0 ? id : ids_[0];  // all of the row always settles it
-    rq.k = int(std::min<int64_t>(V, int64_t(rq.k) * 8));
+    rq.k = int(std::min<int64_t>(V, next_k(c)));
   }
 }
 
