@@ -477,22 +477,27 @@ TEST(CudaModel, Stories260KGreedyMatchesReference) {
 // Sampling on the device (Session::feed_sample: candidates found by the CUDA backend, the whole row
 // only when they do not settle a draw) against the host sampler over the same CUDA logits (which the
 // eager and graph paths give bit for bit): the same ids from the same seed, for a nucleus, top-k, min-p,
-// a repetition penalty, and pure temperature (which always takes the whole row).
+// a repetition penalty, a narrow nucleus, and pure temperature (which always takes the whole row); with the default
+// candidates (all of the fixture's 128) and with 8 (the normaliser decides, or the whole row comes over).
 TEST(CudaModel, DeviceSamplingEqualsHostSampling) {
   REQUIRE_GPU();
   auto model = Model::load(testutil::source_path("models/fixtures/w8_gqa2_bf16"));
   auto gpu = make_cuda_backend(0);
   const int64_t V = model->config().vocab_size;
-  std::vector<SamplerParams> ps(5);
+  std::vector<SamplerParams> ps(6);
   ps[0].temperature = 0.8f, ps[0].top_p = 0.9f;
   ps[1].temperature = 1.0f, ps[1].top_k = 7, ps[1].top_p = 1.0f;
   ps[2].temperature = 0.6f, ps[2].min_p = 0.1f, ps[2].top_p = 1.0f;
   ps[3].temperature = 0.9f, ps[3].repeat_penalty = 1.3f;
   ps[4].temperature = 1.2f, ps[4].top_p = 1.0f;
-  for (size_t c = 0; c < ps.size(); ++c) {
-    ps[c].seed = 100 + c;
-    Session host(*model, *gpu, SessionOptions()), dev(*model, *gpu, SessionOptions());
-    Sampler hs(ps[c]), ds(ps[c]);
+  ps[5].temperature = 0.5f, ps[5].top_p = 0.3f;  // a nucleus 8 candidates can hold
+  for (size_t c = 0; c < 2 * ps.size(); ++c) {
+    SamplerParams p = ps[c % ps.size()];
+    p.seed = 100 + c;
+    SessionOptions dev_opt;
+    if (c >= ps.size()) dev_opt.sample_candidates = 8;
+    Session host(*model, *gpu, SessionOptions()), dev(*model, *gpu, dev_opt);
+    Sampler hs(p), ds(p);
     std::vector<int32_t> hist = {1, 5, 9, 5};
     std::vector<float> l = host.feed(hist);
     int32_t got = dev.feed_sample(hist, ds, hist);

@@ -20,6 +20,9 @@ struct SessionOptions {
   // Fused backend ops (residual add + next norm, RoPE + KV-cache write); false runs the unfused sequence
   // (for comparisons). MISTRAL_UNFUSED=1 in the environment turns them off too.
   bool fused = true;
+  // Candidates the backend finds for each sampled draw (Sampler::request's max_k); a draw they do not
+  // settle takes the whole row. Tests set it small to take that route.
+  int sample_candidates = kSampleCandidates;
 };
 
 // One sequence's KV cache: per layer K and V [slots, Hkv*hd]; position p lives in row p % slots.
@@ -128,6 +131,7 @@ class ForwardPass {
   int64_t n_layers_;
   int64_t context_;
   int chunk_;
+  int sample_candidates_;
   bool graphs_;
   bool fused_;
   int scratch_T_ = 0, scratch_rows_ = 0;

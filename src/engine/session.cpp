@@ -45,6 +45,8 @@ ForwardPass::ForwardPass(const Model& model, Backend& backend, const SessionOpti
   context_ = opt.context > 0 ? opt.context : c.max_position_embeddings;
   if (opt.chunk <= 0) throw UsageError("--chunk must be positive");
   chunk_ = opt.chunk;
+  if (opt.sample_candidates <= 0) throw UsageError("sample_candidates must be positive");
+  sample_candidates_ = opt.sample_candidates;
   graphs_ = opt.graphs;
   const char* unfused = std::getenv("MISTRAL_UNFUSED");
   fused_ = opt.fused && !(unfused && *unfused && *unfused != '0');
@@ -187,7 +189,7 @@ void ForwardPass::choose(int rows, int32_t* ids_host, const RowSampler* samplers
     return;
   }
   static const std::vector<int32_t> kNoHistory;
-  const int max_k = int(std::min<int64_t>(V, kSampleCandidates));
+  const int max_k = int(std::min<int64_t>(V, sample_candidates_));
   cand_req_.resize(size_t(rows));
   int kmax = 1;
   for (int r = 0; r < rows; ++r) {
