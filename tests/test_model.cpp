@@ -333,6 +333,28 @@ TEST(Model, BoundedWindowedCacheEqualsRolling) {
   EXPECT_THROW(fp.run({past}, lb.data()), UsageError);
 }
 
+// A session with a bound ends a generation at it ("length"), keeping what was generated, as at the end
+// of the context: the bound is its capacity.
+TEST(Model, BoundedSessionEndsGenerationAtItsBound) {
+  Fixture f = load_fixture("full_gqa2_tied_f32");
+  auto be = make_cpu_backend(1);
+  auto tok = Tokenizer::load_dir(testutil::shared_data("models/stories260K"));
+  Session s(*f.model, *be, SessionOptions(), 10);
+  EXPECT_EQ(s.capacity(), 10);
+  GenerateParams gp;
+  gp.sampler.temperature = 0;
+  gp.ignore_eos = true;
+  gp.max_tokens = 20;
+  const std::vector<int32_t> prompt(f.input_ids.begin(), f.input_ids.begin() + 5);
+  GenerateResult r;
+  ASSERT_NO_THROW(r = generate(s, *tok, prompt, gp));
+  EXPECT_EQ(r.finish_reason, "length");
+  EXPECT_EQ(r.ids.size(), 6u);  // 5 prompt ids and 5 generated fill the 10 positions; the 6th is not fed
+  Fixture w = load_fixture("w8_gqa1_f32");
+  EXPECT_EQ(Session(*w.model, *be, SessionOptions(), 10).capacity(), INT64_MAX);  // 10 >= W: rolling
+  EXPECT_EQ(Session(*w.model, *be, SessionOptions(), 6).capacity(), 6);
+}
+
 TEST(Model, FullCacheRefusesPastContext) {
   Fixture f = load_fixture("full_gqa2_tied_f32");
   auto be = make_cpu_backend(1);

@@ -162,7 +162,7 @@ class Session {
   int32_t feed_sample(const std::vector<int32_t>& ids, Sampler& sampler, const std::vector<int32_t>& history);
   void reset() { cache_->n_past = 0; }
   int64_t n_past() const { return cache_->n_past; }
-  int64_t capacity() const { return fp_.capacity(); }
+  int64_t capacity() const { return cache_->capacity(); }  // positions its cache holds (INT64_MAX: rolling)
   int64_t cache_bytes() const { return cache_->bytes(); }
   int64_t cache_positions() const { return cache_->slots(); }  // rows of the cache
   const AttnShape& shape() const { return fp_.shape(); }
