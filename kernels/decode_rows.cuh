@@ -12,7 +12,7 @@ struct DecodeRowArgs {
   float* cache_k = nullptr;  // this row's cache for the layer, [slots, Hkv*hd]: position j in row j % slots
   float* cache_v = nullptr;
   int64_t pos = 0;    // the token's position (>= 0): RoPE angle, keys j0 .. pos, its K/V go to row pos % slots
-  int64_t slots = 0;  // > 0, and >= the window when there is one
+  int64_t slots = 0;  // > 0: W for a rolling cache, else more than any position it holds
   int split0 = 0;     // first of this row's splits in the attention partials (prefix sum of `splits`)
   int splits = 1;     // KV splits of this row (>= 1)
 };

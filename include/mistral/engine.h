@@ -140,6 +140,7 @@ class ForwardPass {
   std::vector<int32_t> cand_ids_;
   std::vector<float> cand_logits_, row_host_;
   std::vector<double> cand_z_;
+  std::vector<char> whole_;  // rows sampled from the whole row (Sampler::needs_whole_row)
   ActivationObserver* observer_ = nullptr;
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *gate_ = nullptr,
         *up_ = nullptr, *xg_ = nullptr, *logits_ = nullptr;

@@ -27,7 +27,7 @@ struct SamplerParams {
 // `temperature`.
 struct CandidateRequest {
   int k = 1;
-  float temperature = 0;               // <= 0: no normaliser (greedy)
+  float temperature = 0;               // <= 0: no normaliser (greedy, or top-k)
   float penalty = 1;
   const int32_t* penalised = nullptr;  // distinct ids in [0, n)
   int n_penalised = 0;
@@ -53,16 +53,21 @@ class Sampler {
   // Picks a token from logits[V]; `history` holds ids seen so far (for the repetition penalty).
   int32_t sample(const float* logits, int64_t V, const std::vector<int32_t>& history);
   // The candidate route: request() says what to find in the next row (the penalised ids stay owned by
-  // the sampler until the next request), pick() draws from what was found, or returns -1 without
+  // the sampler until the next request or sample()), pick() draws from what was found, or returns -1 without
   // drawing when the candidates do not settle it (then sample() on the whole row decides, with the
   // draw pick() would have made). At most max_k candidates are asked for.
   CandidateRequest request(const std::vector<int32_t>& history, int64_t V, int max_k);
   int32_t pick(const Candidates& c);
   // Temperature 0 without a penalty: the argmax of the raw logits.
   bool greedy() const { return p_.temperature <= 0.0f && p_.repeat_penalty == 1.0f; }
+  // True when max_k candidates of a row of V can never settle a draw: a top_k above max_k (its
+  // normaliser spans top_k tokens), or pure temperature (no top-p, min-p or top-k) over more than
+  // max_k tokens. Such rows go to sample() whole, which starts with the candidates they need.
+  bool needs_whole_row(int64_t V, int max_k) const;
   const SamplerParams& params() const { return p_; }
   void set_params(const SamplerParams& p) { p_ = p; }
-  // Draws made (greedy picks included), and those of them sample() made on a whole row.
+  // Draws pick() and sample() made (greedy ones included; not an argmax found by the backend alone),
+  // and those of them sample() made on a whole row.
   int64_t draws() const { return draws_; }
   int64_t row_draws() const { return row_draws_; }
 

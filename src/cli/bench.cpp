@@ -113,7 +113,16 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
       segs[size_t(b)].ids = prompt.data();
       segs[size_t(b)].T = int(prompt.size());
     }
-    fp.run(segs, nullptr, first.data());  // each row's greedy next id, found by the backend
+    // Each row's next id found by the backend: greedy, or with --temp drawn by a sampler of its own.
+    SamplerParams sp;
+    sp.temperature = a.temperature, sp.top_k = a.top_k, sp.top_p = a.top_p;
+    std::vector<Sampler> samplers;
+    std::vector<std::vector<int32_t>> hist(size_t(a.batch), prompt);
+    std::vector<RowSampler> rs;
+    for (int b = 0; b < a.batch; ++b) sp.seed = uint64_t(b), samplers.emplace_back(sp);
+    for (int b = 0; b < a.batch; ++b) rs.push_back({&samplers[size_t(b)], &hist[size_t(b)]});
+    const RowSampler* row_samplers = a.temperature > 0 ? rs.data() : nullptr;
+    fp.run(segs, nullptr, first.data(), row_samplers);
     double best = 1e30;
     for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
       for (auto& cc : caches) cc->n_past = int64_t(prompt.size());
@@ -121,9 +130,13 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
       for (int b = 0; b < a.batch; ++b) {
         segs[size_t(b)].ids = &next[size_t(b)];
         segs[size_t(b)].T = 1;
+        hist[size_t(b)] = prompt;
       }
       const double t0 = now_seconds();
-      for (int i = 0; i < a.gen_tokens; ++i) fp.run(segs, nullptr, next.data());
+      for (int i = 0; i < a.gen_tokens; ++i) {
+        for (int b = 0; b < a.batch; ++b) hist[size_t(b)].push_back(next[size_t(b)]);
+        fp.run(segs, nullptr, next.data(), row_samplers);
+      }
       best = std::min(best, now_seconds() - t0);
     }
     batch_tps = double(a.batch) * double(a.gen_tokens) / best;

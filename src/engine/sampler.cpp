@@ -74,7 +74,8 @@ Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {}
 
 CandidateRequest Sampler::request(const std::vector<int32_t>& history, int64_t V, int max_k) {
   CandidateRequest rq;
-  rq.temperature = p_.temperature;
+  // The row's normaliser only matters without top_k (top_k's is over its own candidates).
+  if (!(p_.top_k > 0 && p_.top_k < V)) rq.temperature = p_.temperature;
   penalised_.clear();
   if (p_.repeat_penalty != 1.0f && !history.empty()) {
     const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
@@ -91,6 +92,12 @@ CandidateRequest Sampler::request(const std::vector<int32_t>& history, int64_t V
   else if (p_.top_k > 0) k = std::min<int64_t>(p_.top_k, max_k);
   rq.k = int(std::max<int64_t>(1, std::min(k, V)));
   return rq;
+}
+
+bool Sampler::needs_whole_row(int64_t V, int max_k) const {
+  if (p_.temperature <= 0.0f) return false;
+  if (p_.top_k > 0 && p_.top_k < V) return p_.top_k > max_k;
+  return p_.top_p >= 1.0f && p_.min_p <= 0.0f && V > max_k;
 }
 
 int32_t Sampler::pick(const Candidates& c) {
@@ -169,6 +176,8 @@ int32_t Sampler::sample(const float* logits, int64_t V, const std::vector<int32_
   ++draws_, ++row_draws_;
   if (greedy()) return argmax(logits, V);
   CandidateRequest rq = request(history, V, kSampleCandidates);
+  if (needs_whole_row(V, kSampleCandidates))  // top_k's own count, else the whole row: settled at once
+    rq.k = int(p_.top_k > 0 && p_.top_k < V ? p_.top_k : V);
   for (;;) {
     ids_.resize(size_t(rq.k));
     logits_.resize(size_t(rq.k));

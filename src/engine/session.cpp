@@ -191,19 +191,34 @@ void ForwardPass::choose(int rows, int32_t* ids_host, const RowSampler* samplers
   static const std::vector<int32_t> kNoHistory;
   const int max_k = int(std::min<int64_t>(V, sample_candidates_));
   cand_req_.resize(size_t(rows));
+  whole_.assign(size_t(rows), 0);
   int kmax = 1;
+  bool any_candidates = false;
   for (int r = 0; r < rows; ++r) {
     const RowSampler& s = samplers[r];
+    if (s.sampler->needs_whole_row(V, max_k)) {  // no candidates would settle it: none are looked for
+      whole_[size_t(r)] = 1;
+      cand_req_[size_t(r)] = CandidateRequest();
+      continue;
+    }
     cand_req_[size_t(r)] = s.sampler->request(s.history ? *s.history : kNoHistory, V, max_k);
     kmax = std::max(kmax, cand_req_[size_t(r)].k);
+    any_candidates = true;
   }
   cand_ids_.resize(size_t(rows) * size_t(kmax));
   cand_logits_.resize(cand_ids_.size());
   cand_z_.resize(size_t(rows));
-  be_.top_candidates_rows(logits_, rows, V, cand_req_.data(), kmax, cand_ids_.data(), cand_logits_.data(),
-                          cand_z_.data());
+  if (any_candidates)
+    be_.top_candidates_rows(logits_, rows, V, cand_req_.data(), kmax, cand_ids_.data(), cand_logits_.data(),
+                            cand_z_.data());
   for (int r = 0; r < rows; ++r) {
     const RowSampler& s = samplers[r];
+    if (whole_[size_t(r)]) {
+      row_host_.resize(size_t(V));
+      be_.to_host(row_host_.data(), logits_ + size_t(r) * size_t(V), size_t(V));
+      ids_host[r] = s.sampler->sample(row_host_.data(), V, s.history ? *s.history : kNoHistory);
+      continue;
+    }
     Candidates c;
     c.ids = cand_ids_.data() + size_t(r) * size_t(kmax);
     c.logits = cand_logits_.data() + size_t(r) * size_t(kmax);
