@@ -1095,3 +1095,63 @@ TEST(CudaModel, BatchedDecodeEqualsSolo) {
 }
 
 }  // namespace
+
+// Caches of a windowed model bounded below its window (batch requests that never leave it) on CUDA:
+// one sequence at a time (eager prefill, then recorded decode steps) they give the rolling cache's
+// logits bit for bit; decoded together (decode_rows while two or more have room) each is within the
+// batched tolerance of its sequence alone.
+TEST(CudaModel, BoundedWindowedCachesEqualRolling) {
+  REQUIRE_GPU();
+  for (const char* f : {"w8_gqa1_f32", "w16_gqa4_hd12_f32"}) {
+    auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f));
+    auto gpu = make_cuda_backend(0);
+    const int64_t W = model->config().sliding_window;
+    ASSERT_GT(W, 4) << f;
+    const size_t V = size_t(model->config().vocab_size);
+    ForwardPass fp(*model, *gpu, SessionOptions());
+    const int n = 3;
+    std::vector<std::unique_ptr<KVCache>> solo_b, batch_b, rolling;
+    std::vector<std::vector<float>> lr(static_cast<size_t>(n), std::vector<float>(V));
+    std::mt19937 rng(5);
+    for (int i = 0; i < n; ++i) {
+      solo_b.push_back(fp.new_cache(W - 1 - i));
+      batch_b.push_back(fp.new_cache(W - 1 - i));
+      rolling.push_back(fp.new_cache());
+      ASSERT_EQ(solo_b.back()->slots(), W - 1 - i);
+      ASSERT_EQ(rolling.back()->capacity(), INT64_MAX);
+      std::vector<int32_t> prompt(size_t(2 + i));
+      for (auto& x : prompt) x = int32_t(rng() % V);
+      std::vector<float> lb(V), lbb(V);
+      fp.run({BatchSegment{rolling.back().get(), prompt.data(), int(prompt.size()), false, true}}, lr[size_t(i)].data());
+      fp.run({BatchSegment{solo_b.back().get(), prompt.data(), int(prompt.size()), false, true}}, lb.data());
+      fp.run({BatchSegment{batch_b.back().get(), prompt.data(), int(prompt.size()), false, true}}, lbb.data());
+      ASSERT_EQ(bit_mismatches(lb, lr[size_t(i)], std::string(f) + " prefill"), 0u);
+      ASSERT_EQ(bit_mismatches(lbb, lr[size_t(i)], std::string(f) + " prefill"), 0u);
+    }
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (int step = 0;; ++step) {
+      std::vector<BatchSegment> segs;
+      std::vector<int> who;
+      for (int i = 0; i < n; ++i) {
+        if (batch_b[size_t(i)]->n_past + 1 > batch_b[size_t(i)]->capacity()) continue;
+        ids[size_t(i)] = argmax(lr[size_t(i)].data(), int64_t(V));
+        segs.push_back(BatchSegment{batch_b[size_t(i)].get(), &ids[size_t(i)], 1, false, true});
+        who.push_back(i);
+      }
+      if (segs.empty()) break;  // two or more: decode_rows; the last one alone
+      std::vector<float> lb(segs.size() * V);
+      ASSERT_EQ(fp.run(segs, lb.data()), segs.size());
+      for (size_t j = 0; j < who.size(); ++j) {
+        const size_t i = size_t(who[j]);
+        const std::string at = std::string(f) + " step " + std::to_string(step) + " sequence " + std::to_string(i);
+        std::vector<float> ls(V);
+        fp.run({BatchSegment{solo_b[i].get(), &ids[i], 1, false, true}}, ls.data());
+        fp.run({BatchSegment{rolling[i].get(), &ids[i], 1, false, true}}, lr[i].data());
+        ASSERT_EQ(bit_mismatches(ls, lr[i], at), 0u);
+        const std::vector<float> row(lb.begin() + long(j * V), lb.begin() + long((j + 1) * V));
+        ASSERT_LT(rel_err(row, lr[i], "batched logits"), 1e-4) << at;
+      }
+    }
+    EXPECT_EQ(batch_b[0]->n_past, W - 1) << f;  // the longest bound was filled
+  }
+}
