@@ -74,8 +74,8 @@ class ActivationObserver {
 };
 
 // How ForwardPass::run chooses a row's next token on the backend: the row's sampler (one per row: a
-// request's penalised ids live in it until the draw) and the ids its sequence holds so far (the
-// repetition penalty's history).
+// request's penalised ids live in it until the draw; null: the argmax) and the ids its sequence holds so
+// far (the repetition penalty's history; null: none).
 struct RowSampler {
   Sampler* sampler = nullptr;
   const std::vector<int32_t>* history = nullptr;

@@ -183,7 +183,7 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
 void ForwardPass::choose(int rows, int32_t* ids_host, const RowSampler* samplers) {
   const int64_t V = model_.config().vocab_size;
   bool greedy = true;
-  for (int r = 0; samplers && r < rows; ++r) greedy = greedy && samplers[r].sampler->greedy();
+  for (int r = 0; samplers && r < rows; ++r) greedy = greedy && (!samplers[r].sampler || samplers[r].sampler->greedy());
   if (greedy) {
     be_.argmax_rows(logits_, rows, V, ids_host);
     return;
@@ -196,6 +196,11 @@ void ForwardPass::choose(int rows, int32_t* ids_host, const RowSampler* samplers
   bool any_candidates = false;
   for (int r = 0; r < rows; ++r) {
     const RowSampler& s = samplers[r];
+    if (!s.sampler) {  // the argmax: the first of one candidate
+      cand_req_[size_t(r)] = CandidateRequest();
+      any_candidates = true;
+      continue;
+    }
     if (s.sampler->needs_whole_row(V, max_k)) {  // no candidates would settle it: none are looked for
       whole_[size_t(r)] = 1;
       cand_req_[size_t(r)] = CandidateRequest();
@@ -211,12 +216,17 @@ void ForwardPass::choose(int rows, int32_t* ids_host, const RowSampler* samplers
   if (any_candidates)
     be_.top_candidates_rows(logits_, rows, V, cand_req_.data(), kmax, cand_ids_.data(), cand_logits_.data(),
                             cand_z_.data());
+  // A draw from the whole row r (the same draw pick() would have made).
+  auto whole_row_draw = [&](int r) {
+    const RowSampler& s = samplers[r];
+    row_host_.resize(size_t(V));
+    be_.to_host(row_host_.data(), logits_ + size_t(r) * size_t(V), size_t(V));
+    return s.sampler->sample(row_host_.data(), V, s.history ? *s.history : kNoHistory);
+  };
   for (int r = 0; r < rows; ++r) {
     const RowSampler& s = samplers[r];
     if (whole_[size_t(r)]) {
-      row_host_.resize(size_t(V));
-      be_.to_host(row_host_.data(), logits_ + size_t(r) * size_t(V), size_t(V));
-      ids_host[r] = s.sampler->sample(row_host_.data(), V, s.history ? *s.history : kNoHistory);
+      ids_host[r] = whole_row_draw(r);
       continue;
     }
     Candidates c;
@@ -225,13 +235,12 @@ void ForwardPass::choose(int rows, int32_t* ids_host, const RowSampler* samplers
     c.n = cand_req_[size_t(r)].k;
     c.vocab = V;
     c.z = cand_z_[size_t(r)];
-    int32_t id = s.sampler->pick(c);
-    if (id < 0) {  // a nucleus wider than the candidates: the whole row, with the same draw
-      row_host_.resize(size_t(V));
-      be_.to_host(row_host_.data(), logits_ + size_t(r) * size_t(V), size_t(V));
-      id = s.sampler->sample(row_host_.data(), V, s.history ? *s.history : kNoHistory);
+    if (!s.sampler) {
+      ids_host[r] = c.ids[0];
+      continue;
     }
-    ids_host[r] = id;
+    const int32_t id = s.sampler->pick(c);
+    ids_host[r] = id >= 0 ? id : whole_row_draw(r);  // candidates that do not settle it: the whole row
   }
 }
 
