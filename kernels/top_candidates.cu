@@ -33,9 +33,9 @@ __device__ __forceinline__ unsigned long long entry(unsigned key, int i) {
 }
 
 __global__ void __launch_bounds__(kThreads)
-top_candidates_kernel(const float* x, int n, const TopRequest* __restrict__ reqs, const int32_t* __restrict__ pen,
-                      float* work, int kmax, int32_t* __restrict__ ids, float* __restrict__ vals,
-                      double* __restrict__ zs) {
+    top_candidates_kernel(const float* x, int n, const TopRequest* __restrict__ reqs, const int32_t* __restrict__ pen,
+                          float* work, int kmax, int32_t* __restrict__ ids, float* __restrict__ vals,
+                          double* __restrict__ zs) {
   // x and work without __restrict__: the passes read the row through `row`, which is the penalised copy
   // this block has just written when there is a penalty, so its loads must not take the read-only path.
   __shared__ unsigned long long cand[kMaxTopCandidates];
@@ -165,10 +165,11 @@ top_candidates_kernel(const float* x, int n, const TopRequest* __restrict__ reqs
 
 }  // namespace
 
-cudaError_t top_candidates_cuda(const float* x, int rows, int n, const TopRequest* req, const int32_t* pen,
-                                float* work, int kmax, int32_t* ids, float* vals, double* z, cudaStream_t stream) {
+cudaError_t top_candidates_cuda(const float* x, int rows, int n, const TopRequest* req, const int32_t* pen, float* work,
+                                int kmax, int32_t* ids, float* vals, double* z, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  if (n <= 0 || n > (1 << 30) || kmax <= 0 || kmax > kMaxTopCandidates || !x || !req || !ids || !vals || !z) return cudaErrorInvalidValue;
+  if (n <= 0 || n > (1 << 30) || kmax <= 0 || kmax > kMaxTopCandidates || !x || !req || !ids || !vals || !z)
+    return cudaErrorInvalidValue;
   top_candidates_kernel<<<unsigned(rows), kThreads, 0, stream>>>(x, n, req, pen, work, kmax, ids, vals, z);
   return cudaGetLastError();
 }

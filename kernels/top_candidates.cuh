@@ -25,8 +25,8 @@ struct TopRequest {
 // value descending then index ascending (NaN as -inf), into ids/vals[r * kmax ..], and z[r] = sum over
 // the row of exp((v - max) / temperature) (fp32 terms, fp64 sum). work: device [rows, n] scratch for
 // the penalised rows (may be null when no row has a penalty). n <= 2^30. One block a row.
-cudaError_t top_candidates_cuda(const float* x, int rows, int n, const TopRequest* req, const int32_t* pen,
-                                float* work, int kmax, int32_t* ids, float* vals, double* z, cudaStream_t stream);
+cudaError_t top_candidates_cuda(const float* x, int rows, int n, const TopRequest* req, const int32_t* pen, float* work,
+                                int kmax, int32_t* ids, float* vals, double* z, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mistral

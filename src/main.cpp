@@ -42,7 +42,8 @@ void add_model_args(CLI::App* app, ModelArgs& m, bool runtime) {
       ->required();
   app->add_option("--dtype", m.dtype, "Weight dtype after loading: auto keeps the stored one")
       ->check(CLI::IsMember({"auto", "f32", "f16", "bf16"}));
-  app->add_option("--ctx", m.ctx, "Context size without a sliding window (default: max_position_embeddings; chat: at most 8192)")
+  app->add_option("--ctx", m.ctx,
+                  "Context size without a sliding window (default: max_position_embeddings; chat: at most 8192)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 31));
   app->add_option("--quant", m.quant, "Quantize the linear weights at load: none, int8 (per-channel), nf4 (blocks of "
                                       "64) or int4 (groups of 128); embeddings and norms stay full precision")

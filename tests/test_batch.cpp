@@ -1,7 +1,7 @@
 // Continuous batching equals running each request alone: ids and text (greedy, and sampled with seeds)
-// are identical at batch sizes 1, 3 and 8, and equal to sampling from logits brought to the host, with prompts of mixed lengths (some longer than the fixture's sliding window).
-// Backend::decode_rows (a run of single-token segments) equals the per-row ops bit for bit, and a ragged
-// pass mixing such runs with prompt chunks equals each sequence run alone.
+// are identical at batch sizes 1, 3 and 8, and equal to sampling from logits brought to the host, with prompts of mixed
+// lengths (some longer than the fixture's sliding window). Backend::decode_rows (a run of single-token segments) equals
+// the per-row ops bit for bit, and a ragged pass mixing such runs with prompt chunks equals each sequence run alone.
 #include <gtest/gtest.h>
 
 #include <cstring>

@@ -245,7 +245,8 @@ TEST(Cli, OneShotCacheHoldsPromptAndMaxTokens) {
   EXPECT_EQ(r.exit_code, 0) << describe(r);
   EXPECT_NE(r.err.find("(65 positions)"), std::string::npos) << r.err;
   EXPECT_EQ(r.out, reference()["text"].get<std::string>().substr(std::string(kPrompt).size()) + "\n");
-  const RunResult c = run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "-v", "--ctx", "20", "--json"});
+  const RunResult c =
+      run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "-v", "--ctx", "20", "--json"});
   EXPECT_NE(c.err.find("(20 positions)"), std::string::npos) << c.err;
   const json j = parse_stdout_json(c);
   EXPECT_EQ(j["ids"].size(), 16u);  // 20 positions: 5 prompt ids, 15 fed, the 16th sampled and not fed

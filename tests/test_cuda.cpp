@@ -288,11 +288,13 @@ TEST(CudaOps, TopCandidatesRows) {
         b.gpu->top_candidates_rows(dx.p, rows, n, req.data(), kmax, got_ids.data(), got_l.data(), got_z.data());
         SCOPED_TRACE("n " + std::to_string(n) + " k " + std::to_string(k) + " rows " + std::to_string(rows));
         for (int r = 0; r < rows; ++r)  // the slots past a row's k are not written
-          for (int i = req[size_t(r)].k; i < kmax; ++i) got_ids[size_t(r * kmax + i)] = want_ids[size_t(r * kmax + i)] = 0,
-                                                          got_l[size_t(r * kmax + i)] = want_l[size_t(r * kmax + i)] = 0;
+          for (int i = req[size_t(r)].k; i < kmax; ++i)
+            got_ids[size_t(r * kmax + i)] = want_ids[size_t(r * kmax + i)] = 0,
+                                      got_l[size_t(r * kmax + i)] = want_l[size_t(r * kmax + i)] = 0;
         EXPECT_EQ(got_ids, want_ids);
         EXPECT_EQ(got_l, want_l);
-        for (int r = 0; r < rows; ++r) EXPECT_NEAR(got_z[size_t(r)], want_z[size_t(r)], 2e-6 * want_z[size_t(r)]) << "row " << r;
+        for (int r = 0; r < rows; ++r)
+          EXPECT_NEAR(got_z[size_t(r)], want_z[size_t(r)], 2e-6 * want_z[size_t(r)]) << "row " << r;
       }
 }
 
@@ -1122,7 +1124,8 @@ TEST(CudaModel, BoundedWindowedCachesEqualRolling) {
       std::vector<int32_t> prompt(size_t(2 + i));
       for (auto& x : prompt) x = int32_t(rng() % V);
       std::vector<float> lb(V), lbb(V);
-      fp.run({BatchSegment{rolling.back().get(), prompt.data(), int(prompt.size()), false, true}}, lr[size_t(i)].data());
+      fp.run({BatchSegment{rolling.back().get(), prompt.data(), int(prompt.size()), false, true}},
+             lr[size_t(i)].data());
       fp.run({BatchSegment{solo_b.back().get(), prompt.data(), int(prompt.size()), false, true}}, lb.data());
       fp.run({BatchSegment{batch_b.back().get(), prompt.data(), int(prompt.size()), false, true}}, lbb.data());
       ASSERT_EQ(bit_mismatches(lb, lr[size_t(i)], std::string(f) + " prefill"), 0u);

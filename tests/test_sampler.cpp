@@ -128,7 +128,8 @@ int32_t reference_sample(const SamplerParams& p, std::mt19937_64& rng, const std
     std::vector<int32_t> seen(history.end() - long(n), history.end());
     std::sort(seen.begin(), seen.end());
     seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
-    for (int32_t id : seen) w[size_t(id)] = w[size_t(id)] > 0 ? w[size_t(id)] / p.repeat_penalty : w[size_t(id)] * p.repeat_penalty;
+    for (int32_t id : seen)
+      w[size_t(id)] = w[size_t(id)] > 0 ? w[size_t(id)] / p.repeat_penalty : w[size_t(id)] * p.repeat_penalty;
   }
   std::vector<int32_t> idx(V);
   for (size_t i = 0; i < V; ++i) idx[i] = int32_t(i);
@@ -137,7 +138,8 @@ int32_t reference_sample(const SamplerParams& p, std::mt19937_64& rng, const std
   size_t n = p.top_k > 0 && size_t(p.top_k) < V ? size_t(p.top_k) : V;
   std::vector<double> prob(n);
   double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp((double(w[size_t(idx[i])]) - w[size_t(idx[0])]) / double(p.temperature));
+  for (size_t i = 0; i < n; ++i)
+    sum += prob[i] = std::exp((double(w[size_t(idx[i])]) - w[size_t(idx[0])]) / double(p.temperature));
   for (auto& x : prob) x /= sum;
   if (p.min_p > 0) {
     size_t keep = 1;
@@ -227,18 +229,19 @@ TEST(Sampler, SamplesAsTheDirectDefinition) {
 // they do not settle it; the draws line up with the direct definition either way.
 TEST(Sampler, CandidateRouteFallsBackWithTheSameDraw) {
   int settled = 0, fell_back = 0;
-  expect_draws_as_defined([&](Sampler& s, const Case& c, const std::vector<float>& l, const std::vector<int32_t>& hist) {
-    const CandidateRequest rq = s.request(hist, c.V, 8);
-    std::vector<int32_t> ids(size_t(rq.k));
-    std::vector<float> vals(size_t(rq.k));
-    Candidates cand;
-    top_candidates(l.data(), c.V, rq, ids.data(), vals.data(), &cand.z);
-    cand.ids = ids.data(), cand.logits = vals.data(), cand.n = rq.k, cand.vocab = c.V;
-    const int32_t got = s.pick(cand);
-    if (got >= 0) return ++settled, got;
-    ++fell_back;
-    return s.sample(l.data(), c.V, hist);
-  });
+  expect_draws_as_defined(
+      [&](Sampler& s, const Case& c, const std::vector<float>& l, const std::vector<int32_t>& hist) {
+        const CandidateRequest rq = s.request(hist, c.V, 8);
+        std::vector<int32_t> ids(size_t(rq.k));
+        std::vector<float> vals(size_t(rq.k));
+        Candidates cand;
+        top_candidates(l.data(), c.V, rq, ids.data(), vals.data(), &cand.z);
+        cand.ids = ids.data(), cand.logits = vals.data(), cand.n = rq.k, cand.vocab = c.V;
+        const int32_t got = s.pick(cand);
+        if (got >= 0) return ++settled, got;
+        ++fell_back;
+        return s.sample(l.data(), c.V, hist);
+      });
   EXPECT_GT(settled, 100);
   EXPECT_GT(fell_back, 100);
 }

@@ -23,7 +23,9 @@ int main() {
     float spread, top_p;
     int top_k;
   };
-  const Case cases[] = {{"peaked", 3.0f, 0.95f, 0}, {"flat", 0.05f, 0.95f, 0}, {"top-p 1", 3.0f, 1.0f, 0},
+  const Case cases[] = {{"peaked", 3.0f, 0.95f, 0},
+                        {"flat", 0.05f, 0.95f, 0},
+                        {"top-p 1", 3.0f, 1.0f, 0},
                         {"top-k 2000", 3.0f, 1.0f, 2000}};
   for (const Case& c : cases)
     for (int V : {32000, 131072}) {

@@ -27,7 +27,7 @@ struct SamplerParams {
 // `temperature`.
 struct CandidateRequest {
   int k = 1;
-  float temperature = 0;               // <= 0: no normaliser (greedy, or top-k)
+  float temperature = 0;  // <= 0: no normaliser (greedy, or top-k)
   float penalty = 1;
   const int32_t* penalised = nullptr;  // distinct ids in [0, n)
   int n_penalised = 0;
@@ -72,7 +72,7 @@ class Sampler {
   int64_t row_draws() const { return row_draws_; }
 
  private:
-  int32_t pick_from(const Candidates& c);  // pick() without the count
+  int32_t pick_from(const Candidates& c);     // pick() without the count
   int64_t next_k(const Candidates& c) const;  // candidates to find after c did not settle a draw
   int64_t draws_ = 0, row_draws_ = 0;
   SamplerParams p_;

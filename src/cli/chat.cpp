@@ -408,11 +408,10 @@ int run_chat(const ChatArgs& a) {
   if (a.model.verbose)
     std::fprintf(stderr, "model: %s; tokenizer: %s; chat format: %s; context: %s; load %.2f s\n",
                  a.model.model_dir.c_str(), tok->source().c_str(), chat_format_name(enc->format()),
-                 chat.capacity() == INT64_MAX
-                     ? "sliding window"
-                     : (std::to_string(chat.capacity()) + " positions (--ctx up to " +
-                        std::to_string(model->config().max_position_embeddings) + ")")
-                           .c_str(),
+                 chat.capacity() == INT64_MAX ? "sliding window"
+                                              : (std::to_string(chat.capacity()) + " positions (--ctx up to " +
+                                                 std::to_string(model->config().max_position_embeddings) + ")")
+                                                    .c_str(),
                  now_seconds() - t0);
 
   Repl repl(chat, gp, seed, interactive, style);

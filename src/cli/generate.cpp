@@ -29,8 +29,10 @@ void on_sigint(int) { g_interrupted = true; }
 std::string mib(double bytes) {
   char buf[32];
   if (bytes >= 1024.0 * 1048576.0) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1048576.0));
-  else if (bytes >= 1048576.0) std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
-  else std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024.0);
+  else if (bytes >= 1048576.0)
+    std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024.0);
   return buf;
 }
 

@@ -88,8 +88,10 @@ CandidateRequest Sampler::request(const std::vector<int32_t>& history, int64_t V
     rq.n_penalised = int(penalised_.size());
   }
   int64_t k = max_k;
-  if (p_.temperature <= 0.0f) k = 1;
-  else if (p_.top_k > 0) k = std::min<int64_t>(p_.top_k, max_k);
+  if (p_.temperature <= 0.0f)
+    k = 1;
+  else if (p_.top_k > 0)
+    k = std::min<int64_t>(p_.top_k, max_k);
   rq.k = int(std::max<int64_t>(1, std::min(k, V)));
   return rq;
 }
@@ -167,7 +169,8 @@ int64_t Sampler::next_k(const Candidates& c) const {
     for (int i = 0; i < c.n; ++i) mass += std::exp((double(c.logits[i]) - mx) / T);
     mass /= c.z;
     const double last = std::exp((double(c.logits[c.n - 1]) - mx) / T) / c.z;
-    if (mass < double(p_.top_p) && last > 0) k = std::max(k, int64_t(double(c.n) + 1.25 * (double(p_.top_p) - mass) / last));
+    if (mass < double(p_.top_p) && last > 0)
+      k = std::max(k, int64_t(double(c.n) + 1.25 * (double(p_.top_p) - mass) / last));
   }
   return k;
 }

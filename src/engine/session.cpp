@@ -167,7 +167,8 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
       if (!be_.graph_launch(s.cache->id())) throw Error("internal: a recorded decode graph did not launch");
     }
     s.cache->n_past += 1;
-    if (ids_host) choose(1, ids_host, samplers);
+    if (ids_host)
+      choose(1, ids_host, samplers);
     else be_.to_host(logits_host, logits_, V);
     return 1;
   }
@@ -175,7 +176,8 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
   body(segs, T, rows);
   for (const auto& s : segs) s.cache->n_past += s.T;
   if (rows == 0 || !want) return 0;
-  if (ids_host) choose(rows, ids_host, samplers);
+  if (ids_host)
+    choose(rows, ids_host, samplers);
   else be_.to_host(logits_host, logits_, size_t(rows) * V);
   return size_t(rows);
 }
@@ -389,7 +391,8 @@ void Session::feed_chunks(const std::vector<int32_t>& ids, bool all_logits, floa
     s.all_logits = all_logits;
     s.want_logits = all_logits || last;
     if (!s.want_logits) fp_.run({s}, nullptr);
-    else if (ids_host) fp_.run({s}, nullptr, ids_host, sampler);
+    else if (ids_host)
+      fp_.run({s}, nullptr, ids_host, sampler);
     else fp_.run({s}, logits_host + (all_logits ? done * V : 0));
     done += size_t(s.T);
   }
