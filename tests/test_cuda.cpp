@@ -222,6 +222,33 @@ TEST(CudaOps, QuantMatmul) {
 // The row argmax that greedy decoding runs on the device (only the ids come back): against the CPU
 // backend's (mistral::argmax per row) over lengths around the block size, with the largest value repeated
 // (the first index must win), a row of -inf, a row whose largest value is its last element and NaNs.
+// The tensor-core Q4 GEMV (MISTRAL_CUDA_QUANT_MMA=1, an experiment): single-token products against the
+// CPU's on the same quantized weights, x rounded to fp16 on its way to the tensor cores (relative error
+// of the outputs below 2e-3; tools/q4_mma_host_check.cpp checks the tile layout against the PTX ISA's
+// fragment table and the arithmetic on the host). The backend made with the switch holds the extra
+// tile copies (its weight bytes grow by more than the plain copy), so the path is the one that ran.
+TEST(CudaOps, QuantMmaGemv) {
+  REQUIRE_GPU();
+  Backends b;
+  setenv("MISTRAL_CUDA_QUANT_MMA", "1", 1);
+  auto mma = make_cuda_backend(0);
+  unsetenv("MISTRAL_CUDA_QUANT_MMA");
+  std::mt19937 rng(31);
+  const std::pair<int, int> shapes[] = {{16, 128}, {40, 256}, {33, 1000}, {1000, 4096}, {64, 14336}};
+  for (const auto& [N, K] : shapes) {
+    HostQuant& q = b.quant(randn(size_t(N) * size_t(K), rng), N, K, DType::Q4);
+    const size_t before = mma->weight_bytes();
+    const Weight dw = mma->place_weight(q.w);
+    EXPECT_GT(mma->weight_bytes(), before + q.w.nbytes() + q.w.scale_bytes()) << "no tile copy for " << N << "x" << K;
+    const std::vector<float> x = randn(size_t(K), rng);
+    std::vector<float> ref(static_cast<size_t>(N));
+    b.cpu->matmul(x.data(), 1, q.w, ref.data());
+    Dev dx(*mma, x), dy(*mma, size_t(N));
+    mma->matmul(dx.p, 1, dw, dy.p);
+    EXPECT_LT(rel_err(dy.get(), ref, "tensor-core Q4 GEMV"), 2e-3) << N << "x" << K;
+  }
+}
+
 TEST(CudaOps, ArgmaxRows) {
   REQUIRE_GPU();
   Backends b;

@@ -4,7 +4,9 @@
 // several values of the K-split target (set_quant_gemv_warps_per_sm), to choose the default from
 // measurements. Random weight bytes (timing only); each launch reads a different copy of its weights out
 // of enough copies to exceed L2, as a real step does.
-//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4] [--warps 16,24,32,48] [--only LAUNCH]
+//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4,int4mma] [--warps 16,24,32,48] [--only LAUNCH]
+// int4mma: the tensor-core Q4 GEMV (kernels/quant_mma.cu, MISTRAL_CUDA_QUANT_MMA=1) on tile-layout
+// weights, one launch a matrix (q, k and v three launches; gate and up two, then the SwiGLU kernel).
 // --only times one launch (q/k/v, o, gate/up+swiglu or down): for a profiler pointed at its kernels.
 // Built with the CUDA backend (target gemv_bench); tools/gpu-check.sh runs it in its `kernels` phase.
 #include <cuda_fp16.h>
@@ -20,9 +22,12 @@
 #include <string>
 #include <vector>
 
+#include "elementwise.cuh"
 #include "gemv.cuh"
 #include "mistral/quant.h"
 #include "quant_gemv.cuh"
+#include "quant_mma.cuh"
+#include "quant_mma_layout.h"
 
 using namespace mistral;
 
@@ -42,6 +47,7 @@ constexpr size_t kMinBytes = size_t(512) << 20;  // weight copies per matrix: at
 struct Matrix {  // `copies` copies of an N x K matrix (data, scales) in one format
   int N = 0, K = 0, group = 0, copies = 0;
   DType t = DType::F16;
+  bool mma = false;  // Q4 in the tensor-core GEMV's tile layout
   size_t data_bytes = 0, scale_bytes = 0;
   std::vector<void*> data, scales;
 };
@@ -62,14 +68,14 @@ constexpr uint32_t kAnyBits = 0xFFFFFFFFu;
 constexpr uint32_t kSmallHalves = 0xB3FFB3FFu;  // |v| < 2^-2 per fp16, either sign
 constexpr uint32_t kSmallFloat = 0x3A7FFFFFu;   // positive, < 2^-10
 
-Matrix make_matrix(DType t, int N, int K, uint32_t seed) {
+Matrix make_matrix(DType t, int N, int K, uint32_t seed, bool mma) {
   Matrix m;
-  m.t = t, m.N = N, m.K = K;
+  m.t = t, m.N = N, m.K = K, m.mma = mma;
   if (t == DType::F16) {
     m.data_bytes = size_t(N) * K * 2;
   } else {
     m.group = int(quant_group(t, K));
-    m.data_bytes = size_t(N) * quant_row_bytes(t, K);
+    m.data_bytes = mma ? cuda::q4mma::bytes(N, K) : size_t(N) * quant_row_bytes(t, K);
     m.scale_bytes = size_t(N) * size_t(quant_groups(t, K)) * (t == DType::Q8 ? 4 : 2);
   }
   m.copies = int((kMinBytes + m.data_bytes - 1) / m.data_bytes);
@@ -104,6 +110,27 @@ void launch(const Layer& L, Launch which, int c, const float* x, const float* xi
             int n_sms) {
   const DType t = L.q.t;
   const int D = L.q.K, I = L.gate.N;
+  if (L.q.mma) {
+    auto mma = [&](const Matrix& m, const float* in, float* out) {
+      CK(cuda::quant_mma_gemv_cuda(in, m.data[c % m.copies], m.scales[c % m.copies], m.N, m.K, m.group, out, 0));
+    };
+    switch (which) {
+      case kQKV:
+        mma(L.q, x, y), mma(L.k, x, y2), mma(L.v, x, y3);
+        break;
+      case kO:
+        mma(L.o, x, y);
+        break;
+      case kGateUp:
+        mma(L.gate, x, y), mma(L.up, x, y2);
+        CK(cuda::swiglu_cuda(y, y2, size_t(I), y3, 0));
+        break;
+      default:
+        mma(L.down, xi, y);
+        break;
+    }
+    return;
+  }
   if (t == DType::F16) {
     switch (which) {
       case kQKV: {
@@ -251,8 +278,8 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&x, D * sizeof(float)));
   CK(cudaMalloc(&xi, I * sizeof(float)));
   CK(cudaMalloc(&y, I * sizeof(float)));
-  CK(cudaMalloc(&y2, D * sizeof(float)));
-  CK(cudaMalloc(&y3, D * sizeof(float)));
+  CK(cudaMalloc(&y2, I * sizeof(float)));
+  CK(cudaMalloc(&y3, I * sizeof(float)));
   {
     std::vector<float> h(I);
     std::mt19937 rng(1);
@@ -264,19 +291,20 @@ int main(int argc, char** argv) {
   std::printf("%-6s %-6s %-16s %9s %9s %9s\n", "format", "warps", "launch", "us", "GB/s", "of copy");
   for (const std::string& f : split_list(formats)) {
     DType t;
+    const bool mma = f == "int4mma";
     if (f == "f16") t = DType::F16;
     else if (f == "int8") t = DType::Q8;
     else if (f == "nf4") t = DType::NF4;
-    else if (f == "int4") t = DType::Q4;
+    else if (f == "int4" || mma) t = DType::Q4;
     else {
       std::fprintf(stderr, "gemv_bench: unknown format %s\n", f.c_str());
       return 2;
     }
     Layer L;
-    L.q = make_matrix(t, D, D, 10), L.k = make_matrix(t, KV, D, 20), L.v = make_matrix(t, KV, D, 30);
-    L.o = make_matrix(t, D, D, 40), L.gate = make_matrix(t, I, D, 50), L.up = make_matrix(t, I, D, 60);
-    L.down = make_matrix(t, D, I, 70);
-    const std::vector<std::string> ws = t == DType::F16 ? std::vector<std::string>{"-"} : split_list(warps);
+    L.q = make_matrix(t, D, D, 10, mma), L.k = make_matrix(t, KV, D, 20, mma), L.v = make_matrix(t, KV, D, 30, mma);
+    L.o = make_matrix(t, D, D, 40, mma), L.gate = make_matrix(t, I, D, 50, mma), L.up = make_matrix(t, I, D, 60, mma);
+    L.down = make_matrix(t, D, I, 70, mma);
+    const std::vector<std::string> ws = t == DType::F16 || mma ? std::vector<std::string>{"-"} : split_list(warps);
     for (const std::string& w : ws) {
       if (t != DType::F16) cuda::set_quant_gemv_warps_per_sm(std::atoi(w.c_str()));
       double total_us = 0, total_bytes = 0;

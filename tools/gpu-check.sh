@@ -369,7 +369,7 @@ kernels)
   timeout 120 "$BIN/gemv_bench" --reps 200 | tee "$OUTDIR/gemv_bench.txt" | tee -a "$SUMMARY"
   # The K-split target with the least layer time summed over the quantized formats; QUANT_WARPS=best
   # makes the later phases of this call (quant, pdl, profile) run with it (MISTRAL_CUDA_QUANT_WARPS).
-  best=$(awk '$3 == "layer" && $1 != "f16" { t[$2] += $4 } END { b = ""; for (w in t) if (b == "" || t[w] < t[b]) b = w; print b }' \
+  best=$(awk '$3 == "layer" && $1 != "f16" && $2 != "-" { t[$2] += $4 } END { b = ""; for (w in t) if (b == "" || t[w] < t[b]) b = w; print b }' \
     "$OUTDIR/gemv_bench.txt")
   note "kernels: K-split target with the least quantized layer time: ${best:-none}"
   if [ "${QUANT_WARPS:-}" = best ] && [ -n "$best" ]; then
@@ -383,6 +383,10 @@ kernels)
     MISTRAL_CUDA_GEMV_PRELOAD=$pre timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16 | grep -v '^format' |
       tee -a "$SUMMARY"
   done
+  # The tensor-core Q4 GEMV (an experiment, MISTRAL_CUDA_QUANT_MMA=1): the same layer, to set against
+  # int4's rows above.
+  echo "tensor-core Q4 GEMV (kernels/quant_mma.cu), to compare with int4:" | tee -a "$SUMMARY"
+  timeout 60 "$BIN/gemv_bench" --reps 200 --formats int4mma | grep -v '^format' | tee -a "$SUMMARY"
   echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
   MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int8,int4 --warps 24 | tee -a "$SUMMARY"
   ;;

@@ -23,6 +23,8 @@
 #include "gemv.cuh"
 #include "mistral/backend.h"
 #include "quant_gemv.cuh"
+#include "quant_mma.cuh"
+#include "quant_mma_layout.h"
 #include "rmsnorm.cuh"
 #include "rope.cuh"
 #include "top_candidates.cuh"
@@ -86,6 +88,7 @@ class CudaBackend final : public Backend {
     if (step_host_) cudaFreeHost(step_host_);
     if (step_dev_) cudaFree(step_dev_);
     for (auto& kv : uploaded_) cudaFree(kv.second);
+    for (auto& kv : mma_tiles_) cudaFree(kv.second);
     for (auto& kv : inv_freq_) cudaFree(kv.second);
     if (ids_) cudaFree(ids_);
     if (conv_) cudaFree(conv_);
@@ -157,6 +160,17 @@ class CudaBackend final : public Backend {
     Weight y = x;
     y.data = upload(x.data, x.nbytes());
     if (is_quantized(x.dtype)) y.scales = upload(x.scales, x.scale_bytes());
+    // MISTRAL_CUDA_QUANT_MMA=1: a second copy of a Q4 matrix in the tensor-core GEMV's tile layout.
+    if (use_quant_mma_ && x.dtype == DType::Q4 && quant_mma_supported(x.rows, x.cols, quant_group_of(x)) &&
+        !mma_tiles_.count(y.data)) {
+      std::vector<uint8_t> tiles(q4mma::bytes(x.rows, x.cols));
+      q4mma::repack(static_cast<const uint8_t*>(x.data), x.rows, x.cols, quant_row_bytes(x.dtype, x.cols), tiles.data());
+      void* d = nullptr;
+      MR_CUDA_CHECK(cudaMalloc(&d, tiles.size()));
+      copy_in_now(d, tiles.data(), tiles.size());
+      mma_tiles_[y.data] = d;
+      weight_bytes_ += tiles.size();
+    }
     return y;
   }
 
@@ -400,6 +414,14 @@ class CudaBackend final : public Backend {
   void matmul(const float* x, int T, const Weight& W, float* y) override {
     const int N = int(W.rows), K = int(W.cols);
     const bool quant = is_quantized(W.dtype);
+    if (T == 1 && quant && !mma_tiles_.empty()) {  // MISTRAL_CUDA_QUANT_MMA=1
+      auto it = mma_tiles_.find(W.data);
+      if (it != mma_tiles_.end()) {
+        MR_LAUNCH_CHECK(quant_mma_gemv_cuda(x, it->second, W.scales, N, K, int(quant_group_of(W)), y, stream_),
+                        stream_);
+        return;
+      }
+    }
     if (T <= kGemvMaxT) {
       if (quant)
         MR_LAUNCH_CHECK(
@@ -753,6 +775,13 @@ class CudaBackend final : public Backend {
     const char* e = std::getenv("MISTRAL_CUDA_SPLIT_KV");
     return !(e && *e == '0');
   }();
+  // MISTRAL_CUDA_QUANT_MMA=1 (an experiment): Q4 matrices also kept in the tile layout of
+  // quant_mma_layout.h, single-token products of one of them on the tensor cores (quant_mma.cu).
+  bool use_quant_mma_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_QUANT_MMA");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  std::map<const void*, void*> mma_tiles_;  // device data of a Q4 weight -> its tiles
   // MISTRAL_CUDA_DECODE_ROWS=0 runs batched decode steps row by row (for comparisons).
   bool use_decode_rows_ = [] {
     const char* e = std::getenv("MISTRAL_CUDA_DECODE_ROWS");

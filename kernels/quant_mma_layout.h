@@ -1,0 +1,59 @@
+// Q4 (int4) weights re-laid for the tensor-core decode GEMV (quant_mma.cu), an experiment behind
+// MISTRAL_CUDA_QUANT_MMA=1: tiles of 16 rows x 64 columns of 512 bytes, a row tile's 64-column tiles in
+// order, row tile after row tile. In a tile, lane L of a warp (g = L / 4, t = L % 4) owns bytes
+// 16 L .. 16 L + 15, four little-endian 32-bit words; word j covers the tile's columns 16 j .. 16 j + 15
+// (one k16 step of mma.m16n8k16), and its nibble p (bits 4p .. 4p+3) is element h = p / 4 of the A
+// fragment's register r = p % 4 (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point
+// type": register r holds row g + 8 (r & 1), columns 2t + 8 (r >> 1) and the next one, the first in
+// the low half). So ((word >> 4r) & 0x000F000F) | 0x64006400 is register r as two fp16 values 1024 +
+// code. Rows past N and columns past K hold code 8 (the value 0). Plain C++: the kernel and
+// tools/q4_mma_host_check.cpp share it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace mistral {
+namespace cuda {
+namespace q4mma {
+
+constexpr int kTileRows = 16, kTileCols = 64, kTileBytes = 512;
+
+inline int64_t row_tiles(int64_t N) { return (N + kTileRows - 1) / kTileRows; }
+inline int64_t col_tiles(int64_t K) { return (K + kTileCols - 1) / kTileCols; }
+inline size_t bytes(int64_t N, int64_t K) { return size_t(row_tiles(N) * col_tiles(K)) * kTileBytes; }
+
+// Row and column, within its tile, of nibble p (0..7) of word j (0..3) of lane L (0..31).
+struct TilePos {
+  int row, col;
+};
+inline TilePos nibble_pos(int L, int j, int p) {
+  const int g = L >> 2, t = L & 3, r = p & 3, h = p >> 2;
+  return {g + 8 * (r & 1), 16 * j + 2 * t + h + 8 * (r >> 1)};
+}
+
+// The tiles of a Q4 matrix [N, K] (quant.h: row n at q4 + n * row_bytes, element k in byte k / 2, the
+// low nibble for even k) into out (bytes(N, K) bytes).
+inline void repack(const uint8_t* q4, int64_t N, int64_t K, size_t row_bytes, uint8_t* out) {
+  const int64_t RT = row_tiles(N), CT = col_tiles(K);
+  for (int64_t rt = 0; rt < RT; ++rt)
+    for (int64_t ct = 0; ct < CT; ++ct) {
+      uint8_t* tile = out + size_t(rt * CT + ct) * kTileBytes;
+      for (int L = 0; L < 32; ++L)
+        for (int j = 0; j < 4; ++j) {
+          uint32_t word = 0;
+          for (int p = 0; p < 8; ++p) {
+            const TilePos q = nibble_pos(L, j, p);
+            const int64_t n = rt * kTileRows + q.row, k = ct * kTileCols + q.col;
+            uint32_t code = 8;
+            if (n < N && k < K) code = (q4[size_t(n) * row_bytes + size_t(k / 2)] >> (4 * (k & 1))) & 0xFu;
+            word |= code << (4 * p);
+          }
+          std::memcpy(tile + 16 * L + 4 * j, &word, 4);
+        }
+    }
+}
+
+}  // namespace q4mma
+}  // namespace cuda
+}  // namespace mistral
