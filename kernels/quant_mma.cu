@@ -14,7 +14,7 @@ namespace cuda {
 
 namespace {
 
-constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kWarps = q4mma::kWarps, kThreads = 32 * kWarps;
 constexpr int kBatch = 8;  // 16-byte tile loads a lane holds in flight
 constexpr size_t kMaxSmem = 48 * 1024;
 
@@ -49,9 +49,8 @@ __global__ void __launch_bounds__(kThreads)
   const int rt = blockIdx.x;
   const int CT = (K + 63) / 64, gt = group / 64, n_groups = (K + group - 1) / group;
   const uint4* row_tiles = tiles + size_t(rt) * size_t(CT) * 32;  // 32 uint4 a tile
-  const int my_groups = warp < n_groups ? (n_groups - warp + kWarps - 1) / kWarps : 0;
-  const int m_end = my_groups * gt;  // this warp's k-tile steps: group warp + 8 (m / gt), its tile m % gt
-  auto tile_of = [&](int m) { return (warp + kWarps * (m / gt)) * gt + m % gt; };
+  const int m_end = q4mma::warp_steps(warp, n_groups, gt);
+  auto tile_of = [&](int m) { return q4mma::warp_tile(warp, m, gt); };
   uint4 q[kBatch];
   auto load = [&](int m0) {
 #pragma unroll
@@ -88,7 +87,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       if (m % gt == gt - 1) {  // the group ends: scale its sums (column 0: c0 row g, c2 row g + 8)
-        const int gi = warp + kWarps * (m / gt);
+        const int gi = q4mma::warp_group(warp, m, gt);
         const float s0 = row0 < N ? __half2float(scales[size_t(row0) * n_groups + gi]) : 0.f;
         const float s1 = row1 < N ? __half2float(scales[size_t(row1) * n_groups + gi]) : 0.f;
         total0 = fmaf(s0, acc[0], total0);

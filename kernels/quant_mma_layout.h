@@ -13,11 +13,28 @@
 #include <cstdint>
 #include <cstring>
 
+#ifdef __CUDACC__
+#define Q4MMA_FN __host__ __device__ inline
+#else
+#define Q4MMA_FN inline
+#endif
+
 namespace mistral {
 namespace cuda {
 namespace q4mma {
 
 constexpr int kTileRows = 16, kTileCols = 64, kTileBytes = 512;
+constexpr int kWarps = 8;  // warps of a block, which takes one row tile
+
+// How the kernel shares a row tile out: warp w takes the groups (of group / 64 tiles each) w, w + 8, ...
+// in order, one tile a step: warp_steps of them; step m is tile warp_tile(w, m, gt) of group
+// warp_group(w, m, gt) (gt = group / 64), and a group's sums are scaled after its last step
+// (m % gt == gt - 1).
+Q4MMA_FN int warp_steps(int warp, int n_groups, int gt) {
+  return (warp < n_groups ? (n_groups - warp + kWarps - 1) / kWarps : 0) * gt;
+}
+Q4MMA_FN int warp_group(int warp, int m, int gt) { return warp + kWarps * (m / gt); }
+Q4MMA_FN int warp_tile(int warp, int m, int gt) { return warp_group(warp, m, gt) * gt + m % gt; }
 
 inline int64_t row_tiles(int64_t N) { return (N + kTileRows - 1) / kTileRows; }
 inline int64_t col_tiles(int64_t K) { return (K + kTileCols - 1) / kTileCols; }

@@ -4,7 +4,8 @@
 // 8), and an emulation of the kernel's arithmetic (mma.m16n8k16 as the ISA defines it: D = A B + C,
 // x rounded to fp16 in column 0 of B; per-group fp32 scaling; warps' partials summed in order) matches
 // a float64 reference over random matrices, odd shapes included. No GPU needed:
-//   g++ -O2 -std=c++17 -Iinclude -Ikernels tools/q4_mma_host_check.cpp build/libmistral_core.a -o /tmp/q4_mma_check
+//   g++ -O2 -std=c++17 -Iinclude -Ikernels tools/q4_mma_host_check.cpp build/libmistral_core.a \
+//     -o /tmp/q4_mma_check
 //   /tmp/q4_mma_check
 #include <cmath>
 #include <cstdio>
@@ -78,13 +79,15 @@ void check(int64_t N, int64_t K, int group, std::mt19937& rng) {
   const int gt = group / 64;
   double worst = 0;
   for (int64_t rt = 0; rt < RT; ++rt) {
-    double part[8][16] = {};
-    for (int warp = 0; warp < 8; ++warp)
-      for (int64_t gi = warp; gi < n_groups; gi += 8) {
-        double acc[16] = {};  // D column 0, rows 0..15 (fp32 in the hardware; fp64 here)
-        for (int u = 0; u < gt; ++u) {
-          const int64_t ct = gi * gt + u;
-          if (ct >= CT) continue;
+    double part[q4mma::kWarps][16] = {};
+    std::vector<int> groups_seen(size_t(n_groups), 0);
+    for (int warp = 0; warp < q4mma::kWarps; ++warp) {
+      double acc[16] = {};  // D column 0, rows 0..15 (fp32 in the hardware; fp64 here)
+      for (int m = 0; m < q4mma::warp_steps(warp, int(n_groups), gt); ++m) {  // the kernel's steps
+        const int64_t ct = q4mma::warp_tile(warp, m, gt), gi = q4mma::warp_group(warp, m, gt);
+        CHECK(gi < n_groups && ct / gt == gi, "warp %d step %d: tile %lld of group %lld", warp, m, (long long)ct,
+              (long long)gi);
+        if (ct < CT) {
           for (int j = 0; j < 4; ++j)
             for (int lane = 0; lane < 32; ++lane) {
               uint32_t w;
@@ -97,16 +100,23 @@ void check(int64_t N, int64_t K, int group, std::mt19937& rng) {
               }
             }
         }
-        for (int row = 0; row < 16; ++row) {
-          const int64_t n = rt * 16 + row;
-          part[warp][row] += n < N ? double(scales[size_t(n * n_groups + gi)]) * acc[row] : 0.0;
+        if (m % gt == gt - 1) {  // the group ends
+          ++groups_seen[size_t(gi)];
+          for (int row = 0; row < 16; ++row) {
+            const int64_t n = rt * 16 + row;
+            part[warp][row] += n < N ? double(scales[size_t(n * n_groups + gi)]) * acc[row] : 0.0;
+            acc[row] = 0;
+          }
         }
       }
+    }
+    for (int64_t gi = 0; gi < n_groups; ++gi)
+      CHECK(groups_seen[size_t(gi)] == 1, "group %lld taken %d times", (long long)gi, groups_seen[size_t(gi)]);
     for (int row = 0; row < 16; ++row) {
       const int64_t n = rt * 16 + row;
       if (n >= N) continue;
       double got = 0, want = 0, mag = 0;
-      for (int w = 0; w < 8; ++w) got += part[w][row];
+      for (int w = 0; w < q4mma::kWarps; ++w) got += part[w][row];
       for (int64_t k = 0; k < K; ++k) {
         const double e = double(code(n, k) - 8) * scales[size_t(n * n_groups + k / group)] * xh[size_t(k)];
         want += e, mag += std::fabs(e);
