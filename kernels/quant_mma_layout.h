@@ -1,4 +1,4 @@
-// Q4 (int4) weights re-laid for the tensor-core decode GEMV (quant_mma.cu), an experiment behind
+// Q4 (int4) and Q8 (int8) weights re-laid for the tensor-core decode GEMV (quant_mma.cu), an experiment behind
 // MISTRAL_CUDA_QUANT_MMA=1: tiles of 16 rows x 64 columns of 512 bytes, a row tile's 64-column tiles in
 // order, row tile after row tile. In a tile, lane L of a warp (g = L / 4, t = L % 4) owns bytes
 // 16 L .. 16 L + 15, four little-endian 32-bit words; word j covers the tile's columns 16 j .. 16 j + 15
@@ -6,8 +6,11 @@
 // fragment's register r = p % 4 (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point
 // type": register r holds row g + 8 (r & 1), columns 2t + 8 (r >> 1) and the next one, the first in
 // the low half). So ((word >> 4r) & 0x000F000F) | 0x64006400 is register r as two fp16 values 1024 +
-// code. Rows past N and columns past K hold code 8 (the value 0). Plain C++: the kernel and
-// tools/q4_mma_host_check.cpp share it.
+// code. Rows past N and columns past K hold code 8 (the value 0).
+// Q8 in the same scheme: tiles of 16 rows x 32 columns (512 bytes); a lane's four words are two k16
+// steps, words 2j and 2j + 1 for columns 16j .. 16j + 15, byte b of word 2j + u being element b % 2 of
+// register 2u + b / 2. A byte XOR 0x80 under a high byte 0x64 is fp16 1024 + 128 + q. Rows past N and
+// columns past K hold 0. Plain C++: the kernel and tools/q4_mma_host_check.cpp share it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -68,6 +71,31 @@ inline void repack(const uint8_t* q4, int64_t N, int64_t K, size_t row_bytes, ui
           }
           std::memcpy(tile + 16 * L + 4 * j, &word, 4);
         }
+    }
+}
+
+// Q8: tiles and the (row, column) within its tile of byte b (0..3) of word w (0..3) of lane L.
+constexpr int kQ8TileCols = 32;
+inline int64_t q8_col_tiles(int64_t K) { return (K + kQ8TileCols - 1) / kQ8TileCols; }
+inline size_t q8_bytes(int64_t N, int64_t K) { return size_t(row_tiles(N) * q8_col_tiles(K)) * kTileBytes; }
+inline TilePos q8_byte_pos(int L, int w, int b) {
+  const int g = L >> 2, t = L & 3, j = w >> 1, r = 2 * (w & 1) + (b >> 1), h = b & 1;
+  return {g + 8 * (r & 1), 16 * j + 2 * t + h + 8 * (r >> 1)};
+}
+
+// The Q8 tiles of an int8 matrix [N, K] (quant.h: row n at q8 + n * row_bytes, element k in byte k).
+inline void repack_q8(const uint8_t* q8, int64_t N, int64_t K, size_t row_bytes, uint8_t* out) {
+  const int64_t RT = row_tiles(N), CT = q8_col_tiles(K);
+  for (int64_t rt = 0; rt < RT; ++rt)
+    for (int64_t ct = 0; ct < CT; ++ct) {
+      uint8_t* tile = out + size_t(rt * CT + ct) * kTileBytes;
+      for (int L = 0; L < 32; ++L)
+        for (int w = 0; w < 4; ++w)
+          for (int b = 0; b < 4; ++b) {
+            const TilePos q = q8_byte_pos(L, w, b);
+            const int64_t n = rt * kTileRows + q.row, k = ct * kQ8TileCols + q.col;
+            tile[16 * L + 4 * w + b] = n < N && k < K ? q8[size_t(n) * row_bytes + size_t(k)] : 0;
+          }
     }
 }
 

@@ -222,8 +222,8 @@ TEST(CudaOps, QuantMatmul) {
 // The row argmax that greedy decoding runs on the device (only the ids come back): against the CPU
 // backend's (mistral::argmax per row) over lengths around the block size, with the largest value repeated
 // (the first index must win), a row of -inf, a row whose largest value is its last element and NaNs.
-// The tensor-core Q4 GEMV (MISTRAL_CUDA_QUANT_MMA=1, an experiment): single-token products against the
-// CPU's on the same quantized weights, x rounded to fp16 on its way to the tensor cores (relative error
+// The tensor-core Q4 and Q8 GEMVs (MISTRAL_CUDA_QUANT_MMA=1, an experiment): single-token products against
+// the CPU's on the same quantized weights, x rounded to fp16 on its way to the tensor cores (relative error
 // of the outputs below 2e-3; tools/q4_mma_host_check.cpp checks the tile layout against the PTX ISA's
 // fragment table and the arithmetic on the host). The backend made with the switch holds the extra
 // tile copies (its weight bytes grow by more than the plain copy), so the path is the one that ran.
@@ -235,8 +235,10 @@ TEST(CudaOps, QuantMmaGemv) {
   unsetenv("MISTRAL_CUDA_QUANT_MMA");
   std::mt19937 rng(31);
   const std::pair<int, int> shapes[] = {{16, 128}, {40, 256}, {33, 1000}, {1000, 4096}, {64, 14336}};
+  for (DType t : {DType::Q4, DType::Q8})
   for (const auto& [N, K] : shapes) {
-    HostQuant& q = b.quant(randn(size_t(N) * size_t(K), rng), N, K, DType::Q4);
+    SCOPED_TRACE(quant_name(t == DType::Q4 ? Quant::Int4 : Quant::Int8));
+    HostQuant& q = b.quant(randn(size_t(N) * size_t(K), rng), N, K, t);
     const size_t before = mma->weight_bytes();
     const Weight dw = mma->place_weight(q.w);
     EXPECT_GT(mma->weight_bytes(), before + q.w.nbytes() + q.w.scale_bytes()) << "no tile copy for " << N << "x" << K;
@@ -245,7 +247,7 @@ TEST(CudaOps, QuantMmaGemv) {
     b.cpu->matmul(x.data(), 1, q.w, ref.data());
     Dev dx(*mma, x), dy(*mma, size_t(N));
     mma->matmul(dx.p, 1, dw, dy.p);
-    EXPECT_LT(rel_err(dy.get(), ref, "tensor-core Q4 GEMV"), 2e-3) << N << "x" << K;
+    EXPECT_LT(rel_err(dy.get(), ref, "tensor-core GEMV"), 2e-3) << N << "x" << K;
   }
 }
 

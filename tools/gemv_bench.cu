@@ -4,9 +4,9 @@
 // several values of the K-split target (set_quant_gemv_warps_per_sm), to choose the default from
 // measurements. Random weight bytes (timing only); each launch reads a different copy of its weights out
 // of enough copies to exceed L2, as a real step does.
-//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4,int4mma] [--warps 16,24,32,48] [--only LAUNCH]
-// int4mma: the tensor-core Q4 GEMV (kernels/quant_mma.cu, MISTRAL_CUDA_QUANT_MMA=1) on tile-layout
-// weights, one launch a matrix (q, k and v three launches; gate and up two, then the SwiGLU kernel).
+//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4,int4mma,int8mma] [--warps 16,24,32,48] [--only LAUNCH]
+// int4mma / int8mma: the tensor-core GEMV (kernels/quant_mma.cu, MISTRAL_CUDA_QUANT_MMA=1) on
+// tile-layout weights, one launch a matrix (q, k and v three launches; gate and up two, then SwiGLU).
 // --only times one launch (q/k/v, o, gate/up+swiglu or down): for a profiler pointed at its kernels.
 // Built with the CUDA backend (target gemv_bench); tools/gpu-check.sh runs it in its `kernels` phase.
 #include <cuda_fp16.h>
@@ -75,7 +75,7 @@ Matrix make_matrix(DType t, int N, int K, uint32_t seed, bool mma) {
     m.data_bytes = size_t(N) * K * 2;
   } else {
     m.group = int(quant_group(t, K));
-    m.data_bytes = mma ? cuda::q4mma::bytes(N, K) : size_t(N) * quant_row_bytes(t, K);
+    m.data_bytes = mma ? cuda::quant_mma_bytes(t, N, K) : size_t(N) * quant_row_bytes(t, K);
     m.scale_bytes = size_t(N) * size_t(quant_groups(t, K)) * (t == DType::Q8 ? 4 : 2);
   }
   m.copies = int((kMinBytes + m.data_bytes - 1) / m.data_bytes);
@@ -112,7 +112,7 @@ void launch(const Layer& L, Launch which, int c, const float* x, const float* xi
   const int D = L.q.K, I = L.gate.N;
   if (L.q.mma) {
     auto mma = [&](const Matrix& m, const float* in, float* out) {
-      CK(cuda::quant_mma_gemv_cuda(in, m.data[c % m.copies], m.scales[c % m.copies], m.N, m.K, m.group, out, 0));
+      CK(cuda::quant_mma_gemv_cuda(in, m.data[c % m.copies], m.scales[c % m.copies], m.t, m.N, m.K, m.group, out, 0));
     };
     switch (which) {
       case kQKV:
@@ -291,9 +291,9 @@ int main(int argc, char** argv) {
   std::printf("%-6s %-6s %-16s %9s %9s %9s\n", "format", "warps", "launch", "us", "GB/s", "of copy");
   for (const std::string& f : split_list(formats)) {
     DType t;
-    const bool mma = f == "int4mma";
+    const bool mma = f == "int4mma" || f == "int8mma";
     if (f == "f16") t = DType::F16;
-    else if (f == "int8") t = DType::Q8;
+    else if (f == "int8" || f == "int8mma") t = DType::Q8;
     else if (f == "nf4") t = DType::NF4;
     else if (f == "int4" || mma) t = DType::Q4;
     else {

@@ -383,10 +383,10 @@ kernels)
     MISTRAL_CUDA_GEMV_PRELOAD=$pre timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16 | grep -v '^format' |
       tee -a "$SUMMARY"
   done
-  # The tensor-core Q4 GEMV (an experiment, MISTRAL_CUDA_QUANT_MMA=1): the same layer, to set against
-  # int4's rows above.
-  echo "tensor-core Q4 GEMV (kernels/quant_mma.cu), to compare with int4:" | tee -a "$SUMMARY"
-  timeout 60 "$BIN/gemv_bench" --reps 200 --formats int4mma | grep -v '^format' | tee -a "$SUMMARY"
+  # The tensor-core GEMVs (an experiment, MISTRAL_CUDA_QUANT_MMA=1): the same layer, to set against the
+  # int4 and int8 rows above.
+  echo "tensor-core GEMVs (kernels/quant_mma.cu), to compare with int4 and int8:" | tee -a "$SUMMARY"
+  timeout 60 "$BIN/gemv_bench" --reps 200 --formats int4mma,int8mma | grep -v '^format' | tee -a "$SUMMARY"
   echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
   MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int8,int4 --warps 24 | tee -a "$SUMMARY"
   ;;

@@ -1,5 +1,5 @@
-// Host check of the Q4 tile layout for the tensor-core GEMV (kernels/quant_mma_layout.h, used by
-// kernels/quant_mma.cu): after repack, every nibble the kernel turns into an A-fragment register holds
+// Host check of the Q4 and Q8 tile layouts for the tensor-core GEMV (kernels/quant_mma_layout.h, used by
+// kernels/quant_mma.cu): after repack, every nibble (Q8: byte) the kernel turns into an A-fragment register holds
 // the matrix element that the PTX ISA's fragment table puts there (rows past N and columns past K: code
 // 8), and an emulation of the kernel's arithmetic (mma.m16n8k16 as the ISA defines it: D = A B + C,
 // x rounded to fp16 in column 0 of B; per-group fp32 scaling; warps' partials summed in order) matches
@@ -126,17 +126,77 @@ void check(int64_t N, int64_t K, int group, std::mt19937& rng) {
       CHECK(err < 1e-12, "N %lld K %lld row %lld: %g vs %g", (long long)N, (long long)K, (long long)n, got, want);
     }
   }
-  std::printf("N %5lld K %5lld group %3d: layout ok, emulated GEMV within %.1e of float64\n", (long long)N,
+  std::printf("Q4 N %5lld K %5lld group %3d: layout ok, emulated GEMV within %.1e of float64\n", (long long)N,
               (long long)K, group, worst);
 }
 
 }  // namespace
+
+// Q8: every register half the kernel makes (XOR 0x80, under 0x64, less 1152) holds the ISA's element,
+// and the emulated arithmetic (fp16 x, one fp32 scale a row at the end) matches float64.
+void check_q8(int64_t N, int64_t K, std::mt19937& rng) {
+  const size_t row_bytes = size_t(16 * ((K + 15) / 16));
+  std::vector<uint8_t> q8(size_t(N) * row_bytes);
+  for (auto& b : q8) b = uint8_t(rng());
+  auto code = [&](int64_t n, int64_t k) -> int {
+    return n < N && k < K ? int(int8_t(q8[size_t(n) * row_bytes + size_t(k)])) : 0;
+  };
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> scales(static_cast<size_t>(N)), x(static_cast<size_t>(K));
+  for (auto& s : scales) s = 0.01f * nd(rng);
+  for (auto& v : x) v = nd(rng);
+  std::vector<uint8_t> tiles(q4mma::q8_bytes(N, K));
+  q4mma::repack_q8(q8.data(), N, K, row_bytes, tiles.data());
+  const int64_t RT = q4mma::row_tiles(N), CT = q4mma::q8_col_tiles(K);
+  std::vector<float> xh(static_cast<size_t>(CT * 32), 0.f);
+  for (int64_t k = 0; k < K; ++k) xh[size_t(k)] = f16_to_f32(f32_to_f16(x[size_t(k)]));
+  double worst = 0;
+  for (int64_t rt = 0; rt < RT; ++rt) {
+    double part[q4mma::kWarps][16] = {};
+    for (int warp = 0; warp < q4mma::kWarps; ++warp)
+      for (int m = 0; m < q4mma::warp_steps(warp, int(CT), 1); ++m) {
+        const int64_t ct = q4mma::warp_tile(warp, m, 1);
+        for (int lane = 0; lane < 32; ++lane)
+          for (int j = 0; j < 2; ++j)     // k16 steps of the tile
+            for (int i = 0; i < 8; ++i) {  // element a_i: register i / 2 (word 2j + i / 4), half i % 2
+              uint32_t w;
+              std::memcpy(&w, &tiles[size_t(rt * CT + ct) * q4mma::kTileBytes + 16 * lane + 4 * (2 * j + i / 4)], 4);
+              w ^= 0x80808080u;
+              const int byte = 2 * ((i / 2) & 1) + (i % 2);  // registers 0, 2: bytes 0, 1; registers 1, 3: bytes 2, 3
+              const int q = int((w >> (8 * byte)) & 0xFF) + 1024 - 1152;
+              int row, col;
+              a_element(lane, i, &row, &col);
+              const int64_t n = rt * 16 + row, k = ct * 32 + 16 * j + col;
+              CHECK(q == code(n, k), "Q8 N %lld K %lld tile (%lld,%lld) lane %d step %d a%d: %d vs %d", (long long)N,
+                    (long long)K, (long long)rt, (long long)ct, lane, j, i, q, code(n, k));
+              part[warp][row] += double(q) * xh[size_t(ct * 32 + 16 * j + col)];
+            }
+      }
+    for (int row = 0; row < 16; ++row) {
+      const int64_t n = rt * 16 + row;
+      if (n >= N) continue;
+      double got = 0, want = 0, mag = 0;
+      for (int w = 0; w < q4mma::kWarps; ++w) got += part[w][row];
+      got *= scales[size_t(n)];
+      for (int64_t k = 0; k < K; ++k) {
+        const double e = double(code(n, k)) * scales[size_t(n)] * xh[size_t(k)];
+        want += e, mag += std::fabs(e);
+      }
+      const double err = std::fabs(got - want) / (mag > 0 ? mag : 1);
+      worst = std::max(worst, err);
+      CHECK(err < 1e-12, "Q8 N %lld K %lld row %lld: %g vs %g", (long long)N, (long long)K, (long long)n, got, want);
+    }
+  }
+  std::printf("Q8 N %5lld K %5lld: layout ok, emulated GEMV within %.1e of float64\n", (long long)N, (long long)K,
+              worst);
+}
 
 int main() {
   std::mt19937 rng(7);
   const int64_t shapes[][2] = {{16, 64}, {1, 64}, {17, 100}, {40, 256}, {33, 1000}, {128, 4096}, {48, 14336}};
   for (const auto& s : shapes)
     for (int group : {64, 128}) check(s[0], s[1], group, rng);
+  for (const auto& s : shapes) check_q8(s[0], s[1], rng);
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;
