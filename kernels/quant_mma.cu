@@ -7,8 +7,8 @@
 // warp order (deterministic).
 #include <cuda_fp16.h>
 
-#include "quant_mma.cuh"
 #include "mistral/dtype.h"
+#include "quant_mma.cuh"
 #include "quant_mma_layout.h"
 
 namespace mistral {
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
   const int rt = blockIdx.x;
   const int CT = (K + TC - 1) / TC;
   const int gt = kQ8 ? 1 : group / 64, n_groups = kQ8 ? CT : (K + group - 1) / group;  // Q8: a tile a "group"
-  const uint4* row_tiles = tiles + size_t(rt) * size_t(CT) * 32;  // 32 uint4 a tile
+  const uint4* row_tiles = tiles + size_t(rt) * size_t(CT) * 32;                       // 32 uint4 a tile
   const int m_end = q4mma::warp_steps(warp, n_groups, gt);
   auto tile_of = [&](int m) { return q4mma::warp_tile(warp, m, gt); };
   uint4 q[kBatch];
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreads)
   const int row0 = rt * q4mma::kTileRows + g, row1 = row0 + 8;
   float acc[4] = {0.f, 0.f, 0.f, 0.f}, total0 = 0.f, total1 = 0.f;
   // One k16 step: A from four registers, B's column 0 from x at columns k0 + 2t (+8) (lanes of groupID 0).
-  auto step = [&](const uint32_t (&a)[4], int k0) {
+  auto step = [&](const uint32_t(&a)[4], int k0) {
     uint32_t b0 = 0, b1 = 0;
     if (g == 0) {
       memcpy(&b0, xs + k0 + 2 * t, 4);

@@ -6,9 +6,10 @@
 // 1032; Q8: byte permute under 0x64, less 1152), and runs one mma.m16n8k16; x goes to the tensor cores
 // as fp16 (saturating), products and sums are fp32, scaled in fp32 (Q4 a group at a time, Q8 at the end).
 #pragma once
+#include <cuda_runtime.h>
+
 #include <cstddef>
 #include <cstdint>
-#include <cuda_runtime.h>
 
 #include "mistral/dtype.h"
 

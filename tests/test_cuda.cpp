@@ -236,19 +236,19 @@ TEST(CudaOps, QuantMmaGemv) {
   std::mt19937 rng(31);
   const std::pair<int, int> shapes[] = {{16, 128}, {40, 256}, {33, 1000}, {1000, 4096}, {64, 14336}};
   for (DType t : {DType::Q4, DType::Q8})
-  for (const auto& [N, K] : shapes) {
-    SCOPED_TRACE(quant_name(t == DType::Q4 ? Quant::Int4 : Quant::Int8));
-    HostQuant& q = b.quant(randn(size_t(N) * size_t(K), rng), N, K, t);
-    const size_t before = mma->weight_bytes();
-    const Weight dw = mma->place_weight(q.w);
-    EXPECT_GT(mma->weight_bytes(), before + q.w.nbytes() + q.w.scale_bytes()) << "no tile copy for " << N << "x" << K;
-    const std::vector<float> x = randn(size_t(K), rng);
-    std::vector<float> ref(static_cast<size_t>(N));
-    b.cpu->matmul(x.data(), 1, q.w, ref.data());
-    Dev dx(*mma, x), dy(*mma, size_t(N));
-    mma->matmul(dx.p, 1, dw, dy.p);
-    EXPECT_LT(rel_err(dy.get(), ref, "tensor-core GEMV"), 2e-3) << N << "x" << K;
-  }
+    for (const auto& [N, K] : shapes) {
+      SCOPED_TRACE(quant_name(t == DType::Q4 ? Quant::Int4 : Quant::Int8));
+      HostQuant& q = b.quant(randn(size_t(N) * size_t(K), rng), N, K, t);
+      const size_t before = mma->weight_bytes();
+      const Weight dw = mma->place_weight(q.w);
+      EXPECT_GT(mma->weight_bytes(), before + q.w.nbytes() + q.w.scale_bytes()) << "no tile copy for " << N << "x" << K;
+      const std::vector<float> x = randn(size_t(K), rng);
+      std::vector<float> ref(static_cast<size_t>(N));
+      b.cpu->matmul(x.data(), 1, q.w, ref.data());
+      Dev dx(*mma, x), dy(*mma, size_t(N));
+      mma->matmul(dx.p, 1, dw, dy.p);
+      EXPECT_LT(rel_err(dy.get(), ref, "tensor-core GEMV"), 2e-3) << N << "x" << K;
+    }
 }
 
 TEST(CudaOps, ArgmaxRows) {

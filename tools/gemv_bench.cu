@@ -12,12 +12,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
-#include <algorithm>
-#include <cstdint>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -293,9 +293,11 @@ int main(int argc, char** argv) {
     DType t;
     const bool mma = f == "int4mma" || f == "int8mma";
     if (f == "f16") t = DType::F16;
-    else if (f == "int8" || f == "int8mma") t = DType::Q8;
+    else if (f == "int8" || f == "int8mma")
+      t = DType::Q8;
     else if (f == "nf4") t = DType::NF4;
-    else if (f == "int4" || mma) t = DType::Q4;
+    else if (f == "int4" || mma)
+      t = DType::Q4;
     else {
       std::fprintf(stderr, "gemv_bench: unknown format %s\n", f.c_str());
       return 2;

@@ -28,14 +28,14 @@ void a_element(int lane, int i, int* row, int* col) {
 }
 
 int failures = 0;
-#define CHECK(cond, ...)                  \
-  do {                                    \
-    if (!(cond)) {                        \
-      if (failures++ < 10) {              \
+#define CHECK(cond, ...)                   \
+  do {                                     \
+    if (!(cond)) {                         \
+      if (failures++ < 10) {               \
         std::printf("FAIL: " __VA_ARGS__); \
-        std::printf("\n");                \
-      }                                   \
-    }                                     \
+        std::printf("\n");                 \
+      }                                    \
+    }                                      \
   } while (0)
 
 void check(int64_t N, int64_t K, int group, std::mt19937& rng) {
@@ -68,8 +68,9 @@ void check(int64_t N, int64_t K, int group, std::mt19937& rng) {
               int row, col;
               a_element(lane, 2 * r + h, &row, &col);
               const int got = int(h ? (v >> 16) & 0xF : v & 0xF);
-              CHECK(got == code(rt * 16 + row, ct * 64 + 16 * j + col), "N %lld K %lld tile (%lld,%lld) lane %d j %d r %d h %d",
-                    (long long)N, (long long)K, (long long)rt, (long long)ct, lane, j, r, h);
+              CHECK(got == code(rt * 16 + row, ct * 64 + 16 * j + col),
+                    "N %lld K %lld tile (%lld,%lld) lane %d j %d r %d h %d", (long long)N, (long long)K, (long long)rt,
+                    (long long)ct, lane, j, r, h);
             }
           }
         }
@@ -157,7 +158,7 @@ void check_q8(int64_t N, int64_t K, std::mt19937& rng) {
       for (int m = 0; m < q4mma::warp_steps(warp, int(CT), 1); ++m) {
         const int64_t ct = q4mma::warp_tile(warp, m, 1);
         for (int lane = 0; lane < 32; ++lane)
-          for (int j = 0; j < 2; ++j)     // k16 steps of the tile
+          for (int j = 0; j < 2; ++j)      // k16 steps of the tile
             for (int i = 0; i < 8; ++i) {  // element a_i: register i / 2 (word 2j + i / 4), half i % 2
               uint32_t w;
               std::memcpy(&w, &tiles[size_t(rt * CT + ct) * q4mma::kTileBytes + 16 * lane + 4 * (2 * j + i / 4)], 4);

@@ -161,12 +161,15 @@ class CudaBackend final : public Backend {
     y.data = upload(x.data, x.nbytes());
     if (is_quantized(x.dtype)) y.scales = upload(x.scales, x.scale_bytes());
     // MISTRAL_CUDA_QUANT_MMA=1: a second copy of a Q4 or Q8 matrix in the tensor-core GEMV's tile layout.
-    if (use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x)) && !mma_tiles_.count(y.data)) {
+    if (use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x)) &&
+        !mma_tiles_.count(y.data)) {
       std::vector<uint8_t> tiles(quant_mma_bytes(x.dtype, x.rows, x.cols));
       const auto* src = static_cast<const uint8_t*>(x.data);
       const size_t row_bytes = quant_row_bytes(x.dtype, x.cols);
-      if (x.dtype == DType::Q8) q4mma::repack_q8(src, x.rows, x.cols, row_bytes, tiles.data());
-      else q4mma::repack(src, x.rows, x.cols, row_bytes, tiles.data());
+      if (x.dtype == DType::Q8)
+        q4mma::repack_q8(src, x.rows, x.cols, row_bytes, tiles.data());
+      else
+        q4mma::repack(src, x.rows, x.cols, row_bytes, tiles.data());
       void* d = nullptr;
       MR_CUDA_CHECK(cudaMalloc(&d, tiles.size()));
       copy_in_now(d, tiles.data(), tiles.size());
@@ -419,8 +422,8 @@ class CudaBackend final : public Backend {
     if (T == 1 && quant && !mma_tiles_.empty()) {  // MISTRAL_CUDA_QUANT_MMA=1
       auto it = mma_tiles_.find(W.data);
       if (it != mma_tiles_.end()) {
-        MR_LAUNCH_CHECK(
-            quant_mma_gemv_cuda(x, it->second, W.scales, W.dtype, N, K, int(quant_group_of(W)), y, stream_), stream_);
+        MR_LAUNCH_CHECK(quant_mma_gemv_cuda(x, it->second, W.scales, W.dtype, N, K, int(quant_group_of(W)), y, stream_),
+                        stream_);
         return;
       }
     }
