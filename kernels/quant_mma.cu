@@ -21,11 +21,13 @@ constexpr int kBatch = 8;  // 16-byte tile loads a lane holds in flight
 constexpr size_t kMaxSmem = 48 * 1024;
 
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // quant_mma_supported checks the device
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // A fragment register r of a tile word: two fp16 values code - 8 (exact).
@@ -146,7 +148,12 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 bool quant_mma_supported(DType t, int64_t N, int64_t K, int64_t group) {
-  if (N <= 0 || K <= 0 || N > int64_t(1) << 30) return false;
+  static const bool tensor_cores = [] {  // mma.m16n8k16 with fp16: sm_80 and later
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 8;
+  }();
+  if (!tensor_cores || N <= 0 || K <= 0 || N > int64_t(1) << 30) return false;
   if (t == DType::Q8) return size_t(q4mma::q8_col_tiles(K)) * q4mma::kQ8TileCols * 2 <= kMaxSmem;
   return t == DType::Q4 && group > 0 && group % 64 == 0 && size_t(q4mma::col_tiles(K)) * 64 * 2 <= kMaxSmem;
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <nlohmann/json.hpp>
@@ -233,6 +234,10 @@ TEST(CudaOps, QuantMmaGemv) {
   setenv("MISTRAL_CUDA_QUANT_MMA", "1", 1);
   auto mma = make_cuda_backend(0);
   unsetenv("MISTRAL_CUDA_QUANT_MMA");
+  const std::string name = mma->name();  // "cuda:N (device, sm_XY)"
+  const size_t sm = name.rfind("sm_");
+  ASSERT_NE(sm, std::string::npos) << name;
+  if (std::atoi(name.c_str() + sm + 3) < 80) GTEST_SKIP() << "mma.m16n8k16 needs sm_80 or later: " << name;
   std::mt19937 rng(31);
   const std::pair<int, int> shapes[] = {{16, 128}, {40, 256}, {33, 1000}, {1000, 4096}, {64, 14336}};
   for (DType t : {DType::Q4, DType::Q8})

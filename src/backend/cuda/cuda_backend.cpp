@@ -79,7 +79,8 @@ class CudaBackend final : public Backend {
     MR_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
     cudaDeviceProp prop;
     MR_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+    name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ", sm_" + std::to_string(prop.major) +
+            std::to_string(prop.minor) + ")";
     n_sms_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
