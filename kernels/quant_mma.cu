@@ -18,7 +18,8 @@ namespace {
 
 constexpr int kWarps = q4mma::kWarps, kThreads = 32 * kWarps;
 constexpr int kBatch = 8;  // 16-byte tile loads a lane holds in flight
-constexpr size_t kMaxSmem = 48 * 1024;
+// Shared memory a block may use without opting in, less the kernel's static part[kWarps][16].
+constexpr size_t kMaxSmem = 48 * 1024 - sizeof(float) * q4mma::kWarps * q4mma::kTileRows;
 
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // quant_mma_supported checks the device
@@ -27,6 +28,8 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // code for an older device running on a newer one: fail rather than return zeros
 #endif
 }
 
@@ -87,11 +90,10 @@ __global__ void __launch_bounds__(kThreads)
   float acc[4] = {0.f, 0.f, 0.f, 0.f}, total0 = 0.f, total1 = 0.f;
   // One k16 step: A from four registers, B's column 0 from x at columns k0 + 2t (+8) (lanes of groupID 0).
   auto step = [&](const uint32_t(&a)[4], int k0) {
-    uint32_t b0 = 0, b1 = 0;
-    if (g == 0) {
-      memcpy(&b0, xs + k0 + 2 * t, 4);
-      memcpy(&b1, xs + k0 + 2 * t + 8, 4);
-    }
+    uint32_t b0, b1;  // every lane loads (no branch before the mma), groupID 0's are kept
+    memcpy(&b0, xs + k0 + 2 * t, 4);
+    memcpy(&b1, xs + k0 + 2 * t + 8, 4);
+    if (g != 0) b0 = 0, b1 = 0;
     mma16816(acc, a, b0, b1);
   };
   for (int m0 = 0; m0 < m_end; m0 += kBatch) {

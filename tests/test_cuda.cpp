@@ -239,7 +239,8 @@ TEST(CudaOps, QuantMmaGemv) {
   ASSERT_NE(sm, std::string::npos) << name;
   if (std::atoi(name.c_str() + sm + 3) < 80) GTEST_SKIP() << "mma.m16n8k16 needs sm_80 or later: " << name;
   std::mt19937 rng(31);
-  const std::pair<int, int> shapes[] = {{16, 128}, {40, 256}, {33, 1000}, {1000, 4096}, {64, 14336}};
+  // N = 1; K = 320 (Q4: the last group's second tile lies past K); odd K; 7B's shapes.
+  const std::pair<int, int> shapes[] = {{1, 320}, {16, 128}, {40, 256}, {17, 999}, {33, 1000}, {1000, 4096}, {64, 14336}};
   for (DType t : {DType::Q4, DType::Q8})
     for (const auto& [N, K] : shapes) {
       SCOPED_TRACE(quant_name(t == DType::Q4 ? Quant::Int4 : Quant::Int8));

@@ -120,6 +120,7 @@ class CudaBackend final : public Backend {
       for (const Weight* x : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
         all.push_back(x);
     std::map<const void*, size_t> distinct;  // host buffers not yet on the device (data and scales)
+    std::map<const void*, size_t> mma_bytes;  // MISTRAL_CUDA_QUANT_MMA=1: the tile copies to come
     size_t dequant = 0;                      // fp16 scratch for the largest quantized matrix (prefill)
     for (const Weight* x : all) {
       check_dtype(*x);
@@ -127,10 +128,14 @@ class CudaBackend final : public Backend {
       if (is_quantized(x->dtype)) {
         if (!uploaded_.count(x->scales)) distinct[x->scales] = x->scale_bytes();
         dequant = std::max(dequant, size_t(x->rows) * size_t(x->cols) * 2);
+        if (use_quant_mma_ && !uploaded_.count(x->data) &&
+            quant_mma_supported(x->dtype, x->rows, x->cols, quant_group_of(*x)))
+          mma_bytes[x->data] = quant_mma_bytes(x->dtype, x->rows, x->cols);  // its tile copy
       }
     }
     size_t need = 0;
     for (const auto& kv : distinct) need += kv.second;
+    for (const auto& kv : mma_bytes) need += kv.second;
     if (dequant > deq_cap_) need += dequant;
     size_t free_b = 0, total_b = 0;
     MR_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
