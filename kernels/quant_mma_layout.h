@@ -52,26 +52,32 @@ inline TilePos nibble_pos(int L, int j, int p) {
   return {g + 8 * (r & 1), 16 * j + 2 * t + h + 8 * (r >> 1)};
 }
 
-// The tiles of a Q4 matrix [N, K] (quant.h: row n at q4 + n * row_bytes, element k in byte k / 2, the
-// low nibble for even k) into out (bytes(N, K) bytes).
-inline void repack(const uint8_t* q4, int64_t N, int64_t K, size_t row_bytes, uint8_t* out) {
-  const int64_t RT = row_tiles(N), CT = col_tiles(K);
+// Writes every tile (tile_cols columns wide) of an [N, K] matrix into out: element e (bits wide) of
+// word j of lane L of a tile is the code code(n, k) of the matrix position pos(L, j, e) gives within the
+// tile, or `pad` past N or K; words stored little-endian.
+template <typename Pos, typename Code>
+inline void fill_tiles(int64_t N, int64_t K, int tile_cols, int bits, uint32_t pad, Pos pos, Code code, uint8_t* out) {
+  const int64_t RT = row_tiles(N), CT = (K + tile_cols - 1) / tile_cols;
   for (int64_t rt = 0; rt < RT; ++rt)
-    for (int64_t ct = 0; ct < CT; ++ct) {
-      uint8_t* tile = out + size_t(rt * CT + ct) * kTileBytes;
+    for (int64_t ct = 0; ct < CT; ++ct)
       for (int L = 0; L < 32; ++L)
         for (int j = 0; j < 4; ++j) {
           uint32_t word = 0;
-          for (int p = 0; p < 8; ++p) {
-            const TilePos q = nibble_pos(L, j, p);
-            const int64_t n = rt * kTileRows + q.row, k = ct * kTileCols + q.col;
-            uint32_t code = 8;
-            if (n < N && k < K) code = (q4[size_t(n) * row_bytes + size_t(k / 2)] >> (4 * (k & 1))) & 0xFu;
-            word |= code << (4 * p);
+          for (int e = 0; e < 32 / bits; ++e) {
+            const TilePos q = pos(L, j, e);
+            const int64_t n = rt * kTileRows + q.row, k = ct * tile_cols + q.col;
+            word |= (n < N && k < K ? code(n, k) : pad) << (bits * e);
           }
-          std::memcpy(tile + 16 * L + 4 * j, &word, 4);
+          std::memcpy(out + size_t(rt * CT + ct) * kTileBytes + 16 * L + 4 * j, &word, 4);
         }
-    }
+}
+
+// The tiles of a Q4 matrix [N, K] (quant.h: row n at q4 + n * row_bytes, element k in byte k / 2, the
+// low nibble for even k) into out (bytes(N, K) bytes).
+inline void repack(const uint8_t* q4, int64_t N, int64_t K, size_t row_bytes, uint8_t* out) {
+  fill_tiles(N, K, kTileCols, 4, 8u, nibble_pos, [&](int64_t n, int64_t k) {
+    return uint32_t(q4[size_t(n) * row_bytes + size_t(k / 2)] >> (4 * (k & 1))) & 0xFu;
+  }, out);
 }
 
 // Q8: tiles and the (row, column) within its tile of byte b (0..3) of word w (0..3) of lane L.
@@ -85,18 +91,8 @@ inline TilePos q8_byte_pos(int L, int w, int b) {
 
 // The Q8 tiles of an int8 matrix [N, K] (quant.h: row n at q8 + n * row_bytes, element k in byte k).
 inline void repack_q8(const uint8_t* q8, int64_t N, int64_t K, size_t row_bytes, uint8_t* out) {
-  const int64_t RT = row_tiles(N), CT = q8_col_tiles(K);
-  for (int64_t rt = 0; rt < RT; ++rt)
-    for (int64_t ct = 0; ct < CT; ++ct) {
-      uint8_t* tile = out + size_t(rt * CT + ct) * kTileBytes;
-      for (int L = 0; L < 32; ++L)
-        for (int w = 0; w < 4; ++w)
-          for (int b = 0; b < 4; ++b) {
-            const TilePos q = q8_byte_pos(L, w, b);
-            const int64_t n = rt * kTileRows + q.row, k = ct * kQ8TileCols + q.col;
-            tile[16 * L + 4 * w + b] = n < N && k < K ? q8[size_t(n) * row_bytes + size_t(k)] : 0;
-          }
-    }
+  fill_tiles(N, K, kQ8TileCols, 8, 0u, q8_byte_pos,
+             [&](int64_t n, int64_t k) { return uint32_t(q8[size_t(n) * row_bytes + size_t(k)]); }, out);
 }
 
 }  // namespace q4mma

@@ -4,9 +4,8 @@
 // 8), and an emulation of the kernel's arithmetic (mma.m16n8k16 as the ISA defines it: D = A B + C,
 // x rounded to fp16 in column 0 of B; per-group fp32 scaling; warps' partials summed in order) matches
 // a float64 reference over random matrices, odd shapes included. No GPU needed:
-//   g++ -O2 -std=c++17 -Iinclude -Ikernels tools/q4_mma_host_check.cpp build/libmistral_core.a \
-//     -o /tmp/q4_mma_check
-//   /tmp/q4_mma_check
+//   g++ -O2 -std=c++17 -Iinclude -Ikernels tools/q4_mma_host_check.cpp build/libmistral_core.a -o /tmp/q4c
+//   /tmp/q4c
 #include <cmath>
 #include <cstdio>
 #include <random>
