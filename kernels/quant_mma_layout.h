@@ -75,9 +75,10 @@ inline void fill_tiles(int64_t N, int64_t K, int tile_cols, int bits, uint32_t p
 // The tiles of a Q4 matrix [N, K] (quant.h: row n at q4 + n * row_bytes, element k in byte k / 2, the
 // low nibble for even k) into out (bytes(N, K) bytes).
 inline void repack(const uint8_t* q4, int64_t N, int64_t K, size_t row_bytes, uint8_t* out) {
-  fill_tiles(N, K, kTileCols, 4, 8u, nibble_pos, [&](int64_t n, int64_t k) {
-    return uint32_t(q4[size_t(n) * row_bytes + size_t(k / 2)] >> (4 * (k & 1))) & 0xFu;
-  }, out);
+  fill_tiles(
+      N, K, kTileCols, 4, 8u, nibble_pos,
+      [&](int64_t n, int64_t k) { return uint32_t(q4[size_t(n) * row_bytes + size_t(k / 2)] >> (4 * (k & 1))) & 0xFu; },
+      out);
 }
 
 // Q8: tiles and the (row, column) within its tile of byte b (0..3) of word w (0..3) of lane L.
@@ -91,8 +92,9 @@ inline TilePos q8_byte_pos(int L, int w, int b) {
 
 // The Q8 tiles of an int8 matrix [N, K] (quant.h: row n at q8 + n * row_bytes, element k in byte k).
 inline void repack_q8(const uint8_t* q8, int64_t N, int64_t K, size_t row_bytes, uint8_t* out) {
-  fill_tiles(N, K, kQ8TileCols, 8, 0u, q8_byte_pos,
-             [&](int64_t n, int64_t k) { return uint32_t(q8[size_t(n) * row_bytes + size_t(k)]); }, out);
+  fill_tiles(
+      N, K, kQ8TileCols, 8, 0u, q8_byte_pos,
+      [&](int64_t n, int64_t k) { return uint32_t(q8[size_t(n) * row_bytes + size_t(k)]); }, out);
 }
 
 }  // namespace q4mma
