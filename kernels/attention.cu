@@ -458,16 +458,6 @@ constexpr int kFaVP = kFaK + 8;  // pitch (halves) of Vt rows: 36 words
 constexpr size_t kFaQBytes = size_t(kFaQ) * kFaHP * 2, kFaKBytes = size_t(kFaK) * kFaHP * 2;
 constexpr size_t kFaBytes = kFaQBytes + kFaKBytes + size_t(kFaD) * kFaVP * 2;
 
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);  // lo at the lower address (the lower 16 bits)
   return *reinterpret_cast<const uint32_t*>(&h);

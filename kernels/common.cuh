@@ -1,5 +1,6 @@
 // Shared device helpers: weight-element loads by dtype (fp32 out) and small reductions.
 #pragma once
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -25,6 +26,25 @@ template <>
 __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// 32-bit word j (0..3) of a 16-byte load, as the quantized GEMVs take their weights apart.
+__host__ __device__ __forceinline__ uint32_t word_of(const uint4& q, int j) {
+  return j == 0 ? q.x : j == 1 ? q.y : j == 2 ? q.z : q.w;
+}
+
+// D += A B for one mma.m16n8k16 (fp16 A and B fragments, fp32 accumulators; PTX ISA's fragment
+// layouts). sm_80 and later only: callers check the device; code built for an older one traps.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
 
 // silu(g) * u, the one expression every SwiGLU kernel uses (so fused and separate paths agree bit for bit).
 __host__ __device__ __forceinline__ float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }

@@ -8,6 +8,8 @@
 #include <cuda_fp16.h>
 
 #include "mistral/dtype.h"
+#include "mistral/quant.h"
+#include "common.cuh"
 #include "quant_mma.cuh"
 #include "quant_mma_layout.h"
 
@@ -21,18 +23,6 @@ constexpr int kBatch = 8;  // 16-byte tile loads a lane holds in flight
 // Shared memory a block may use without opting in, less the kernel's static part[kWarps][16].
 constexpr size_t kMaxSmem = 48 * 1024 - sizeof(float) * q4mma::kWarps * q4mma::kTileRows;
 
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // quant_mma_supported checks the device
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  __trap();  // code for an older device running on a newer one: fail rather than return zeros
-#endif
-}
-
 // A fragment register r of a tile word: two fp16 values code - 8 (exact).
 __device__ __forceinline__ uint32_t dequant_reg(uint32_t w, int r) {
   uint32_t v = ((w >> (4 * r)) & 0x000F000Fu) | 0x64006400u;  // 1024 + code, twice
@@ -41,10 +31,6 @@ __device__ __forceinline__ uint32_t dequant_reg(uint32_t w, int r) {
   h = __hsub2(h, __half2half2(__ushort_as_half(0x6408)));  // - 1032
   memcpy(&v, &h, 4);
   return v;
-}
-
-__device__ __forceinline__ uint32_t word_of(const uint4& q, int j) {
-  return j == 0 ? q.x : j == 1 ? q.y : j == 2 ? q.z : q.w;
 }
 
 // A fragment register from two bytes of a Q8 tile word already XORed with 0x80808080 (sel 0x4140: bytes
@@ -94,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
     memcpy(&b0, xs + k0 + 2 * t, 4);
     memcpy(&b1, xs + k0 + 2 * t + 8, 4);
     if (g != 0) b0 = 0, b1 = 0;
-    mma16816(acc, a, b0, b1);
+    mma_16816(acc, a, b0, b1);
   };
   for (int m0 = 0; m0 < m_end; m0 += kBatch) {
     if (m0 != 0) load(m0);
@@ -162,6 +148,13 @@ bool quant_mma_supported(DType t, int64_t N, int64_t K, int64_t group) {
 
 size_t quant_mma_bytes(DType t, int64_t N, int64_t K) {
   return t == DType::Q8 ? q4mma::q8_bytes(N, K) : q4mma::bytes(N, K);
+}
+
+void quant_mma_repack(DType t, const void* data, int64_t N, int64_t K, void* out) {
+  const auto* src = static_cast<const uint8_t*>(data);
+  auto* dst = static_cast<uint8_t*>(out);
+  if (t == DType::Q8) q4mma::repack_q8(src, N, K, quant_row_bytes(t, K), dst);
+  else q4mma::repack(src, N, K, quant_row_bytes(t, K), dst);
 }
 
 cudaError_t quant_mma_gemv_cuda(const float* x, const void* tiles, const void* scales, DType t, int N, int K, int group,

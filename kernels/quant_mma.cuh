@@ -19,8 +19,9 @@ namespace cuda {
 // Whether quant_mma_gemv_cuda takes an [N, K] matrix of format t (Q4 with a group that is a multiple of
 // 64, or Q8) when x as fp16 fits 48 KB of shared memory.
 bool quant_mma_supported(DType t, int64_t N, int64_t K, int64_t group);
-// Bytes of its tiles (quant_mma_layout.h).
+// Bytes of its tiles (quant_mma_layout.h), and the tiles of its host data (quant.h's layout) into out.
 size_t quant_mma_bytes(DType t, int64_t N, int64_t K);
+void quant_mma_repack(DType t, const void* data, int64_t N, int64_t K, void* out);
 
 // y[N] = x[K] . dequant(W)^T for one token: W's tiles (quant_mma_layout.h, device) and its scales as
 // quant.h lays them out (Q4: [N, ceil(K / group)] fp16; Q8: [N] fp32; device).

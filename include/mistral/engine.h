@@ -174,6 +174,8 @@ class Session {
  private:
   // Feeds ids in chunks; the last chunk's logits row to logits_host, or its next token to ids_host (the
   // argmax, or the sampler's draw).
+  // The next token after ids: the argmax (sampler null) or the sampler's draw.
+  int32_t feed_next(const std::vector<int32_t>& ids, const RowSampler* sampler);
   void feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* ids_host,
                    const RowSampler* sampler = nullptr);
 

@@ -37,8 +37,6 @@ class Generation {
   // Samples the next token from the logits of the latest position and records it. Returns true when
   // the generation is over (EOS, stop string, max tokens); otherwise last_id() must be fed next.
   bool step(const float* logits, int64_t V);
-  // True when the sampler takes the argmax of the raw logits (temperature 0, no repetition penalty).
-  bool greedy() const;
   // Records `id` as the next token (what step() would have sampled), with step()'s return value. The
   // caller may draw it where the logits are, with sampler() and history() (Session::feed_sample).
   bool step_id(int32_t id);

@@ -60,15 +60,20 @@ struct Timed {
   int64_t draws = 0, row_draws = 0;  // sampled decode: draws, and those that took the whole logits row
 };
 
+// The sampler of the decode steps (--temp, --top-k, --top-p; temperature 0: greedy), with `seed`.
+SamplerParams bench_sampler(const BenchArgs& a, uint64_t seed) {
+  SamplerParams sp;
+  sp.temperature = a.temperature, sp.top_k = a.top_k, sp.top_p = a.top_p, sp.seed = seed;
+  return sp;
+}
+
 // One repetition: prefill the prompt, then decode steps: greedy (the argmax found by the backend, as
 // generation does at temperature 0), or with --temp sampled as generation samples (the candidates found
 // by the backend); keeps the best times.
 void time_once(Timed& m, const BenchArgs& a, const std::vector<int32_t>& prompt) {
   Session& s = *m.session;
   s.reset();
-  SamplerParams sp;
-  sp.temperature = a.temperature, sp.top_k = a.top_k, sp.top_p = a.top_p;
-  Sampler sampler(sp);
+  Sampler sampler(bench_sampler(a, 0));
   std::vector<int32_t> hist = prompt;
   double t0 = now_seconds();
   int32_t id = s.feed_sample(prompt, sampler, hist);
@@ -114,12 +119,10 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
       segs[size_t(b)].T = int(prompt.size());
     }
     // Each row's next id found by the backend: greedy, or with --temp drawn by a sampler of its own.
-    SamplerParams sp;
-    sp.temperature = a.temperature, sp.top_k = a.top_k, sp.top_p = a.top_p;
     std::vector<Sampler> samplers;
     std::vector<std::vector<int32_t>> hist(size_t(a.batch), prompt);
     std::vector<RowSampler> rs;
-    for (int b = 0; b < a.batch; ++b) sp.seed = uint64_t(b), samplers.emplace_back(sp);
+    for (int b = 0; b < a.batch; ++b) samplers.emplace_back(bench_sampler(a, uint64_t(b)));
     for (int b = 0; b < a.batch; ++b) rs.push_back({&samplers[size_t(b)], &hist[size_t(b)]});
     const RowSampler* row_samplers = a.temperature > 0 ? rs.data() : nullptr;
     fp.run(segs, nullptr, first.data(), row_samplers);

@@ -78,8 +78,6 @@ void Generation::finish(const std::string& reason) {
   res_.text = text_;
 }
 
-bool Generation::greedy() const { return sampler_.greedy(); }
-
 bool Generation::step(const float* logits, int64_t V) {
   if (done_) return true;
   return step_id(sampler_.sample(logits, V, history_));

@@ -359,18 +359,17 @@ std::vector<float> Session::feed(const std::vector<int32_t>& ids, bool all_logit
   return out;
 }
 
-int32_t Session::feed_greedy(const std::vector<int32_t>& ids) {
-  int32_t id = -1;
-  feed_chunks(ids, false, nullptr, &id);
-  if (id < 0) throw Error("internal: no greedy token (a forward pass with an observer returns none)");
-  return id;
-}
+int32_t Session::feed_greedy(const std::vector<int32_t>& ids) { return feed_next(ids, nullptr); }
 
 int32_t Session::feed_sample(const std::vector<int32_t>& ids, Sampler& sampler, const std::vector<int32_t>& history) {
-  int32_t id = -1;
   const RowSampler rs{&sampler, &history};
-  feed_chunks(ids, false, nullptr, &id, &rs);
-  if (id < 0) throw Error("internal: no sampled token (a forward pass with an observer returns none)");
+  return feed_next(ids, &rs);
+}
+
+int32_t Session::feed_next(const std::vector<int32_t>& ids, const RowSampler* sampler) {
+  int32_t id = -1;
+  feed_chunks(ids, false, nullptr, &id, sampler);
+  if (id < 0) throw Error("internal: no next token (a forward pass with an observer returns none)");
   return id;
 }
 

@@ -24,7 +24,6 @@
 #include "mistral/backend.h"
 #include "quant_gemv.cuh"
 #include "quant_mma.cuh"
-#include "quant_mma_layout.h"
 #include "rmsnorm.cuh"
 #include "rope.cuh"
 #include "top_candidates.cuh"
@@ -100,9 +99,7 @@ class CudaBackend final : public Backend {
     if (rows_host_) cudaFreeHost(rows_host_);
     if (rows_dev_) cudaFree(rows_dev_);
     if (rows_split_) cudaFree(rows_split_);
-    if (argmax_host_) cudaFreeHost(argmax_host_);
-    if (argmax_dev_) cudaFree(argmax_dev_);
-    for (PinnedPair* b : {&top_in_, &top_out_}) {
+    for (PinnedPair* b : {&top_in_, &top_out_, &argmax_out_}) {
       if (b->host) cudaFreeHost(b->host);
       if (b->dev) cudaFree(b->dev);
     }
@@ -128,8 +125,7 @@ class CudaBackend final : public Backend {
       if (is_quantized(x->dtype)) {
         if (!uploaded_.count(x->scales)) distinct[x->scales] = x->scale_bytes();
         dequant = std::max(dequant, size_t(x->rows) * size_t(x->cols) * 2);
-        if (use_quant_mma_ && !uploaded_.count(x->data) &&
-            quant_mma_supported(x->dtype, x->rows, x->cols, quant_group_of(*x)))
+        if (!uploaded_.count(x->data) && wants_mma(*x))
           mma_bytes[x->data] = quant_mma_bytes(x->dtype, x->rows, x->cols);  // its tile copy
       }
     }
@@ -167,15 +163,9 @@ class CudaBackend final : public Backend {
     y.data = upload(x.data, x.nbytes());
     if (is_quantized(x.dtype)) y.scales = upload(x.scales, x.scale_bytes());
     // MISTRAL_CUDA_QUANT_MMA=1: a second copy of a Q4 or Q8 matrix in the tensor-core GEMV's tile layout.
-    if (use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x)) &&
-        !mma_tiles_.count(y.data)) {
+    if (wants_mma(x) && !mma_tiles_.count(y.data)) {
       std::vector<uint8_t> tiles(quant_mma_bytes(x.dtype, x.rows, x.cols));
-      const auto* src = static_cast<const uint8_t*>(x.data);
-      const size_t row_bytes = quant_row_bytes(x.dtype, x.cols);
-      if (x.dtype == DType::Q8)
-        q4mma::repack_q8(src, x.rows, x.cols, row_bytes, tiles.data());
-      else
-        q4mma::repack(src, x.rows, x.cols, row_bytes, tiles.data());
+      quant_mma_repack(x.dtype, x.data, x.rows, x.cols, tiles.data());
       void* d = nullptr;
       MR_CUDA_CHECK(cudaMalloc(&d, tiles.size()));
       copy_in_now(d, tiles.data(), tiles.size());
@@ -225,19 +215,11 @@ class CudaBackend final : public Backend {
   void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) override {
     if (rows <= 0) return;
     if (n <= 0 || n > INT_MAX) throw Error("internal: argmax over " + std::to_string(n) + " values");
-    if (size_t(rows) > argmax_cap_) {
-      if (argmax_host_) MR_CUDA_CHECK(cudaFreeHost(argmax_host_));
-      if (argmax_dev_) MR_CUDA_CHECK(cudaFree(argmax_dev_));
-      argmax_host_ = nullptr, argmax_dev_ = nullptr, argmax_cap_ = 0;
-      MR_CUDA_CHECK(cudaMallocHost(&argmax_host_, size_t(rows) * sizeof(int32_t)));
-      MR_CUDA_CHECK(cudaMalloc(&argmax_dev_, size_t(rows) * sizeof(int32_t)));
-      argmax_cap_ = size_t(rows);
-    }
-    MR_LAUNCH_CHECK(argmax_rows_cuda(x, rows, int(n), argmax_dev_, stream_), stream_);
-    MR_CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_dev_, size_t(rows) * sizeof(int32_t), cudaMemcpyDeviceToHost,
-                                  stream_));
-    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    std::memcpy(out, argmax_host_, size_t(rows) * sizeof(int32_t));
+    const size_t bytes = size_t(rows) * sizeof(int32_t);
+    reserve_pinned(argmax_out_, bytes);
+    MR_LAUNCH_CHECK(argmax_rows_cuda(x, rows, int(n), static_cast<int32_t*>(argmax_out_.dev), stream_), stream_);
+    fetch_pinned(argmax_out_, bytes);
+    std::memcpy(out, argmax_out_.host, bytes);
   }
 
   // Sampling: each row's candidates found on the device (kernels/top_candidates.cu); the requests and
@@ -286,8 +268,7 @@ class CudaBackend final : public Backend {
                                         reinterpret_cast<float*>(out + cand_bytes),
                                         reinterpret_cast<double*>(out + 2 * cand_bytes), stream_),
                     stream_);
-    MR_CUDA_CHECK(cudaMemcpyAsync(top_out_.host, top_out_.dev, out_bytes, cudaMemcpyDeviceToHost, stream_));
-    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    fetch_pinned(top_out_, out_bytes);
     const char* h = static_cast<const char*>(top_out_.host);
     std::memcpy(ids, h, cand_bytes);
     std::memcpy(logits, h + cand_bytes, cand_bytes);
@@ -793,6 +774,9 @@ class CudaBackend final : public Backend {
     return e && std::strcmp(e, "1") == 0;
   }();
   std::map<const void*, void*> mma_tiles_;  // device data of a Q4 / Q8 weight -> its tiles
+  bool wants_mma(const Weight& x) const {  // a tile copy of x is kept
+    return use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x));
+  }
   // MISTRAL_CUDA_DECODE_ROWS=0 runs batched decode steps row by row (for comparisons).
   bool use_decode_rows_ = [] {
     const char* e = std::getenv("MISTRAL_CUDA_DECODE_ROWS");
@@ -826,12 +810,15 @@ class CudaBackend final : public Backend {
     MR_CUDA_CHECK(cudaMalloc(&b.dev, bytes));
     b.cap = bytes;
   }
+  // The first `bytes` of b's device buffer into its host buffer, the stream then waited for.
+  void fetch_pinned(PinnedPair& b, size_t bytes) {
+    MR_CUDA_CHECK(cudaMemcpyAsync(b.host, b.dev, bytes, cudaMemcpyDeviceToHost, stream_));
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
   PinnedPair top_in_, top_out_;  // top_candidates_rows: requests and penalised ids; ids, logits, z
   float* top_work_ = nullptr;    // the penalised rows
   size_t top_work_cap_ = 0;
-  int32_t* argmax_host_ = nullptr;  // argmax_rows: pinned ids and their device buffer
-  int32_t* argmax_dev_ = nullptr;
-  size_t argmax_cap_ = 0;
+  PinnedPair argmax_out_;  // argmax_rows: the ids
   StepInputs* step_host_ = nullptr;  // pinned staging for the step inputs
   StepInputs* step_dev_ = nullptr;
   std::map<uint64_t, cudaGraphExec_t> graphs_;
