@@ -94,7 +94,6 @@ MR_QFN float bits_to_float(uint32_t u) {
 #endif
 }
 
-
 // Code values (before scaling) of the elements in 32-bit word w of a chunk, in element order:
 // Q8 4 elements (byte i); NF4 / Q4 8 elements (element 2i in the low nibble of byte i, 2i+1 in the high).
 template <DType D>

@@ -7,9 +7,9 @@
 // warp order (deterministic).
 #include <cuda_fp16.h>
 
+#include "common.cuh"
 #include "mistral/dtype.h"
 #include "mistral/quant.h"
-#include "common.cuh"
 #include "quant_mma.cuh"
 #include "quant_mma_layout.h"
 
@@ -153,8 +153,10 @@ size_t quant_mma_bytes(DType t, int64_t N, int64_t K) {
 void quant_mma_repack(DType t, const void* data, int64_t N, int64_t K, void* out) {
   const auto* src = static_cast<const uint8_t*>(data);
   auto* dst = static_cast<uint8_t*>(out);
-  if (t == DType::Q8) q4mma::repack_q8(src, N, K, quant_row_bytes(t, K), dst);
-  else q4mma::repack(src, N, K, quant_row_bytes(t, K), dst);
+  if (t == DType::Q8)
+    q4mma::repack_q8(src, N, K, quant_row_bytes(t, K), dst);
+  else
+    q4mma::repack(src, N, K, quant_row_bytes(t, K), dst);
 }
 
 cudaError_t quant_mma_gemv_cuda(const float* x, const void* tiles, const void* scales, DType t, int N, int K, int group,

@@ -774,7 +774,7 @@ class CudaBackend final : public Backend {
     return e && std::strcmp(e, "1") == 0;
   }();
   std::map<const void*, void*> mma_tiles_;  // device data of a Q4 / Q8 weight -> its tiles
-  bool wants_mma(const Weight& x) const {  // a tile copy of x is kept
+  bool wants_mma(const Weight& x) const {   // a tile copy of x is kept
     return use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x));
   }
   // MISTRAL_CUDA_DECODE_ROWS=0 runs batched decode steps row by row (for comparisons).
@@ -818,7 +818,7 @@ class CudaBackend final : public Backend {
   PinnedPair top_in_, top_out_;  // top_candidates_rows: requests and penalised ids; ids, logits, z
   float* top_work_ = nullptr;    // the penalised rows
   size_t top_work_cap_ = 0;
-  PinnedPair argmax_out_;  // argmax_rows: the ids
+  PinnedPair argmax_out_;            // argmax_rows: the ids
   StepInputs* step_host_ = nullptr;  // pinned staging for the step inputs
   StepInputs* step_dev_ = nullptr;
   std::map<uint64_t, cudaGraphExec_t> graphs_;
