@@ -9,6 +9,7 @@
 
 #include "attention.cuh"
 #include "common.cuh"
+#include "kv.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -18,9 +19,10 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxDimsPerThread = 4;  // head_dim <= 512
 
+template <class C>
 __global__ void attention_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                                 const float* __restrict__ ck, const float* __restrict__ cv, int64_t start,
-                                 AttnParams p, float* __restrict__ out) {
+                                 const C* __restrict__ ck, const C* __restrict__ cv, int64_t start, AttnParams p,
+                                 float* __restrict__ out) {
   if (p.d_start) start = *p.d_start;
   const int t = blockIdx.x / p.n_heads, h = blockIdx.x % p.n_heads;
   const int hd = p.head_dim, kvd = p.n_kv_heads * hd, qd = p.n_heads * hd;
@@ -43,9 +45,14 @@ __global__ void attention_kernel(const float* __restrict__ q, const float* __res
     const int64_t j = base + threadIdx.x;
     float s = -INFINITY;
     if (j <= pos) {
-      const float* kr = (j < start ? ck + size_t(j % p.slots) * kvd : k + size_t(j - start) * kvd) + size_t(kvh) * hd;
       float d = 0.f;
-      for (int i = 0; i < hd; ++i) d += qs[i] * kr[i];
+      if (j < start) {
+        const C* kr = ck + size_t(j % p.slots) * kvd + size_t(kvh) * hd;
+        for (int i = 0; i < hd; ++i) d += qs[i] * kv_load(kr + i);
+      } else {
+        const float* kr = k + size_t(j - start) * kvd + size_t(kvh) * hd;
+        for (int i = 0; i < hd; ++i) d += qs[i] * kv_round<C>(kr[i]);
+      }
       s = d * scale;
     }
     // Tile maximum.
@@ -78,8 +85,9 @@ __global__ void attention_kernel(const float* __restrict__ q, const float* __res
         float a = acc[r] * corr;
         for (int jj = 0; jj < n; ++jj) {
           const int64_t jg = base + jj;
-          const float* vr = (jg < start ? cv + size_t(jg % p.slots) * kvd : v + size_t(jg - start) * kvd) + size_t(kvh) * hd;
-          a += ps[jj] * vr[i];
+          const size_t off = size_t(kvh) * hd + i;
+          a += ps[jj] * (jg < start ? kv_load(cv + size_t(jg % p.slots) * kvd + off)
+                                    : kv_round<C>(v[size_t(jg - start) * kvd + off]));
         }
         acc[r] = a;
       }
@@ -112,11 +120,11 @@ constexpr size_t tiled_smem_floats() {
   return size_t(kTileQ) * (D + 1) + size_t(tiled_kp_floats<D>()) + size_t(kTileK) * D;
 }
 
-template <int D>
+template <int D, class KC>  // KC: the cache's element type
 __global__ void __launch_bounds__(kTileThreads)
     attention_tiled_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                           const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p,
-                           int T, float* __restrict__ out) {
+                           const KC* __restrict__ ck, const KC* __restrict__ cv, int64_t start, AttnParams p, int T,
+                           float* __restrict__ out) {
   static_assert(D % 16 == 0, "head dims are padded to a multiple of 16");
   constexpr int QP = D + 1, PP = kTileK + 1, C = D / 16;
   if (p.d_start) start = *p.d_start;
@@ -152,8 +160,8 @@ __global__ void __launch_bounds__(kTileThreads)
       float kx = 0.f, vx = 0.f;
       if (j <= pos_hi && d < hd) {
         const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
-        kx = j < start ? ck[off] : k[off];
-        vx = j < start ? cv[off] : v[off];
+        kx = j < start ? kv_load(ck + off) : kv_round<KC>(k[off]);
+        vx = j < start ? kv_load(cv + off) : kv_round<KC>(v[off]);
       }
       Ks[r * QP + d] = kx;
       Vs[r * D + d] = vx;
@@ -236,7 +244,6 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-
 // Tensor-core prefill attention (AttnParams::half): the same tiling as above with fp16 operands and
 // fp32 accumulation through WMMA 16x16x16 products. One block of 4 warps per (64 queries, query head);
 // warp w owns query rows 16w .. 16w + 15. Per 64-key tile: S = Q K^T into shared memory (fp32), the
@@ -262,12 +269,11 @@ struct TcLayout {
   static constexpr size_t bytes = o_off + align128(size_t(kTcQ) * OP * 4);
 };
 
-__device__ __forceinline__ __half to_half_sat(float x) { return __float2half_rn(fminf(fmaxf(x, -65504.f), 65504.f)); }
-
-template <int D>
+// K and V are rounded to fp16 here whatever the cache holds, so the chunk's own rows need no kv_round.
+template <int D, class C>
 __global__ void __launch_bounds__(kTcThreads)
     attention_tc_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                        const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p, int T,
+                        const C* __restrict__ ck, const C* __restrict__ cv, int64_t start, AttnParams p, int T,
                         float* __restrict__ out) {
   using namespace nvcuda;
   using L = TcLayout<D>;
@@ -343,8 +349,8 @@ __global__ void __launch_bounds__(kTcThreads)
           kx[u] = vx[u] = make_float4(0.f, 0.f, 0.f, 0.f);
           if (j <= pos_hi && d < hd) {  // hd % 4 == 0: the whole float4 lies below hd
             const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
-            kx[u] = *reinterpret_cast<const float4*>((j < start ? ck : k) + off);
-            vx[u] = *reinterpret_cast<const float4*>((j < start ? cv : v) + off);
+            kx[u] = j < start ? kv_load4(ck + off) : *reinterpret_cast<const float4*>(k + off);
+            vx[u] = j < start ? kv_load4(cv + off) : *reinterpret_cast<const float4*>(v + off);
           }
         }
 #pragma unroll
@@ -365,10 +371,13 @@ __global__ void __launch_bounds__(kTcThreads)
         float k0 = 0.f, k1 = 0.f, v0 = 0.f, v1 = 0.f;
         if (j <= pos_hi && d < hd) {
           const size_t off = (j < start ? size_t(j % p.slots) : size_t(j - start)) * kvd + size_t(kvh) * hd + d;
-          const float* kr = (j < start ? ck : k) + off;
-          const float* vr = (j < start ? cv : v) + off;
-          k0 = kr[0], v0 = vr[0];
-          if (d + 1 < hd) k1 = kr[1], v1 = vr[1];
+          if (j < start) {
+            k0 = kv_load(ck + off), v0 = kv_load(cv + off);
+            if (d + 1 < hd) k1 = kv_load(ck + off + 1), v1 = kv_load(cv + off + 1);
+          } else {
+            k0 = k[off], v0 = v[off];
+            if (d + 1 < hd) k1 = k[off + 1], v1 = v[off + 1];
+          }
         }
         *reinterpret_cast<__half2*>(Ks + r * HP + d) = __halves2half2(to_half_sat(k0), to_half_sat(k1));
         *reinterpret_cast<__half2*>(Vs + r * HP + d) = __halves2half2(to_half_sat(v0), to_half_sat(v1));
@@ -478,9 +487,10 @@ __device__ __forceinline__ uint32_t lds32(const __half* p) { return *reinterpret
 __device__ __forceinline__ int fa_row(int u) { return 32 * (u & 1); }
 __device__ __forceinline__ int fa_dim(int u) { return 16 * (u >> 1); }
 
+template <class C>
 __global__ void __launch_bounds__(kFaThreads, 3)
     attention_fa_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                        const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p, int T,
+                        const C* __restrict__ ck, const C* __restrict__ cv, int64_t start, AttnParams p, int T,
                         float* __restrict__ out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // mma.sync m16n8k16 (fa_supported checks the device)
   if (p.d_start) start = *p.d_start;
@@ -541,8 +551,8 @@ __global__ void __launch_bounds__(kFaThreads, 3)
               while (row >= p.slots) row -= p.slots;
             }
             const size_t off = size_t(row) * kvd + size_t(kvh) * kFaD + d;
-            kx[u] = *reinterpret_cast<const float4*>((j < start ? ck : k) + off);
-            vx[u] = *reinterpret_cast<const float4*>((j < start ? cv : v) + off);
+            kx[u] = j < start ? kv_load4(ck + off) : *reinterpret_cast<const float4*>(k + off);
+            vx[u] = j < start ? kv_load4(cv + off) : *reinterpret_cast<const float4*>(v + off);
           }
         }
 #pragma unroll
@@ -660,7 +670,7 @@ int device_major() {
 
 // Preconditions of attention_fa_kernel: sm_80 or newer, head_dim 128, every q/k/v/cache/out row 16-byte
 // aligned.
-bool fa_supported(const float* q, const float* k, const float* v, const float* ck, const float* cv, const float* out,
+bool fa_supported(const float* q, const float* k, const float* v, const void* ck, const void* cv, const float* out,
                   const AttnParams& p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(k) |
                       reinterpret_cast<uintptr_t>(v) | reinterpret_cast<uintptr_t>(ck) |
@@ -670,9 +680,9 @@ bool fa_supported(const float* q, const float* k, const float* v, const float* c
 
 // One launch of a tiled attention kernel: grid (query tiles, query heads), `bytes` of dynamic shared
 // memory (allowed past 48 KB once per kernel).
-template <auto Kernel>
+template <auto Kernel, class C>
 cudaError_t launch_tiles(size_t bytes, int tile_q, int threads, const float* q, const float* k, const float* v,
-                         const float* ck, const float* cv, int T, int64_t start, const AttnParams& p, float* out,
+                         const C* ck, const C* cv, int T, int64_t start, const AttnParams& p, float* out,
                          cudaStream_t stream) {
   static const cudaError_t attr = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (attr != cudaSuccess) return attr;
@@ -681,60 +691,76 @@ cudaError_t launch_tiles(size_t bytes, int tile_q, int threads, const float* q, 
   return cudaGetLastError();
 }
 
-template <int D>
-cudaError_t launch_tiled(const float* q, const float* k, const float* v, const float* ck, const float* cv, int T,
-                         int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
-  return launch_tiles<attention_tiled_kernel<D>>(tiled_smem_floats<D>() * sizeof(float), kTileQ, kTileThreads, q, k,
-                                                 v, ck, cv, T, start, p, out, stream);
+template <int D, class C>
+cudaError_t launch_tiled(const float* q, const float* k, const float* v, const C* ck, const C* cv, int T, int64_t start,
+                         const AttnParams& p, float* out, cudaStream_t stream) {
+  return launch_tiles<attention_tiled_kernel<D, C>>(tiled_smem_floats<D>() * sizeof(float), kTileQ, kTileThreads, q, k,
+                                                    v, ck, cv, T, start, p, out, stream);
 }
 
-template <int D>
-cudaError_t launch_tc(const float* q, const float* k, const float* v, const float* ck, const float* cv, int T,
-                      int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
-  return launch_tiles<attention_tc_kernel<D>>(TcLayout<D>::bytes, kTcQ, kTcThreads, q, k, v, ck, cv, T, start, p,
-                                              out, stream);
+template <int D, class C>
+cudaError_t launch_tc(const float* q, const float* k, const float* v, const C* ck, const C* cv, int T, int64_t start,
+                      const AttnParams& p, float* out, cudaStream_t stream) {
+  return launch_tiles<attention_tc_kernel<D, C>>(TcLayout<D>::bytes, kTcQ, kTcThreads, q, k, v, ck, cv, T, start, p,
+                                                 out, stream);
 }
 
-__global__ void cache_write_kernel(const float* __restrict__ k, const float* __restrict__ v, float* ck, float* cv,
-                                   int first, int64_t start, const int64_t* d_start, int kvd, int64_t slots) {
+template <class C>
+cudaError_t launch_attention(const float* q, const float* k, const float* v, const C* ck, const C* cv, int T,
+                             int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
+  if (p.half) {
+    if (p.head_dim <= 32) return launch_tc<32>(q, k, v, ck, cv, T, start, p, out, stream);
+    if (p.head_dim <= 64) return launch_tc<64>(q, k, v, ck, cv, T, start, p, out, stream);
+    if (fa_supported(q, k, v, ck, cv, out, p))
+      return launch_tiles<attention_fa_kernel<C>>(kFaBytes, kFaQ, kFaThreads, q, k, v, ck, cv, T, start, p, out,
+                                                  stream);
+    if (p.head_dim <= 128) return launch_tc<128>(q, k, v, ck, cv, T, start, p, out, stream);
+  }
+  if (p.head_dim <= 32) return launch_tiled<32>(q, k, v, ck, cv, T, start, p, out, stream);
+  if (p.head_dim <= 64) return launch_tiled<64>(q, k, v, ck, cv, T, start, p, out, stream);
+  if (p.head_dim <= 128) return launch_tiled<128>(q, k, v, ck, cv, T, start, p, out, stream);
+  const size_t shmem = size_t(p.head_dim + kThreads) * sizeof(float);
+  attention_kernel<C><<<unsigned(T) * unsigned(p.n_heads), kThreads, shmem, stream>>>(q, k, v, ck, cv, start, p, out);
+  return cudaGetLastError();
+}
+
+template <class C>
+__global__ void cache_write_kernel(const float* __restrict__ k, const float* __restrict__ v, C* ck, C* cv, int first,
+                                   int64_t start, const int64_t* d_start, int kvd, int64_t slots) {
   const int t = first + blockIdx.x;
   if (d_start) start = *d_start;
   const size_t slot = size_t((start + t) % slots);
   for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
-    ck[slot * kvd + i] = k[size_t(t) * kvd + i];
-    cv[slot * kvd + i] = v[size_t(t) * kvd + i];
+    kv_store(ck + slot * kvd + i, k[size_t(t) * kvd + i]);
+    kv_store(cv + slot * kvd + i, v[size_t(t) * kvd + i]);
   }
 }
 
 }  // namespace
 
-cudaError_t attention_cuda(const float* q, const float* k, const float* v, const float* cache_k, const float* cache_v,
+cudaError_t attention_cuda(const float* q, const float* k, const float* v, const void* cache_k, const void* cache_v,
                            int T, int64_t start, const AttnParams& p, float* out, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   if (p.head_dim > kThreads * kMaxDimsPerThread || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads) return cudaErrorInvalidValue;
-  if (p.half) {
-    if (p.head_dim <= 32) return launch_tc<32>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
-    if (p.head_dim <= 64) return launch_tc<64>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
-    if (fa_supported(q, k, v, cache_k, cache_v, out, p))
-      return launch_tiles<attention_fa_kernel>(kFaBytes, kFaQ, kFaThreads, q, k, v, cache_k, cache_v, T, start, p, out,
-                                               stream);
-    if (p.head_dim <= 128) return launch_tc<128>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
-  }
-  if (p.head_dim <= 32) return launch_tiled<32>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
-  if (p.head_dim <= 64) return launch_tiled<64>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
-  if (p.head_dim <= 128) return launch_tiled<128>(q, k, v, cache_k, cache_v, T, start, p, out, stream);
-  const size_t shmem = size_t(p.head_dim + kThreads) * sizeof(float);
-  attention_kernel<<<unsigned(T) * unsigned(p.n_heads), kThreads, shmem, stream>>>(q, k, v, cache_k, cache_v, start, p,
-                                                                                 out);
-  return cudaGetLastError();
+  if (p.kv_half)
+    return launch_attention(q, k, v, static_cast<const __half*>(cache_k), static_cast<const __half*>(cache_v), T, start,
+                            p, out, stream);
+  return launch_attention(q, k, v, static_cast<const float*>(cache_k), static_cast<const float*>(cache_v), T, start, p,
+                          out, stream);
 }
 
-cudaError_t cache_write_cuda(const float* k, const float* v, float* cache_k, float* cache_v, int T, int64_t start,
+cudaError_t cache_write_cuda(const float* k, const float* v, void* cache_k, void* cache_v, int T, int64_t start,
                              const AttnParams& p, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   const int first = T > p.slots ? int(T - p.slots) : 0;
-  cache_write_kernel<<<unsigned(T - first), 128, 0, stream>>>(k, v, cache_k, cache_v, first, start, p.d_start,
-                                                              p.n_kv_heads * p.head_dim, p.slots);
+  const unsigned blocks = unsigned(T - first);
+  const int kvd = p.n_kv_heads * p.head_dim;
+  if (p.kv_half)
+    cache_write_kernel<<<blocks, 128, 0, stream>>>(k, v, static_cast<__half*>(cache_k), static_cast<__half*>(cache_v),
+                                                   first, start, p.d_start, kvd, p.slots);
+  else
+    cache_write_kernel<<<blocks, 128, 0, stream>>>(k, v, static_cast<float*>(cache_k), static_cast<float*>(cache_v),
+                                                   first, start, p.d_start, kvd, p.slots);
   return cudaGetLastError();
 }
 

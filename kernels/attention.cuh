@@ -16,14 +16,16 @@ struct AttnParams {
   // whose prefill matmuls already round activations to 16 bits; head_dim <= 128. q, k, v beyond
   // +-65504 saturate (possible in principle for bf16 models; MISTRAL_CUDA_ATTN_FP32=1 avoids the path).
   bool half = false;
+  bool kv_half = false;  // the caches hold __half (kv.cuh), else float
 };
 
-// q: [T, Hq*hd]; k, v: [T, Hkv*hd] (this chunk); cache_k/v: [slots, Hkv*hd] holding positions < start;
-// out: [T, Hq*hd]. Keys before `start` are read from the cache, keys in the chunk from k/v.
-cudaError_t attention_cuda(const float* q, const float* k, const float* v, const float* cache_k, const float* cache_v,
+// q: [T, Hq*hd]; k, v: [T, Hkv*hd] (this chunk); cache_k/v: [slots, Hkv*hd] holding positions < start
+// (float, or __half with p.kv_half); out: [T, Hq*hd]. Keys before `start` are read from the cache, keys in
+// the chunk from k/v (rounded as the cache would hold them).
+cudaError_t attention_cuda(const float* q, const float* k, const float* v, const void* cache_k, const void* cache_v,
                            int T, int64_t start, const AttnParams& p, float* out, cudaStream_t stream);
 // Writes the chunk's last min(T, slots) positions into their cache rows.
-cudaError_t cache_write_cuda(const float* k, const float* v, float* cache_k, float* cache_v, int T, int64_t start,
+cudaError_t cache_write_cuda(const float* k, const float* v, void* cache_k, void* cache_v, int T, int64_t start,
                              const AttnParams& p, cudaStream_t stream);
 
 }  // namespace cuda

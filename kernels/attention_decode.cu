@@ -19,6 +19,7 @@
 #include "attention.cuh"
 #include "attention_decode.cuh"
 #include "common.cuh"
+#include "kv.cuh"
 #include "pdl.cuh"
 
 namespace mistral {
@@ -61,70 +62,109 @@ __host__ __device__ __forceinline__ size_t row_partials(int split0, int n_heads,
   return size_t(split0) * size_t(n_heads) * (size_t(hd) + 2);
 }
 
+// Lane `lane`'s element r (r < 4 * NC) of a head row: dim 128 * (r / 4) + 4 * lane + r % 4, so that a
+// lane reads 4 consecutive dims (one 16-byte load of fp32, 8 bytes of fp16) per 128 dims of the row.
+__host__ __device__ __forceinline__ int lane_dim(int lane, int r) { return 128 * (r >> 2) + 4 * lane + (r & 3); }
+
 // One block's share of the partials: keys [kb, ke) of KV head kvh for all query heads of its GQA group, of
 // the query token at position pos whose q row is q [Hq*hd] and whose own K/V rows are k, v [Hkv*hd]
-// (keys before pos come from the cache ck, cv [slots, Hkv*hd]). Writes (max, sum, acc[hd]) of each of the
-// group's query heads h to part + partial_offset(h, splits, split, hd). Every thread of the block calls it.
+// (keys before pos come from the cache ck, cv [slots, Hkv*hd] of C, kv.cuh; its own rows are read rounded
+// as the cache holds them). NC: 128-dim pieces of a head row (hd <= 128 * NC). Writes (max, sum, acc[hd])
+// of each of the group's query heads h to part + partial_offset(h, splits, split, hd). Every thread of the
+// block calls it.
+template <class C, int NC>
 __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q, const float* __restrict__ k,
-                                                     const float* __restrict__ v, const float* __restrict__ ck,
-                                                     const float* __restrict__ cv, int64_t pos, int64_t slots,
-                                                     int n_heads, int n_kv_heads, int hd, int kvh, int64_t kb,
-                                                     int64_t ke, int split, int splits, float* __restrict__ part) {
+                                                     const float* __restrict__ v, const C* __restrict__ ck,
+                                                     const C* __restrict__ cv, int64_t pos, int64_t slots, int n_heads,
+                                                     int n_kv_heads, int hd, int kvh, int64_t kb, int64_t ke, int split,
+                                                     int splits, float* __restrict__ part) {
+  constexpr int R = 4 * NC;  // elements of a row per lane
   const int G = n_heads / n_kv_heads, kvd = n_kv_heads * hd;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float scale = rsqrtf(float(hd));
+  // 4-element loads: every row starts at a multiple of 4 elements, and the buffers are aligned.
+  const bool vec = (hd & 3) == 0 && ((reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v) |
+                                      reinterpret_cast<uintptr_t>(ck) | reinterpret_cast<uintptr_t>(cv)) &
+                                     15u) == 0;
 
-  __shared__ float qs[kMaxG][kMaxDPerLane * 32];
-  for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
-    const int g = i / hd, d = i % hd;
-    qs[g][d] = q[size_t(kvh * G + g) * hd + d] * scale;
+  __shared__ __align__(16) float qs[kMaxG][kMaxDPerLane * 32];  // zero past hd
+  for (int i = threadIdx.x; i < G * 128 * NC; i += blockDim.x) {
+    const int g = i / (128 * NC), d = i % (128 * NC);
+    qs[g][d] = d < hd ? q[size_t(kvh * G + g) * hd + d] * scale : 0.f;
   }
   __syncthreads();
 
-  float m[kMaxG], l[kMaxG], acc[kMaxG][kMaxDPerLane];
+  float m[kMaxG], l[kMaxG], acc[kMaxG][R];
 #pragma unroll
   for (int g = 0; g < kMaxG; ++g) {
     m[g] = -INFINITY, l[g] = 0.f;
 #pragma unroll
-    for (int r = 0; r < kMaxDPerLane; ++r) acc[g][r] = 0.f;
+    for (int r = 0; r < R; ++r) acc[g][r] = 0.f;
   }
-  // Key j's K and V rows are loaded while key j - kWarps is scored (one row pair in flight per warp
-  // left decode at 4096 tokens of context latency-bound on an H200).
-  auto load_row = [&](int64_t j, float(&kx)[kMaxDPerLane], float(&vx)[kMaxDPerLane]) {
-    const bool in = j < ke;
-    const float* kr = (j < pos ? ck + size_t(j % slots) * kvd : k) + size_t(kvh) * hd;
-    const float* vr = (j < pos ? cv + size_t(j % slots) * kvd : v) + size_t(kvh) * hd;
+  // The lane's elements of key j's K and V rows (zeros past ke and past hd).
+  auto load_row = [&](int64_t j, float(&kx)[R], float(&vx)[R]) {
+    const bool in = j < ke, cached = j < pos;
+    const size_t row = cached ? size_t(j % slots) * size_t(kvd) + size_t(kvh) * hd : size_t(kvh) * hd;
 #pragma unroll
-    for (int r = 0; r < kMaxDPerLane; ++r) {
-      const int d = lane + 32 * r;
-      kx[r] = in && d < hd ? kr[d] : 0.f;
-      vx[r] = in && d < hd ? vr[d] : 0.f;
+    for (int c = 0; c < NC; ++c) {
+      const int d0 = 128 * c + 4 * lane;
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
+      if (in && d0 < hd) {
+        if (vec) {
+          a = cached ? kv_load4(ck + row + d0) : kv_round4<C>(*reinterpret_cast<const float4*>(k + row + d0));
+          b = cached ? kv_load4(cv + row + d0) : kv_round4<C>(*reinterpret_cast<const float4*>(v + row + d0));
+        } else {
+          float ka[4], va[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const bool ok = d0 + e < hd;
+            ka[e] = !ok ? 0.f : cached ? kv_load(ck + row + d0 + e) : kv_round<C>(k[row + d0 + e]);
+            va[e] = !ok ? 0.f : cached ? kv_load(cv + row + d0 + e) : kv_round<C>(v[row + d0 + e]);
+          }
+          a = make_float4(ka[0], ka[1], ka[2], ka[3]), b = make_float4(va[0], va[1], va[2], va[3]);
+        }
+      }
+      kx[4 * c] = a.x, kx[4 * c + 1] = a.y, kx[4 * c + 2] = a.z, kx[4 * c + 3] = a.w;
+      vx[4 * c] = b.x, vx[4 * c + 1] = b.y, vx[4 * c + 2] = b.z, vx[4 * c + 3] = b.w;
     }
   };
-  float kx[kMaxDPerLane], vx[kMaxDPerLane];
-  load_row(kb + warp, kx, vx);
-  for (int64_t j = kb + warp; j < ke; j += kWarps) {
-    float kn[kMaxDPerLane], vn[kMaxDPerLane];
-    load_row(j + kWarps, kn, vn);
+  // Key j scored into every query head's online softmax.
+  auto score = [&](const float(&kx)[R], const float(&vx)[R]) {
 #pragma unroll
     for (int g = 0; g < kMaxG; ++g) {
       if (g >= G) break;
       float s = 0.f;
 #pragma unroll
-      for (int r = 0; r < kMaxDPerLane; ++r) {
-        const int d = lane + 32 * r;
-        if (d < hd) s += qs[g][d] * kx[r];
+      for (int c = 0; c < NC; ++c) {
+        const float4 qv = *reinterpret_cast<const float4*>(&qs[g][128 * c + 4 * lane]);
+        s = fmaf(qv.x, kx[4 * c], s);
+        s = fmaf(qv.y, kx[4 * c + 1], s);
+        s = fmaf(qv.z, kx[4 * c + 2], s);
+        s = fmaf(qv.w, kx[4 * c + 3], s);
       }
       s = warp_sum(s);
       const float nm = fmaxf(m[g], s);
       const float corr = expf(m[g] - nm), pj = expf(s - nm);
       l[g] = l[g] * corr + pj;
 #pragma unroll
-      for (int r = 0; r < kMaxDPerLane; ++r) acc[g][r] = acc[g][r] * corr + pj * vx[r];
+      for (int r = 0; r < R; ++r) acc[g][r] = acc[g][r] * corr + pj * vx[r];
       m[g] = nm;
     }
+  };
+  // Warp w takes keys kb + w, kb + w + kWarps, ... two at a time, and loads the next two while it scores
+  // these (one row pair in flight per warp left decode at 4096 tokens of context latency-bound on an
+  // H200). Keys past ke load as zeros and are not scored.
+  float k0[R], v0[R], k1[R], v1[R];
+  load_row(kb + warp, k0, v0);
+  load_row(kb + warp + kWarps, k1, v1);
+  for (int64_t j = kb + warp; j < ke; j += 2 * kWarps) {
+    float k2[R], v2[R], k3[R], v3[R];
+    load_row(j + 2 * kWarps, k2, v2);
+    load_row(j + 3 * kWarps, k3, v3);
+    score(k0, v0);
+    if (j + kWarps < ke) score(k1, v1);
 #pragma unroll
-    for (int r = 0; r < kMaxDPerLane; ++r) kx[r] = kn[r], vx[r] = vn[r];
+    for (int r = 0; r < R; ++r) k0[r] = k2[r], v0[r] = v2[r], k1[r] = k3[r], v1[r] = v3[r];
   }
   // Merge the warps: warp 0 gathers the others' (m, l, acc) through shared memory.
   __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
@@ -134,8 +174,8 @@ __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q
     if (g < G) {
       if (lane == 0) sm_m[warp][g] = m[g], sm_l[warp][g] = l[g];
 #pragma unroll
-      for (int r = 0; r < kMaxDPerLane; ++r) {
-        const int d = lane + 32 * r;
+      for (int r = 0; r < R; ++r) {
+        const int d = lane_dim(lane, r);
         if (d < hd) sm_acc[warp][g][d] = acc[g][r];
       }
     }
@@ -183,11 +223,11 @@ __device__ __forceinline__ void combine_head(const float* __restrict__ ph, int u
 // `counters` set (one zero word per KV head), the last of a KV head's non-empty splits to finish merges
 // the group's partials into out (as decode_combine_kernel does, the same bits) and sets its counter back
 // to zero; without, decode_combine_kernel follows.
+template <class C, int NC>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                          const float* __restrict__ ck, const float* __restrict__ cv, int64_t start, AttnParams p,
-                          int splits, float* __restrict__ part, unsigned* __restrict__ counters,
-                          float* __restrict__ out) {
+                          const C* __restrict__ ck, const C* __restrict__ cv, int64_t start, AttnParams p, int splits,
+                          float* __restrict__ part, unsigned* __restrict__ counters, float* __restrict__ out) {
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   if (p.d_start) start = *p.d_start;  // written before the step's first kernel: readable before pdl_wait
   const int kvh = blockIdx.x, split = blockIdx.y;
@@ -195,8 +235,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int used = int(split_keys(start, p.window, splits, split, &kb, &ke, kMinKeysPerDecodeSplit));
   if (split >= used) return;  // empty
   pdl_wait();  // q, k, v and the cache row of this step are the kernel before's output
-  decode_partial_block(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke, split, splits,
-                       part);
+  decode_partial_block<C, NC>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke, split,
+                              splits, part);
   if (!counters) return;
   // Release this block's partials, then count it; the block that completes the count merges.
   __shared__ bool last;
@@ -220,6 +260,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 // A batched decode step (grid: work item, KV head): work item blockIdx.x is split w.split of row w.row,
 // whose q/k/v rows are row w.row of q[n, Hq*hd], k, v[n, Hkv*hd] and whose partials start at
 // row_partials(split0); position, cache and slot count from the row's table entry.
+template <class C, int NC>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_rows_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                const DecodeRowArgs* __restrict__ rows, const DecodeWork* __restrict__ work,
@@ -229,9 +270,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   const size_t qd = size_t(p.n_heads) * size_t(p.head_dim), kvd = size_t(p.n_kv_heads) * size_t(p.head_dim);
   int64_t kb, ke;
   split_keys(r.pos, p.window, r.splits, w.split, &kb, &ke);
-  decode_partial_block(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, r.cache_k, r.cache_v,
-                       r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split, r.splits,
-                       part + row_partials(r.split0, p.n_heads, p.head_dim));
+  decode_partial_block<C, NC>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd,
+                              static_cast<const C*>(r.cache_k), static_cast<const C*>(r.cache_v), r.pos, r.slots,
+                              p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split, r.splits,
+                              part + row_partials(r.split0, p.n_heads, p.head_dim));
 }
 
 // One block per query head: merges the non-empty splits' partials into the output row.
@@ -265,6 +307,16 @@ bool separate_combine() {
   return on;
 }
 
+// The partial kernel's launch, for the cache's element type and the head size.
+template <class C, int NC>
+cudaError_t launch_partial(const float* q, const float* k, const float* v, const void* ck, const void* cv,
+                           int64_t start, const AttnParams& p, int splits, float* part, unsigned* counters, float* out,
+                           cudaStream_t stream) {
+  return launch_maybe_pdl(decode_partial_kernel<C, NC>, dim3(unsigned(p.n_kv_heads), unsigned(splits)),
+                          dim3(kWarps * 32), 0, stream, q, k, v, static_cast<const C*>(ck), static_cast<const C*>(cv),
+                          start, p, splits, part, counters, out);
+}
+
 }  // namespace
 
 size_t decode_attention_scratch_floats(const AttnParams& p, int splits) {
@@ -283,8 +335,8 @@ int decode_attention_splits(const AttnParams& p, int n_sms) {
   return splits < 1 ? 1 : splits;
 }
 
-cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const float* cache_k,
-                                  const float* cache_v, int64_t start, const AttnParams& p, int splits, float* scratch,
+cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const void* cache_k,
+                                  const void* cache_v, int64_t start, const AttnParams& p, int splits, float* scratch,
                                   float* out, cudaStream_t stream) {
   if (p.head_dim > kMaxDPerLane * 32 || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads ||
       p.n_heads / p.n_kv_heads > kMaxG || splits < 1)
@@ -293,9 +345,14 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
   float* part = scratch + kCounterWords;
   const bool fused = !separate_combine() && size_t(p.n_kv_heads) <= kCounterWords;
   // Both launched with programmatic dependence when MISTRAL_CUDA_PDL=1 (pdl.cuh).
-  cudaError_t err = launch_maybe_pdl(decode_partial_kernel, dim3(unsigned(p.n_kv_heads), unsigned(splits)),
-                                     dim3(kWarps * 32), 0, stream, q, k, v, cache_k, cache_v, start, p, splits, part,
-                                     fused ? counters : nullptr, out);
+  unsigned* cnt = fused ? counters : nullptr;
+  const bool wide = p.head_dim > 128;
+  cudaError_t err =
+      p.kv_half
+          ? (wide ? launch_partial<__half, 2>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream)
+                  : launch_partial<__half, 1>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream))
+          : (wide ? launch_partial<float, 2>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream)
+                  : launch_partial<float, 1>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream));
   if (err == cudaSuccess && !fused)
     err = launch_maybe_pdl(decode_combine_kernel, dim3(unsigned(p.n_heads)), dim3(128), 0, stream,
                            static_cast<const float*>(part), start, p.d_start, p.window, splits, p.head_dim, out);
@@ -340,8 +397,15 @@ cudaError_t decode_attention_rows_cuda(const float* q, const float* k, const flo
   if (n <= 0) return cudaSuccess;
   if (!decode_attention_supported(p) || p.head_dim <= 0 || n_work < n || !rows || !work || !scratch || p.d_start)
     return cudaErrorInvalidValue;
-  decode_rows_partial_kernel<<<dim3(unsigned(n_work), unsigned(p.n_kv_heads)), kWarps * 32, 0, stream>>>(
-      q, k, v, rows, work, p, scratch);
+  const dim3 grid(unsigned(n_work), unsigned(p.n_kv_heads));
+  if (p.kv_half && p.head_dim > 128)
+    decode_rows_partial_kernel<__half, 2><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
+  else if (p.kv_half)
+    decode_rows_partial_kernel<__half, 1><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
+  else if (p.head_dim > 128)
+    decode_rows_partial_kernel<float, 2><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
+  else
+    decode_rows_partial_kernel<float, 1><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
   decode_rows_combine_kernel<<<dim3(unsigned(n), unsigned(p.n_heads)), 128, 0, stream>>>(scratch, rows, p.n_heads,
                                                                                          p.head_dim, out);
   return cudaGetLastError();

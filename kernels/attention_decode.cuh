@@ -15,11 +15,11 @@ bool decode_attention_supported(const AttnParams& p);  // head_dim <= 256, group
 int decode_attention_splits(const AttnParams& p, int n_sms);
 size_t decode_attention_scratch_floats(const AttnParams& p, int splits);
 // q: [Hq*hd] of the token at position `start` (or *p.d_start); k, v: its own [Hkv*hd] rows;
-// caches as in attention_cuda; scratch: decode_attention_scratch_floats, zero-filled once when allocated
-// (its first words are counters that every call leaves zero); out: [Hq*hd].
-cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const float* cache_k,
-                                  const float* cache_v, int64_t start, const AttnParams& p, int splits,
-                                  float* scratch, float* out, cudaStream_t stream);
+// caches as in attention_cuda (float, or __half with p.kv_half); scratch: decode_attention_scratch_floats, zero-filled
+// once when allocated (its first words are counters that every call leaves zero); out: [Hq*hd].
+cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const void* cache_k,
+                                  const void* cache_v, int64_t start, const AttnParams& p, int splits, float* scratch,
+                                  float* out, cudaStream_t stream);
 
 // A batched decode step: row i of q[n, Hq*hd] (k, v[n, Hkv*hd]: its own K/V rows) attends the keys of
 // its own cache at its own position (rows[i], device table), output row i of out[n, Hq*hd]; the math of

@@ -9,8 +9,8 @@ namespace cuda {
 
 // Row i is token i of q[n, Hq*hd], k, v[n, Hkv*hd] and out[n, Hq*hd].
 struct DecodeRowArgs {
-  float* cache_k = nullptr;  // this row's cache for the layer, [slots, Hkv*hd]: position j in row j % slots
-  float* cache_v = nullptr;
+  void* cache_k = nullptr;  // this row's cache for the layer, [slots, Hkv*hd] (float or __half, as the
+  void* cache_v = nullptr;  // launch says): position j in row j % slots
   int64_t pos = 0;    // the token's position (>= 0): RoPE angle, keys j0 .. pos, its K/V go to row pos % slots
   int64_t slots = 0;  // > 0: W for a rolling cache, else more than any position it holds
   int split0 = 0;     // first of this row's splits in the attention partials (prefix sum of `splits`)

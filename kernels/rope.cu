@@ -10,6 +10,7 @@
 // contraction), as the CPU does. The fused variant also stores the rotated K row and the V row of the
 // token in its cache slot; its rows variant does that for a batched decode step, one sequence per token.
 #include "common.cuh"
+#include "kv.cuh"
 #include "pdl.cuh"
 #include "rope.cuh"
 
@@ -80,10 +81,11 @@ __global__ void __launch_bounds__(kThreads)
 // ck_row and the v row in cv_row (cache rows [Hkv*hd]). The block's slice blockIdx.y of gridDim.y: pairs
 // and v elements s * 256 + i, every (gridDim.y * 256)-th. Each element of q, k, v and the cache rows is
 // touched by one thread only; the one barrier is the angle table's (every thread of the block calls this).
+// C: the cache's element type (kv.cuh).
+template <class C>
 __device__ __forceinline__ void rope_store_token(float* qt, float* kt, const float* __restrict__ vt,
-                                                 float* __restrict__ ck_row, float* __restrict__ cv_row, float pos,
-                                                 int n_heads, int n_kv_heads, int hd,
-                                                 const float* __restrict__ inv_freq) {
+                                                 C* __restrict__ ck_row, C* __restrict__ cv_row, float pos, int n_heads,
+                                                 int n_kv_heads, int hd, const float* __restrict__ inv_freq) {
   extern __shared__ float table[];
   const int half = hd / 2;
   float* cs = table;
@@ -101,23 +103,25 @@ __device__ __forceinline__ void rope_store_token(float* qt, float* kt, const flo
     x[i] = r.x;
     x[i + half] = r.y;
     if (!is_q && ck_row) {
-      float* c = ck_row + size_t(h) * hd;
-      c[i] = r.x;
-      c[i + half] = r.y;
+      C* c = ck_row + size_t(h) * hd;
+      kv_store(c + i, r.x);
+      kv_store(c + i + half, r.y);
     }
   }
   if (ck_row)
-    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < kvd; i += gridDim.y * blockDim.x) cv_row[i] = vt[i];
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < kvd; i += gridDim.y * blockDim.x)
+      kv_store(cv_row + i, vt[i]);
 }
 
 // Token t = blockIdx.x of the chunk: rotates its q and k rows in place, and when t >= first (the chunk's
 // last `slots` positions) writes the rotated k row and its v row to cache row (start + t) % slots. The rows
 // of different tokens are distinct (at most `slots` consecutive positions are stored), so there is no race.
 // q, k: [T, H*hd]; v: [T, Hkv*hd]; ck, cv: [slots, Hkv*hd].
+template <class C>
 __global__ void __launch_bounds__(kThreads)
-    rope_cache_write_kernel(float* q, float* k, const float* __restrict__ v, float* __restrict__ ck,
-                            float* __restrict__ cv, int first, int64_t start, const int64_t* d_start, int n_heads,
-                            int n_kv_heads, int hd, int64_t slots, const float* __restrict__ inv_freq) {
+    rope_cache_write_kernel(float* q, float* k, const float* __restrict__ v, C* __restrict__ ck, C* __restrict__ cv,
+                            int first, int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads, int hd,
+                            int64_t slots, const float* __restrict__ inv_freq) {
   pdl_trigger();  // the attention launched after this kernel may start (pdl.cuh)
   const int t = blockIdx.x;
   if (d_start) start = *d_start;  // written before the step's first kernel: readable before pdl_wait
@@ -130,6 +134,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Row t = blockIdx.x of a batched decode step: its own position, cache and slot count from the table.
 // Distinct rows have distinct caches (Backend::decode_rows), so no two blocks write the same cache row.
+template <class C>
 __global__ void __launch_bounds__(kThreads)
     rope_cache_write_rows_kernel(float* q, float* k, const float* __restrict__ v,
                                  const DecodeRowArgs* __restrict__ rows, int n_heads, int n_kv_heads, int hd,
@@ -138,8 +143,9 @@ __global__ void __launch_bounds__(kThreads)
   const DecodeRowArgs r = rows[t];
   const int kvd = n_kv_heads * hd;
   const size_t row = size_t(r.pos % r.slots) * size_t(kvd);  // pos >= 0, slots > 0 (checked by the host)
-  rope_store_token(q + size_t(t) * n_heads * hd, k + size_t(t) * kvd, v + size_t(t) * kvd, r.cache_k + row,
-                   r.cache_v + row, float(r.pos), n_heads, n_kv_heads, hd, inv_freq);
+  rope_store_token(q + size_t(t) * n_heads * hd, k + size_t(t) * kvd, v + size_t(t) * kvd,
+                   static_cast<C*>(r.cache_k) + row, static_cast<C*>(r.cache_v) + row, float(r.pos), n_heads,
+                   n_kv_heads, hd, inv_freq);
 }
 
 }  // namespace
@@ -153,26 +159,35 @@ cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, const int64_t* d
   return cudaGetLastError();
 }
 
-cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, float* cache_k, float* cache_v, int T,
+cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, void* cache_k, void* cache_v, bool kv_half, int T,
                                   int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads, int head_dim,
                                   int64_t slots, const float* inv_freq, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   if (head_dim <= 0 || head_dim % 2 || n_heads <= 0 || n_kv_heads <= 0 || slots <= 0 || (!d_start && start < 0))
     return cudaErrorInvalidValue;
   const int first = int64_t(T) > slots ? int(int64_t(T) - slots) : 0;
-  return launch_maybe_pdl(rope_cache_write_kernel, grid_for(T, n_heads, n_kv_heads, head_dim), dim3(kThreads),
-                          table_bytes(head_dim), stream, q, k, v, cache_k, cache_v, first, start, d_start, n_heads,
+  const dim3 grid = grid_for(T, n_heads, n_kv_heads, head_dim);
+  if (kv_half)
+    return launch_maybe_pdl(rope_cache_write_kernel<__half>, grid, dim3(kThreads), table_bytes(head_dim), stream, q, k,
+                            v, static_cast<__half*>(cache_k), static_cast<__half*>(cache_v), first, start, d_start,
+                            n_heads, n_kv_heads, head_dim, slots, inv_freq);
+  return launch_maybe_pdl(rope_cache_write_kernel<float>, grid, dim3(kThreads), table_bytes(head_dim), stream, q, k, v,
+                          static_cast<float*>(cache_k), static_cast<float*>(cache_v), first, start, d_start, n_heads,
                           n_kv_heads, head_dim, slots, inv_freq);
 }
 
 cudaError_t rope_cache_write_rows_cuda(float* q, float* k, const float* v, const DecodeRowArgs* rows, int n,
-                                       int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
+                                       bool kv_half, int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
                                        cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (head_dim <= 0 || head_dim % 2 || n_heads <= 0 || n_kv_heads <= 0 || !rows) return cudaErrorInvalidValue;
-  rope_cache_write_rows_kernel<<<grid_for(n, n_heads, n_kv_heads, head_dim), kThreads, table_bytes(head_dim),
-                                 stream>>>(
-      q, k, v, rows, n_heads, n_kv_heads, head_dim, inv_freq);
+  const dim3 grid = grid_for(n, n_heads, n_kv_heads, head_dim);
+  if (kv_half)
+    rope_cache_write_rows_kernel<__half>
+        <<<grid, kThreads, table_bytes(head_dim), stream>>>(q, k, v, rows, n_heads, n_kv_heads, head_dim, inv_freq);
+  else
+    rope_cache_write_rows_kernel<float>
+        <<<grid, kThreads, table_bytes(head_dim), stream>>>(q, k, v, rows, n_heads, n_kv_heads, head_dim, inv_freq);
   return cudaGetLastError();
 }
 

@@ -16,9 +16,9 @@ cudaError_t rope_cuda(float* q, float* k, int T, int64_t start, const int64_t* d
                       int head_dim, const float* inv_freq, cudaStream_t stream);
 // RoPE fused with the KV-cache write: rotates q and k as rope_cuda does (the same bits), then stores the
 // rotated k rows and the v rows [T, Hkv*hd] of the chunk's last min(T, slots) positions in cache rows
-// (position % slots) of cache_k/v [slots, Hkv*hd], as cache_write_cuda does. d_start as in rope_cuda: the
-// cache rows then follow the device-side position too.
-cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, float* cache_k, float* cache_v, int T,
+// (position % slots) of cache_k/v [slots, Hkv*hd] (float, or __half with kv_half), as cache_write_cuda
+// does. d_start as in rope_cuda: the cache rows then follow the device-side position too.
+cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, void* cache_k, void* cache_v, bool kv_half, int T,
                                   int64_t start, const int64_t* d_start, int n_heads, int n_kv_heads, int head_dim,
                                   int64_t slots, const float* inv_freq, cudaStream_t stream);
 
@@ -27,7 +27,7 @@ cudaError_t rope_cache_write_cuda(float* q, float* k, const float* v, float* cac
 // bits), and the rotated k row and v row i are stored in row pos % slots of rows[i].cache_k/v.
 // rows: a device table of n entries (decode_rows.cuh); distinct rows must have distinct caches.
 cudaError_t rope_cache_write_rows_cuda(float* q, float* k, const float* v, const DecodeRowArgs* rows, int n,
-                                       int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
+                                       bool kv_half, int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
                                        cudaStream_t stream);
 
 }  // namespace cuda

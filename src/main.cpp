@@ -55,6 +55,9 @@ void add_model_args(CLI::App* app, ModelArgs& m, bool runtime) {
   app->add_option("--chunk", m.chunk, "Prefill chunk size in tokens")->check(CLI::Range(1, 1 << 20));
   app->add_flag("-v,--verbose", m.verbose, "Print load time, prompt tokens and speeds on stderr");
   app->add_flag("--no-graph", m.no_graph, "CUDA: run each decode step eagerly instead of replaying a recorded graph");
+  app->add_option("--kv-type", m.kv_type,
+                  "What the KV cache holds: f32, or f16 (half the memory; keys and values rounded to fp16)")
+      ->check(CLI::IsMember({"f32", "f16"}));
 }
 
 }  // namespace

@@ -253,6 +253,29 @@ TEST(Cli, OneShotCacheHoldsPromptAndMaxTokens) {
   EXPECT_EQ(j["finish_reason"], "length");
 }
 
+// --kv-type f16: the cache holds fp16 (the verbose line says so, at half the size), and greedy decoding
+// still gives the llama2.c reference text; an unknown type is a one-line usage error.
+TEST(Cli, HalfKvCacheFlag) {
+  REQUIRE_STORIES();
+  auto cache_size = [](const std::string& err) {
+    const size_t at = err.find("kv cache ");
+    return at == std::string::npos ? std::string() : err.substr(at + 9, err.find(' ', at + 9) - at - 9);
+  };
+  const RunResult f = run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "-v"});
+  const RunResult h = run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "-v", "--kv-type", "f16"});
+  EXPECT_EQ(h.exit_code, 0) << describe(h);
+  EXPECT_NE(f.err.find(" f32 (65 positions)"), std::string::npos) << f.err;
+  EXPECT_NE(h.err.find(" f16 (65 positions)"), std::string::npos) << h.err;
+  const double fk = std::atof(cache_size(f.err).c_str()), hk = std::atof(cache_size(h.err).c_str());
+  EXPECT_GT(hk, 0.0) << h.err;
+  EXPECT_NEAR(fk, 2 * hk, 0.1) << f.err << h.err;
+  EXPECT_EQ(h.out, reference()["text"].get<std::string>().substr(std::string(kPrompt).size()) + "\n");
+  const RunResult bad = run_cli({"-m", stories(), "-p", kPrompt, "--kv-type", "q8"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_TRUE(bad.out.empty());
+  EXPECT_NE(bad.err.find("--kv-type"), std::string::npos) << bad.err;
+}
+
 TEST(Cli, InfoPrintsConfig) {
   REQUIRE_STORIES();
   const RunResult r = run_cli({"info", "-m", stories()});

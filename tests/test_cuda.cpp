@@ -459,12 +459,13 @@ TEST(CudaOps, PrefillAttentionTiles) {
 // runs the fp32 GEMV path (tight tolerance); chunks of 5 run cuBLAS with activations rounded to the
 // weight dtype (tolerance by dtype).
 void check_model(const std::string& dir, double tol, double gemm_tol, const LoadOptions& opt = LoadOptions(),
-                 int steps = 30) {
+                 int steps = 30, DType kv = DType::F32) {
   auto model = Model::load(dir, opt);
   Backends b;
   SessionOptions so, so4;
   so.chunk = 5;
   so4.chunk = 4;
+  so.kv_dtype = so4.kv_dtype = kv;
   Session cpu(*model, *b.cpu, so), gpu(*model, *b.gpu, so), gpu4(*model, *b.gpu, so4);
   std::mt19937 rng(6);
   std::vector<int32_t> ids;
@@ -664,6 +665,82 @@ size_t bit_mismatches(const std::vector<float>& got, const std::vector<float>& w
     if (std::memcmp(&got[i], &want[i], 4) != 0 && bad++ < 3)
       ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", expected " << want[i];
   return bad;
+}
+
+// An fp16 KV cache (AttnShape::kv_half) on both backends: the CPU's is the reference. RoPE + cache write
+// store the same fp16 bits (values past 65504 saturate on both); attention reads them, and the chunk's own
+// K/V rounded the same way: the fp32 kernels and the split-KV decode kernel within 1e-5 of the CPU, the
+// tensor-core prefill kernels (half_precision, T > 4) within 3e-3 as over fp32 caches.
+TEST(CudaOps, HalfKvCacheAttention) {
+  REQUIRE_GPU();
+  Backends b;
+  std::mt19937 rng(41);
+  int cases = 0;
+  for (bool half : {false, true})
+    for (int hd : {12, 64, 128})
+      for (int ratio : {1, 4, 8})
+        for (int window : {0, 50})
+          for (auto st : {std::pair<int64_t, int>{0, 1}, {13, 1}, {300, 1}, {4, 3}, {77, 9}, {260, 130}, {0, 70}}) {
+            const int64_t start = st.first;
+            const int T = st.second;
+            AttnShape s;
+            s.n_kv_heads = 2, s.n_heads = 2 * ratio, s.head_dim = hd, s.window = window;
+            s.slots = window > 0 ? window : 400;
+            s.half_precision = half;
+            s.kv_half = true;
+            s.rope_theta = 1e6f;
+            const size_t cn = size_t(s.slots) * s.kv_dim();  // even: kv_dim is
+            std::vector<uint16_t> ck(cn), cv(cn);
+            for (size_t i = 0; i < cn; ++i) {
+              std::normal_distribution<float> nd(0.f, 1.f);
+              ck[i] = f32_to_f16_sat(nd(rng)), cv[i] = f32_to_f16_sat(nd(rng));
+            }
+            std::vector<float> q = randn(size_t(T) * s.q_dim(), rng), k = randn(size_t(T) * s.kv_dim(), rng),
+                               v = randn(k.size(), rng), ref(q.size());
+            k[0] = 1e6f, v[v.size() - 1] = -1e6f;  // saturate when stored
+            auto dev16 = [&](const std::vector<uint16_t>& h) {
+              std::vector<float> words(h.size() / 2);
+              std::memcpy(words.data(), h.data(), h.size() * 2);
+              return words;
+            };
+            auto host16 = [](const std::vector<float>& words) {
+              std::vector<uint16_t> h(words.size() * 2);
+              std::memcpy(h.data(), words.data(), h.size() * 2);
+              return h;
+            };
+            Dev dq(*b.gpu, q), dk(*b.gpu, k), dv(*b.gpu, v), dck(*b.gpu, dev16(ck)), dcv(*b.gpu, dev16(cv)),
+                dout(*b.gpu, q.size());
+            const std::string what = "half " + std::to_string(half) + " hd " + std::to_string(hd) + " ratio " +
+                                     std::to_string(ratio) + " W " + std::to_string(window) + " start " +
+                                     std::to_string(start) + " T " + std::to_string(T);
+            // The chunk's attention (before its rows are stored), then RoPE + cache write.
+            b.cpu->attention(q.data(), k.data(), v.data(), KVLayer{ck.data(), cv.data()}, T, start, s, ref.data());
+            b.gpu->attention(dq.p, dk.p, dv.p, KVLayer{dck.p, dcv.p}, T, start, s, dout.p);
+            EXPECT_LT(rel_err(dout.get(), ref, "attention over an fp16 cache"), half && T > 4 ? 3e-3 : 1e-5) << what;
+            b.cpu->rope_cache_write(q.data(), k.data(), v.data(), KVLayer{ck.data(), cv.data()}, T, start, s);
+            b.gpu->rope_cache_write(dq.p, dk.p, dv.p, KVLayer{dck.p, dcv.p}, T, start, s);
+            EXPECT_EQ(bit_mismatches(dq.get(), q, "rotated q " + what), 0u);
+            EXPECT_EQ(bit_mismatches(dk.get(), k, "rotated k " + what), 0u);
+            EXPECT_TRUE(host16(dck.get()) == ck) << "fp16 cache k bits differ: " << what;
+            EXPECT_TRUE(host16(dcv.get()) == cv) << "fp16 cache v bits differ: " << what;
+            // The unfused write too.
+            b.cpu->cache_write(v.data(), k.data(), KVLayer{ck.data(), cv.data()}, T, start, s);
+            b.gpu->cache_write(dv.p, dk.p, KVLayer{dck.p, dcv.p}, T, start, s);
+            EXPECT_TRUE(host16(dck.get()) == ck && host16(dcv.get()) == cv) << "cache_write bits differ: " << what;
+            ++cases;
+          }
+  EXPECT_EQ(cases, 2 * 3 * 3 * 2 * 7);
+}
+
+// Whole models over an fp16 KV cache: CUDA against the CPU's fp16 cache (eager prefill, recorded decode
+// steps), as check_model does for fp32 caches.
+TEST(CudaModel, HalfKvCacheMatchesCpu) {
+  REQUIRE_GPU();
+  for (const char* f : {"w8_gqa1_f32", "full_gqa2_tied_f32", "w16_gqa4_hd12_f32", "w8_gqa2_bf16", "native_w8_gqa2_f32"})
+    check_model(testutil::source_path(std::string("models/fixtures/") + f), 1e-4,
+                std::string(f).find("bf16") != std::string::npos ? 2e-2 : 1e-4, LoadOptions(), 30, DType::F16);
+  const std::string dir = testutil::shared_data("models/stories260K");
+  if (testutil::exists(dir)) check_model(dir, 1e-4, 1e-4, LoadOptions(), 30, DType::F16);
 }
 
 // A host weight of any dtype (quantized ones through quantize_matrix), kept alive by b.
@@ -1063,72 +1140,74 @@ TEST(CudaOps, DecodeRowsBackToBack) {
 TEST(CudaModel, BatchedDecodeEqualsSolo) {
   REQUIRE_GPU();
   for (const char* f : {"w8_gqa1_f32", "full_gqa2_tied_f32", "w16_gqa4_hd12_f32", "w8_gqa2_bf16", "native_w8_gqa2_f32"})
-    for (int n : {3, 11}) {
-      const bool bf16 = std::string(f).find("bf16") != std::string::npos;
-      const bool rounded = bf16 && n > 4;  // cuBLAS with activations rounded to bf16
-      // bf16 activations: the first H200 run measured 0.0200 at step 2 of n 11 (each step's rounding
-      // also goes into the cached keys and values of the next), so 3e-2; the fp32 paths hold 1e-4.
-      const double tol = rounded ? 3e-2 : 1e-4;
-      const std::string what = std::string(f) + " n " + std::to_string(n);
-      auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f));
-      auto gpu = make_cuda_backend(0);
-      const size_t V = size_t(model->config().vocab_size);
-      SessionOptions so;
-      ForwardPass batched(*model, *gpu, so), solo(*model, *gpu, so);
-      std::mt19937 rng(18);
-      std::vector<std::unique_ptr<KVCache>> bc, sc;
-      std::vector<std::vector<float>> ls(static_cast<size_t>(n), std::vector<float>(V));
-      for (int i = 0; i < n; ++i) {
-        bc.push_back(batched.new_cache(48 + 5 * i));
-        sc.push_back(solo.new_cache(48 + 5 * i));
-        std::vector<int32_t> prompt(size_t(1 + (i * 7) % 20));
-        for (auto& x : prompt) x = int32_t(rng() % V);
-        BatchSegment seg;
-        seg.ids = prompt.data();
-        seg.T = int(prompt.size());
-        std::vector<float> lb(V);
-        seg.cache = bc[size_t(i)].get();
-        batched.run({seg}, lb.data());
-        seg.cache = sc[size_t(i)].get();
-        solo.run({seg}, ls[size_t(i)].data());
-        ASSERT_EQ(bit_mismatches(lb, ls[size_t(i)], "prefill " + what), 0u);
-      }
-      int ties = 0;
-      std::vector<int32_t> ids(static_cast<size_t>(n));
-      for (int step = 0; step < 20; ++step) {
-        std::vector<BatchSegment> segs(static_cast<size_t>(n));
+    for (int n : {3, 11})
+      for (DType kv : {DType::F32, DType::F16}) {  // the rows kernels over fp32 and fp16 caches
+        const bool bf16 = std::string(f).find("bf16") != std::string::npos;
+        const bool rounded = bf16 && n > 4;  // cuBLAS with activations rounded to bf16
+        // bf16 activations: the first H200 run measured 0.0200 at step 2 of n 11 (each step's rounding
+        // also goes into the cached keys and values of the next), so 3e-2; the fp32 paths hold 1e-4.
+        const double tol = rounded ? 3e-2 : 1e-4;
+        const std::string what = std::string(f) + " n " + std::to_string(n) + " kv " + dtype_name(kv);
+        auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f));
+        auto gpu = make_cuda_backend(0);
+        const size_t V = size_t(model->config().vocab_size);
+        SessionOptions so;
+        so.kv_dtype = kv;
+        ForwardPass batched(*model, *gpu, so), solo(*model, *gpu, so);
+        std::mt19937 rng(18);
+        std::vector<std::unique_ptr<KVCache>> bc, sc;
+        std::vector<std::vector<float>> ls(static_cast<size_t>(n), std::vector<float>(V));
         for (int i = 0; i < n; ++i) {
-          ids[size_t(i)] = argmax(ls[size_t(i)].data(), int64_t(V));
-          segs[size_t(i)].cache = bc[size_t(i)].get();
-          segs[size_t(i)].ids = &ids[size_t(i)];
-          segs[size_t(i)].T = 1;
-        }
-        std::vector<float> lb(size_t(n) * V);
-        ASSERT_EQ(batched.run(segs, lb.data()), size_t(n)) << what;
-        for (int i = 0; i < n; ++i) {
-          BatchSegment seg = segs[size_t(i)];
+          bc.push_back(batched.new_cache(48 + 5 * i));
+          sc.push_back(solo.new_cache(48 + 5 * i));
+          std::vector<int32_t> prompt(size_t(1 + (i * 7) % 20));
+          for (auto& x : prompt) x = int32_t(rng() % V);
+          BatchSegment seg;
+          seg.ids = prompt.data();
+          seg.T = int(prompt.size());
+          std::vector<float> lb(V);
+          seg.cache = bc[size_t(i)].get();
+          batched.run({seg}, lb.data());
           seg.cache = sc[size_t(i)].get();
-          std::vector<float>& l = ls[size_t(i)];
-          solo.run({seg}, l.data());
-          const std::vector<float> row(lb.begin() + long(size_t(i) * V), lb.begin() + long(size_t(i + 1) * V));
-          const std::string at = what + " step " + std::to_string(step) + " sequence " + std::to_string(i);
-          ASSERT_LT(rel_err(row, l, "batched logits"), tol) << at;
-          const int32_t ab = argmax(row.data(), int64_t(V)), as = argmax(l.data(), int64_t(V));
-          if (ab != as) {
-            // Only where the activations are rounded to bf16, and only at a near-tie of the solo logits: a
-            // gap below 4x the tolerance times their RMS.
-            double ss = 0;
-            for (float x : l) ss += double(x) * x;
-            const double gap = double(l[size_t(as)]) - l[size_t(ab)];
-            EXPECT_TRUE(rounded && gap <= 4 * tol * std::sqrt(ss / double(V)))
-                << "greedy id " << ab << " (batched) vs " << as << " (solo), solo gap " << gap << ": " << at;
-            ++ties;
-          }
-          ASSERT_EQ(bc[size_t(i)]->n_past, sc[size_t(i)]->n_past) << at;
+          solo.run({seg}, ls[size_t(i)].data());
+          ASSERT_EQ(bit_mismatches(lb, ls[size_t(i)], "prefill " + what), 0u);
         }
+        int ties = 0;
+        std::vector<int32_t> ids(static_cast<size_t>(n));
+        for (int step = 0; step < 20; ++step) {
+          std::vector<BatchSegment> segs(static_cast<size_t>(n));
+          for (int i = 0; i < n; ++i) {
+            ids[size_t(i)] = argmax(ls[size_t(i)].data(), int64_t(V));
+            segs[size_t(i)].cache = bc[size_t(i)].get();
+            segs[size_t(i)].ids = &ids[size_t(i)];
+            segs[size_t(i)].T = 1;
+          }
+          std::vector<float> lb(size_t(n) * V);
+          ASSERT_EQ(batched.run(segs, lb.data()), size_t(n)) << what;
+          for (int i = 0; i < n; ++i) {
+            BatchSegment seg = segs[size_t(i)];
+            seg.cache = sc[size_t(i)].get();
+            std::vector<float>& l = ls[size_t(i)];
+            solo.run({seg}, l.data());
+            const std::vector<float> row(lb.begin() + long(size_t(i) * V), lb.begin() + long(size_t(i + 1) * V));
+            const std::string at = what + " step " + std::to_string(step) + " sequence " + std::to_string(i);
+            ASSERT_LT(rel_err(row, l, "batched logits"), tol) << at;
+            const int32_t ab = argmax(row.data(), int64_t(V)), as = argmax(l.data(), int64_t(V));
+            if (ab != as) {
+              // Only where the activations are rounded to bf16, and only at a near-tie of the solo logits: a
+              // gap below 4x the tolerance times their RMS.
+              double ss = 0;
+              for (float x : l) ss += double(x) * x;
+              const double gap = double(l[size_t(as)]) - l[size_t(ab)];
+              EXPECT_TRUE(rounded && gap <= 4 * tol * std::sqrt(ss / double(V)))
+                  << "greedy id " << ab << " (batched) vs " << as << " (solo), solo gap " << gap << ": " << at;
+              ++ties;
+            }
+            ASSERT_EQ(bc[size_t(i)]->n_past, sc[size_t(i)]->n_past) << at;
+          }
+        }
+        if (ties) std::fprintf(stderr, "%s: %d greedy near-ties\n", what.c_str(), ties);
       }
-      if (ties) std::fprintf(stderr, "%s: %d greedy near-ties\n", what.c_str(), ties);
-    }
 }
 
 }  // namespace

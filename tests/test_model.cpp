@@ -177,6 +177,37 @@ TEST_P(FixtureTest, FusedEqualsUnfused) {
     }
 }
 
+// An fp16 KV cache (SessionOptions::kv_dtype): logits do not depend on the chunking (every key is read
+// with its fp16 value, from the cache or from its chunk), and stay within fp16 rounding of the fp32
+// cache's (which LogitsMatchTransformers checks against transformers).
+TEST_P(FixtureTest, HalfKvCacheIsChunkInvariantAndCloseToF32) {
+  Fixture f = load_fixture(GetParam());
+  auto be = make_cpu_backend(2);
+  auto run = [&](int chunk, DType kv) {
+    SessionOptions so;
+    so.chunk = chunk;
+    so.kv_dtype = kv;
+    Session s(*f.model, *be, so);
+    return s.feed(f.input_ids, true);
+  };
+  const std::vector<float> f32 = run(4096, DType::F32), full = run(4096, DType::F16);
+  const int W = int(f.model->config().sliding_window);
+  std::vector<int> chunks = {1, 3};
+  if (W > 0) chunks.insert(chunks.end(), {W - 1, W + 1, 2 * W + 3});
+  for (int c : chunks) EXPECT_EQ(run(c, DType::F16), full) << "chunk " << c;
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < full.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(full[i]));
+    worst = std::max(worst, double(std::fabs(full[i] - f32[i])));
+    scale = std::max(scale, double(std::fabs(f32[i])));
+  }
+  EXPECT_GT(worst, 0.0) << "the fp16 cache changed nothing: is it used?";
+  // K and V carry a relative error of at most 2^-11 each; through a few layers that stays well under 1%
+  // of the logits' range.
+  EXPECT_LT(worst, 1e-2 * scale) << "largest |logit| " << scale;
+  RecordProperty("worst_abs_diff_vs_f32_cache", std::to_string(worst));
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest, ::testing::ValuesIn(kFixtures));
 
 // The Backend's default fused ops are the unfused sequences, bit for bit (y aliasing delta included).
@@ -241,6 +272,84 @@ TEST(FusedOps, RopeCacheWriteDefaultEqualsRopeThenWrite) {
             ++cases;
           }
   EXPECT_EQ(cases, 3 * 4 * 2 * 4 * 4);
+}
+
+// The fp16 cache's ops against the fp32 ones on values rounded in the test (kv_round: saturate, round to
+// nearest even): cache_write stores exactly those fp16 bits, and attention over an fp16 cache gives the
+// bits of attention over an fp32 cache and chunk holding the rounded values. Windows, wraps, GQA 1-8,
+// chunks longer than the cache, values past fp16's range.
+TEST(HalfKvCache, OpsEqualF32OpsOnRoundedValues) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  auto be = make_cpu_backend(2);
+  int cases = 0;
+  for (int hd : {12, 64})
+    for (int ratio : {1, 4, 8})
+      for (int window : {0, 16})
+        for (int64_t start : {int64_t(0), int64_t(13), int64_t(40)})
+          for (int T : {1, 5, 37}) {
+            AttnShape s;
+            s.n_kv_heads = 2, s.n_heads = 2 * ratio, s.head_dim = hd, s.window = window;
+            s.slots = window > 0 ? window : 96;
+            auto fill = [&](size_t n) {
+              std::vector<float> v(n);
+              for (float& e : v) e = nd(rng) * (nd(rng) > 2.5f ? 1e5f : 1.f);  // a few past 65504
+              return v;
+            };
+            const size_t cn = size_t(s.slots) * s.kv_dim();
+            const std::vector<float> q = fill(size_t(T) * s.q_dim()), k = fill(size_t(T) * s.kv_dim()),
+                                     v = fill(size_t(T) * s.kv_dim()), old_k = fill(cn), old_v = fill(cn);
+            auto rounded = [](std::vector<float> x) {
+              for (float& e : x) e = kv_round(e);
+              return x;
+            };
+            // Earlier positions: the same values in both caches (fp16 bits, and their rounded floats).
+            AttnShape h = s;
+            h.kv_half = true;
+            std::vector<uint16_t> hk(cn), hv(cn);
+            for (size_t i = 0; i < cn; ++i) hk[i] = f32_to_f16_sat(old_k[i]), hv[i] = f32_to_f16_sat(old_v[i]);
+            std::vector<float> fk = rounded(old_k), fv = rounded(old_v);
+            std::vector<float> out_h(size_t(T) * s.q_dim()), out_f(out_h.size());
+            if (start + T <= s.slots || window > 0) {  // a full cache holds start + T positions
+              be->attention(q.data(), k.data(), v.data(), KVLayer{hk.data(), hv.data()}, T, start, h, out_h.data());
+              const std::vector<float> rk = rounded(k), rv = rounded(v);
+              be->attention(q.data(), rk.data(), rv.data(), KVLayer{fk.data(), fv.data()}, T, start, s, out_f.data());
+              ASSERT_EQ(out_h, out_f) << "hd " << hd << " ratio " << ratio << " window " << window << " start " << start
+                                      << " T " << T;
+            }
+            be->cache_write(k.data(), v.data(), KVLayer{hk.data(), hv.data()}, T, start, h);
+            const int64_t first = std::max<int64_t>(0, T - s.slots);
+            for (int64_t t = first; t < T; ++t) {
+              const size_t row = size_t((start + t) % s.slots) * s.kv_dim();
+              for (int i = 0; i < s.kv_dim(); ++i) {
+                ASSERT_EQ(hk[row + i], f32_to_f16_sat(k[size_t(t) * s.kv_dim() + i]));
+                ASSERT_EQ(hv[row + i], f32_to_f16_sat(v[size_t(t) * s.kv_dim() + i]));
+              }
+            }
+            ++cases;
+          }
+  EXPECT_EQ(cases, 2 * 3 * 2 * 3 * 3);
+  // Saturation and rounding, against values fp16 represents exactly.
+  EXPECT_EQ(f32_to_f16_sat(1e6f), 0x7bffu);       // 65504, not inf
+  EXPECT_EQ(f32_to_f16_sat(-1e6f), 0xfbffu);      // -65504
+  EXPECT_EQ(kv_round(1.0f + 1.0f / 4096), 1.0f);  // halfway below 1 + 2^-10: ties to even
+  EXPECT_EQ(kv_round(0.1f), 0.0999755859375f);
+}
+
+// An fp16 cache takes half the bytes of an fp32 one.
+TEST(HalfKvCache, HalvesTheCacheBytes) {
+  const std::string dir = testutil::source_path("models/fixtures/w8_gqa1_f32");
+  auto model = Model::load(dir);
+  auto be = make_cpu_backend(1);
+  SessionOptions so;
+  ForwardPass f32(*model, *be, so);
+  so.kv_dtype = DType::F16;
+  ForwardPass f16(*model, *be, so);
+  for (int64_t n : {0, 6, 40}) EXPECT_EQ(2 * f16.cache_bytes(n), f32.cache_bytes(n)) << n;
+  Session s(*model, *be, so);
+  EXPECT_EQ(s.cache_bytes(), f16.cache_bytes(0));
+  so.kv_dtype = DType::BF16;
+  EXPECT_THROW(ForwardPass(*model, *be, so), UsageError);
 }
 
 // cache_write_before_attention_ok against a simulation of the cache: where it allows writing first, every
@@ -405,6 +514,7 @@ TEST(Stories260K, GreedyMatchesLlama2cReference) {
   for (int chunk : {1, 2, 512}) {
     SessionOptions so;
     so.chunk = chunk;
+    so.kv_dtype = chunk == 2 ? DType::F16 : DType::F32;  // an fp16 KV cache gives the same greedy ids
     Session s(*model, *be, so);
     GenerateParams gp;
     gp.max_tokens = int(ref["steps"].get<int>()) - int(prompt_ids.size()) + 1;

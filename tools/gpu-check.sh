@@ -181,6 +181,11 @@ bench)
     --gen-tokens 64 --temp 0.7 --top-k 40 >"$OUTDIR/ours_topk.json" || echo "bench (top-k) failed"
   timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 --prompt-tokens 128 \
     --gen-tokens 64 --temp 0.7 --top-p 0.95 >"$OUTDIR/ours_topp.json" || echo "bench (top-p) failed"
+  # The fp16 KV cache (--kv-type f16): half the bytes decode attention reads at long contexts.
+  for ctx in 128 4096; do
+    timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 --prompt-tokens $ctx \
+      --gen-tokens 64 --kv-type f16 >"$OUTDIR/ours_kv16_p$ctx.json" || echo "bench (kv f16, ctx $ctx) failed"
+  done
   PROMPT=$(python3 -c "import json;print(json.load(open('$OUTDIR/transformers.json'))['greedy']['prompt'])")
   timeout 90 "$BIN/mistral-run" -m "$CK" --device cuda -p "$PROMPT" --temp 0 --ignore-eos -n 32 --json \
     >"$OUTDIR/ours_greedy.json" || echo "greedy run failed"
@@ -228,6 +233,11 @@ for name, f in (("top-k 40", "ours_topk.json"), ("top-p 0.95", "ours_topp.json")
     if s and o:
         print(f"decode ctx 128 sampled (temperature 0.7, {name}): {s['decode_tok_s']:.1f} tok/s = "
               f"{s['decode_tok_s'] / o['decode_tok_s']:.1%} of greedy; whole-row draws {s['draws_from_whole_row']}")
+for ctx in (128, 4096):
+    s, o = load(f"ours_kv16_p{ctx}.json"), load(f"ours_p{ctx}.json")
+    if s and o:
+        print(f"decode ctx {ctx} with an fp16 KV cache: {s['decode_tok_s']:.1f} tok/s = {s['decode_tok_s'] / floor:.0%} "
+              f"of the floor, {s['decode_tok_s'] / o['decode_tok_s']:.3f}x the fp32 cache")
 g = load("ours_greedy.json")
 if g:
     ref = tr["greedy"]

@@ -23,15 +23,23 @@ struct AttnShape {
   // device backend may then run chunk attention on fp16 q, k, v with fp32 accumulation. The CPU
   // ignores it.
   bool half_precision = false;
+  // The KV cache holds fp16 (saturated at +-65504, round to nearest even) instead of fp32. Attention then
+  // reads a chunk's own K/V rows rounded the same way, so a token's keys have the same values whether
+  // they come from the cache or from its chunk (decode equals prefill, whatever the chunking).
+  bool kv_half = false;
   int kv_dim() const { return n_kv_heads * head_dim; }
   int q_dim() const { return n_heads * head_dim; }
 };
 
-// One layer's cache: K and V, each [slots, Hkv*hd]; position p lives in row p % slots.
+// One layer's cache: K and V, each [slots, Hkv*hd] of fp32, or of fp16 (uint16 bits) with
+// AttnShape::kv_half; position p lives in row p % slots.
 struct KVLayer {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
 };
+
+// Bytes of one cache element.
+inline size_t kv_elem_bytes(const AttnShape& s) { return s.kv_half ? 2 : 4; }
 
 // Whether a chunk of T positions at start .. start+T-1 may be stored in its cache BEFORE its attention
 // runs (rope_cache_write, then attention) with the same result as storing it after: true when no row the

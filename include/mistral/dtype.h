@@ -38,6 +38,13 @@ inline uint16_t f32_to_bf16(float f) {
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
+// Saturated at +-65504 first, never inf (the CUDA kernels' fminf/fmaxf clamp: NaN becomes -65504).
+inline uint16_t f32_to_f16_sat(float f) {
+  const float lo = f > -65504.f ? f : -65504.f;  // NaN compares false: -65504, as fmaxf(NaN, -65504)
+  return f32_to_f16(lo < 65504.f ? lo : 65504.f);
+}
+// f as an fp16 KV cache holds it.
+inline float kv_round(float f) { return f16_to_f32(f32_to_f16_sat(f)); }
 
 // Converts n elements of type t (F32, F16 or BF16) at src to fp32.
 void to_f32(DType t, const void* src, float* dst, size_t n);

@@ -23,9 +23,13 @@ struct SessionOptions {
   // Candidates the backend finds for each sampled draw (Sampler::request's max_k); a draw they do not
   // settle takes the whole row. Tests set it small to take that route.
   int sample_candidates = kSampleCandidates;
+  // What the KV cache holds: F32, or F16 (half the memory and half the bytes decode attention reads;
+  // AttnShape::kv_half).
+  DType kv_dtype = DType::F32;
 };
 
-// One sequence's KV cache: per layer K and V [slots, Hkv*hd]; position p lives in row p % slots.
+// One sequence's KV cache: per layer K and V [slots, Hkv*hd] (fp32, or fp16 with AttnShape::kv_half);
+// position p lives in row p % slots.
 class KVCache {
  public:
   KVCache(Backend& be, const AttnShape& shape, int64_t n_layers);

@@ -158,6 +158,7 @@ int run_batch(const BatchArgs& a) {
   SessionOptions so;
   so.chunk = a.model.chunk;
   so.graphs = !a.model.no_graph;
+  so.kv_dtype = kv_dtype(a.model);
   so.context = a.model.ctx;
   ForwardPass fp(*model, *backend, so);
 

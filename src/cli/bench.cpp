@@ -156,6 +156,7 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
                         {"threads", threads},
                         {"weights_gb", bytes / 1e9},
                         {"dtype", dtype_name(model->matmul_dtype())},
+                        {"kv_type", a.model.kv_type},
                         {"copy_gbs", bw.copy_gbs},
                         {"read_gbs", bw.read_gbs},
                         {"prefill_tokens", a.prompt_tokens},
@@ -288,6 +289,7 @@ int run_bench(const BenchArgs& a) {
   SessionOptions so;
   so.chunk = a.model.chunk;
   so.graphs = !a.model.no_graph;
+  so.kv_dtype = kv_dtype(a.model);
   so.context = std::max<int64_t>(a.model.ctx, a.prompt_tokens + a.gen_tokens + 1);
   Timed base_m;
   if (compare) {

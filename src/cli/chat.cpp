@@ -390,6 +390,7 @@ int run_chat(const ChatArgs& a) {
   std::unique_ptr<Backend> backend = make_backend(a.model);
   SessionOptions so;
   so.chunk = a.model.chunk;
+  so.kv_dtype = kv_dtype(a.model);
   // Without --ctx a conversation holds at most kChatContext positions (a model without a window would
   // otherwise allocate its whole context up front: 8.6 GB of cache for Mistral-7B v0.3's 32k); when it
   // fills, the oldest turns are dropped.

@@ -16,6 +16,7 @@ struct ModelArgs {
   int64_t ctx = 0;              // 0 = max_position_embeddings
   bool verbose = false;
   bool no_graph = false;        // CUDA: run decode steps eagerly instead of replaying a recorded graph
+  std::string kv_type = "f32";  // f32 | f16: what the KV cache holds
   std::string quant = "none";   // none | int8 | nf4 | int4 (linear weights, at load)
   bool quant_lm_head = false;   // also quantize lm_head
   std::string calib;            // with quant: GPTQ calibrated on this text file (quantize, perplexity)

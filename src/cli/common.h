@@ -19,6 +19,8 @@ std::unique_ptr<Model> load_model(const ModelArgs& a, bool progress);
 // Picks the backend named by --device ("auto" falls back to the CPU with a note under --verbose).
 std::unique_ptr<Backend> make_backend(const ModelArgs& a);
 std::string read_prompt_file(const std::string& path);
+// The KV cache's element type named by --kv-type.
+inline DType kv_dtype(const ModelArgs& a) { return a.kv_type == "f16" ? DType::F16 : DType::F32; }
 // Generation defaults for a model: EOS ids from the config, the tokenizer and generation_config.json;
 // sampling from generation_config.json, else temperature 0.7 and top-p 0.95 (flags override later).
 GenerateParams model_generate_defaults(const Model& model, const Tokenizer& tok, const std::string& model_path);

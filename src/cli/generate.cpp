@@ -51,6 +51,7 @@ int run_generate(const GenerateArgs& a) {
   SessionOptions so;
   so.chunk = a.model.chunk;
   so.graphs = !a.model.no_graph;
+  so.kv_dtype = kv_dtype(a.model);
   so.context = a.model.ctx;
 
   GenerateParams gp = generate_params_from_flags(*model, *tok, a);
@@ -84,11 +85,13 @@ int run_generate(const GenerateArgs& a) {
     std::fprintf(stderr, "tokenizer: %s\n", tok->source().c_str());
     const int threads = cpu_backend_threads(*backend);
     if (threads > 0)
-      std::fprintf(stderr, "backend: %s, %d threads; kv cache %s (%lld positions)\n", backend->name().c_str(), threads,
-                   mib(double(session.cache_bytes())).c_str(), (long long)session.cache_positions());
+      std::fprintf(stderr, "backend: %s, %d threads; kv cache %s %s (%lld positions)\n", backend->name().c_str(),
+                   threads, mib(double(session.cache_bytes())).c_str(), a.model.kv_type.c_str(),
+                   (long long)session.cache_positions());
     else
-      std::fprintf(stderr, "backend: %s; kv cache %s (%lld positions)\n", backend->name().c_str(),
-                   mib(double(session.cache_bytes())).c_str(), (long long)session.cache_positions());
+      std::fprintf(stderr, "backend: %s; kv cache %s %s (%lld positions)\n", backend->name().c_str(),
+                   mib(double(session.cache_bytes())).c_str(), a.model.kv_type.c_str(),
+                   (long long)session.cache_positions());
     DeviceMemoryInfo dm;
     if (backend->device_memory(&dm)) {  // the plan for this run: weights placed, cache made, activations to come
       const int64_t chunk = std::min<int64_t>(int64_t(prompt_ids.size()), session.chunk());

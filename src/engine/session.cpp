@@ -14,21 +14,22 @@ KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
   id_ = next_id++;
   slots_ = s.slots;
   rolling_ = s.window > 0 && s.slots >= s.window;  // a windowed cache bounded below W never wraps
-  const size_t n = size_t(s.slots) * size_t(s.kv_dim());
+  const size_t bytes = size_t(s.slots) * size_t(s.kv_dim()) * kv_elem_bytes(s);
+  const size_t floats = (bytes + sizeof(float) - 1) / sizeof(float);  // alloc() counts floats
   for (int64_t l = 0; l < n_layers; ++l) {
     KVLayer kv;
-    kv.k = be_.alloc(n);
-    kv.v = be_.alloc(n);
+    kv.k = be_.alloc(floats);
+    kv.v = be_.alloc(floats);
     layers_.push_back(kv);
   }
-  bytes_ = int64_t(n_layers) * 2 * int64_t(n) * int64_t(sizeof(float));
+  bytes_ = int64_t(n_layers) * 2 * int64_t(floats * sizeof(float));
 }
 
 KVCache::~KVCache() {
   be_.graph_forget(id_);
   for (auto& kv : layers_) {
-    be_.free(kv.k);
-    be_.free(kv.v);
+    be_.free(static_cast<float*>(kv.k));
+    be_.free(static_cast<float*>(kv.v));
   }
 }
 
@@ -41,6 +42,8 @@ ForwardPass::ForwardPass(const Model& model, Backend& backend, const SessionOpti
   shape_.window = int(c.sliding_window);
   shape_.rope_theta = float(c.rope_theta);
   shape_.half_precision = model.matmul_dtype() != DType::F32;
+  if (opt.kv_dtype != DType::F32 && opt.kv_dtype != DType::F16) throw UsageError("the KV cache holds f32 or f16");
+  shape_.kv_half = opt.kv_dtype == DType::F16;
   n_layers_ = c.num_layers;
   context_ = opt.context > 0 ? opt.context : c.max_position_embeddings;
   if (opt.chunk <= 0) throw UsageError("--chunk must be positive");
@@ -79,7 +82,8 @@ std::unique_ptr<KVCache> ForwardPass::new_cache(int64_t max_positions) {
 }
 
 int64_t ForwardPass::cache_bytes(int64_t max_positions) const {
-  return n_layers_ * 2 * cache_slots(max_positions) * shape_.kv_dim() * int64_t(sizeof(float));
+  const int64_t bytes = cache_slots(max_positions) * shape_.kv_dim() * int64_t(kv_elem_bytes(shape_));
+  return n_layers_ * 2 * ((bytes + 3) / 4 * 4);  // as KVCache rounds each buffer to whole floats
 }
 
 int64_t ForwardPass::scratch_bytes(int T, int rows) const {

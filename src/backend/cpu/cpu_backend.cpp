@@ -266,9 +266,25 @@ class CpuBackend final : public Backend {
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
     const int kvd = s.kv_dim(), qd = s.q_dim();
     const float scale = 1.0f / std::sqrt(float(hd));
+    // An fp16 cache: the chunk's own rows are read as the cache would hold them.
+    std::vector<float> kr16, vr16;
+    if (s.kv_half) {
+      kr16.resize(size_t(T) * kvd), vr16.resize(kr16.size());
+      for (size_t i = 0; i < kr16.size(); ++i) kr16[i] = kv_round(k[i]), vr16[i] = kv_round(v[i]);
+      k = kr16.data(), v = vr16.data();
+    }
     pool_.parallel_for(int64_t(T) * s.n_heads, [&](int64_t b, int64_t e) {
       std::vector<float> sc;
-      std::vector<float> acc(static_cast<size_t>(hd));
+      std::vector<float> acc(static_cast<size_t>(hd)), row(static_cast<size_t>(hd));
+      // Head kvh of K (or V) at position j: from the cache below start (converted into `row` when it
+      // holds fp16), else from the chunk.
+      auto kv_row = [&](const float* chunk, const void* c, int64_t j, int kvh) -> const float* {
+        if (j >= start) return chunk + size_t(j - start) * kvd + size_t(kvh) * hd;
+        const size_t off = size_t(j % s.slots) * kvd + size_t(kvh) * hd;
+        if (!s.kv_half) return static_cast<const float*>(c) + off;
+        to_f32(DType::F16, static_cast<const uint16_t*>(c) + off, row.data(), size_t(hd));
+        return row.data();
+      };
       for (int64_t job = b; job < e; ++job) {
         const int t = int(job / s.n_heads), h = int(job % s.n_heads), kvh = h / group;
         const int64_t p = start + t;
@@ -277,9 +293,7 @@ class CpuBackend final : public Backend {
         sc.resize(size_t(p - j0 + 1));
         float mx = -INFINITY;
         for (int64_t j = j0; j <= p; ++j) {
-          const float* kr = j < start ? cache.k + size_t(j % s.slots) * kvd : k + size_t(j - start) * kvd;
-          kr += size_t(kvh) * hd;
-          const float d = dot(qv, kr, hd) * scale;
+          const float d = dot(qv, kv_row(k, cache.k, j, kvh), hd) * scale;
           sc[size_t(j - j0)] = d;
           mx = std::max(mx, d);
         }
@@ -291,8 +305,7 @@ class CpuBackend final : public Backend {
         std::fill(acc.begin(), acc.end(), 0.0f);
         float* a = acc.data();
         for (int64_t j = j0; j <= p; ++j) {
-          const float* vr = j < start ? cache.v + size_t(j % s.slots) * kvd : v + size_t(j - start) * kvd;
-          vr += size_t(kvh) * hd;
+          const float* vr = kv_row(v, cache.v, j, kvh);
           const float w = sc[size_t(j - j0)];
           for (int i = 0; i < hd; ++i) a[i] += w * vr[i];  // independent lanes: vectorized
         }
@@ -309,8 +322,15 @@ class CpuBackend final : public Backend {
     const int64_t first = std::max<int64_t>(0, int64_t(T) - s.slots);
     for (int64_t t = first; t < T; ++t) {
       const size_t slot = size_t((start + t) % s.slots);
-      std::memcpy(cache.k + slot * kvd, k + size_t(t) * kvd, size_t(kvd) * 4);
-      std::memcpy(cache.v + slot * kvd, v + size_t(t) * kvd, size_t(kvd) * 4);
+      const float *kt = k + size_t(t) * kvd, *vt = v + size_t(t) * kvd;
+      if (s.kv_half) {
+        uint16_t* ck = static_cast<uint16_t*>(cache.k) + slot * kvd;
+        uint16_t* cv = static_cast<uint16_t*>(cache.v) + slot * kvd;
+        for (int i = 0; i < kvd; ++i) ck[i] = f32_to_f16_sat(kt[i]), cv[i] = f32_to_f16_sat(vt[i]);
+      } else {
+        std::memcpy(static_cast<float*>(cache.k) + slot * kvd, kt, size_t(kvd) * 4);
+        std::memcpy(static_cast<float*>(cache.v) + slot * kvd, vt, size_t(kvd) * 4);
+      }
     }
   }
 

@@ -549,9 +549,10 @@ class CudaBackend final : public Backend {
   // attention do.
   void rope_cache_write(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start,
                         const AttnShape& s) override {
-    MR_LAUNCH_CHECK(rope_cache_write_cuda(q, k, v, cache.k, cache.v, T, start, capturing_ ? &step_dev_->pos : nullptr,
-                                          s.n_heads, s.n_kv_heads, s.head_dim, s.slots, inv_freq(s), stream_),
-                    stream_);
+    MR_LAUNCH_CHECK(
+        rope_cache_write_cuda(q, k, v, cache.k, cache.v, s.kv_half, T, start, capturing_ ? &step_dev_->pos : nullptr,
+                              s.n_heads, s.n_kv_heads, s.head_dim, s.slots, inv_freq(s), stream_),
+        stream_);
   }
 
   void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
@@ -647,9 +648,9 @@ class CudaBackend final : public Backend {
     MR_CUDA_CHECK(cudaEventRecord(rows_ev_[slot], stream_));
     const auto* dt = static_cast<const DecodeRowArgs*>(rows_dev_);
     const auto* dw = reinterpret_cast<const DecodeWork*>(static_cast<const char*>(rows_dev_) + table);
-    MR_LAUNCH_CHECK(
-        rope_cache_write_rows_cuda(q, k, v, dt, n, s.n_heads, s.n_kv_heads, s.head_dim, inv_freq(s), stream_),
-        stream_);
+    MR_LAUNCH_CHECK(rope_cache_write_rows_cuda(q, k, v, dt, n, s.kv_half, s.n_heads, s.n_kv_heads, s.head_dim,
+                                               inv_freq(s), stream_),
+                    stream_);
     MR_LAUNCH_CHECK(decode_attention_rows_cuda(q, k, v, dt, n, dw, int(total), p, rows_split_, out, stream_),
                     stream_);
   }
@@ -735,6 +736,7 @@ class CudaBackend final : public Backend {
     p.head_dim = s.head_dim;
     p.window = s.window;
     p.slots = s.slots;
+    p.kv_half = s.kv_half;
     return p;
   }
   static std::string gib(size_t b) {
