@@ -1,18 +1,19 @@
 // Split-KV decode attention (one query token): grid (kv head, split). A block of 4 warps takes the
 // keys of its split for one KV head and ALL its query heads (the GQA group), so each K/V row is
-// loaded once per group, not once per query head. Warp w handles keys w, w+4, ... of the split: the
-// lanes read a key row coalesced (dims lane, lane+32, ...), reduce the group's dot products across
-// the warp, and keep an online softmax (max, sum, weighted V) per query head. The 4 warps are merged
-// in shared memory, and each block writes its partial (max, sum, acc[hd]) per query head; a second
-// kernel merges the splits. The number of splits is fixed by the caller (so a recorded graph can be
-// replayed at any position); the key range of each split is computed on the device from the position.
-// The merge: by default the last block of each KV head to finish (a per-head counter in the scratch,
-// atomicAdd after a __threadfence; that block resets it to zero) merges its group's splits itself, one
-// launch a layer instead of two; MISTRAL_CUDA_DECODE_COMBINE=1 launches the separate combine kernel.
-// A batched decode step (many sequences, one token each) runs the same block code over a flat list of
-// (row, split) work items, each row with its own cache, position and number of splits (planned on the
-// host from the rows' key counts), then one combine block per (row, query head).
-// Preconditions: head_dim <= 256, group = Hq / Hkv <= 8.
+// loaded once per group, not once per query head. Warp w handles keys w, w+4, ... of the split, two at a
+// time with the next two in flight: the lanes read a key row coalesced (4 consecutive dims a lane per 128,
+// lane_dim), reduce the group's dot products across the warp, and keep an online softmax (max, sum,
+// weighted V) per query head. The cache holds float or __half (kv.cuh); head_dim <= 128 and <= 256 are
+// separate instantiations (120 and 186 registers on sm_90: the wider one fits two blocks an SM, not three). The 4 warps
+// are merged in shared memory, and each block writes its partial (max, sum, acc[hd]) per query head; a second kernel
+// merges the splits. The number of splits is fixed by the caller (so a recorded graph can be replayed at any position);
+// the key range of each split is computed on the device from the position. The merge: by default the last block of each
+// KV head to finish (a per-head counter in the scratch, atomicAdd after a __threadfence; that block resets it to zero)
+// merges its group's splits itself, one launch a layer instead of two; MISTRAL_CUDA_DECODE_COMBINE=1 launches the
+// separate combine kernel. A batched decode step (many sequences, one token each) runs the same block code over a flat
+// list of (row, split) work items, each row with its own cache, position and number of splits (planned on the host from
+// the rows' key counts), then one combine block per (row, query head). Preconditions: head_dim <= 256, group = Hq / Hkv
+// <= 8.
 #include <algorithm>
 #include <climits>
 

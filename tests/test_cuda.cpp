@@ -407,7 +407,8 @@ TEST(CudaOps, AttentionAndCacheWrite) {
   Backends b;
   std::mt19937 rng(5);
   int cases = 0;
-  for (int hd : {12, 64, 128})
+  for (int hd :
+       {10, 12, 64, 128, 160, 256})  // the decode kernel: scalar loads below 4-aligned rows, 2 pieces above 128
     for (int ratio : {1, 2, 4, 8})
       for (int window : {0, 8})
         for (int64_t start : {int64_t(0), int64_t(1), int64_t(7), int64_t(13), int64_t(23), int64_t(300)})
@@ -424,7 +425,7 @@ TEST(CudaOps, AttentionAndCacheWrite) {
             EXPECT_EQ(c.dcv.get(), c.cv);
             ++cases;
           }
-  EXPECT_EQ(cases, 3 * 4 * 2 * 6 * 3);
+  EXPECT_EQ(cases, 6 * 4 * 2 * 6 * 3);
 }
 
 // Chunks longer than one 64-query tile, with keys from the cache and from the chunk over several
@@ -677,7 +678,7 @@ TEST(CudaOps, HalfKvCacheAttention) {
   std::mt19937 rng(41);
   int cases = 0;
   for (bool half : {false, true})
-    for (int hd : {12, 64, 128})
+    for (int hd : {10, 12, 64, 128, 160, 256})  // not a multiple of 4; one and two 128-dim pieces a row
       for (int ratio : {1, 4, 8})
         for (int window : {0, 50})
           for (auto st : {std::pair<int64_t, int>{0, 1}, {13, 1}, {300, 1}, {4, 3}, {77, 9}, {260, 130}, {0, 70}}) {
@@ -729,7 +730,7 @@ TEST(CudaOps, HalfKvCacheAttention) {
             EXPECT_TRUE(host16(dck.get()) == ck && host16(dcv.get()) == cv) << "cache_write bits differ: " << what;
             ++cases;
           }
-  EXPECT_EQ(cases, 2 * 3 * 3 * 2 * 7);
+  EXPECT_EQ(cases, 2 * 6 * 3 * 2 * 7);
 }
 
 // Whole models over an fp16 KV cache: CUDA against the CPU's fp16 cache (eager prefill, recorded decode

@@ -348,6 +348,14 @@ TEST(HalfKvCache, HalvesTheCacheBytes) {
   for (int64_t n : {0, 6, 40}) EXPECT_EQ(2 * f16.cache_bytes(n), f32.cache_bytes(n)) << n;
   Session s(*model, *be, so);
   EXPECT_EQ(s.cache_bytes(), f16.cache_bytes(0));
+  // A cache holds one type: a pass of the other refuses it.
+  std::unique_ptr<KVCache> c16 = f16.new_cache(8);
+  const int32_t id = 1;
+  BatchSegment seg;
+  seg.cache = c16.get(), seg.ids = &id, seg.T = 1;
+  std::vector<float> logits(size_t(model->config().vocab_size));
+  EXPECT_THROW(f32.run({seg}, logits.data()), UsageError);
+  EXPECT_NO_THROW(f16.run({seg}, logits.data()));
   so.kv_dtype = DType::BF16;
   EXPECT_THROW(ForwardPass(*model, *be, so), UsageError);
 }

@@ -43,12 +43,15 @@ class KVCache {
   int64_t capacity() const { return rolling_ ? INT64_MAX : slots_; }
   int64_t n_past = 0;  // positions already stored (the next token's position)
   uint64_t id() const { return id_; }  // unique per cache ever made (keys recorded decode graphs)
+  bool kv_half() const { return kv_half_; }  // holds fp16 (AttnShape::kv_half)
+  int kv_dim() const { return kv_dim_; }
 
  private:
   Backend& be_;
   std::vector<KVLayer> layers_;
   int64_t bytes_ = 0, slots_ = 0;
-  bool rolling_ = false;
+  bool rolling_ = false, kv_half_ = false;
+  int kv_dim_ = 0;
   uint64_t id_ = 0;
 };
 

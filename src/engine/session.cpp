@@ -14,6 +14,8 @@ KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
   id_ = next_id++;
   slots_ = s.slots;
   rolling_ = s.window > 0 && s.slots >= s.window;  // a windowed cache bounded below W never wraps
+  kv_half_ = s.kv_half;
+  kv_dim_ = s.kv_dim();
   const size_t bytes = size_t(s.slots) * size_t(s.kv_dim()) * kv_elem_bytes(s);
   const size_t floats = (bytes + sizeof(float) - 1) / sizeof(float);  // alloc() counts floats
   for (int64_t l = 0; l < n_layers; ++l) {
@@ -127,6 +129,8 @@ size_t ForwardPass::run(const std::vector<BatchSegment>& segs, float* logits_hos
   std::vector<int32_t> ids;
   for (const auto& s : segs) {
     if (s.T <= 0 || !s.cache) throw UsageError("empty batch segment");
+    if (s.cache->kv_half() != shape_.kv_half || s.cache->kv_dim() != shape_.kv_dim())
+      throw UsageError("a KV cache made for another KV type or model shape");
     if (s.cache->n_past + s.T > s.cache->capacity())
       throw UsageError("context full: " + std::to_string(s.cache->n_past + s.T) + " positions needed, " +
                        std::to_string(s.cache->capacity()) + " available (use --ctx, up to max_position_embeddings)");
