@@ -51,18 +51,48 @@ inline float load1(const void* p, int64_t i) {
   return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
 }
 
-// q . k over n floats: 8-lane fp32 accumulation over the multiple-of-8 part, then the scalar tail (the
-// same order for every call, so attention does not depend on how many tokens a pass has).
-inline float dot(const float* a, const float* b, int n) {
+// Element i of a KV row of fp32, or of fp16 bits (an fp16 cache): as fp32, and 8 at a time.
+inline float kv_at(const float* p, int i) { return p[i]; }
+inline float kv_at(const uint16_t* p, int i) { return f16_to_f32(p[i]); }
+#ifdef MISTRAL_X86_SIMD
+inline __m256 kv_at8(const float* p, int i) { return _mm256_loadu_ps(p + i); }
+inline __m256 kv_at8(const uint16_t* p, int i) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));  // exact
+}
+#endif
+
+// q . k over n elements: 8-lane fp32 accumulation over the multiple-of-8 part, then the scalar tail (the
+// same order for every call, so attention does not depend on how many tokens a pass has). An fp16 row
+// gives the bits of the fp32 row holding its values.
+template <typename K>
+inline float dot(const float* a, const K* b, int n) {
   int i = 0;
   float d = 0;
 #ifdef MISTRAL_X86_SIMD
   __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), kv_at8(b, i), acc);
   d = hsum(acc);
 #endif
-  for (; i < n; ++i) d += a[i] * b[i];
+  for (; i < n; ++i) d = std::fma(a[i], kv_at(b, i), d);  // explicit: the same for either row type
   return d;
+}
+
+// a[i] = fma(w, x[i], a[i]) for i < n, 8 lanes at a time where the CPU has them (the same bits for an fp16
+// row as for the fp32 row holding its values).
+template <typename K>
+inline void axpy(float* a, float w, const K* x, int n) {
+  int i = 0;
+#ifdef MISTRAL_X86_SIMD
+  const __m256 wv = _mm256_set1_ps(w);
+  for (; i + 16 <= n; i += 16) {
+    const __m256 r0 = _mm256_fmadd_ps(wv, kv_at8(x, i), _mm256_loadu_ps(a + i));
+    const __m256 r1 = _mm256_fmadd_ps(wv, kv_at8(x, i + 8), _mm256_loadu_ps(a + i + 8));
+    _mm256_storeu_ps(a + i, r0);
+    _mm256_storeu_ps(a + i + 8, r1);
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, _mm256_fmadd_ps(wv, kv_at8(x, i), _mm256_loadu_ps(a + i)));
+#endif
+  for (; i < n; ++i) a[i] = std::fma(w, kv_at(x, i), a[i]);
 }
 
 // y[t, n] for n in [n0, n1), all t. Every (row, token) dot product is accumulated the same way
@@ -275,15 +305,14 @@ class CpuBackend final : public Backend {
     }
     pool_.parallel_for(int64_t(T) * s.n_heads, [&](int64_t b, int64_t e) {
       std::vector<float> sc;
-      std::vector<float> acc(static_cast<size_t>(hd)), row(static_cast<size_t>(hd));
-      // Head kvh of K (or V) at position j: from the cache below start (converted into `row` when it
-      // holds fp16), else from the chunk.
-      auto kv_row = [&](const float* chunk, const void* c, int64_t j, int kvh) -> const float* {
-        if (j >= start) return chunk + size_t(j - start) * kvd + size_t(kvh) * hd;
+      std::vector<float> acc(static_cast<size_t>(hd));
+      // Head kvh of K (or V) at position j: from the cache below start (f(const float*) or, for an fp16
+      // cache, f(const uint16_t*)), else from the chunk.
+      auto with_row = [&](const float* chunk, const void* c, int64_t j, int kvh, auto&& f) {
+        if (j >= start) return f(chunk + size_t(j - start) * kvd + size_t(kvh) * hd);
         const size_t off = size_t(j % s.slots) * kvd + size_t(kvh) * hd;
-        if (!s.kv_half) return static_cast<const float*>(c) + off;
-        to_f32(DType::F16, static_cast<const uint16_t*>(c) + off, row.data(), size_t(hd));
-        return row.data();
+        if (s.kv_half) return f(static_cast<const uint16_t*>(c) + off);
+        return f(static_cast<const float*>(c) + off);
       };
       for (int64_t job = b; job < e; ++job) {
         const int t = int(job / s.n_heads), h = int(job % s.n_heads), kvh = h / group;
@@ -293,7 +322,7 @@ class CpuBackend final : public Backend {
         sc.resize(size_t(p - j0 + 1));
         float mx = -INFINITY;
         for (int64_t j = j0; j <= p; ++j) {
-          const float d = dot(qv, kv_row(k, cache.k, j, kvh), hd) * scale;
+          const float d = with_row(k, cache.k, j, kvh, [&](const auto* r) { return dot(qv, r, hd); }) * scale;
           sc[size_t(j - j0)] = d;
           mx = std::max(mx, d);
         }
@@ -304,11 +333,8 @@ class CpuBackend final : public Backend {
         }
         std::fill(acc.begin(), acc.end(), 0.0f);
         float* a = acc.data();
-        for (int64_t j = j0; j <= p; ++j) {
-          const float* vr = kv_row(v, cache.v, j, kvh);
-          const float w = sc[size_t(j - j0)];
-          for (int i = 0; i < hd; ++i) a[i] += w * vr[i];  // independent lanes: vectorized
-        }
+        for (int64_t j = j0; j <= p; ++j)
+          with_row(v, cache.v, j, kvh, [&](const auto* r) { axpy(a, sc[size_t(j - j0)], r, hd); });
         float* o = out + size_t(t) * qd + size_t(h) * hd;
         const float inv = float(1.0 / sum);
         for (int i = 0; i < hd; ++i) o[i] = a[i] * inv;
