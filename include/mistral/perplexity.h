@@ -15,6 +15,7 @@ struct PerplexityOptions {
   int64_t ctx = 0;     // window length in tokens (0: min(max_position_embeddings, 2048))
   int64_t stride = 0;  // window step (0: ctx / 2); must be <= ctx
   int chunk = 512;     // prefill chunk inside a window (memory: chunk x vocab logits)
+  DType kv_dtype = DType::F32;  // the evaluated model's KV cache (the --kl-ref model's is always F32)
 };
 
 struct PerplexityResult {

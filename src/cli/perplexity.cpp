@@ -33,6 +33,7 @@ int run_perplexity(const PerplexityArgs& a) {
   po.ctx = a.model.ctx;
   po.stride = a.stride;
   po.chunk = a.model.chunk;
+  po.kv_dtype = kv_dtype(a.model);
   const double t0 = now_seconds();
   auto progress = [&](int64_t done, int64_t total) {
     if (a.model.verbose) std::fprintf(stderr, "\r%lld / %lld tokens", (long long)done, (long long)total);
@@ -40,16 +41,15 @@ int run_perplexity(const PerplexityArgs& a) {
   const PerplexityResult r = evaluate_perplexity(*model, *be, ids, po, ref.get(), progress);
   if (a.model.verbose) std::fprintf(stderr, "\n");
   const double secs = now_seconds() - t0;
-  const std::string what = model->quant() == Quant::None ? dtype_name(model->matmul_dtype())
-                                                         : quant_name(model->quant()) +
-                                                               std::string(is_quantized(model->weights().lm_head.dtype)
-                                                                               ? " (lm_head too)"
-                                                                               : "");
+  std::string what = model->quant() == Quant::None
+                         ? dtype_name(model->matmul_dtype())
+                         : quant_name(model->quant()) +
+                               std::string(is_quantized(model->weights().lm_head.dtype) ? " (lm_head too)" : "");
+  if (po.kv_dtype == DType::F16) what += ", kv cache f16";
   if (a.json) {
-    nlohmann::json j = {{"file", a.text_file}, {"tokens", ids.size()},  {"scored", r.tokens},
-                        {"ctx", r.ctx},        {"stride", r.stride},    {"windows", r.windows},
-                        {"weights", what},     {"nll", r.nll},          {"ppl", r.ppl},
-                        {"seconds", secs}};
+    nlohmann::json j = {{"file", a.text_file}, {"tokens", ids.size()}, {"scored", r.tokens},        {"ctx", r.ctx},
+                        {"stride", r.stride},  {"windows", r.windows}, {"weights", what},           {"nll", r.nll},
+                        {"ppl", r.ppl},        {"seconds", secs},      {"kv_type", a.model.kv_type}};
     if (r.has_ref) {
       j["ref_weights"] = dtype_name(ref->matmul_dtype());
       j["ref_nll"] = r.ref_nll;

@@ -46,7 +46,9 @@ PerplexityResult evaluate_perplexity(const Model& model, Backend& be, const std:
   SessionOptions so;
   so.context = r.ctx;
   so.chunk = opt.chunk > 0 ? opt.chunk : 512;
-  Session sm(model, be, so);
+  SessionOptions so_model = so;
+  so_model.kv_dtype = opt.kv_dtype;
+  Session sm(model, be, so_model);
   std::unique_ptr<Session> sr(ref ? new Session(*ref, be, so) : nullptr);
   const int64_t V = c.vocab_size;
   std::vector<double> lp, lq;
