@@ -217,7 +217,9 @@ int main(int argc, char** argv) {
   batch_cmd->add_option("-o,--output", ba.output, "Results file (.jsonl), written as requests finish")->required();
   batch_cmd->add_flag("--resume", ba.resume, "Skip ids already in the output file (a partial last line is redone)");
   batch_cmd->add_option("--batch-size", ba.batch_size, "Concurrent sequences at most")->check(CLI::Range(1, 4096));
-  batch_cmd->add_option("--kv-budget-mb", ba.kv_budget_mb, "KV-cache memory for all sequences (MiB)")
+  batch_cmd
+      ->add_option("--kv-budget-mb", ba.kv_budget_mb,
+                   "KV-cache memory for all sequences (MiB; --kv-type f16 fits twice the positions)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
   batch_cmd->add_option("-n,--max-tokens", ba.max_tokens, "Default maximum tokens per request")
       ->check(CLI::Range(0, 1 << 30));

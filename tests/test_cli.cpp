@@ -248,6 +248,8 @@ TEST(Cli, OneShotCacheHoldsPromptAndMaxTokens) {
   const RunResult c =
       run_cli({"-m", stories(), "-p", kPrompt, "-n", "60", "--temp", "0", "-v", "--ctx", "20", "--json"});
   EXPECT_NE(c.err.find("(20 positions)"), std::string::npos) << c.err;
+  EXPECT_NE(c.err.find("the context is full after 16 of 60 tokens"), std::string::npos) << c.err;
+  EXPECT_EQ(r.err.find("context is full"), std::string::npos) << r.err;
   const json j = parse_stdout_json(c);
   EXPECT_EQ(j["ids"].size(), 16u);  // 20 positions: 5 prompt ids, 15 fed, the 16th sampled and not fed
   EXPECT_EQ(j["finish_reason"], "length");

@@ -70,6 +70,7 @@ class ChatSession {
 
   int64_t cached_tokens() const { return cache_->n_past; }  // positions in the KV cache
   int64_t capacity() const { return cache_->capacity(); }   // INT64_MAX with a sliding window (rolling)
+  int64_t cache_bytes() const { return cache_->bytes(); }
   const std::vector<int32_t>& cached_ids() const { return held_; }  // the ids at those positions
   const ChatTotals& totals() const { return totals_; }
   const ChatTurn& last_turn() const { return last_; }

@@ -216,6 +216,10 @@ int run_batch(const BatchArgs& a) {
   bo.kv_budget_bytes = a.kv_budget_mb * 1024 * 1024;
   bo.prefill_tokens = a.model.chunk;
   BatchScheduler sched(fp, *tok, bo);
+  if (a.model.verbose)
+    std::fprintf(stderr, "kv cache %s: %.1f KiB a position; budget %s\n", a.model.kv_type.c_str(),
+                 double(fp.cache_bytes(1)) / 1024.0,
+                 bo.kv_budget_bytes > 0 ? (std::to_string(a.kv_budget_mb) + " MiB").c_str() : "none");
 
   g_stop = false;
   auto old_int = std::signal(SIGINT, on_signal);

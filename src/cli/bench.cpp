@@ -192,9 +192,9 @@ void report(const BenchArgs& a, Backend* be, const Bandwidth& bw, Timed& main_m,
   } else {
     if (on_cpu) std::printf("backend            cpu, %d threads\n", threads);
     else std::printf("backend            %s\n", be->name().c_str());
-    std::printf("model              %s, %.1f M params, %s, %.3f GB read per decode step\n",
+    std::printf("model              %s, %.1f M params, %s, %.3f GB read per decode step; kv cache %s\n",
                 a.model.model_dir.empty() ? "synthetic" : a.model.model_dir.c_str(), double(c.param_count()) / 1e6,
-                dtype_name(model->matmul_dtype()), bytes / 1e9);
+                dtype_name(model->matmul_dtype()), bytes / 1e9, a.model.kv_type.c_str());
     if (a.skip_bandwidth) std::printf("memory bandwidth   not measured (--skip-bandwidth)\n");
     else if (on_cpu)
       std::printf("memory bandwidth   copy %.2f GB/s (read+write), read %.2f GB/s\n", bw.copy_gbs, bw.read_gbs);

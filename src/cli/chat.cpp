@@ -407,13 +407,13 @@ int run_chat(const ChatArgs& a) {
     std::fprintf(stderr, "%smistral-run: %s%s\n", style.warn(), s.c_str(), style.reset());
   };
   if (a.model.verbose)
-    std::fprintf(stderr, "model: %s; tokenizer: %s; chat format: %s; context: %s; load %.2f s\n",
+    std::fprintf(stderr, "model: %s; tokenizer: %s; chat format: %s; context: %s; kv cache %.1f MiB %s; load %.2f s\n",
                  a.model.model_dir.c_str(), tok->source().c_str(), chat_format_name(enc->format()),
                  chat.capacity() == INT64_MAX ? "sliding window"
                                               : (std::to_string(chat.capacity()) + " positions (--ctx up to " +
                                                  std::to_string(model->config().max_position_embeddings) + ")")
                                                     .c_str(),
-                 now_seconds() - t0);
+                 double(chat.cache_bytes()) / (1024.0 * 1024.0), a.model.kv_type.c_str(), now_seconds() - t0);
 
   Repl repl(chat, gp, seed, interactive, style);
   struct sigaction sa {}, old_sa {};

@@ -144,6 +144,10 @@ int run_generate(const GenerateArgs& a) {
     std::printf("\n");
   }
   std::fflush(stdout);
+  // A generation cut short by the context, not by -n: say so (the text alone would look finished).
+  if (r.finish_reason == "length" && int64_t(r.ids.size()) < int64_t(gp.max_tokens))
+    std::fprintf(stderr, "mistral-run: the context is full after %zu of %d tokens (%lld positions; raise --ctx)\n",
+                 r.ids.size(), gp.max_tokens, (long long)session.cache_positions());
   if (a.model.verbose) {
     std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %lld tokens in %.3f s (%.1f tok/s); %s\n",
                  prompt_ids.size(), r.prefill_s, prefill_tps, (long long)r.decoded_tokens, r.decode_s, decode_tps,

@@ -45,7 +45,6 @@ int run_perplexity(const PerplexityArgs& a) {
                          ? dtype_name(model->matmul_dtype())
                          : quant_name(model->quant()) +
                                std::string(is_quantized(model->weights().lm_head.dtype) ? " (lm_head too)" : "");
-  if (po.kv_dtype == DType::F16) what += ", kv cache f16";
   if (a.json) {
     nlohmann::json j = {{"file", a.text_file}, {"tokens", ids.size()}, {"scored", r.tokens},        {"ctx", r.ctx},
                         {"stride", r.stride},  {"windows", r.windows}, {"weights", what},           {"nll", r.nll},
@@ -65,11 +64,12 @@ int run_perplexity(const PerplexityArgs& a) {
   std::printf("text         %s: %zu tokens, window %lld, stride %lld, %lld window%s, %lld tokens scored (%.1f s)\n",
               a.text_file.c_str(), ids.size(), (long long)r.ctx, (long long)r.stride, (long long)r.windows, r.windows == 1 ? "" : "s",
               (long long)r.tokens, secs);
-  std::printf("perplexity   %.4f (mean NLL %.5f nats/token), weights %s\n", r.ppl, r.nll, what.c_str());
+  std::printf("perplexity   %.4f (mean NLL %.5f nats/token), weights %s%s\n", r.ppl, r.nll, what.c_str(),
+              po.kv_dtype == DType::F16 ? ", kv cache f16" : "");
   if (r.has_ref) {
     std::printf("reference    %.4f (mean NLL %.5f), weights %s: perplexity ratio %.4f\n", r.ref_ppl, r.ref_nll,
                 dtype_name(ref->matmul_dtype()), r.ppl / r.ref_ppl);
-    std::printf("kl           mean KL(reference || model) %.6f nats/token (max %.4f); top-1 agreement %.2f%%\n", r.kl,
+    std::printf("kl           mean KL(reference || model) %.6f nats/token (max %.6f); top-1 agreement %.2f%%\n", r.kl,
                 r.kl_max, 100.0 * double(r.top1_agree) / double(r.tokens));
   }
   return 0;
