@@ -303,43 +303,53 @@ class CpuBackend final : public Backend {
       for (size_t i = 0; i < kr16.size(); ++i) kr16[i] = kv_round(k[i]), vr16[i] = kv_round(v[i]);
       k = kr16.data(), v = vr16.data();
     }
-    pool_.parallel_for(int64_t(T) * s.n_heads, [&](int64_t b, int64_t e) {
-      std::vector<float> sc;
-      std::vector<float> acc(static_cast<size_t>(hd));
-      // Head kvh of K (or V) at position j: from the cache below start (f(const float*) or, for an fp16
-      // cache, f(const uint16_t*)), else from the chunk.
-      auto with_row = [&](const float* chunk, const void* c, int64_t j, int kvh, auto&& f) {
-        if (j >= start) return f(chunk + size_t(j - start) * kvd + size_t(kvh) * hd);
-        const size_t off = size_t(j % s.slots) * kvd + size_t(kvh) * hd;
-        if (s.kv_half) return f(static_cast<const uint16_t*>(c) + off);
-        return f(static_cast<const float*>(c) + off);
-      };
-      for (int64_t job = b; job < e; ++job) {
-        const int t = int(job / s.n_heads), h = int(job % s.n_heads), kvh = h / group;
-        const int64_t p = start + t;
-        const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, p - s.window + 1) : 0;
-        const float* qv = q + size_t(t) * qd + size_t(h) * hd;
-        sc.resize(size_t(p - j0 + 1));
-        float mx = -INFINITY;
-        for (int64_t j = j0; j <= p; ++j) {
-          const float d = with_row(k, cache.k, j, kvh, [&](const auto* r) { return dot(qv, r, hd); }) * scale;
-          sc[size_t(j - j0)] = d;
-          mx = std::max(mx, d);
+    // Keys j0 .. p of query t: those below start from the cache (rows of K: float, or uint16_t fp16 bits),
+    // the rest from the chunk; the cache's type is a template parameter, not a test per key.
+    auto run = [&](auto type_tag) {
+      using K = decltype(type_tag);
+      const K* ck = static_cast<const K*>(cache.k);
+      const K* cv = static_cast<const K*>(cache.v);
+      pool_.parallel_for(int64_t(T) * s.n_heads, [&](int64_t b, int64_t e) {
+        std::vector<float> sc;
+        std::vector<float> acc(static_cast<size_t>(hd));
+        for (int64_t job = b; job < e; ++job) {
+          const int t = int(job / s.n_heads), h = int(job % s.n_heads), kvh = h / group;
+          const int64_t p = start + t;
+          const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, p - s.window + 1) : 0;
+          const int64_t jc = std::max(j0, start);  // first key from the chunk
+          const size_t head = size_t(kvh) * hd;
+          const float* qv = q + size_t(t) * qd + size_t(h) * hd;
+          sc.resize(size_t(p - j0 + 1));
+          float mx = -INFINITY;
+          for (int64_t j = j0; j < jc; ++j) {
+            const float d = dot(qv, ck + size_t(j % s.slots) * kvd + head, hd) * scale;
+            sc[size_t(j - j0)] = d;
+            mx = std::max(mx, d);
+          }
+          for (int64_t j = jc; j <= p; ++j) {
+            const float d = dot(qv, k + size_t(j - start) * kvd + head, hd) * scale;
+            sc[size_t(j - j0)] = d;
+            mx = std::max(mx, d);
+          }
+          double sum = 0;
+          for (auto& x : sc) {
+            x = std::exp(x - mx);
+            sum += x;
+          }
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          float* a = acc.data();
+          for (int64_t j = j0; j < jc; ++j) axpy(a, sc[size_t(j - j0)], cv + size_t(j % s.slots) * kvd + head, hd);
+          for (int64_t j = jc; j <= p; ++j) axpy(a, sc[size_t(j - j0)], v + size_t(j - start) * kvd + head, hd);
+          float* o = out + size_t(t) * qd + size_t(h) * hd;
+          const float inv = float(1.0 / sum);
+          for (int i = 0; i < hd; ++i) o[i] = a[i] * inv;
         }
-        double sum = 0;
-        for (auto& x : sc) {
-          x = std::exp(x - mx);
-          sum += x;
-        }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float* a = acc.data();
-        for (int64_t j = j0; j <= p; ++j)
-          with_row(v, cache.v, j, kvh, [&](const auto* r) { axpy(a, sc[size_t(j - j0)], r, hd); });
-        float* o = out + size_t(t) * qd + size_t(h) * hd;
-        const float inv = float(1.0 / sum);
-        for (int i = 0; i < hd; ++i) o[i] = a[i] * inv;
-      }
-    });
+      });
+    };
+    if (s.kv_half)
+      run(uint16_t{});
+    else
+      run(float{});
   }
 
   void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
