@@ -136,7 +136,7 @@ class Backend {
   virtual void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) {
     std::vector<float> h(size_t(rows) * size_t(n));
     to_host(h.data(), x, h.size());
-    for (int r = 0; r < rows; ++r) out[r] = argmax(h.data() + size_t(r) * size_t(n), n);
+    host_argmax_rows(h.data(), rows, n, out);
   }
   // For each row r of x[rows, n]: what req[r] asks for (Sampler::request, k <= kmax), as
   // mistral::top_candidates finds it, into ids[r * kmax ..], logits[r * kmax ..] and z[r] (host
@@ -145,8 +145,16 @@ class Backend {
                                    int32_t* ids, float* logits, double* z) {
     std::vector<float> h(size_t(rows) * size_t(n));
     to_host(h.data(), x, h.size());
+    host_top_candidates_rows(h.data(), rows, n, req, kmax, ids, logits, z);
+  }
+  // What the two defaults above do once the rows are in host memory.
+  static void host_argmax_rows(const float* h, int rows, int64_t n, int32_t* out) {
+    for (int r = 0; r < rows; ++r) out[r] = argmax(h + size_t(r) * size_t(n), n);
+  }
+  static void host_top_candidates_rows(const float* h, int rows, int64_t n, const CandidateRequest* req, int kmax,
+                                       int32_t* ids, float* logits, double* z) {
     for (int r = 0; r < rows; ++r)
-      top_candidates(h.data() + size_t(r) * size_t(n), n, req[r], ids + size_t(r) * size_t(kmax),
+      top_candidates(h + size_t(r) * size_t(n), n, req[r], ids + size_t(r) * size_t(kmax),
                      logits + size_t(r) * size_t(kmax), z + r);
   }
 

@@ -179,10 +179,10 @@ class Session {
   int64_t scratch_bytes(int64_t n) const { return fp_.scratch_bytes(int(std::min<int64_t>(n, fp_.chunk())), 1); }
 
  private:
-  // Feeds ids in chunks; the last chunk's logits row to logits_host, or its next token to ids_host (the
-  // argmax, or the sampler's draw).
   // The next token after ids: the argmax (sampler null) or the sampler's draw.
   int32_t feed_next(const std::vector<int32_t>& ids, const RowSampler* sampler);
+  // Feeds ids in chunks; the last chunk's logits row to logits_host, or its next token to ids_host (the
+  // argmax, or the sampler's draw).
   void feed_chunks(const std::vector<int32_t>& ids, bool all_logits, float* logits_host, int32_t* ids_host,
                    const RowSampler* sampler = nullptr);
 

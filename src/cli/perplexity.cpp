@@ -41,7 +41,7 @@ int run_perplexity(const PerplexityArgs& a) {
   const PerplexityResult r = evaluate_perplexity(*model, *be, ids, po, ref.get(), progress);
   if (a.model.verbose) std::fprintf(stderr, "\n");
   const double secs = now_seconds() - t0;
-  std::string what = model->quant() == Quant::None
+  const std::string what = model->quant() == Quant::None
                          ? dtype_name(model->matmul_dtype())
                          : quant_name(model->quant()) +
                                std::string(is_quantized(model->weights().lm_head.dtype) ? " (lm_head too)" : "");

@@ -9,6 +9,16 @@
 
 namespace mistral {
 
+namespace {
+
+// Floats (alloc()'s unit) of one K or V buffer of a cache of shape s: its bytes rounded up.
+size_t kv_buffer_floats(const AttnShape& s) {
+  const size_t bytes = size_t(s.slots) * size_t(s.kv_dim()) * kv_elem_bytes(s);
+  return (bytes + sizeof(float) - 1) / sizeof(float);
+}
+
+}  // namespace
+
 KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id++;
@@ -16,8 +26,7 @@ KVCache::KVCache(Backend& be, const AttnShape& s, int64_t n_layers) : be_(be) {
   rolling_ = s.window > 0 && s.slots >= s.window;  // a windowed cache bounded below W never wraps
   kv_half_ = s.kv_half;
   kv_dim_ = s.kv_dim();
-  const size_t bytes = size_t(s.slots) * size_t(s.kv_dim()) * kv_elem_bytes(s);
-  const size_t floats = (bytes + sizeof(float) - 1) / sizeof(float);  // alloc() counts floats
+  const size_t floats = kv_buffer_floats(s);
   for (int64_t l = 0; l < n_layers; ++l) {
     KVLayer kv;
     kv.k = be_.alloc(floats);
@@ -84,8 +93,9 @@ std::unique_ptr<KVCache> ForwardPass::new_cache(int64_t max_positions) {
 }
 
 int64_t ForwardPass::cache_bytes(int64_t max_positions) const {
-  const int64_t bytes = cache_slots(max_positions) * shape_.kv_dim() * int64_t(kv_elem_bytes(shape_));
-  return n_layers_ * 2 * ((bytes + 3) / 4 * 4);  // as KVCache rounds each buffer to whole floats
+  AttnShape s = shape_;
+  s.slots = cache_slots(max_positions);
+  return n_layers_ * 2 * int64_t(kv_buffer_floats(s) * sizeof(float));
 }
 
 int64_t ForwardPass::scratch_bytes(int T, int rows) const {

@@ -214,14 +214,10 @@ class CpuBackend final : public Backend {
   void zero(float* p, size_t n) override { std::memset(p, 0, n * 4); }
   void copy(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * 4); }
   // The rows are host memory already: no copy before the argmax or the candidates.
-  void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) override {
-    for (int r = 0; r < rows; ++r) out[r] = argmax(x + size_t(r) * size_t(n), n);
-  }
+  void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) override { host_argmax_rows(x, rows, n, out); }
   void top_candidates_rows(const float* x, int rows, int64_t n, const CandidateRequest* req, int kmax, int32_t* ids,
                            float* logits, double* z) override {
-    for (int r = 0; r < rows; ++r)
-      top_candidates(x + size_t(r) * size_t(n), n, req[r], ids + size_t(r) * size_t(kmax),
-                     logits + size_t(r) * size_t(kmax), z + r);
+    host_top_candidates_rows(x, rows, n, req, kmax, ids, logits, z);
   }
 
   void embed(const Weight& E, const int32_t* ids, int T, float* x) override {
