@@ -67,6 +67,29 @@ __host__ __device__ __forceinline__ size_t row_partials(int split0, int n_heads,
 // lane reads 4 consecutive dims (one 16-byte load of fp32, 8 bytes of fp16) per 128 dims of the row.
 __host__ __device__ __forceinline__ int lane_dim(int lane, int r) { return 128 * (r >> 2) + 4 * lane + (r & 3); }
 
+// Every thread of the block finishes some (g, d) outputs of its partial from the warps' (m, l, acc) in
+// shared memory (sm_m, sm_l [kWarps][kMaxG]; sm_acc [kWarps][kMaxG][DM]).
+template <int DM>
+__device__ __forceinline__ void write_block_partial(const float (&sm_m)[kWarps][kMaxG],
+                                                    const float (&sm_l)[kWarps][kMaxG],
+                                                    const float (&sm_acc)[kWarps][kMaxG][DM], int G, int hd, int kvh,
+                                                    int split, int splits, float* __restrict__ part) {
+  for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
+    const int g = i / hd, d = i % hd;
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w][g]);
+    float L = 0.f, A = 0.f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float c = sm_m[w][g] == -INFINITY ? 0.f : expf(sm_m[w][g] - M);
+      L += sm_l[w][g] * c;
+      A += sm_acc[w][g][d] * c;
+    }
+    float* out = part + partial_offset(kvh * G + g, splits, split, hd);
+    if (d == 0) out[0] = M, out[1] = L;
+    out[2 + d] = A;
+  }
+}
+
 // One block's share of the partials: keys [kb, ke) of KV head kvh for all query heads of its GQA group, of
 // the query token at position pos whose q row is q [Hq*hd] and whose own K/V rows are k, v [Hkv*hd]
 // (keys before pos come from the cache ck, cv [slots, Hkv*hd] of C, kv.cuh; its own rows are read rounded
@@ -182,21 +205,153 @@ __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q
     }
   }
   __syncthreads();
-  // Every thread finishes some (g, d) outputs of the block's partial.
-  for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
-    const int g = i / hd, d = i % hd;
-    float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w][g]);
-    float L = 0.f, A = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      const float c = sm_m[w][g] == -INFINITY ? 0.f : expf(sm_m[w][g] - M);
-      L += sm_l[w][g] * c;
-      A += sm_acc[w][g][d] * c;
+  write_block_partial(sm_m, sm_l, sm_acc, G, hd, kvh, split, splits, part);
+}
+
+// The transpose reduction of the tiled block: the lane holds N values s[0 .. N) of NV (N a power of two);
+// with xor offset O it keeps the half its lane bit O selects, sends the other half to lane ^ O and adds
+// what it receives, then goes on with O / 2. Once a lane holds one value, the steps left are plain sums.
+// Templates, so that every index is a constant and s stays in registers.
+template <int NV, int N, int O>
+__device__ __forceinline__ void transpose_reduce(float (&s)[NV], int lane) {
+  if constexpr (O > 0) {
+    if constexpr (N > 1) {
+      const bool up = (lane & O) != 0;  // keeps the upper half
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) {
+        const float send = up ? s[i] : s[i + N / 2], keep = up ? s[i + N / 2] : s[i];
+        s[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+      }
+      transpose_reduce<NV, N / 2, O / 2>(s, lane);
+    } else {
+      s[0] += __shfl_xor_sync(0xffffffffu, s[0], O);
+      transpose_reduce<NV, 1, O / 2>(s, lane);
     }
-    float* out = part + partial_offset(kvh * G + g, splits, split, hd);
-    if (d == 0) out[0] = M, out[1] = L;
-    out[2 + d] = A;
   }
+}
+
+// The tiled block (head_dim <= 128; MISTRAL_CUDA_DECODE_TILED=0 selects decode_partial_block instead): the
+// same partials from fewer instructions a key. GP: the GQA group rounded up to a power of two (the extra
+// heads have q = 0 and are not written). Warp w takes tiles of T consecutive keys, kb + T * (w + kWarps * i),
+// and loads all of a tile's K and V rows at once (each lane 4 consecutive dims of each row). The T * GP dot
+// products of a tile are reduced across the warp together by a transpose reduction: at each step a lane
+// keeps half of its values, sends the other half to its partner (lane ^ o) and adds what it receives, so 32
+// sums take 31 shuffles instead of 160, and afterwards lane l holds score (l >> SH) = t * GP + g. The online
+// softmax then runs once a tile: the tile's max and sum over the T lanes of a head, one exp a lane, one
+// rescale of the accumulators per head, and each probability taken from its lane for the V accumulation.
+// A tile's cache rows follow one another (one 64-bit modulo a tile, not a key).
+template <class C, int GP>
+__device__ __forceinline__ void decode_partial_block_tiled(const float* __restrict__ q, const float* __restrict__ k,
+                                                           const float* __restrict__ v, const C* __restrict__ ck,
+                                                           const C* __restrict__ cv, int64_t pos, int64_t slots,
+                                                           int n_heads, int n_kv_heads, int hd, int kvh, int64_t kb,
+                                                           int64_t ke, int split, int splits, float* __restrict__ part) {
+  static_assert(GP == 1 || GP == 2 || GP == 4 || GP == 8, "GP: a power of two up to kMaxG");
+  constexpr int T = GP >= 4 ? 32 / GP : 8;  // keys a tile
+  constexpr int NV = T * GP;                // scores a tile: 8, 16 or 32
+  constexpr int SH = NV == 32 ? 0 : NV == 16 ? 1 : 2;
+  constexpr int LG = GP == 8 ? 3 : GP == 4 ? 2 : GP == 2 ? 1 : 0;
+  constexpr unsigned kAll = 0xffffffffu;
+  const int G = n_heads / n_kv_heads, kvd = n_kv_heads * hd;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d0 = 4 * lane;
+  const float scale = rsqrtf(float(hd));
+  const bool vec = (hd & 3) == 0 && ((reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v) |
+                                      reinterpret_cast<uintptr_t>(ck) | reinterpret_cast<uintptr_t>(cv)) &
+                                     15u) == 0;
+
+  __shared__ __align__(16) float qs[GP][128];  // zero past hd and for heads past G
+  for (int i = threadIdx.x; i < GP * 128; i += blockDim.x) {
+    const int g = i / 128, d = i % 128;
+    qs[g][d] = g < G && d < hd ? q[size_t(kvh * G + g) * hd + d] * scale : 0.f;
+  }
+  __syncthreads();
+  float4 qv[GP];
+#pragma unroll
+  for (int g = 0; g < GP; ++g) qv[g] = *reinterpret_cast<const float4*>(&qs[g][d0]);
+
+  // The lane's 4 elements of key j's K and V rows, cache row `slot` when j < pos (zeros past ke and hd).
+  auto load_row = [&](int64_t j, int64_t slot, float4& kx, float4& vx) {
+    kx = vx = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (j >= ke || d0 >= hd) return;
+    const bool cached = j < pos;
+    const size_t row = (cached ? size_t(slot) * size_t(kvd) : 0) + size_t(kvh) * hd + d0;
+    if (vec) {
+      kx = cached ? kv_load4(ck + row) : kv_round4<C>(*reinterpret_cast<const float4*>(k + row));
+      vx = cached ? kv_load4(cv + row) : kv_round4<C>(*reinterpret_cast<const float4*>(v + row));
+      return;
+    }
+    float ka[4], va[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const bool ok = d0 + e < hd;
+      ka[e] = !ok ? 0.f : cached ? kv_load(ck + row + e) : kv_round<C>(k[row + e]);
+      va[e] = !ok ? 0.f : cached ? kv_load(cv + row + e) : kv_round<C>(v[row + e]);
+    }
+    kx = make_float4(ka[0], ka[1], ka[2], ka[3]), vx = make_float4(va[0], va[1], va[2], va[3]);
+  };
+
+  const int idx = lane >> SH, my_t = idx >> LG, my_g = idx & (GP - 1);  // the score this lane ends with
+  float m = -INFINITY, l = 0.f;  // head my_g's running max and sum (the same in each of its lanes)
+  float acc[GP][4];
+#pragma unroll
+  for (int g = 0; g < GP; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = 0.f;
+  for (int64_t base = kb + int64_t(T) * warp; base < ke; base += int64_t(T) * kWarps) {
+    float4 kx[T], vx[T];
+    int64_t slot = base % slots;
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      load_row(base + t, slot, kx[t], vx[t]);
+      if (++slot == slots) slot = 0;
+    }
+    float s[NV];
+#pragma unroll
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+      for (int g = 0; g < GP; ++g) {
+        float a = qv[g].x * kx[t].x;
+        a = fmaf(qv[g].y, kx[t].y, a);
+        a = fmaf(qv[g].z, kx[t].z, a);
+        s[t * GP + g] = fmaf(qv[g].w, kx[t].w, a);
+      }
+    transpose_reduce<NV, NV, 16>(s, lane);
+    const float sc = base + my_t < ke ? s[0] : -INFINITY;
+    float mt = sc;
+#pragma unroll
+    for (int o = 1 << (SH + LG); o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(kAll, mt, o));
+    const float nm = fmaxf(m, mt);  // finite: key `base` is below ke
+    const float p = expf(sc - nm), corr = expf(m - nm);
+    float ps = p;
+#pragma unroll
+    for (int o = 1 << (SH + LG); o < 32; o <<= 1) ps += __shfl_xor_sync(kAll, ps, o);
+    l = l * corr + ps;
+    m = nm;
+#pragma unroll
+    for (int g = 0; g < GP; ++g) {
+      const float cg = __shfl_sync(kAll, corr, g << SH);
+      acc[g][0] *= cg, acc[g][1] *= cg, acc[g][2] *= cg, acc[g][3] *= cg;
+    }
+#pragma unroll
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+      for (int g = 0; g < GP; ++g) {
+        const float pt = __shfl_sync(kAll, p, (t * GP + g) << SH);
+        acc[g][0] = fmaf(pt, vx[t].x, acc[g][0]);
+        acc[g][1] = fmaf(pt, vx[t].y, acc[g][1]);
+        acc[g][2] = fmaf(pt, vx[t].z, acc[g][2]);
+        acc[g][3] = fmaf(pt, vx[t].w, acc[g][3]);
+      }
+  }
+  __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
+  __shared__ float sm_acc[kWarps][kMaxG][128];
+  if ((lane & ((1 << SH) - 1)) == 0 && my_t == 0 && my_g < G) sm_m[warp][my_g] = m, sm_l[warp][my_g] = l;
+#pragma unroll
+  for (int g = 0; g < GP; ++g)
+    if (g < G)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        if (d0 + r < hd) sm_acc[warp][g][d0 + r] = acc[g][r];
+  __syncthreads();
+  write_block_partial(sm_m, sm_l, sm_acc, G, hd, kvh, split, splits, part);
 }
 
 // Merges the first `used` partials of one query head (ph: [splits, hd + 2]) into its output row o[hd]; the
@@ -224,7 +379,7 @@ __device__ __forceinline__ void combine_head(const float* __restrict__ ph, int u
 // `counters` set (one zero word per KV head), the last of a KV head's non-empty splits to finish merges
 // the group's partials into out (as decode_combine_kernel does, the same bits) and sets its counter back
 // to zero; without, decode_combine_kernel follows.
-template <class C, int NC>
+template <class C, int NC, int GP>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                           const C* __restrict__ ck, const C* __restrict__ cv, int64_t start, AttnParams p, int splits,
@@ -236,8 +391,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int used = int(split_keys(start, p.window, splits, split, &kb, &ke, kMinKeysPerDecodeSplit));
   if (split >= used) return;  // empty
   pdl_wait();  // q, k, v and the cache row of this step are the kernel before's output
-  decode_partial_block<C, NC>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke, split,
-                              splits, part);
+  if constexpr (GP > 0)
+    decode_partial_block_tiled<C, GP>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke,
+                                      split, splits, part);
+  else
+    decode_partial_block<C, NC>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke,
+                                split, splits, part);
   if (!counters) return;
   // Release this block's partials, then count it; the block that completes the count merges.
   __shared__ bool last;
@@ -261,7 +420,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 // A batched decode step (grid: work item, KV head): work item blockIdx.x is split w.split of row w.row,
 // whose q/k/v rows are row w.row of q[n, Hq*hd], k, v[n, Hkv*hd] and whose partials start at
 // row_partials(split0); position, cache and slot count from the row's table entry.
-template <class C, int NC>
+template <class C, int NC, int GP>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_rows_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                const DecodeRowArgs* __restrict__ rows, const DecodeWork* __restrict__ work,
@@ -271,10 +430,17 @@ __global__ void __launch_bounds__(kWarps * 32)
   const size_t qd = size_t(p.n_heads) * size_t(p.head_dim), kvd = size_t(p.n_kv_heads) * size_t(p.head_dim);
   int64_t kb, ke;
   split_keys(r.pos, p.window, r.splits, w.split, &kb, &ke);
-  decode_partial_block<C, NC>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd,
-                              static_cast<const C*>(r.cache_k), static_cast<const C*>(r.cache_v), r.pos, r.slots,
-                              p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split, r.splits,
-                              part + row_partials(r.split0, p.n_heads, p.head_dim));
+  const C* ck = static_cast<const C*>(r.cache_k);
+  const C* cv = static_cast<const C*>(r.cache_v);
+  float* pr = part + row_partials(r.split0, p.n_heads, p.head_dim);
+  if constexpr (GP > 0)
+    decode_partial_block_tiled<C, GP>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck,
+                                      cv, r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke,
+                                      w.split, r.splits, pr);
+  else
+    decode_partial_block<C, NC>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck, cv,
+                                r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split,
+                                r.splits, pr);
 }
 
 // One block per query head: merges the non-empty splits' partials into the output row.
@@ -302,23 +468,86 @@ __global__ void decode_rows_combine_kernel(const float* __restrict__ part, const
 // The scratch: kCounterWords counter words (zero between launches), then the partials.
 constexpr size_t kCounterWords = 256;
 
-// MISTRAL_CUDA_DECODE_COMBINE=1: the separate combine kernel (for comparisons), read once.
+// The variants, from the environment unless set_decode_attention_variant chose: MISTRAL_CUDA_DECODE_COMBINE=1
+// the separate combine kernel, MISTRAL_CUDA_DECODE_TILED=0 the untiled block for every head size.
+int g_separate_combine = -1, g_tiled = -1;
 bool separate_combine() {
-  static const bool on = env_equals("MISTRAL_CUDA_DECODE_COMBINE", "1");
-  return on;
+  if (g_separate_combine < 0) g_separate_combine = env_equals("MISTRAL_CUDA_DECODE_COMBINE", "1") ? 1 : 0;
+  return g_separate_combine == 1;
+}
+bool tiled_block() {
+  if (g_tiled < 0) g_tiled = env_equals("MISTRAL_CUDA_DECODE_TILED", "0") ? 0 : 1;
+  return g_tiled == 1;
 }
 
-// The partial kernel's launch, for the cache's element type and the head size.
-template <class C, int NC>
-cudaError_t launch_partial(const float* q, const float* k, const float* v, const void* ck, const void* cv,
-                           int64_t start, const AttnParams& p, int splits, float* part, unsigned* counters, float* out,
-                           cudaStream_t stream) {
-  return launch_maybe_pdl(decode_partial_kernel<C, NC>, dim3(unsigned(p.n_kv_heads), unsigned(splits)),
+// The tiled block's padded group for p (0: the untiled block: head_dim > 128, or tiling switched off).
+int tiled_group(const AttnParams& p) {
+  if (!tiled_block() || p.head_dim > 128) return 0;
+  const int G = p.n_heads / p.n_kv_heads;
+  return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+}
+
+// The partial kernel's launch, for the cache's element type, the head size and the tiled block's group.
+template <class C, int NC, int GP>
+cudaError_t launch_partial_as(const float* q, const float* k, const float* v, const void* ck, const void* cv,
+                              int64_t start, const AttnParams& p, int splits, float* part, unsigned* counters,
+                              float* out, cudaStream_t stream) {
+  return launch_maybe_pdl(decode_partial_kernel<C, NC, GP>, dim3(unsigned(p.n_kv_heads), unsigned(splits)),
                           dim3(kWarps * 32), 0, stream, q, k, v, static_cast<const C*>(ck), static_cast<const C*>(cv),
                           start, p, splits, part, counters, out);
 }
+template <class C>
+cudaError_t launch_partial(const float* q, const float* k, const float* v, const void* ck, const void* cv,
+                           int64_t start, const AttnParams& p, int splits, float* part, unsigned* counters, float* out,
+                           cudaStream_t stream) {
+  switch (tiled_group(p)) {
+    case 1:
+      return launch_partial_as<C, 1, 1>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
+    case 2:
+      return launch_partial_as<C, 1, 2>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
+    case 4:
+      return launch_partial_as<C, 1, 4>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
+    case 8:
+      return launch_partial_as<C, 1, 8>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
+    default:
+      return p.head_dim > 128
+                 ? launch_partial_as<C, 2, 0>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream)
+                 : launch_partial_as<C, 1, 0>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
+  }
+}
+
+// The batched step's partial kernel, chosen as launch_partial chooses.
+template <class C>
+void launch_rows_partial(const float* q, const float* k, const float* v, const DecodeRowArgs* rows,
+                         const DecodeWork* work, const AttnParams& p, dim3 grid, float* part, cudaStream_t stream) {
+  const dim3 block(kWarps * 32);
+  switch (tiled_group(p)) {
+    case 1:
+      decode_rows_partial_kernel<C, 1, 1><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      break;
+    case 2:
+      decode_rows_partial_kernel<C, 1, 2><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      break;
+    case 4:
+      decode_rows_partial_kernel<C, 1, 4><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      break;
+    case 8:
+      decode_rows_partial_kernel<C, 1, 8><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      break;
+    default:
+      if (p.head_dim > 128)
+        decode_rows_partial_kernel<C, 2, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      else
+        decode_rows_partial_kernel<C, 1, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+  }
+}
 
 }  // namespace
+
+void set_decode_attention_variant(int tiled, int separate_combine) {
+  g_tiled = tiled < 0 ? -1 : tiled ? 1 : 0;
+  g_separate_combine = separate_combine < 0 ? -1 : separate_combine ? 1 : 0;
+}
 
 size_t decode_attention_scratch_floats(const AttnParams& p, int splits) {
   return kCounterWords + size_t(p.n_heads) * size_t(splits) * size_t(p.head_dim + 2);
@@ -347,13 +576,9 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
   const bool fused = !separate_combine() && size_t(p.n_kv_heads) <= kCounterWords;
   // Both launched with programmatic dependence when MISTRAL_CUDA_PDL=1 (pdl.cuh).
   unsigned* cnt = fused ? counters : nullptr;
-  const bool wide = p.head_dim > 128;
-  cudaError_t err =
-      p.kv_half
-          ? (wide ? launch_partial<__half, 2>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream)
-                  : launch_partial<__half, 1>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream))
-          : (wide ? launch_partial<float, 2>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream)
-                  : launch_partial<float, 1>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream));
+  cudaError_t err = p.kv_half
+                        ? launch_partial<__half>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream)
+                        : launch_partial<float>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream);
   if (err == cudaSuccess && !fused)
     err = launch_maybe_pdl(decode_combine_kernel, dim3(unsigned(p.n_heads)), dim3(128), 0, stream,
                            static_cast<const float*>(part), start, p.d_start, p.window, splits, p.head_dim, out);
@@ -399,14 +624,10 @@ cudaError_t decode_attention_rows_cuda(const float* q, const float* k, const flo
   if (!decode_attention_supported(p) || p.head_dim <= 0 || n_work < n || !rows || !work || !scratch || p.d_start)
     return cudaErrorInvalidValue;
   const dim3 grid(unsigned(n_work), unsigned(p.n_kv_heads));
-  if (p.kv_half && p.head_dim > 128)
-    decode_rows_partial_kernel<__half, 2><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
-  else if (p.kv_half)
-    decode_rows_partial_kernel<__half, 1><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
-  else if (p.head_dim > 128)
-    decode_rows_partial_kernel<float, 2><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
+  if (p.kv_half)
+    launch_rows_partial<__half>(q, k, v, rows, work, p, grid, scratch, stream);
   else
-    decode_rows_partial_kernel<float, 1><<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch);
+    launch_rows_partial<float>(q, k, v, rows, work, p, grid, scratch, stream);
   decode_rows_combine_kernel<<<dim3(unsigned(n), unsigned(p.n_heads)), 128, 0, stream>>>(scratch, rows, p.n_heads,
                                                                                          p.head_dim, out);
   return cudaGetLastError();

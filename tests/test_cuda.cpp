@@ -328,8 +328,11 @@ TEST(CudaOps, TopCandidatesRows) {
                                       got_l[size_t(r * kmax + i)] = want_l[size_t(r * kmax + i)] = 0;
         EXPECT_EQ(got_ids, want_ids);
         EXPECT_EQ(got_l, want_l);
-        for (int r = 0; r < rows; ++r)
-          EXPECT_NEAR(got_z[size_t(r)], want_z[size_t(r)], 2e-6 * want_z[size_t(r)]) << "row " << r;
+        for (int r = 0; r < rows; ++r)  // a row of only -inf and NaN (n <= 2 in row 3) has no normaliser
+          if (std::isnan(want_z[size_t(r)]))
+            EXPECT_TRUE(std::isnan(got_z[size_t(r)])) << "row " << r << ": " << got_z[size_t(r)];
+          else
+            EXPECT_NEAR(got_z[size_t(r)], want_z[size_t(r)], 2e-6 * want_z[size_t(r)]) << "row " << r;
       }
 }
 
@@ -409,7 +412,7 @@ TEST(CudaOps, AttentionAndCacheWrite) {
   int cases = 0;
   for (int hd :
        {10, 12, 64, 128, 160, 256})  // the decode kernel: scalar loads below 4-aligned rows, 2 pieces above 128
-    for (int ratio : {1, 2, 4, 8})
+    for (int ratio : {1, 2, 3, 4, 6, 8})  // groups of 3 and 6: the tiled decode block pads them to 4 and 8
       for (int window : {0, 8})
         for (int64_t start : {int64_t(0), int64_t(1), int64_t(7), int64_t(13), int64_t(23), int64_t(300)})
           for (int T : {1, 4, 9}) {
@@ -425,7 +428,7 @@ TEST(CudaOps, AttentionAndCacheWrite) {
             EXPECT_EQ(c.dcv.get(), c.cv);
             ++cases;
           }
-  EXPECT_EQ(cases, 6 * 4 * 2 * 6 * 3);
+  EXPECT_EQ(cases, 6 * 6 * 2 * 6 * 3);
 }
 
 // Chunks longer than one 64-query tile, with keys from the cache and from the chunk over several
@@ -679,7 +682,7 @@ TEST(CudaOps, HalfKvCacheAttention) {
   int cases = 0;
   for (bool half : {false, true})
     for (int hd : {10, 12, 64, 128, 160, 256})  // not a multiple of 4; one and two 128-dim pieces a row
-      for (int ratio : {1, 4, 8})
+      for (int ratio : {1, 3, 4, 8})
         for (int window : {0, 50})
           for (auto st : {std::pair<int64_t, int>{0, 1}, {13, 1}, {300, 1}, {4, 3}, {77, 9}, {260, 130}, {0, 70}}) {
             const int64_t start = st.first;
@@ -730,18 +733,22 @@ TEST(CudaOps, HalfKvCacheAttention) {
             EXPECT_TRUE(host16(dck.get()) == ck && host16(dcv.get()) == cv) << "cache_write bits differ: " << what;
             ++cases;
           }
-  EXPECT_EQ(cases, 2 * 6 * 3 * 2 * 7);
+  EXPECT_EQ(cases, 2 * 6 * 4 * 2 * 7);
 }
 
 // Whole models over an fp16 KV cache: CUDA against the CPU's fp16 cache (eager prefill, recorded decode
 // steps), as check_model does for fp32 caches.
+// The tolerance of the fp32 paths is fp16's unit roundoff (2^-11) rather than 1e-4: a key or value that
+// differs in its last fp32 bits between the backends can round to neighbouring fp16 values (the first H200
+// run measured 1.02e-4 for stories260K's cuBLAS path).
 TEST(CudaModel, HalfKvCacheMatchesCpu) {
   REQUIRE_GPU();
+  const double tol = 1.0 / 2048;
   for (const char* f : {"w8_gqa1_f32", "full_gqa2_tied_f32", "w16_gqa4_hd12_f32", "w8_gqa2_bf16", "native_w8_gqa2_f32"})
-    check_model(testutil::source_path(std::string("models/fixtures/") + f), 1e-4,
-                std::string(f).find("bf16") != std::string::npos ? 2e-2 : 1e-4, LoadOptions(), 30, DType::F16);
+    check_model(testutil::source_path(std::string("models/fixtures/") + f), tol,
+                std::string(f).find("bf16") != std::string::npos ? 2e-2 : tol, LoadOptions(), 30, DType::F16);
   const std::string dir = testutil::shared_data("models/stories260K");
-  if (testutil::exists(dir)) check_model(dir, 1e-4, 1e-4, LoadOptions(), 30, DType::F16);
+  if (testutil::exists(dir)) check_model(dir, tol, tol, LoadOptions(), 30, DType::F16);
 }
 
 // A host weight of any dtype (quantized ones through quantize_matrix), kept alive by b.
@@ -1029,7 +1036,7 @@ TEST(CudaOps, DecodeRows) {
   const int ns[] = {1, 2, 70, 5, 33, 64, 17, 3};
   int cases = 0;
   for (int hd : {64, 128})
-    for (int ratio : {1, 2, 4, 8})
+    for (int ratio : {1, 2, 4, 6, 8})
       for (int window : {0, 16, 200}) {
         const int n = ns[cases % 8];
         const RowsCase c = make_rows_case(rng, n, hd, ratio, window);
@@ -1076,7 +1083,7 @@ TEST(CudaOps, DecodeRows) {
         }
         ++cases;
       }
-  EXPECT_EQ(cases, 2 * 4 * 3);
+  EXPECT_EQ(cases, 2 * 5 * 3);
 }
 
 // Batched steps queued back to back without a host synchronisation: the 64-slot staging ring wraps twice,
@@ -1146,8 +1153,10 @@ TEST(CudaModel, BatchedDecodeEqualsSolo) {
         const bool bf16 = std::string(f).find("bf16") != std::string::npos;
         const bool rounded = bf16 && n > 4;  // cuBLAS with activations rounded to bf16
         // bf16 activations: the first H200 run measured 0.0200 at step 2 of n 11 (each step's rounding
-        // also goes into the cached keys and values of the next), so 3e-2; the fp32 paths hold 1e-4.
-        const double tol = rounded ? 3e-2 : 1e-4;
+        // also goes into the cached keys and values of the next), so 3e-2; the fp32 paths hold 1e-4 over an
+        // fp32 cache and fp16's unit roundoff over an fp16 one (batched cuBLAS and solo GEMV keys that differ
+        // in their last bits can round to neighbouring fp16 values: 2.4e-4 measured at step 19 of n 11).
+        const double tol = rounded ? 3e-2 : kv == DType::F16 ? 1.0 / 2048 : 1e-4;
         const std::string what = std::string(f) + " n " + std::to_string(n) + " kv " + dtype_name(kv);
         auto model = Model::load(testutil::source_path(std::string("models/fixtures/") + f));
         auto gpu = make_cuda_backend(0);

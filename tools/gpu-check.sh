@@ -5,7 +5,7 @@
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
 #                                    (binaries + the stories260K test data); carry gpu-bin to the device.
 #   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
-#                                    quant, pdl, kernels, stalls, profile (default: tests sanitize bench, about
+#                                    quant, pdl, kernels, attn, stalls, profile (default: tests sanitize bench, about
 #                                    7 minutes on an H100/H200; tests ~25 s, bench ~70 s, quant ~90 s
 #                                    for QUANT_LIST=int8,int4, kernels ~15 s).
 #
@@ -24,6 +24,11 @@
 #           (PDL_QUANT=0 skips that).
 # kernels:  a 7B layer's decode GEMVs timed launch by launch (tools/gemv_bench.cu), fp16 and quantized,
 #           the quantized ones at several K-split targets, in GB/s against the copy rate.
+# attn:     a 7B layer's split-KV decode attention timed launch by launch (tools/attn_bench.cu) at contexts
+#           of 128 to 32768 over fp32 and fp16 caches, each kernel variant, in GB/s against the copy rate;
+#           Nsight Compute's stall reasons of the default variant at 4096; then, on the bench phase's
+#           checkpoint (run bench first in the same call), decode at 4096 with the untiled block and with
+#           the separate combine kernel against the default.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
 #           reasons of the quantized and fp16 GEMVs (about a minute).
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
@@ -58,9 +63,9 @@ if [ "${1:-}" = "--prepare" ]; then
   step "build for sm_90 in build-gpu/"
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMISTRAL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DMISTRAL_NATIVE=OFF >/dev/null || exit 1
-  cmake --build build-gpu -j"${JOBS:-2}" --target mistral-run test_cuda gemv_bench || exit 1
+  cmake --build build-gpu -j"${JOBS:-2}" --target mistral-run test_cuda gemv_bench attn_bench || exit 1
   rm -rf gpu-bin && mkdir -p gpu-bin/data/models
-  cp build-gpu/mistral-run build-gpu/tests/test_cuda build-gpu/gemv_bench gpu-bin/
+  cp build-gpu/mistral-run build-gpu/tests/test_cuda build-gpu/gemv_bench build-gpu/attn_bench gpu-bin/
   if [ -d ../shared/data/models/stories260K ]; then cp -r ../shared/data/models/stories260K gpu-bin/data/models/; fi
   newest=$(objdump -T gpu-bin/mistral-run gpu-bin/test_cuda | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -1)
   echo "newest glibc symbol needed: $newest (the GPU image must have at least this)"
@@ -400,6 +405,50 @@ kernels)
   echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
   MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int8,int4 --warps 24 | tee -a "$SUMMARY"
   ;;
+attn)
+  step "attn: a 7B layer's decode attention, launch by launch"
+  if [ $HAVE_GPU != 1 ] || [ ! -x "$BIN/attn_bench" ]; then note "attn: skipped (no GPU or no attn_bench)"; continue; fi
+  timeout 120 "$BIN/attn_bench" --reps 100 | tee "$OUTDIR/attn_bench.txt" | tee -a "$SUMMARY"
+  # The untiled block (MISTRAL_CUDA_DECODE_TILED=0; still the one for head_dim > 128) through the decode tests.
+  MISTRAL_CUDA_DECODE_TILED=0 timeout 120 "$BIN/test_cuda" --gtest_filter='CudaOps.AttentionAndCacheWrite:CudaOps.DecodeAttentionLongContext:CudaOps.HalfKvCacheAttention:CudaOps.DecodeRows*:CudaModel.BatchedDecodeEqualsSolo' \
+    >"$OUTDIR/test_untiled.log" 2>&1
+  rc=$?
+  grep -E '^\[ *FAILED *\]|Failure' "$OUTDIR/test_untiled.log" | head -20
+  note "attn: decode tests with the untiled block: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_untiled.log" | tr '\n' ' ')(exit $rc)"
+  if command -v ncu >/dev/null 2>&1; then
+    for kv in f32 f16; do
+      f="$OUTDIR/stalls_attn_$kv.csv"
+      timeout 90 ncu --csv --page raw --print-units base -k regex:decode_partial --launch-skip 3 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats "$BIN/attn_bench" --only tiled+merge --kv $kv --ctx 4096 --reps 3 >"$f" 2>"$f.err"
+      python3 tools/ncu_stalls.py "$f" "attention $kv ctx 4096" | tee -a "$SUMMARY"
+    done
+  fi
+  CK=${CKPT_DIR:-/tmp/mistral7b-random}
+  if [ ! -d "$CK" ]; then note "attn: no checkpoint (run the bench phase first in the same call)"; continue; fi
+  for kv in f32 f16; do
+    MISTRAL_CUDA_DECODE_TILED=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+      --reps 3 --prompt-tokens 4096 --gen-tokens 64 --kv-type $kv >"$OUTDIR/untiled_$kv.json" || echo "bench failed"
+    MISTRAL_CUDA_DECODE_COMBINE=1 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+      --reps 3 --prompt-tokens 4096 --gen-tokens 64 --kv-type $kv >"$OUTDIR/combine_$kv.json" || echo "bench failed"
+  done
+  python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
+import json, os, sys
+d = sys.argv[1]
+def tok(name):
+    try:
+        return json.load(open(os.path.join(d, name)))["decode_tok_s"]
+    except Exception:
+        return None
+for kv, default in (("f32", "ours_p4096.json"), ("f16", "ours_kv16_p4096.json")):
+    base, unt, com = tok(default), tok(f"untiled_{kv}.json"), tok(f"combine_{kv}.json")
+    if base and unt and com:
+        print(f"attn: decode ctx 4096, {kv} cache: default {base:.1f} tok/s, untiled block {unt:.1f} "
+              f"({base / unt:.3f}x), separate combine {com:.1f} ({com / base:.3f}x of the default)")
+    else:
+        print(f"attn: decode ctx 4096, {kv} cache: missing results")
+PY
+  ;;
 stalls)
   # Why the decode GEMVs run below the copy rate: Nsight Compute on one gemv_bench launch each (issue
   # utilization, occupancy, DRAM throughput, stall reasons per issued instruction; tools/ncu_stalls.py).
@@ -450,7 +499,7 @@ profile)
     python3 tools/ncu_summary.py "$OUTDIR/ncu_quant.csv" | tee -a "$SUMMARY"
   fi
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, stalls, profile)";;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, attn, stalls, profile)";;
 esac; done
 
 step "summary"
