@@ -271,5 +271,7 @@ cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* 
   });
 }
 
+void set_pdl_default(bool on) { pdl_default() = on; }
+
 }  // namespace cuda
 }  // namespace mistral

@@ -26,5 +26,9 @@ constexpr int kGemvMaxParts = 4;
 cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const int* N, float* const* y, int parts,
                             DType wt, int K, int n_sms, cudaStream_t stream);
 
+// Programmatic dependent launch when MISTRAL_CUDA_PDL is not set (pdl.cuh): the CUDA backend turns it on
+// for quantized models.
+void set_pdl_default(bool on);
+
 }  // namespace cuda
 }  // namespace mistral

@@ -28,7 +28,7 @@
 #           of 128 to 32768 over fp32 and fp16 caches, each kernel variant, in GB/s against the copy rate;
 #           Nsight Compute's stall reasons of the default variant at 4096; then, on the bench phase's
 #           checkpoint (run bench first in the same call), decode at 4096 with the untiled block and with
-#           the separate combine kernel against the default.
+#           the merge inside the partial kernel against the default.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
 #           reasons of the quantized and fp16 GEMVs (about a minute).
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
@@ -341,9 +341,9 @@ pdl)
     MISTRAL_CUDA_PDL=$pdl timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 \
       --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl$pdl.json" || echo "bench (pdl $pdl) failed"
   done
-  # And the split-KV attention's separate combine kernel (MISTRAL_CUDA_DECODE_COMBINE=1) against the
-  # merge inside the partial kernel (the default), without PDL.
-  MISTRAL_CUDA_DECODE_COMBINE=1 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+  # And the split-KV attention's merge inside the partial kernel (MISTRAL_CUDA_DECODE_COMBINE=0) against
+  # the separate combine kernel (the default), without PDL.
+  MISTRAL_CUDA_DECODE_COMBINE=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/combine_separate.json" || echo "bench (separate combine) failed"
   # And the fp16 GEMVs without the register-preloading kernel for small launches (gemv.cu, preload_for).
   MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
@@ -361,7 +361,7 @@ try:
     on = json.load(open(os.path.join(d, "pdl1.json")))["decode_tok_s"]
     print(f"pdl: fp16 decode ctx 128 {off:.1f} tok/s off, {on:.1f} on = {on / off:.3f}x")
     sep = json.load(open(os.path.join(d, "combine_separate.json")))["decode_tok_s"]
-    print(f"decode attention: separate combine kernel {sep:.1f} tok/s, merged in the partial kernel {off:.1f}")
+    print(f"decode attention: merged in the partial kernel {sep:.1f} tok/s, separate combine kernel {off:.1f}")
     pre0 = json.load(open(os.path.join(d, "preload0.json")))["decode_tok_s"]
     print(f"fp16 GEMVs: MISTRAL_CUDA_GEMV_PRELOAD=0 {pre0:.1f} tok/s, default {off:.1f}")
 except Exception as e:
@@ -429,7 +429,7 @@ attn)
   for kv in f32 f16; do
     MISTRAL_CUDA_DECODE_TILED=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
       --reps 3 --prompt-tokens 4096 --gen-tokens 64 --kv-type $kv >"$OUTDIR/untiled_$kv.json" || echo "bench failed"
-    MISTRAL_CUDA_DECODE_COMBINE=1 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+    MISTRAL_CUDA_DECODE_COMBINE=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
       --reps 3 --prompt-tokens 4096 --gen-tokens 64 --kv-type $kv >"$OUTDIR/combine_$kv.json" || echo "bench failed"
   done
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
@@ -444,7 +444,7 @@ for kv, default in (("f32", "ours_p4096.json"), ("f16", "ours_kv16_p4096.json"))
     base, unt, com = tok(default), tok(f"untiled_{kv}.json"), tok(f"combine_{kv}.json")
     if base and unt and com:
         print(f"attn: decode ctx 4096, {kv} cache: default {base:.1f} tok/s, untiled block {unt:.1f} "
-              f"({base / unt:.3f}x), separate combine {com:.1f} ({com / base:.3f}x of the default)")
+              f"({base / unt:.3f}x), merge in the partial kernel {com:.1f} ({com / base:.3f}x of the default)")
     else:
         print(f"attn: decode ctx 4096, {kv} cache: missing results")
 PY

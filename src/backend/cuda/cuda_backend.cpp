@@ -479,6 +479,7 @@ class CudaBackend final : public Backend {
   // k and v products no longer run as launches of a few blocks each. T > kGemvMaxT (cuBLAS) and mixed
   // shapes or dtypes take matmul one product at a time.
   void matmul_multi(const float* x, int T, const Weight* const* W, float* const* y, int n) override {
+    if (n > 0) launches_for(*W[0]);
     if (T > kGemvMaxT && n >= 2 && W[0]->dtype != DType::F32) {
       // cuBLAS products of one x: it is rounded to 16 bits once for all of them when they agree on the
       // type and on K (bit for bit what matmul does one product at a time).
@@ -518,6 +519,7 @@ class CudaBackend final : public Backend {
   // shape; full-precision ones 16-byte aligned); otherwise matmul_multi and swiglu.
   void matmul_swiglu(const float* x, int T, const Weight& w_gate, const Weight& w_up, float* gate,
                      float* up) override {
+    launches_for(w_gate);
     const bool quant = is_quantized(w_gate.dtype);
     const bool one = T <= kGemvMaxT && w_gate.dtype == w_up.dtype && w_gate.rows == w_up.rows &&
                      w_gate.cols == w_up.cols &&
@@ -728,6 +730,13 @@ class CudaBackend final : public Backend {
     *slot = s;
     return rows_host_ + size_t(s) * rows_slot_;
   }
+  // Programmatic dependent launch (pdl.cuh) by the layers' weight format, unless MISTRAL_CUDA_PDL sets it:
+  // each layer's q/k/v and gate/up products (matmul_multi, matmul_swiglu) turn it on for quantized weights
+  // and off for 16- or 32-bit ones, and the launches after them follow (the output projection, the
+  // unquantized lm_head of a quantized model), so that a step of a quantized model runs with it and one
+  // of an fp16 model without, also when both share a process (bench --quant alternates them). Only the
+  // launch attribute changes, never a result.
+  static void launches_for(const Weight& W) { set_pdl_default(is_quantized(W.dtype)); }
   AttnParams params(const AttnShape& s) const {
     AttnParams p;
     p.d_start = capturing_ ? &step_dev_->pos : nullptr;
