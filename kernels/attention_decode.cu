@@ -248,7 +248,8 @@ __device__ __forceinline__ void decode_partial_block_tiled(const float* __restri
                                                            const float* __restrict__ v, const C* __restrict__ ck,
                                                            const C* __restrict__ cv, int64_t pos, int64_t slots,
                                                            int n_heads, int n_kv_heads, int hd, int kvh, int64_t kb,
-                                                           int64_t ke, int split, int splits, float* __restrict__ part) {
+                                                           int64_t ke, int split, int splits, float* __restrict__ part,
+                                                           bool fast_tiles) {
   static_assert(GP == 1 || GP == 2 || GP == 4 || GP == 8, "GP: a power of two up to kMaxG");
   constexpr int T = GP >= 4 ? 32 / GP : 8;  // keys a tile
   constexpr int NV = T * GP;                // scores a tile: 8, 16 or 32
@@ -261,6 +262,7 @@ __device__ __forceinline__ void decode_partial_block_tiled(const float* __restri
   const bool vec = (hd & 3) == 0 && ((reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v) |
                                       reinterpret_cast<uintptr_t>(ck) | reinterpret_cast<uintptr_t>(cv)) &
                                      15u) == 0;
+  const bool fast = fast_tiles && vec;  // MISTRAL_CUDA_DECODE_FAST_TILES=1 (an experiment, not yet run on a GPU)
 
   __shared__ __align__(16) float qs[GP][128];  // zero past hd and for heads past G
   for (int i = threadIdx.x; i < GP * 128; i += blockDim.x) {
@@ -298,13 +300,26 @@ __device__ __forceinline__ void decode_partial_block_tiled(const float* __restri
   float acc[GP][4];
 #pragma unroll
   for (int g = 0; g < GP; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = 0.f;
+  const size_t lane_off = size_t(kvh) * hd + d0;
   for (int64_t base = kb + int64_t(T) * warp; base < ke; base += int64_t(T) * kWarps) {
     float4 kx[T], vx[T];
     int64_t slot = base % slots;
+    if (fast && base + T <= ke && base + T <= pos && slot + T <= slots) {
+      // All T keys are cached, in consecutive rows: one address computation a tile (warp-uniform branch).
+      const C* kp = ck + size_t(slot) * size_t(kvd) + lane_off;
+      const C* vp = cv + size_t(slot) * size_t(kvd) + lane_off;
+      const bool in = d0 < hd;
 #pragma unroll
-    for (int t = 0; t < T; ++t) {
-      load_row(base + t, slot, kx[t], vx[t]);
-      if (++slot == slots) slot = 0;
+      for (int t = 0; t < T; ++t) {
+        kx[t] = in ? kv_load4(kp + size_t(t) * size_t(kvd)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        vx[t] = in ? kv_load4(vp + size_t(t) * size_t(kvd)) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        load_row(base + t, slot, kx[t], vx[t]);
+        if (++slot == slots) slot = 0;
+      }
     }
     float s[NV];
 #pragma unroll
@@ -386,7 +401,8 @@ template <class C, int NC, int GP>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                           const C* __restrict__ ck, const C* __restrict__ cv, int64_t start, AttnParams p, int splits,
-                          float* __restrict__ part, unsigned* __restrict__ counters, float* __restrict__ out) {
+                          float* __restrict__ part, unsigned* __restrict__ counters, float* __restrict__ out,
+                          bool fast_tiles) {
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   if (p.d_start) start = *p.d_start;  // written before the step's first kernel: readable before pdl_wait
   const int kvh = blockIdx.x, split = blockIdx.y;
@@ -396,7 +412,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   pdl_wait();  // q, k, v and the cache row of this step are the kernel before's output
   if constexpr (GP > 0)
     decode_partial_block_tiled<C, GP>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke,
-                                      split, splits, part);
+                                      split, splits, part, fast_tiles);
   else
     decode_partial_block<C, NC>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke,
                                 split, splits, part);
@@ -427,7 +443,7 @@ template <class C, int NC, int GP>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_rows_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                const DecodeRowArgs* __restrict__ rows, const DecodeWork* __restrict__ work,
-                               AttnParams p, float* __restrict__ part) {
+                               AttnParams p, float* __restrict__ part, bool fast_tiles) {
   const DecodeWork w = work[blockIdx.x];
   const DecodeRowArgs r = rows[w.row];
   const size_t qd = size_t(p.n_heads) * size_t(p.head_dim), kvd = size_t(p.n_kv_heads) * size_t(p.head_dim);
@@ -439,7 +455,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   if constexpr (GP > 0)
     decode_partial_block_tiled<C, GP>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck,
                                       cv, r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke,
-                                      w.split, r.splits, pr);
+                                      w.split, r.splits, pr, fast_tiles);
   else
     decode_partial_block<C, NC>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck, cv,
                                 r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split,
@@ -482,6 +498,14 @@ bool tiled_block() {
   if (g_tiled < 0) g_tiled = env_equals("MISTRAL_CUDA_DECODE_TILED", "0") ? 0 : 1;
   return g_tiled == 1;
 }
+// MISTRAL_CUDA_DECODE_FAST_TILES=1: the tiled block loads a tile of cached keys in consecutive rows from one
+// address computation (SASS: about 40 instructions a row for the general per-key address and the select
+// between cache and own row; an experiment, written without a GPU and not yet measured or tested there).
+int g_fast_tiles = -1;
+bool fast_tiles() {
+  if (g_fast_tiles < 0) g_fast_tiles = env_equals("MISTRAL_CUDA_DECODE_FAST_TILES", "1") ? 1 : 0;
+  return g_fast_tiles == 1;
+}
 
 // The tiled block's padded group for p (0: the untiled block: head_dim > 128, or tiling switched off).
 int tiled_group(const AttnParams& p) {
@@ -497,7 +521,7 @@ cudaError_t launch_partial_as(const float* q, const float* k, const float* v, co
                               float* out, cudaStream_t stream) {
   return launch_maybe_pdl(decode_partial_kernel<C, NC, GP>, dim3(unsigned(p.n_kv_heads), unsigned(splits)),
                           dim3(kWarps * 32), 0, stream, q, k, v, static_cast<const C*>(ck), static_cast<const C*>(cv),
-                          start, p, splits, part, counters, out);
+                          start, p, splits, part, counters, out, fast_tiles());
 }
 template <class C>
 cudaError_t launch_partial(const float* q, const float* k, const float* v, const void* ck, const void* cv,
@@ -526,29 +550,30 @@ void launch_rows_partial(const float* q, const float* k, const float* v, const D
   const dim3 block(kWarps * 32);
   switch (tiled_group(p)) {
     case 1:
-      decode_rows_partial_kernel<C, 1, 1><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      decode_rows_partial_kernel<C, 1, 1><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
       break;
     case 2:
-      decode_rows_partial_kernel<C, 1, 2><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      decode_rows_partial_kernel<C, 1, 2><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
       break;
     case 4:
-      decode_rows_partial_kernel<C, 1, 4><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      decode_rows_partial_kernel<C, 1, 4><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
       break;
     case 8:
-      decode_rows_partial_kernel<C, 1, 8><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+      decode_rows_partial_kernel<C, 1, 8><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
       break;
     default:
       if (p.head_dim > 128)
-        decode_rows_partial_kernel<C, 2, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+        decode_rows_partial_kernel<C, 2, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
       else
-        decode_rows_partial_kernel<C, 1, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part);
+        decode_rows_partial_kernel<C, 1, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
   }
 }
 
 }  // namespace
 
-void set_decode_attention_variant(int tiled, int separate_combine) {
+void set_decode_attention_variant(int tiled, int separate_combine, int fast_tiles) {
   g_tiled = tiled < 0 ? -1 : tiled ? 1 : 0;
+  g_fast_tiles = fast_tiles < 0 ? -1 : fast_tiles ? 1 : 0;
   g_separate_combine = separate_combine < 0 ? -1 : separate_combine ? 1 : 0;
 }
 

@@ -29,9 +29,10 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
 // decode_attention_rows_work writes the S work items (row, split) in row order, which go to a device
 // table `work`; scratch holds decode_attention_rows_scratch_floats(p, S). p.slots is not used (each row
 // has its own); p.d_start must be null.
-// For benchmarks: the tiled partial block (1) or the untiled one (0), and the separate combine kernel (1) or
-// the merge inside the partial kernel (0); -1 leaves a choice to the environment (attention_decode.cu).
-void set_decode_attention_variant(int tiled, int separate_combine);
+// For benchmarks: the tiled partial block (1) or the untiled one (0), the separate combine kernel (1) or
+// the merge inside the partial kernel (0), the tiled block's one-address tiles (1) or not (0); -1 leaves a
+// choice to the environment (attention_decode.cu).
+void set_decode_attention_variant(int tiled, int separate_combine, int fast_tiles);
 
 int64_t decode_attention_rows_plan(DecodeRowArgs* rows, int n, int window, int n_kv_heads, int n_sms);
 void decode_attention_rows_work(const DecodeRowArgs* rows, int n, DecodeWork* work);

@@ -1,12 +1,14 @@
 // Times the split-KV decode attention of one Mistral-7B layer (32 query heads, 8 KV heads of 128; one query
 // token) launch by launch, at several context lengths, over fp32 and fp16 caches, for each variant of the
-// kernel (tiled or untiled partial block; merge inside the partial kernel or a separate combine kernel),
+// kernel (tiled or untiled partial block; merge inside the partial kernel or a separate combine kernel; the
+// tiled block's one-address tiles, MISTRAL_CUDA_DECODE_FAST_TILES=1),
 // against the GPU's copy bandwidth measured in the same process. The bytes counted are the K and V rows the
 // query reads. Each launch reads a different copy of the cache out of enough copies to exceed L2, as a real
 // step does (one layer's cache each). The variants' outputs are compared on the same inputs (largest
 // difference relative to the largest output), as a check that they compute the same thing.
 //   attn_bench [--reps N] [--ctx 128,1024,4096,16384,32768] [--kv f32,f16] [--only VARIANT]
-// --only times one variant (untiled+merge, untiled+combine, tiled+merge, tiled+combine): for a profiler.
+// --only times one variant (untiled+merge, untiled+combine, tiled+merge, tiled+combine, fasttiles+combine):
+// for a profiler.
 // Built with the CUDA backend (target attn_bench); tools/gpu-check.sh runs it in its `kernels` phase.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -111,7 +113,7 @@ int main(int argc, char** argv) {
   const int Hq = 32, Hkv = 8, hd = 128, qd = Hq * hd, kvd = Hkv * hd;
   std::printf("attn_bench on %s (%d SMs): copy %.0f GB/s; Mistral-7B layer's decode attention, %d launches each\n",
               prop.name, n_sms, bw, reps);
-  std::printf("%-4s %7s %-16s %6s %9s %9s %8s %10s\n", "kv", "ctx", "variant", "splits", "us", "GB/s", "of copy",
+  std::printf("%-4s %7s %-18s %6s %9s %9s %8s %10s\n", "kv", "ctx", "variant", "splits", "us", "GB/s", "of copy",
               "max diff");
   float *q = nullptr, *k = nullptr, *v = nullptr, *out = nullptr;
   CK(cudaMalloc(&q, qd * sizeof(float)));
@@ -124,10 +126,13 @@ int main(int argc, char** argv) {
   CK(cudaGetLastError());
   struct Variant {
     const char* name;
-    int tiled, separate;
+    int tiled, separate, fast;
   };
-  const Variant variants[] = {{"untiled+merge", 0, 0}, {"untiled+combine", 0, 1}, {"tiled+merge", 1, 0},
-                              {"tiled+combine", 1, 1}};
+  const Variant variants[] = {{"untiled+merge", 0, 0, 0},
+                              {"untiled+combine", 0, 1, 0},
+                              {"tiled+merge", 1, 0, 0},
+                              {"tiled+combine", 1, 1, 0},
+                              {"fasttiles+combine", 1, 1, 1}};
   for (const std::string& kv : split_list(kvs)) {
     const bool half = kv == "f16";
     if (!half && kv != "f32") {
@@ -159,7 +164,7 @@ int main(int argc, char** argv) {
       std::vector<float> first, got(static_cast<size_t>(qd));
       for (const Variant& va : variants) {
         if (!only.empty() && only != va.name) continue;
-        cuda::set_decode_attention_variant(va.tiled, va.separate);
+        cuda::set_decode_attention_variant(va.tiled, va.separate, va.fast);
         CK(cuda::decode_attention_cuda(q, k, v, ck[0], cv[0], pos, p, splits, scratch, out, 0));
         CK(cudaMemcpy(got.data(), out, qd * sizeof(float), cudaMemcpyDeviceToHost));
         double diff = 0, top = 0;
@@ -183,11 +188,11 @@ int main(int argc, char** argv) {
         CK(cudaEventElapsedTime(&ms, a, b));
         cudaEventDestroy(a), cudaEventDestroy(b);
         const double us = 1e3 * double(ms) / reps, gbs = 2.0 * double(cache_bytes) / (us * 1e3);
-        std::printf("%-4s %7lld %-16s %6d %9.2f %9.0f %7.0f%% %10.2e\n", kv.c_str(), (long long)ctx, va.name, splits,
+        std::printf("%-4s %7lld %-18s %6d %9.2f %9.0f %7.0f%% %10.2e\n", kv.c_str(), (long long)ctx, va.name, splits,
                     us, gbs, 100.0 * gbs / bw, top > 0 ? diff / top : diff);
         std::fflush(stdout);
       }
-      cuda::set_decode_attention_variant(-1, -1);
+      cuda::set_decode_attention_variant(-1, -1, -1);
       for (int c = 0; c < copies; ++c) cudaFree(ck[size_t(c)]), cudaFree(cv[size_t(c)]);
       cudaFree(scratch);
     }

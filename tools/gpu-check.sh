@@ -27,8 +27,9 @@
 # attn:     a 7B layer's split-KV decode attention timed launch by launch (tools/attn_bench.cu) at contexts
 #           of 128 to 32768 over fp32 and fp16 caches, each kernel variant, in GB/s against the copy rate;
 #           Nsight Compute's stall reasons of the default variant at 4096; then, on the bench phase's
-#           checkpoint (run bench first in the same call), decode at 4096 with the untiled block and with
-#           the merge inside the partial kernel against the default.
+#           checkpoint (run bench first in the same call), decode at 4096 with the untiled block, with
+#           the merge inside the partial kernel and with the one-address tiles against the default; the
+#           decode tests with the untiled block and with the one-address tiles.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
 #           reasons of the quantized and fp16 GEMVs (about a minute).
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
@@ -415,6 +416,12 @@ attn)
   rc=$?
   grep -E '^\[ *FAILED *\]|Failure' "$OUTDIR/test_untiled.log" | head -20
   note "attn: decode tests with the untiled block: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_untiled.log" | tr '\n' ' ')(exit $rc)"
+  # The one-address tiles (MISTRAL_CUDA_DECODE_FAST_TILES=1, an experiment) through the same tests.
+  MISTRAL_CUDA_DECODE_FAST_TILES=1 timeout 120 "$BIN/test_cuda" --gtest_filter='CudaOps.AttentionAndCacheWrite:CudaOps.DecodeAttentionLongContext:CudaOps.HalfKvCacheAttention:CudaOps.DecodeRows*:CudaModel.*' \
+    >"$OUTDIR/test_fast_tiles.log" 2>&1
+  rc=$?
+  grep -E '^\[ *FAILED *\]|Failure' "$OUTDIR/test_fast_tiles.log" | head -20
+  note "attn: decode and model tests with MISTRAL_CUDA_DECODE_FAST_TILES=1: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_fast_tiles.log" | tr '\n' ' ')(exit $rc)"
   if command -v ncu >/dev/null 2>&1; then
     for kv in f32 f16; do
       f="$OUTDIR/stalls_attn_$kv.csv"
@@ -427,6 +434,8 @@ attn)
   CK=${CKPT_DIR:-/tmp/mistral7b-random}
   if [ ! -d "$CK" ]; then note "attn: no checkpoint (run the bench phase first in the same call)"; continue; fi
   for kv in f32 f16; do
+    MISTRAL_CUDA_DECODE_FAST_TILES=1 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+      --reps 3 --prompt-tokens 4096 --gen-tokens 64 --kv-type $kv >"$OUTDIR/fast_tiles_$kv.json" || echo "bench failed"
     MISTRAL_CUDA_DECODE_TILED=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
       --reps 3 --prompt-tokens 4096 --gen-tokens 64 --kv-type $kv >"$OUTDIR/untiled_$kv.json" || echo "bench failed"
     MISTRAL_CUDA_DECODE_COMBINE=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
@@ -442,9 +451,11 @@ def tok(name):
         return None
 for kv, default in (("f32", "ours_p4096.json"), ("f16", "ours_kv16_p4096.json")):
     base, unt, com = tok(default), tok(f"untiled_{kv}.json"), tok(f"combine_{kv}.json")
-    if base and unt and com:
+    fast = tok(f"fast_tiles_{kv}.json")
+    if base and unt and com and fast:
         print(f"attn: decode ctx 4096, {kv} cache: default {base:.1f} tok/s, untiled block {unt:.1f} "
-              f"({base / unt:.3f}x), merge in the partial kernel {com:.1f} ({com / base:.3f}x of the default)")
+              f"({base / unt:.3f}x), merge in the partial kernel {com:.1f} ({com / base:.3f}x of the default), "
+              f"one-address tiles {fast:.1f} ({fast / base:.3f}x)")
     else:
         print(f"attn: decode ctx 4096, {kv} cache: missing results")
 PY
