@@ -602,7 +602,7 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
   unsigned* counters = reinterpret_cast<unsigned*>(scratch);
   float* part = scratch + kCounterWords;
   const bool fused = !separate_combine() && size_t(p.n_kv_heads) <= kCounterWords;
-  // Both launched with programmatic dependence when MISTRAL_CUDA_PDL=1 (pdl.cuh).
+  // Both launched with programmatic dependence when pdl_enabled() (pdl.cuh).
   unsigned* cnt = fused ? counters : nullptr;
   cudaError_t err = p.kv_half
                         ? launch_partial<__half>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream)

@@ -180,12 +180,13 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 // otherwise when all of the launch's warps fit at 32 an SM: then more warps would not be there to use, and
 // each warp's bytes in flight are what is short (the 7B output projection, 4096 rows, ran at 63% of the
 // copy rate in gemv_bench, run 6, against 88% for the 14336-row gate/up launch). MISTRAL_CUDA_GEMV_PRELOAD=0
-// or 1 forces it off or on, for comparisons.
+// or 1 forces it off or on, for comparisons (0 also under PDL: fp16 decode with PDL and the kPre kernels ran
+// at 0.964x of without PDL in run 8, and PDL without them has not been measured).
 bool preload_for(long long warps, int T, int n_sms) {
   static const bool off = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "0"),
                     on = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "1");
+  if (off) return false;  // also with PDL: an experiment (gpu-check's pdl phase) to see PDL without the kPre kernels
   if (pdl_enabled() || on) return true;
-  if (off) return false;
   return T == 1 && n_sms > 0 && warps <= 32LL * n_sms;  // more tokens take more registers: fewer warps fit
 }
 
@@ -271,7 +272,7 @@ cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* 
   });
 }
 
-void set_pdl_default(bool on) { pdl_default() = on; }
+void set_pdl_default(bool on) { pdl_default().store(on, std::memory_order_relaxed); }
 
 }  // namespace cuda
 }  // namespace mistral

@@ -13,6 +13,7 @@
 // context): int8 weights 266 -> 297 tok/s, int4 290 -> 322 with it, fp16 221 -> 213 (the fp16 GEMVs then
 // always take their register-preloading kernels, gemv.cu's preload_for), hence the default by weights.
 #pragma once
+#include <atomic>
 #include <utility>
 
 #include <cuda_runtime.h>
@@ -36,8 +37,8 @@ __device__ __forceinline__ void pdl_trigger() {
 
 // The default when MISTRAL_CUDA_PDL is not set: set_pdl_default (gemv.cuh), which the CUDA backend calls
 // with each product's weight format (cuda_backend.cpp, launches_for).
-inline bool& pdl_default() {
-  static bool on = false;
+inline std::atomic<bool>& pdl_default() {  // atomic: backends on other threads may set it (relaxed: a hint)
+  static std::atomic<bool> on{false};
   return on;
 }
 
@@ -48,7 +49,7 @@ inline bool pdl_enabled() {
   return false;
 #endif
   static const int forced = env_equals("MISTRAL_CUDA_PDL", "1") ? 1 : env_equals("MISTRAL_CUDA_PDL", "0") ? 0 : -1;
-  return forced >= 0 ? forced == 1 : pdl_default();
+  return forced >= 0 ? forced == 1 : pdl_default().load(std::memory_order_relaxed);
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization attribute when

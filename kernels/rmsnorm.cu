@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kMaxThreads) add_rmsnorm_kernel(float* __restr
 
 int threads_for(int D) { return D >= kMaxThreads ? kMaxThreads : ((D + 31) / 32) * 32; }
 
-// Launched with programmatic dependence when MISTRAL_CUDA_PDL=1 (the kernels pdl_wait before reading).
+// Launched with programmatic dependence when pdl_enabled() (the kernels pdl_wait before reading).
 template <typename W>
 cudaError_t launch_rmsnorm(const float* x, const void* w, float eps, int T, int D, float* y, cudaStream_t stream) {
   return launch_maybe_pdl(rmsnorm_kernel<W>, dim3(unsigned(T)), dim3(unsigned(threads_for(D))), 0, stream, x,

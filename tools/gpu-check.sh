@@ -19,9 +19,10 @@
 #           window of 16; tools/batch_equivalence.py), and output tok/s at 64 sequences vs 1 (7B shape).
 # quant:    7B-shape decode with int8, NF4 and int4 weights against fp16 in the same process
 #           (QUANT_LIST=int8,int4 picks some).
-# pdl:      programmatic dependent launch (MISTRAL_CUDA_PDL=1): all gpu tests with it, decode off vs on
-#           on the bench phase's checkpoint (run after bench in the same call), quantized decode with it
-#           (PDL_QUANT=0 skips that).
+# pdl:      programmatic dependent launch (MISTRAL_CUDA_PDL=1 forces it on, 0 off; by default on for
+#           quantized layers only): all gpu tests with it on, fp16 decode off vs on (and on without the
+#           preloading GEMV kernels) on the bench phase's checkpoint (run after bench in the same call),
+#           quantized decode with it off (PDL_QUANT=0 skips that).
 # kernels:  a 7B layer's decode GEMVs timed launch by launch (tools/gemv_bench.cu), fp16 and quantized,
 #           the quantized ones at several K-split targets, in GB/s against the copy rate.
 # attn:     a 7B layer's split-KV decode attention timed launch by launch (tools/attn_bench.cu) at contexts
@@ -327,9 +328,9 @@ for q in ("int8", "nf4", "int4"):
 PY
   ;;
 pdl)
-  # Programmatic dependent launch (kernels/pdl.cuh, opt-in with MISTRAL_CUDA_PDL=1): the model and
-  # GEMV tests with it on, then decode on the bench phase's checkpoint (run bench first in the same
-  # call) with it off and on, and the quantized formats with it on.
+  # Programmatic dependent launch (kernels/pdl.cuh; by default on for quantized layers, MISTRAL_CUDA_PDL=1
+  # or 0 forces it): the model and GEMV tests with it on, then fp16 decode on the bench phase's checkpoint
+  # (run bench first in the same call) with it off and on, and the quantized formats with it off.
   step "pdl: MISTRAL_CUDA_PDL=1 against the default"
   if [ $HAVE_GPU != 1 ]; then note "pdl: skipped (no GPU)"; continue; fi
   MISTRAL_CUDA_PDL=1 timeout 120 "$BIN/test_cuda" >"$OUTDIR/test_pdl.log" 2>&1
@@ -349,10 +350,14 @@ pdl)
   # And the fp16 GEMVs without the register-preloading kernel for small launches (gemv.cu, preload_for).
   MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/preload0.json" || echo "bench (no preload) failed"
-  if [ "${PDL_QUANT:-1}" != 0 ]; then  # PDL_QUANT=0: fp16 only
-    MISTRAL_CUDA_PDL=1 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+  # And fp16 with PDL but without the register-preloading kernels (PDL otherwise takes them for every launch).
+  MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda \
+    --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl1_preload0.json" ||
+    echo "bench (pdl, no preload) failed"
+  if [ "${PDL_QUANT:-1}" != 0 ]; then  # PDL_QUANT=0: fp16 only. Quantized layers take PDL by default: this is without.
+    MISTRAL_CUDA_PDL=0 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
       --quant-list "${QUANT_LIST:-int8,nf4,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
-      >"$OUTDIR/pdl_quant.jsonl" || echo "bench --quant-list (pdl) failed"
+      >"$OUTDIR/pdl_quant.jsonl" || echo "bench --quant-list (no pdl) failed"
   fi
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
@@ -365,13 +370,15 @@ try:
     print(f"decode attention: merged in the partial kernel {sep:.1f} tok/s, separate combine kernel {off:.1f}")
     pre0 = json.load(open(os.path.join(d, "preload0.json")))["decode_tok_s"]
     print(f"fp16 GEMVs: MISTRAL_CUDA_GEMV_PRELOAD=0 {pre0:.1f} tok/s, default {off:.1f}")
+    pp = json.load(open(os.path.join(d, "pdl1_preload0.json")))["decode_tok_s"]
+    print(f"pdl: fp16 decode ctx 128 with PDL and MISTRAL_CUDA_GEMV_PRELOAD=0 {pp:.1f} tok/s = {pp / off:.3f}x of the default")
 except Exception as e:
     print(f"pdl: no fp16 result ({e})")
 try:
     for line in open(os.path.join(d, "pdl_quant.jsonl")):
         if line.strip():
             o = json.loads(line)
-            print(f"pdl on: quant {o['quant']:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
+            print(f"pdl off: quant {o['quant']:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
                   f"{o['baseline']['decode_tok_s']:7.1f} = {o['decode_speedup']:.2f}x")
 except Exception as e:
     print(f"pdl: no quant result ({e})")

@@ -404,6 +404,7 @@ class CudaBackend final : public Backend {
   }
 
   void matmul(const float* x, int T, const Weight& W, float* y) override {
+    if (is_quantized(W.dtype)) launches_for(W);  // the unfused order's q/k/v and gate/up come here
     const int N = int(W.rows), K = int(W.cols);
     const bool quant = is_quantized(W.dtype);
     if (T == 1 && quant && !mma_tiles_.empty()) {  // MISTRAL_CUDA_QUANT_MMA=1
@@ -734,8 +735,9 @@ class CudaBackend final : public Backend {
   // each layer's q/k/v and gate/up products (matmul_multi, matmul_swiglu) turn it on for quantized weights
   // and off for 16- or 32-bit ones, and the launches after them follow (the output projection, the
   // unquantized lm_head of a quantized model), so that a step of a quantized model runs with it and one
-  // of an fp16 model without, also when both share a process (bench --quant alternates them). Only the
-  // launch attribute changes, never a result.
+  // of an fp16 model without, also when both share a process (bench --quant alternates them). A single
+  // quantized product (the unfused order, MISTRAL_UNFUSED=1) turns it on too, but only the fused products
+  // turn it off. Only the launch attribute changes, never a result.
   static void launches_for(const Weight& W) { set_pdl_default(is_quantized(W.dtype)); }
   AttnParams params(const AttnShape& s) const {
     AttnParams p;
