@@ -180,13 +180,15 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 // otherwise when all of the launch's warps fit at 32 an SM: then more warps would not be there to use, and
 // each warp's bytes in flight are what is short (the 7B output projection, 4096 rows, ran at 63% of the
 // copy rate in gemv_bench, run 6, against 88% for the 14336-row gate/up launch). MISTRAL_CUDA_GEMV_PRELOAD=0
-// or 1 forces it off or on, for comparisons (0 also under PDL: fp16 decode with PDL and the kPre kernels ran
-// at 0.964x of without PDL in run 8, and PDL without them has not been measured).
+// or 1 forces it off or on, for comparisons, also under PDL; =auto keeps the size rule under PDL (fp16
+// decode with PDL and the kPre kernels ran at 0.964x of without PDL in run 8; PDL with the size rule or
+// without the kPre kernels has not been measured: gpu-check's pdl phase times both).
 bool preload_for(long long warps, int T, int n_sms) {
   static const bool off = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "0"),
-                    on = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "1");
-  if (off) return false;  // also with PDL: an experiment (gpu-check's pdl phase) to see PDL without the kPre kernels
-  if (pdl_enabled() || on) return true;
+                    on = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "1"),
+                    by_size = env_equals("MISTRAL_CUDA_GEMV_PRELOAD", "auto");
+  if (off) return false;
+  if (on || (pdl_enabled() && !by_size)) return true;
   return T == 1 && n_sms > 0 && warps <= 32LL * n_sms;  // more tokens take more registers: fewer warps fit
 }
 

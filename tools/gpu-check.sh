@@ -350,10 +350,13 @@ pdl)
   # And the fp16 GEMVs without the register-preloading kernel for small launches (gemv.cu, preload_for).
   MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/preload0.json" || echo "bench (no preload) failed"
-  # And fp16 with PDL but without the register-preloading kernels (PDL otherwise takes them for every launch).
-  MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda \
-    --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl1_preload0.json" ||
-    echo "bench (pdl, no preload) failed"
+  # And fp16 with PDL but without the register-preloading kernels (PDL otherwise takes them for every
+  # launch), then with them chosen by launch size as without PDL.
+  for pre in 0 auto; do
+    MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=$pre timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda \
+      --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl1_preload$pre.json" ||
+      echo "bench (pdl, preload $pre) failed"
+  done
   if [ "${PDL_QUANT:-1}" != 0 ]; then  # PDL_QUANT=0: fp16 only. Quantized layers take PDL by default: this is without.
     MISTRAL_CUDA_PDL=0 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
       --quant-list "${QUANT_LIST:-int8,nf4,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
@@ -370,8 +373,10 @@ try:
     print(f"decode attention: merged in the partial kernel {sep:.1f} tok/s, separate combine kernel {off:.1f}")
     pre0 = json.load(open(os.path.join(d, "preload0.json")))["decode_tok_s"]
     print(f"fp16 GEMVs: MISTRAL_CUDA_GEMV_PRELOAD=0 {pre0:.1f} tok/s, default {off:.1f}")
-    pp = json.load(open(os.path.join(d, "pdl1_preload0.json")))["decode_tok_s"]
-    print(f"pdl: fp16 decode ctx 128 with PDL and MISTRAL_CUDA_GEMV_PRELOAD=0 {pp:.1f} tok/s = {pp / off:.3f}x of the default")
+    for pre in ("0", "auto"):
+        pp = json.load(open(os.path.join(d, f"pdl1_preload{pre}.json")))["decode_tok_s"]
+        print(f"pdl: fp16 decode ctx 128 with PDL and MISTRAL_CUDA_GEMV_PRELOAD={pre} {pp:.1f} tok/s = "
+              f"{pp / off:.3f}x of the default")
 except Exception as e:
     print(f"pdl: no fp16 result ({e})")
 try:
@@ -412,6 +417,11 @@ kernels)
   timeout 60 "$BIN/gemv_bench" --reps 200 --formats int4mma,int8mma | grep -v '^format' | tee -a "$SUMMARY"
   echo "with MISTRAL_CUDA_PDL=1:" | tee -a "$SUMMARY"
   MISTRAL_CUDA_PDL=1 timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16,int8,int4 --warps 24 | tee -a "$SUMMARY"
+  for pre in 0 auto; do
+    echo "fp16 with MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=$pre:" | tee -a "$SUMMARY"
+    MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=$pre timeout 60 "$BIN/gemv_bench" --reps 200 --formats f16 |
+      grep -v '^format' | tee -a "$SUMMARY"
+  done
   ;;
 attn)
   step "attn: a 7B layer's decode attention, launch by launch"
