@@ -19,24 +19,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "attention_decode.cuh"
 
+#include "bench_common.cuh"
+
 using namespace mistral;
 
 namespace {
 
-#define CK(x)                                                                          \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "attn_bench: %s failed: %s\n", #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
+#define CK(x) bench::check((x), "attn_bench", #x)
 
 constexpr size_t kMinBytes = size_t(512) << 20;  // cache copies: at least this much in all
 
@@ -51,34 +45,6 @@ __global__ void fill_kernel(void* p, size_t n, uint32_t seed, bool half) {
     else
       static_cast<float*>(p)[i] = x;
   }
-}
-
-double copy_gbs() {  // device-to-device copy rate, bytes read + written per second
-  const size_t bytes = size_t(1) << 30;
-  void *a = nullptr, *b = nullptr;
-  CK(cudaMalloc(&a, bytes));
-  CK(cudaMalloc(&b, bytes));
-  CK(cudaMemset(a, 1, bytes));
-  for (int i = 0; i < 3; ++i) CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  CK(cudaEventRecord(e0, 0));
-  for (int i = 0; i < 10; ++i) CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
-  CK(cudaEventRecord(e1, 0));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0.f;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  cudaFree(a), cudaFree(b);
-  return 2.0 * 10 * double(bytes) / (1e-3 * ms) / 1e9;
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
 }
 
 }  // namespace
@@ -109,7 +75,7 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, dev));
-  const double bw = copy_gbs();
+  const double bw = bench::copy_gbs("attn_bench");
   const int Hq = 32, Hkv = 8, hd = 128, qd = Hq * hd, kvd = Hkv * hd;
   std::printf("attn_bench on %s (%d SMs): copy %.0f GB/s; Mistral-7B layer's decode attention, %d launches each\n",
               prop.name, n_sms, bw, reps);
@@ -133,14 +99,14 @@ int main(int argc, char** argv) {
                               {"tiled+merge", 1, 0, 0},
                               {"tiled+combine", 1, 1, 0},
                               {"fasttiles+combine", 1, 1, 1}};
-  for (const std::string& kv : split_list(kvs)) {
+  for (const std::string& kv : bench::split_list(kvs)) {
     const bool half = kv == "f16";
     if (!half && kv != "f32") {
       std::fprintf(stderr, "attn_bench: --kv takes f32 and f16\n");
       return 2;
     }
     const size_t elem = half ? 2 : 4;
-    for (const std::string& cs : split_list(ctxs)) {
+    for (const std::string& cs : bench::split_list(ctxs)) {
       const int64_t ctx = std::atoll(cs.c_str());
       if (ctx < 1) continue;
       cuda::AttnParams p;

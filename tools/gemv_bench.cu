@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,18 +28,13 @@
 #include "quant_mma.cuh"
 #include "quant_mma_layout.h"
 
+#include "bench_common.cuh"
+
 using namespace mistral;
 
 namespace {
 
-#define CK(x)                                                                                    \
-  do {                                                                                           \
-    cudaError_t e_ = (x);                                                                        \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "gemv_bench: %s failed: %s\n", #x, cudaGetErrorString(e_));           \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
+#define CK(x) bench::check((x), "gemv_bench", #x)
 
 constexpr size_t kMinBytes = size_t(512) << 20;  // weight copies per matrix: at least this much in all
 
@@ -208,35 +202,6 @@ double time_launch(const Layer& L, Launch which, int reps, const float* x, const
   return 1e3 * double(ms) / reps;
 }
 
-// Device-to-device copy rate (bytes read + written per second), GB/s.
-double copy_gbs() {
-  const size_t bytes = size_t(1) << 30;
-  void *a = nullptr, *b = nullptr;
-  CK(cudaMalloc(&a, bytes));
-  CK(cudaMalloc(&b, bytes));
-  CK(cudaMemset(a, 1, bytes));
-  for (int i = 0; i < 3; ++i) CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  CK(cudaEventRecord(e0, 0));
-  for (int i = 0; i < 10; ++i) CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
-  CK(cudaEventRecord(e1, 0));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0.f;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  cudaFree(a), cudaFree(b);
-  return 2.0 * 10 * double(bytes) / (1e-3 * ms) / 1e9;
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -270,7 +235,7 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, dev));
-  const double bw = copy_gbs();
+  const double bw = bench::copy_gbs("gemv_bench");
   std::printf("gemv_bench on %s (%d SMs): copy %.0f GB/s; Mistral-7B layer, batch 1, %d launches each\n", prop.name,
               n_sms, bw, reps);
   const int D = 4096, KV = 1024, I = 14336;
@@ -289,7 +254,7 @@ int main(int argc, char** argv) {
     CK(cudaMemcpy(xi, h.data(), I * sizeof(float), cudaMemcpyHostToDevice));
   }
   std::printf("%-6s %-6s %-16s %9s %9s %9s\n", "format", "warps", "launch", "us", "GB/s", "of copy");
-  for (const std::string& f : split_list(formats)) {
+  for (const std::string& f : bench::split_list(formats)) {
     DType t;
     const bool mma = f == "int4mma" || f == "int8mma";
     if (f == "f16") t = DType::F16;
@@ -306,7 +271,7 @@ int main(int argc, char** argv) {
     L.q = make_matrix(t, D, D, 10, mma), L.k = make_matrix(t, KV, D, 20, mma), L.v = make_matrix(t, KV, D, 30, mma);
     L.o = make_matrix(t, D, D, 40, mma), L.gate = make_matrix(t, I, D, 50, mma), L.up = make_matrix(t, I, D, 60, mma);
     L.down = make_matrix(t, D, I, 70, mma);
-    const std::vector<std::string> ws = t == DType::F16 || mma ? std::vector<std::string>{"-"} : split_list(warps);
+    const std::vector<std::string> ws = t == DType::F16 || mma ? std::vector<std::string>{"-"} : bench::split_list(warps);
     for (const std::string& w : ws) {
       if (t != DType::F16) cuda::set_quant_gemv_warps_per_sm(std::atoi(w.c_str()));
       double total_us = 0, total_bytes = 0;
