@@ -13,10 +13,10 @@
 // last block of each KV head to finish (a per-head counter in the scratch, atomicAdd after a
 // __threadfence; that block resets it to zero) merges its group's splits itself, one launch a layer
 // instead of two, but that block's merge runs alone at the end (attn_bench on an H200, 7B layer at 4096
-// keys: 37.3 us against 24.2 with the combine kernel). A batched decode step (many sequences, one token each) runs the same block code over a flat
-// list of (row, split) work items, each row with its own cache, position and number of splits (planned on the host from
-// the rows' key counts), then one combine block per (row, query head). Preconditions: head_dim <= 256, group = Hq / Hkv
-// <= 8.
+// keys: 37.3 us against 24.2 with the combine kernel). A batched decode step (many sequences, one token
+// each) runs the same block code over a flat list of (row, split) work items, each row with its own cache,
+// position and number of splits (planned on the host from the rows' key counts), then one combine block
+// per (row, query head). Preconditions: head_dim <= 256, group = Hq / Hkv <= 8.
 #include <algorithm>
 #include <climits>
 
