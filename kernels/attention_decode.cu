@@ -453,12 +453,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   const C* cv = static_cast<const C*>(r.cache_v);
   float* pr = part + row_partials(r.split0, p.n_heads, p.head_dim);
   if constexpr (GP > 0)
-    decode_partial_block_tiled<C, GP>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck,
-                                      cv, r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke,
+    decode_partial_block_tiled<C, GP>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck, cv,
+                                      r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke,
                                       w.split, r.splits, pr, fast_tiles);
   else
-    decode_partial_block<C, NC>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck, cv,
-                                r.pos, r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split,
+    decode_partial_block<C, NC>(q + size_t(w.row) * qd, k + size_t(w.row) * kvd, v + size_t(w.row) * kvd, ck, cv, r.pos,
+                                r.slots, p.n_heads, p.n_kv_heads, p.head_dim, int(blockIdx.y), kb, ke, w.split,
                                 r.splits, pr);
 }
 

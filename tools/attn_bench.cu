@@ -23,7 +23,6 @@
 #include <vector>
 
 #include "attention_decode.cuh"
-
 #include "bench_common.cuh"
 
 using namespace mistral;
@@ -63,7 +62,8 @@ int main(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: attn_bench [--reps N] [--ctx 128,1024,4096,16384,32768] [--kv f32,f16] [--only VARIANT]\n");
+      std::fprintf(stderr,
+                   "usage: attn_bench [--reps N] [--ctx 128,1024,4096,16384,32768] [--kv f32,f16] [--only VARIANT]\n");
       return 2;
     }
   }

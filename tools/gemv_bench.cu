@@ -21,14 +21,13 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.cuh"
 #include "elementwise.cuh"
 #include "gemv.cuh"
 #include "mistral/quant.h"
 #include "quant_gemv.cuh"
 #include "quant_mma.cuh"
 #include "quant_mma_layout.h"
-
-#include "bench_common.cuh"
 
 using namespace mistral;
 
@@ -271,7 +270,8 @@ int main(int argc, char** argv) {
     L.q = make_matrix(t, D, D, 10, mma), L.k = make_matrix(t, KV, D, 20, mma), L.v = make_matrix(t, KV, D, 30, mma);
     L.o = make_matrix(t, D, D, 40, mma), L.gate = make_matrix(t, I, D, 50, mma), L.up = make_matrix(t, I, D, 60, mma);
     L.down = make_matrix(t, D, I, 70, mma);
-    const std::vector<std::string> ws = t == DType::F16 || mma ? std::vector<std::string>{"-"} : bench::split_list(warps);
+    const std::vector<std::string> ws =
+        t == DType::F16 || mma ? std::vector<std::string>{"-"} : bench::split_list(warps);
     for (const std::string& w : ws) {
       if (t != DType::F16) cuda::set_quant_gemv_warps_per_sm(std::atoi(w.c_str()));
       double total_us = 0, total_bytes = 0;
