@@ -9,8 +9,9 @@
 // which is written before the step's first kernel), then pdl_wait()s for the kernel before to finish
 // (its writes visible) before it reads any activation or writes anything. Since each kernel finishes
 // only after its own wait, every earlier kernel has finished too. Without the attribute (the default)
-// both calls do nothing. Measured on an H200 (gpu-check's pdl phase, 7B shape, decode at 128 tokens of
-// context): int8 weights 266 -> 297 tok/s, int4 290 -> 322 with it, fp16 221 -> 213 (the fp16 GEMVs then
+// both calls do nothing. Measured on an H200 (gpu-check, 7B shape, decode at 128 tokens of context):
+// int8 weights 266 -> 297 tok/s, int4 290 -> 322 (run 7 without it, run 8 with it; about 3 of those
+// 11% came from run 8's new attention block), fp16 221 -> 213 in the same run (the fp16 GEMVs then
 // always take their register-preloading kernels, gemv.cu's preload_for), hence the default by weights.
 #pragma once
 #include <atomic>
