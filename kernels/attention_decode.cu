@@ -19,6 +19,7 @@
 // per (row, query head). Preconditions: head_dim <= 256, group = Hq / Hkv <= 8.
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "attention.cuh"
 #include "attention_decode.cuh"
@@ -93,6 +94,28 @@ __device__ __forceinline__ void write_block_partial(const float (&sm_m)[kWarps][
   }
 }
 
+// The 4 elements d0 .. d0 + 3 of a K and a V row at element offset `off` (the row's start plus d0): of the
+// cache ck, cv when `cached`, else of the chunk's own rows k, v rounded as the cache holds them (kv.cuh);
+// zeros past hd. vec: one 16-byte load each (hd % 4 == 0 and the buffers 16-byte aligned).
+template <class C>
+__device__ __forceinline__ void load_kv4(const C* __restrict__ ck, const C* __restrict__ cv,
+                                         const float* __restrict__ k, const float* __restrict__ v, bool cached,
+                                         size_t off, int d0, int hd, bool vec, float4& kx, float4& vx) {
+  if (vec) {
+    kx = cached ? kv_load4(ck + off) : kv_round4<C>(*reinterpret_cast<const float4*>(k + off));
+    vx = cached ? kv_load4(cv + off) : kv_round4<C>(*reinterpret_cast<const float4*>(v + off));
+    return;
+  }
+  float ka[4], va[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const bool ok = d0 + e < hd;
+    ka[e] = !ok ? 0.f : cached ? kv_load(ck + off + e) : kv_round<C>(k[off + e]);
+    va[e] = !ok ? 0.f : cached ? kv_load(cv + off + e) : kv_round<C>(v[off + e]);
+  }
+  kx = make_float4(ka[0], ka[1], ka[2], ka[3]), vx = make_float4(va[0], va[1], va[2], va[3]);
+}
+
 // One block's share of the partials: keys [kb, ke) of KV head kvh for all query heads of its GQA group, of
 // the query token at position pos whose q row is q [Hq*hd] and whose own K/V rows are k, v [Hkv*hd]
 // (keys before pos come from the cache ck, cv [slots, Hkv*hd] of C, kv.cuh; its own rows are read rounded
@@ -136,21 +159,7 @@ __device__ __forceinline__ void decode_partial_block(const float* __restrict__ q
     for (int c = 0; c < NC; ++c) {
       const int d0 = 128 * c + 4 * lane;
       float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
-      if (in && d0 < hd) {
-        if (vec) {
-          a = cached ? kv_load4(ck + row + d0) : kv_round4<C>(*reinterpret_cast<const float4*>(k + row + d0));
-          b = cached ? kv_load4(cv + row + d0) : kv_round4<C>(*reinterpret_cast<const float4*>(v + row + d0));
-        } else {
-          float ka[4], va[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const bool ok = d0 + e < hd;
-            ka[e] = !ok ? 0.f : cached ? kv_load(ck + row + d0 + e) : kv_round<C>(k[row + d0 + e]);
-            va[e] = !ok ? 0.f : cached ? kv_load(cv + row + d0 + e) : kv_round<C>(v[row + d0 + e]);
-          }
-          a = make_float4(ka[0], ka[1], ka[2], ka[3]), b = make_float4(va[0], va[1], va[2], va[3]);
-        }
-      }
+      if (in && d0 < hd) load_kv4(ck, cv, k, v, cached, row + d0, d0, hd, vec, a, b);
       kx[4 * c] = a.x, kx[4 * c + 1] = a.y, kx[4 * c + 2] = a.z, kx[4 * c + 3] = a.w;
       vx[4 * c] = b.x, vx[4 * c + 1] = b.y, vx[4 * c + 2] = b.z, vx[4 * c + 3] = b.w;
     }
@@ -279,20 +288,8 @@ __device__ __forceinline__ void decode_partial_block_tiled(const float* __restri
     kx = vx = make_float4(0.f, 0.f, 0.f, 0.f);
     if (j >= ke || d0 >= hd) return;
     const bool cached = j < pos;
-    const size_t row = (cached ? size_t(slot) * size_t(kvd) : 0) + size_t(kvh) * hd + d0;
-    if (vec) {
-      kx = cached ? kv_load4(ck + row) : kv_round4<C>(*reinterpret_cast<const float4*>(k + row));
-      vx = cached ? kv_load4(cv + row) : kv_round4<C>(*reinterpret_cast<const float4*>(v + row));
-      return;
-    }
-    float ka[4], va[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const bool ok = d0 + e < hd;
-      ka[e] = !ok ? 0.f : cached ? kv_load(ck + row + e) : kv_round<C>(k[row + e]);
-      va[e] = !ok ? 0.f : cached ? kv_load(cv + row + e) : kv_round<C>(v[row + e]);
-    }
-    kx = make_float4(ka[0], ka[1], ka[2], ka[3]), vx = make_float4(va[0], va[1], va[2], va[3]);
+    load_kv4(ck, cv, k, v, cached, (cached ? size_t(slot) * size_t(kvd) : 0) + size_t(kvh) * hd + d0, d0, hd, vec, kx,
+             vx);
   };
 
   const int idx = lane >> SH, my_t = idx >> LG, my_g = idx & (GP - 1);  // the score this lane ends with
@@ -514,59 +511,27 @@ int tiled_group(const AttnParams& p) {
   return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
 }
 
-// The partial kernel's launch, for the cache's element type, the head size and the tiled block's group.
-template <class C, int NC, int GP>
-cudaError_t launch_partial_as(const float* q, const float* k, const float* v, const void* ck, const void* cv,
-                              int64_t start, const AttnParams& p, int splits, float* part, unsigned* counters,
-                              float* out, cudaStream_t stream) {
-  return launch_maybe_pdl(decode_partial_kernel<C, NC, GP>, dim3(unsigned(p.n_kv_heads), unsigned(splits)),
-                          dim3(kWarps * 32), 0, stream, q, k, v, static_cast<const C*>(ck), static_cast<const C*>(cv),
-                          start, p, splits, part, counters, out, fast_tiles());
-}
-template <class C>
-cudaError_t launch_partial(const float* q, const float* k, const float* v, const void* ck, const void* cv,
-                           int64_t start, const AttnParams& p, int splits, float* part, unsigned* counters, float* out,
-                           cudaStream_t stream) {
-  switch (tiled_group(p)) {
-    case 1:
-      return launch_partial_as<C, 1, 1>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
-    case 2:
-      return launch_partial_as<C, 1, 2>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
-    case 4:
-      return launch_partial_as<C, 1, 4>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
-    case 8:
-      return launch_partial_as<C, 1, 8>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
-    default:
-      return p.head_dim > 128
-                 ? launch_partial_as<C, 2, 0>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream)
-                 : launch_partial_as<C, 1, 0>(q, k, v, ck, cv, start, p, splits, part, counters, out, stream);
-  }
-}
-
-// The batched step's partial kernel, chosen as launch_partial chooses.
-template <class C>
-void launch_rows_partial(const float* q, const float* k, const float* v, const DecodeRowArgs* rows,
-                         const DecodeWork* work, const AttnParams& p, dim3 grid, float* part, cudaStream_t stream) {
-  const dim3 block(kWarps * 32);
-  switch (tiled_group(p)) {
-    case 1:
-      decode_rows_partial_kernel<C, 1, 1><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
-      break;
-    case 2:
-      decode_rows_partial_kernel<C, 1, 2><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
-      break;
-    case 4:
-      decode_rows_partial_kernel<C, 1, 4><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
-      break;
-    case 8:
-      decode_rows_partial_kernel<C, 1, 8><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
-      break;
-    default:
-      if (p.head_dim > 128)
-        decode_rows_partial_kernel<C, 2, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
-      else
-        decode_rows_partial_kernel<C, 1, 0><<<grid, block, 0, stream>>>(q, k, v, rows, work, p, part, fast_tiles());
-  }
+// Calls f(C{}, NC, GP) with the partial kernels' template arguments for p (NC, GP as integral_constant):
+// the cache's element type, the 128-dim pieces of a head row and the tiled block's group (0: untiled).
+template <int N>
+using Int = std::integral_constant<int, N>;
+template <class F>
+cudaError_t with_partial_kernel(const AttnParams& p, F&& f) {
+  auto by_group = [&](auto c) {
+    switch (tiled_group(p)) {
+      case 1:
+        return f(c, Int<1>{}, Int<1>{});
+      case 2:
+        return f(c, Int<1>{}, Int<2>{});
+      case 4:
+        return f(c, Int<1>{}, Int<4>{});
+      case 8:
+        return f(c, Int<1>{}, Int<8>{});
+      default:
+        return p.head_dim > 128 ? f(c, Int<2>{}, Int<0>{}) : f(c, Int<1>{}, Int<0>{});
+    }
+  };
+  return p.kv_half ? by_group(__half{}) : by_group(float{});
 }
 
 }  // namespace
@@ -604,9 +569,13 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
   const bool fused = !separate_combine() && size_t(p.n_kv_heads) <= kCounterWords;
   // Both launched with programmatic dependence when pdl_enabled() (pdl.cuh).
   unsigned* cnt = fused ? counters : nullptr;
-  cudaError_t err = p.kv_half
-                        ? launch_partial<__half>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream)
-                        : launch_partial<float>(q, k, v, cache_k, cache_v, start, p, splits, part, cnt, out, stream);
+  cudaError_t err = with_partial_kernel(p, [&](auto c, auto nc, auto gp) {
+    using C = decltype(c);
+    return launch_maybe_pdl(decode_partial_kernel<C, decltype(nc)::value, decltype(gp)::value>,
+                            dim3(unsigned(p.n_kv_heads), unsigned(splits)), dim3(kWarps * 32), 0, stream, q, k, v,
+                            static_cast<const C*>(cache_k), static_cast<const C*>(cache_v), start, p, splits, part, cnt,
+                            out, fast_tiles());
+  });
   if (err == cudaSuccess && !fused)
     err = launch_maybe_pdl(decode_combine_kernel, dim3(unsigned(p.n_heads)), dim3(128), 0, stream,
                            static_cast<const float*>(part), start, p.d_start, p.window, splits, p.head_dim, out);
@@ -652,10 +621,11 @@ cudaError_t decode_attention_rows_cuda(const float* q, const float* k, const flo
   if (!decode_attention_supported(p) || p.head_dim <= 0 || n_work < n || !rows || !work || !scratch || p.d_start)
     return cudaErrorInvalidValue;
   const dim3 grid(unsigned(n_work), unsigned(p.n_kv_heads));
-  if (p.kv_half)
-    launch_rows_partial<__half>(q, k, v, rows, work, p, grid, scratch, stream);
-  else
-    launch_rows_partial<float>(q, k, v, rows, work, p, grid, scratch, stream);
+  with_partial_kernel(p, [&](auto c, auto nc, auto gp) {
+    decode_rows_partial_kernel<decltype(c), decltype(nc)::value, decltype(gp)::value>
+        <<<grid, kWarps * 32, 0, stream>>>(q, k, v, rows, work, p, scratch, fast_tiles());
+    return cudaSuccess;  // the launch's error: cudaGetLastError below
+  });
   decode_rows_combine_kernel<<<dim3(unsigned(n), unsigned(p.n_heads)), 128, 0, stream>>>(scratch, rows, p.n_heads,
                                                                                          p.head_dim, out);
   return cudaGetLastError();

@@ -138,22 +138,11 @@ int main(int argc, char** argv) {
         for (int i = 0; i < qd; ++i)
           diff = std::max(diff, double(std::fabs(got[size_t(i)] - first[size_t(i)]))),
           top = std::max(top, double(std::fabs(first[size_t(i)])));
-        for (int i = 0; i < 5; ++i)
+        const double us = bench::time_us("attn_bench", 5, reps, [&](int i) {
           CK(cuda::decode_attention_cuda(q, k, v, ck[size_t(i % copies)], cv[size_t(i % copies)], pos, p, splits,
                                          scratch, out, 0));
-        cudaEvent_t a, b;
-        CK(cudaEventCreate(&a));
-        CK(cudaEventCreate(&b));
-        CK(cudaEventRecord(a, 0));
-        for (int i = 0; i < reps; ++i)
-          CK(cuda::decode_attention_cuda(q, k, v, ck[size_t(i % copies)], cv[size_t(i % copies)], pos, p, splits,
-                                         scratch, out, 0));
-        CK(cudaEventRecord(b, 0));
-        CK(cudaEventSynchronize(b));
-        float ms = 0.f;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        cudaEventDestroy(a), cudaEventDestroy(b);
-        const double us = 1e3 * double(ms) / reps, gbs = 2.0 * double(cache_bytes) / (us * 1e3);
+        });
+        const double gbs = 2.0 * double(cache_bytes) / (us * 1e3);
         std::printf("%-4s %7lld %-18s %6d %9.2f %9.0f %7.0f%% %10.2e\n", kv.c_str(), (long long)ctx, va.name, splits,
                     us, gbs, 100.0 * gbs / bw, top > 0 ? diff / top : diff);
         std::fflush(stdout);

@@ -41,6 +41,24 @@ inline double copy_gbs(const char* tool) {
   return 2.0 * 10 * double(bytes) / (1e-3 * ms) / 1e9;
 }
 
+// Microseconds per call of launch(i) on the default stream, i = 0 .. reps - 1 timed by events after calls
+// 0 .. warmup - 1 untimed.
+template <class F>
+double time_us(const char* tool, int warmup, int reps, F&& launch) {
+  for (int i = 0; i < warmup; ++i) launch(i);
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), tool, "cudaEventCreate");
+  check(cudaEventCreate(&b), tool, "cudaEventCreate");
+  check(cudaEventRecord(a, 0), tool, "cudaEventRecord");
+  for (int i = 0; i < reps; ++i) launch(i);
+  check(cudaEventRecord(b, 0), tool, "cudaEventRecord");
+  check(cudaEventSynchronize(b), tool, "cudaEventSynchronize");
+  float ms = 0.f;
+  check(cudaEventElapsedTime(&ms, a, b), tool, "cudaEventElapsedTime");
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  return 1e3 * double(ms) / reps;
+}
+
 inline std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);

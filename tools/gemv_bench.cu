@@ -187,18 +187,7 @@ size_t launch_bytes(const Layer& L, Launch which) {
 // Microseconds per launch over `reps` back-to-back launches (after a warm-up), each on the next copy.
 double time_launch(const Layer& L, Launch which, int reps, const float* x, const float* xi, float* y, float* y2,
                    float* y3, int n_sms) {
-  for (int i = 0; i < 10; ++i) launch(L, which, i, x, xi, y, y2, y3, n_sms);
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  CK(cudaEventRecord(a, 0));
-  for (int i = 0; i < reps; ++i) launch(L, which, i, x, xi, y, y2, y3, n_sms);
-  CK(cudaEventRecord(b, 0));
-  CK(cudaEventSynchronize(b));
-  float ms = 0.f;
-  CK(cudaEventElapsedTime(&ms, a, b));
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  return 1e3 * double(ms) / reps;
+  return bench::time_us("gemv_bench", 10, reps, [&](int i) { launch(L, which, i, x, xi, y, y2, y3, n_sms); });
 }
 
 }  // namespace

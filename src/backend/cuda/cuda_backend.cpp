@@ -404,9 +404,9 @@ class CudaBackend final : public Backend {
   }
 
   void matmul(const float* x, int T, const Weight& W, float* y) override {
-    if (is_quantized(W.dtype)) launches_for(W);  // the unfused order's q/k/v and gate/up come here
     const int N = int(W.rows), K = int(W.cols);
     const bool quant = is_quantized(W.dtype);
+    if (quant) launches_for(W);                    // the unfused order's q/k/v and gate/up come here
     if (T == 1 && quant && !mma_tiles_.empty()) {  // MISTRAL_CUDA_QUANT_MMA=1
       auto it = mma_tiles_.find(W.data);
       if (it != mma_tiles_.end()) {
