@@ -5,8 +5,8 @@
 // tokens: rows 2p and 2p + 1 of one matrix, or (SwiGLU) row p of the gate and row p of the up matrix,
 // which it combines. `split` consecutive warps of a block (1, 2, 4 or 8, chosen per matrix so that its
 // grid holds about kDefaultWarpsPerSm = 24 warps per SM) work on the same two rows and divide K between
-// them, so a block covers 8 / split pairs. One launch may hold several matrices of one format and K (q, k, v): each gets
-// its own blocks and its own split. A packed row is read in 16-byte chunks (32 elements of a 4-bit
+// them, so a block covers 8 / split pairs. One launch may hold several matrices of one format and K
+// (q, k, v): each gets its own blocks and its own split. A packed row is read in 16-byte chunks (32 elements of a 4-bit
 // format, 16 of int8): lane l of the warp with split index s takes chunks s * 32 + l, then every
 // (split * 32)-th, up to kPrefetch of them per row loaded before any is used; per row a warp loads 512
 // contiguous bytes per step, one uint4 per lane, 16-byte aligned because every row is a multiple of 16
@@ -15,8 +15,8 @@
 // once; Q8's per-row scale is applied after the reduction. Both rows use each x value the lane loads.
 // x: when T rows of it fit kMaxStageBytes (every decode step of a 7B shape), the block first copies it
 // to shared memory in a padded layout (kXStaged, see below); else float4 loads from global memory when
-// K % 4 == 0 and x is 16-byte aligned, scalars otherwise. The three give the same bits. Only the partial last
-// chunk of a row (K not a multiple of 16 / 32) is guarded: its weight bytes lie inside the padded row,
+// K % 4 == 0 and x is 16-byte aligned, scalars otherwise. The three give the same bits. Only the partial
+// last chunk of a row (K not a multiple of 16 / 32) is guarded: its weight bytes lie inside the padded row,
 // its x reads stop below K. Rows past N (the second row when N is odd) are clamped to N - 1 for loading
 // and never written.
 // Reduction: shuffle within the warp, then the `split` partials through shared memory `part` (each
@@ -24,6 +24,9 @@
 // first threads write y. Every thread reaches every __syncthreads (no early return).
 // Decoding: Q8 and Q4 assemble the float 2^23 + u from the bits (u = int8 + 128, or the nibble) and
 // subtract the offset, exact; NF4 reads its 16 code values from shared memory (16 distinct banks).
+//
+// fp16_math (kXHalf, Q8 and Q4; see the comment above kXHalf): x staged as scaled fp16, each chunk's
+// products summed in half2, the chunks in fp32.
 //
 // dequant_kernel: one thread per 16-byte chunk of the whole matrix (row i / chunks, chunk i % chunks),
 // coalesced uint4 loads; it writes the chunk's elements below K (16-byte stores of 8 halves when
@@ -331,6 +334,215 @@ MR_QFN void lane_dot(const float* __restrict__ x, int xstride, const RowPair& rp
   }
 }
 
+MR_QFN uint32_t half2_bits(float a, float b) {
+  // Saturate like the activation conversion (never inf); element a at the lower address.
+  const __half2 h = __floats2half2_rn(fminf(fmaxf(a, -65504.f), 65504.f), fminf(fmaxf(b, -65504.f), 65504.f));
+  uint32_t u;
+  std::memcpy(&u, &h, 4);
+  return u;
+}
+
+// The fp16 path (kXHalf; Q8 and Q4, when the launch asks for it: MISTRAL_CUDA_QUANT_HALF=1 in the CUDA
+// backend). x is staged in shared memory as fp16, each token row scaled by a power of two 2^sh (exact)
+// so that its largest |x| is at most 2^kHalfBound; codes become fp16 with integer operations and one
+// exact fp16 subtraction (the 2^10 + u bit pattern again), and a lane sums code * x over its chunk in
+// half2 fused multiply-adds: a chunk's sums, then the group scale, the chunk-to-chunk sums and 2^-sh in
+// fp32. A half2 lane of a chunk adds 16 products (Q4: |code| <= 8, Q8: 8 products, |code| <= 128), so
+// |partial sum| <= 16 * 8 * 2^8 = 2^15 (Q8: 8 * 2^7 * 2^5 = 2^15): no overflow whatever x holds. Each
+// product and sum rounds to fp16 (unit roundoff 2^-11): the error of a chunk is below 16 u of
+// sum |code x| (the fp32 path's is a few fp32 ulps). Per 8 elements of Q4 a row takes 1 shift, 4 LOP3,
+// 4 HFMA2 to decode and 4 to multiply, against 8 byte permutes, 8 fp32 subtractions and 8 FMAs: the
+// SASS of the T = 1 gate/up loop has 1307 instructions against 2193 (Q8: 371 against 569).
+//
+// Layout of the staged copy: token row t at xh + t * half_stride<D>(K); chunk c (E elements) at c * (E +
+// 8) halves, its 8 halves of padding making lane-consecutive chunks' 16-byte reads conflict-free (80 or
+// 48 bytes apart); inside each run of 8 elements (Q8: of 4) the order the decoded half2s pair them:
+// Q4 (0, 4), (1, 5), (2, 6), (3, 7) of a 32-bit word; Q8 (0, 2), (1, 3). Elements from K up to the
+// end of the last chunk are 0 (the partial chunk's codes there may be anything finite).
+constexpr int kXHalf = 3;
+template <DType D>
+constexpr int kHalfBound = D == DType::Q8 ? 5 : 8;  // log2 of the largest staged |x|
+template <DType D>
+__host__ __device__ __forceinline__ int half_chunk_stride() {
+  return Format<D>::kElems + 8;
+}
+template <DType D>
+__host__ __device__ __forceinline__ int half_stride(int K) {  // halves a token row
+  return (K + Format<D>::kElems - 1) / Format<D>::kElems * half_chunk_stride<D>();
+}
+// Where element i (0..7) of a run of 8 goes within the run.
+template <DType D>
+__host__ __device__ __forceinline__ int half_pos(int i) {
+  return D == DType::Q8 ? (i & 4) + 2 * (i & 1) + ((i >> 1) & 1) : 2 * (i & 3) + (i >> 2);
+}
+// The staged index of element e of a token row.
+template <DType D>
+__host__ __device__ __forceinline__ int half_index(int e) {
+  constexpr int E = Format<D>::kElems;
+  return e / E * half_chunk_stride<D>() + (e % E & ~7) + half_pos<D>(e & 7);
+}
+// sh for a token row whose largest |x| is m: x * 2^sh is at most 2^kHalfBound in magnitude (0 for a row
+// of zeros, inf or NaN; at most 120, so 2^sh and 2^-sh stay normal floats).
+template <DType D>
+MR_QFN int half_shift(float m) {
+  if (!(m > 0.f) || !(m <= 3.4e38f)) return 0;
+  int p;
+  (void)frexpf(m, &p);  // m < 2^p
+  const int sh = kHalfBound<D> - p;
+  return sh > 120 ? 120 : sh;
+}
+MR_QFN float pow2f(int e) { return bits_to_float(uint32_t(127 + e) << 23); }  // -126 <= e <= 127
+
+// The half2 arithmetic on 32-bit patterns (low half = the element at the lower address); on the host
+// each result is the exact value rounded once to fp16, as the device instructions round.
+MR_QFN uint32_t h2_fma(uint32_t a, uint32_t b, uint32_t c) {
+#ifdef __CUDA_ARCH__
+  __half2 r = __hfma2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b),
+                      *reinterpret_cast<const __half2*>(&c));
+  return *reinterpret_cast<uint32_t*>(&r);
+#else
+  uint32_t r = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto h = [&](uint32_t v) {
+      __half_raw raw;
+      raw.x = uint16_t(v >> (16 * i));
+      return double(__half2float(__half(raw)));
+    };
+    const __half_raw o = __half_raw(__double2half(h(a) * h(b) + h(c)));
+    r |= uint32_t(o.x) << (16 * i);
+  }
+  return r;
+#endif
+}
+MR_QFN float h2_sum(uint32_t a) {  // low + high in fp32
+#ifdef __CUDA_ARCH__
+  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&a));
+  return f.x + f.y;
+#else
+  __half_raw lo, hi;
+  lo.x = uint16_t(a), hi.x = uint16_t(a >> 16);
+  return __half2float(__half(lo)) + __half2float(__half(hi));
+#endif
+}
+// (w & mask) | 0x64006400 as one LOP3 (the compiler splits it in two, each with one immediate, otherwise).
+template <uint32_t kMask>
+MR_QFN uint32_t mask_or_6400(uint32_t w) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(w), "n"(kMask), "n"(0x64006400u));
+  return r;
+#else
+  return (w & kMask) | 0x64006400u;
+#endif
+}
+constexpr uint32_t kH2One = 0x3C003C00u, kH2Sixteenth = 0x2C002C00u;
+constexpr uint32_t kH2Minus1032 = 0xE408E408u, kH2Minus72 = 0xD480D480u, kH2Minus1152 = 0xE480E480u;
+
+// The codes of 32-bit word w of a chunk as half2s, code - 8 (Q4) or the int8 value (Q8), exact, in the
+// pairing of the staged x: Q4 h[i] = (element i, element i + 4), i < 4; Q8 h[0] = (0, 2), h[1] = (1, 3).
+template <DType D>
+MR_QFN void decode_word_h2(uint32_t w, uint32_t (&h)[4]) {
+  if constexpr (D == DType::Q8) {
+    const uint32_t u = w ^ 0x80808080u;  // int8 b -> byte b + 128; 0x64XX is the fp16 1024 + XX
+    h[0] = h2_fma(byte_perm(u, 0x64646464u, 0x4240u), kH2One, kH2Minus1152);
+    h[1] = h2_fma(byte_perm(u, 0x64646464u, 0x4341u), kH2One, kH2Minus1152);
+    h[2] = h[3] = 0u;
+  } else {  // 0x6400 | c is 1024 + c; 0x6400 | (c << 4) is 1024 + 16 c
+    const uint32_t w8 = w >> 8;
+    h[0] = h2_fma(mask_or_6400<0x000F000Fu>(w), kH2One, kH2Minus1032);
+    h[1] = h2_fma(mask_or_6400<0x00F000F0u>(w), kH2Sixteenth, kH2Minus72);
+    h[2] = h2_fma(mask_or_6400<0x000F000Fu>(w8), kH2One, kH2Minus1032);
+    h[3] = h2_fma(mask_or_6400<0x00F000F0u>(w8), kH2Sixteenth, kH2Minus72);
+  }
+}
+
+// Stages run g (elements 8g .. 8g + 7) of token row x [K] into xh (a token row of the staged copy) as
+// fp16 of x * f, f = 2^sh; elements at or past K are 0. vec: x 16-byte aligned and K % 4 == 0.
+template <DType D>
+MR_QFN void stage_run_half(const float* __restrict__ x, int K, bool vec, float f, int g, __half* __restrict__ xh) {
+  const int k = 8 * g;
+  float v[8];
+  if (vec && k + 8 <= K) {
+    const float4 a = reinterpret_cast<const float4*>(x + k)[0], b = reinterpret_cast<const float4*>(x + k)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = k + i < K ? x[k + i] : 0.f;
+  }
+  float o[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[half_pos<D>(i)] = v[i] * f;
+  *reinterpret_cast<uint4*>(xh + half_index<D>(k)) =
+      make_uint4(half2_bits(o[0], o[1]), half2_bits(o[2], o[3]), half2_bits(o[4], o[5]), half2_bits(o[6], o[7]));
+}
+
+// Chunk c of the row pair times the T staged token rows: acc[r][t] += scale * sum(code * x) (Q8: without
+// the scale), the chunk's sum in half2.
+template <DType D, int T>
+MR_QFN void chunk_dot_half(const __half* __restrict__ xh, int xstride, const uint4 (&q)[kRows], const RowPair& rp,
+                           int group, int gshift, int c, float (&acc)[kRows][T]) {
+  constexpr int E = Format<D>::kElems;
+  uint32_t b[kRows][T];
+  uint4 xa[T];  // Q8: the staged x of words j and j + 1
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int t = 0; t < T; ++t) b[r][t] = 0u;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    uint32_t w[kRows][4];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) decode_word_h2<D>(word_of(q[r], j), w[r]);
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const __half* xc = xh + size_t(t) * size_t(xstride) + c * half_chunk_stride<D>();
+      uint32_t xv[4];
+      if constexpr (D == DType::Q8) {  // words 2m and 2m + 1 share one 16-byte load
+        if (j % 2 == 0) xa[t] = *reinterpret_cast<const uint4*>(xc + 4 * j);
+        xv[0] = j % 2 == 0 ? xa[t].x : xa[t].z, xv[1] = j % 2 == 0 ? xa[t].y : xa[t].w, xv[2] = xv[3] = 0u;
+      } else {
+        const uint4 a = *reinterpret_cast<const uint4*>(xc + 8 * j);
+        xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+      }
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int i = 0; i < (D == DType::Q8 ? 2 : 4); ++i) b[r][t] = h2_fma(w[r][i], xv[i], b[r][t]);
+    }
+  }
+  if constexpr (D == DType::Q8) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int t = 0; t < T; ++t) acc[r][t] += h2_sum(b[r][t]);
+  } else {
+    const int k0 = c * E;
+    const int g = gshift >= 0 ? k0 >> gshift : k0 / group;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float s = scale_at<D>(rp.scales[r], rp.sbase[r] + size_t(g));
+#pragma unroll
+      for (int t = 0; t < T; ++t) acc[r][t] = fmaf(s, h2_sum(b[r][t]), acc[r][t]);
+    }
+  }
+}
+
+// lane_dot over the staged fp16 copy: every chunk below ceil(K / E), the partial last one too (its x past
+// K is 0). q holds the first batch, load_batch<D>(rp, c_first, c_stride, ceil(K / E), q). acc is added to,
+// in units of the staged x (the caller multiplies by 2^-sh).
+template <DType D, int T>
+MR_QFN void lane_dot_half(const __half* __restrict__ xh, int xstride, const RowPair& rp, uint4 (&q)[kPrefetch][kRows],
+                          int K, int group, int gshift, int c_first, int c_stride, float (&acc)[kRows][T]) {
+  constexpr int E = Format<D>::kElems;
+  const int chunks = (K + E - 1) / E;
+  for (int c = c_first; c < chunks; c += kPrefetch * c_stride) {
+    if (c != c_first) load_batch<D>(rp, c, c_stride, chunks, q);
+#pragma unroll
+    for (int u = 0; u < kPrefetch; ++u)
+      if (c + u * c_stride < chunks) chunk_dot_half<D, T>(xh, xstride, q[u], rp, group, gshift, c + u * c_stride, acc);
+  }
+}
+
 // Thread 0 copies the code table to shared memory (constant indices: the parameter stays in the
 // parameter space instead of being copied to a local array).
 __device__ __forceinline__ void load_lut(const CodeTable& codes, float* lut) {
@@ -370,14 +582,52 @@ MR_QFN void write_output(const QuantParts& ps, const WarpJob& j, const float (*p
   }
 }
 
+// The fp16 path's copy of x (kXHalf), by every thread of the block: each token row's largest |x| (a
+// block reduction), then its runs of 8 scaled and rounded to fp16; fac[t] = 2^-sh of row t. A barrier
+// must follow before any read of xh or fac.
+template <DType D, int T>
+__device__ __forceinline__ void stage_x_half(const float* __restrict__ x, int K, bool vec_x, __half* __restrict__ xh,
+                                             float* fac) {
+  __shared__ float red[kWarps][T];
+  const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float* xt = x + size_t(t) * size_t(K);
+    float m = 0.f;
+    if (vec_x) {
+      for (int i = threadIdx.x; i < K / 4; i += blockDim.x) {
+        const float4 f = reinterpret_cast<const float4*>(xt)[i];
+        m = fmaxf(m, fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w))));
+      }
+    } else {
+      for (int e = threadIdx.x; e < K; e += blockDim.x) m = fmaxf(m, fabsf(xt[e]));
+    }
+    m = warp_max(m);
+    if (lane == 0) red[warp][t] = m;
+  }
+  __syncthreads();
+  const int runs = half_stride<D>(K) / half_chunk_stride<D>() * (Format<D>::kElems / 8);
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    float m = red[0][t];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) m = fmaxf(m, red[w][t]);
+    const int sh = half_shift<D>(m);
+    if (threadIdx.x == 0) fac[t] = pow2f(-sh);
+    const float f = pow2f(sh);
+    for (int g = threadIdx.x; g < runs; g += blockDim.x)
+      stage_run_half<D>(x + size_t(t) * size_t(K), K, vec_x, f, g, xh + size_t(t) * size_t(half_stride<D>(K)));
+  }
+}
+
 // A decode step's launches (T = 1, x staged) are held to 64 registers, four blocks an SM (three at the
 // 75-80 registers ptxas chose, 24 warps to keep the weights' loads in flight), at the cost of 4-20 bytes
 // of spills in the 4-bit ones (ptxas -v; none in int8's).
 template <DType D, int T, int kX, bool kSwiglu>
-__global__ void __launch_bounds__(kThreads, T == 1 && kX == kXStaged ? 4 : 1)
+__global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == kXHalf) ? 4 : 1)
     quant_gemv_kernel(const float* __restrict__ x, const __grid_constant__ QuantParts ps, CodeTable codes, int K,
                       int group, int gshift) {
-  extern __shared__ float4 staged[];  // kXStaged: T * staged_stride(K) floats
+  extern __shared__ float4 staged[];  // kXStaged: T * staged_stride(K) floats; kXHalf: T * half_stride<D>(K) halves
   __shared__ float lut[16];
   __shared__ float part[kWarps][kRows][T];
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
@@ -400,18 +650,34 @@ __global__ void __launch_bounds__(kThreads, T == 1 && kX == kXStaged ? 4 : 1)
     rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
     // The lane's first batch of weights, before pdl_wait (pdl.cuh; the weights are no earlier kernel's
     // output) and before x is copied: both latencies at once.
-    load_batch<D>(rp, c_first, c_stride, K / Format<D>::kElems, q);
+    // The fp16 path takes the partial last chunk in the same loop (its x past K is 0).
+    constexpr int E = Format<D>::kElems;
+    load_batch<D>(rp, c_first, c_stride, kX == kXHalf ? (K + E - 1) / E : K / E, q);
   }
   pdl_wait();  // every thread: x is read and the block's outputs are written after it
-  const float* xr = x;
-  int xstride = K;
-  if constexpr (kX == kXStaged) {
-    float* xs = reinterpret_cast<float*>(staged);
-    stage_x<T>(x, K, ps.vec_x, xs);
+  if constexpr (kX == kXHalf) {
+    __shared__ float fac[T];
+    __half* xh = reinterpret_cast<__half*>(staged);
+    stage_x_half<D, T>(x, K, ps.vec_x, xh, fac);
     __syncthreads();
-    xr = xs, xstride = staged_stride(K);
+    if (busy) {
+      lane_dot_half<D, T>(xh, half_stride<D>(K), rp, q, K, group, gshift, c_first, c_stride, acc);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int t = 0; t < T; ++t) acc[r][t] *= fac[t];  // exact: a power of two
+    }
+  } else {
+    const float* xr = x;
+    int xstride = K;
+    if constexpr (kX == kXStaged) {
+      float* xs = reinterpret_cast<float*>(staged);
+      stage_x<T>(x, K, ps.vec_x, xs);
+      __syncthreads();
+      xr = xs, xstride = staged_stride(K);
+    }
+    if (busy) lane_dot<D, T, kX>(xr, xstride, rp, q, lut, K, group, gshift, c_first, c_stride, acc);
   }
-  if (busy) lane_dot<D, T, kX>(xr, xstride, rp, q, lut, K, group, gshift, c_first, c_stride, acc);
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -421,14 +687,6 @@ __global__ void __launch_bounds__(kThreads, T == 1 && kX == kXStaged ? 4 : 1)
     }
   __syncthreads();
   write_output<D, T, kSwiglu>(ps, j, part, int(threadIdx.x));
-}
-
-MR_QFN uint32_t half2_bits(float a, float b) {
-  // Saturate like the activation conversion (never inf); element a at the lower address.
-  const __half2 h = __floats2half2_rn(fminf(fmaxf(a, -65504.f), 65504.f), fminf(fmaxf(b, -65504.f), 65504.f));
-  uint32_t u;
-  std::memcpy(&u, &h, 4);
-  return u;
 }
 
 // Chunk i of the packed matrix (row i / chunks) to fp16 in out [N, K]: code * scale, elements below K.
@@ -539,11 +797,28 @@ void plan_part(QuantParts& ps, int i, const void* data, const void* scales, int 
   ps.first_block[i + 1] = ps.first_block[i] + int((pairs + ppb - 1) / ppb);
 }
 
+// Bytes of the fp16 path's copy of x, or 0 when it does not fit kMaxStageBytes or D has no fp16 path (NF4).
+template <DType D>
+size_t half_stage_bytes(int T, int K) {
+  const size_t b = size_t(T) * size_t(half_stride<D>(K)) * sizeof(__half);
+  return D != DType::NF4 && b <= kMaxStageBytes ? b : 0;
+}
+
 template <DType D, int T, bool kSwiglu>
-cudaError_t launch_gemv(const float* x, const QuantParts& ps, int K, int group, cudaStream_t stream) {
+cudaError_t launch_gemv(const float* x, const QuantParts& ps, int K, int group, bool fp16_math, cudaStream_t stream) {
   const unsigned blocks = unsigned(ps.first_block[kSwiglu ? 1 : ps.count]);
   if (blocks == 0) return cudaSuccess;
   const int gshift = group_shift(group);
+  if constexpr (D != DType::NF4) {
+    const size_t hb = fp16_math ? half_stage_bytes<D>(T, K) : 0;
+    if (hb > 0) {
+      static const cudaError_t attr = cudaFuncSetAttribute(
+          quant_gemv_kernel<D, T, kXHalf, kSwiglu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
+      if (attr != cudaSuccess) return attr;
+      return launch_maybe_pdl(quant_gemv_kernel<D, T, kXHalf, kSwiglu>, blocks, kThreads, hb, stream, x, ps,
+                              code_table(D), K, group, gshift);
+    }
+  }
   const size_t stage = stage_bytes(T, K);
   if (stage > 0) {
     static const cudaError_t attr = cudaFuncSetAttribute(quant_gemv_kernel<D, T, kXStaged, kSwiglu>,
@@ -560,16 +835,17 @@ cudaError_t launch_gemv(const float* x, const QuantParts& ps, int K, int group, 
 }
 
 template <DType D, bool kSwiglu>
-cudaError_t launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, int group, cudaStream_t stream) {
+cudaError_t launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, int group, bool fp16_math,
+                          cudaStream_t stream) {
   switch (T) {
     case 1:
-      return launch_gemv<D, 1, kSwiglu>(x, ps, K, group, stream);
+      return launch_gemv<D, 1, kSwiglu>(x, ps, K, group, fp16_math, stream);
     case 2:
-      return launch_gemv<D, 2, kSwiglu>(x, ps, K, group, stream);
+      return launch_gemv<D, 2, kSwiglu>(x, ps, K, group, fp16_math, stream);
     case 3:
-      return launch_gemv<D, 3, kSwiglu>(x, ps, K, group, stream);
+      return launch_gemv<D, 3, kSwiglu>(x, ps, K, group, fp16_math, stream);
     default:
-      return launch_gemv<D, 4, kSwiglu>(x, ps, K, group, stream);
+      return launch_gemv<D, 4, kSwiglu>(x, ps, K, group, fp16_math, stream);
   }
 }
 
@@ -608,7 +884,8 @@ bool plan_launch(const float* x, const void* const* data, const void* const* sca
 
 template <bool kSwiglu>
 cudaError_t quant_launch(const float* x, int T, const void* const* data, const void* const* scales, const int* N,
-                         float* const* y, int parts, DType wt, int K, int group, int n_sms, cudaStream_t stream) {
+                         float* const* y, int parts, DType wt, int K, int group, int n_sms, bool fp16_math,
+                         cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   QuantParts ps;
   if (T > kGemvMaxT || !plan_launch<kSwiglu>(x, data, scales, N, y, parts, wt, K, group, n_sms, &ps))
@@ -616,13 +893,13 @@ cudaError_t quant_launch(const float* x, int T, const void* const* data, const v
   cudaError_t err;
   switch (wt) {
     case DType::Q8:
-      err = launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, stream);
+      err = launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, fp16_math, stream);
       break;
     case DType::NF4:
-      err = launch_gemv_t<DType::NF4, kSwiglu>(x, T, ps, K, group, stream);
+      err = launch_gemv_t<DType::NF4, kSwiglu>(x, T, ps, K, group, fp16_math, stream);
       break;
     default:
-      err = launch_gemv_t<DType::Q4, kSwiglu>(x, T, ps, K, group, stream);
+      err = launch_gemv_t<DType::Q4, kSwiglu>(x, T, ps, K, group, fp16_math, stream);
       break;
   }
   return err != cudaSuccess ? err : cudaGetLastError();
@@ -644,26 +921,26 @@ void launch_dequant(const void* data, const void* scales, int N, int K, int grou
 void set_quant_gemv_warps_per_sm(int warps) { g_warps_per_sm = warps > 0 ? warps : 0; }
 
 cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
-                            int group, float* y, int n_sms, cudaStream_t stream) {
+                            int group, float* y, int n_sms, cudaStream_t stream, bool fp16_math) {
   if (T <= 0 || N <= 0) return cudaSuccess;
-  return quant_launch<false>(x, T, &data, &scales, &N, &y, 1, wt, K, group, n_sms, stream);
+  return quant_launch<false>(x, T, &data, &scales, &N, &y, 1, wt, K, group, n_sms, fp16_math, stream);
 }
 
 cudaError_t quant_gemv_multi_cuda(const float* x, int T, const void* const* data, const void* const* scales,
                                   const int* N, float* const* y, int parts, DType wt, int K, int group, int n_sms,
-                                  cudaStream_t stream) {
-  return quant_launch<false>(x, T, data, scales, N, y, parts, wt, K, group, n_sms, stream);
+                                  cudaStream_t stream, bool fp16_math) {
+  return quant_launch<false>(x, T, data, scales, N, y, parts, wt, K, group, n_sms, fp16_math, stream);
 }
 
 cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data, const void* gate_scales,
                                    const void* up_data, const void* up_scales, DType wt, int N, int K, int group,
-                                   float* out, int n_sms, cudaStream_t stream) {
+                                   float* out, int n_sms, cudaStream_t stream, bool fp16_math) {
   if (T <= 0 || N <= 0) return cudaSuccess;
   const void* data[2] = {gate_data, up_data};
   const void* scales[2] = {gate_scales, up_scales};
   const int n[2] = {N, N};
   float* y[2] = {out, out};
-  return quant_launch<true>(x, T, data, scales, n, y, 2, wt, K, group, n_sms, stream);
+  return quant_launch<true>(x, T, data, scales, n, y, 2, wt, K, group, n_sms, fp16_math, stream);
 }
 
 cudaError_t dequantize_f16_cuda(const void* data, const void* scales, DType wt, int N, int K, int group, void* out,

@@ -23,6 +23,7 @@
 #include "mistral/quant.h"
 #include "mistral/sampler.h"
 #include "mistral/tokenizer.h"
+#include "quant_half_reference.h"
 #include "test_util.h"
 
 using namespace mistral;
@@ -218,6 +219,81 @@ TEST(CudaOps, QuantMatmul) {
         }
       }
   EXPECT_EQ(cases, 3 * 6 * 3 * 6);
+}
+
+// The fp16 path of the Q8 and Q4 GEMVs (MISTRAL_CUDA_QUANT_HALF=1, an experiment; quant_gemv.cuh
+// fp16_math): against tests/quant_half_reference.h, which computes each chunk's fp16 sums from the path's
+// definition, to 2e-6 of the sum of the chunks' magnitudes (the kernel adds its chunks in fp32, in its
+// own order); and against the CPU's fp32 product within the path's bound, 17 * 2^-11 of sum |x w|.
+// Token rows of different sizes: one 1e-3 smaller, one with an element of 3000 (a "massive
+// activation": the power-of-two staging scale must keep the fp16 sums finite). The gate/up/SwiGLU
+// launch equals SwiGLU of the two single products bit for bit. T > 4 takes the cuBLAS path either way.
+TEST(CudaOps, QuantMatmulHalf) {
+  REQUIRE_GPU();
+  Backends b;
+  setenv("MISTRAL_CUDA_QUANT_HALF", "1", 1);
+  auto gpu = make_cuda_backend(0);
+  unsetenv("MISTRAL_CUDA_QUANT_HALF");
+  std::mt19937 rng(41);
+  int cases = 0;
+  for (DType t : {DType::Q8, DType::Q4})
+    for (int K : {40, 200, 333, 1500, 3000, 4096 + 96, 14336})
+      for (int N : {1, 7, 130}) {
+        SCOPED_TRACE(std::string(dtype_name(t)) + " K " + std::to_string(K) + " N " + std::to_string(N));
+        HostQuant& w = b.quant(randn(size_t(N) * K, rng, 0.05f), N, K, t);
+        const Weight dw = gpu->place_weight(w.w);
+        std::vector<std::vector<float>> rows;
+        for (int n = 0; n < N; ++n) rows.push_back(w.row(n));
+        const size_t rb = w.w.row_bytes(), sb = w.w.scale_bytes() / size_t(N);
+        for (int T = 1; T <= 4; ++T) {
+          auto x = randn(size_t(T) * K, rng);
+          if (T >= 2)
+            for (int k = 0; k < K; ++k) x[size_t(K) + size_t(k)] *= 1e-3f;
+          if (T >= 3) x[2 * size_t(K) + size_t(K / 3)] = 3000.f;
+          std::vector<float> ref(size_t(T) * N);
+          b.cpu->matmul(x.data(), T, w.w, ref.data());
+          Dev dx(*gpu, x), dy(*gpu, ref.size());
+          gpu->matmul(dx.p, T, dw, dy.p);
+          const std::vector<float> got = dy.get();
+          int bad = 0;
+          for (int tt = 0; tt < T; ++tt)
+            for (int n = 0; n < N; ++n) {
+              const float* xt = x.data() + size_t(tt) * K;
+              double S = 0, hmag = 0;
+              for (int k = 0; k < K; ++k) S += std::fabs(double(xt[k]) * rows[size_t(n)][size_t(k)]);
+              const double href = quant_half_ref::dot(t, w.q.data.data() + size_t(n) * rb,
+                                                      w.q.scales.data() + size_t(n) * sb, xt, K, &hmag);
+              const size_t i = size_t(tt) * N + n;
+              const double dh = std::fabs(got[i] - href), d = std::fabs(double(got[i]) - ref[i]);
+              if (!std::isfinite(got[i]) || dh > 2e-6 * hmag + 1e-30 || d > 17.0 / 2048 * S + 1e-30) {
+                if (bad++ < 3)
+                  ADD_FAILURE() << "T " << T << ": y[" << tt << "][" << n << "] = " << got[i] << ", fp16 reference "
+                                << href << " (|d| " << dh << ", bound " << 2e-6 * hmag << "), CPU " << ref[i];
+              }
+            }
+          ++cases;
+        }
+        if (N == 130) {  // the fused gate/up/SwiGLU launch, x of one token and of four
+          HostQuant& u = b.quant(randn(size_t(N) * K, rng, 0.05f), N, K, t);
+          const Weight du = gpu->place_weight(u.w);
+          for (int T : {1, 4}) {
+            const auto x = randn(size_t(T) * K, rng);
+            const size_t n = size_t(T) * N;
+            Dev dx(*gpu, x), dg(*gpu, n), du2(*gpu, n), sep(*gpu, n), fg(*gpu, n), fu(*gpu, n);
+            gpu->matmul(dx.p, T, dw, dg.p);
+            gpu->matmul(dx.p, T, du, du2.p);
+            gpu->swiglu(dg.p, du2.p, n, sep.p);
+            gpu->matmul_swiglu(dx.p, T, dw, du, fg.p, fu.p);
+            const auto want = sep.get(), fused = fg.get();
+            for (size_t i = 0; i < n; ++i)
+              if (std::memcmp(&want[i], &fused[i], 4) != 0) {
+                ADD_FAILURE() << "SwiGLU T " << T << " [" << i << "] = " << fused[i] << ", separate " << want[i];
+                break;
+              }
+          }
+        }
+      }
+  EXPECT_EQ(cases, 2 * 7 * 3 * 4);
 }
 
 // The row argmax that greedy decoding runs on the device (only the ids come back): against the CPU

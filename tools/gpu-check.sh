@@ -5,7 +5,7 @@
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
 #                                    (binaries + the stories260K test data); carry gpu-bin to the device.
 #   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
-#                                    quant, pdl, kernels, attn, stalls, profile (default: tests sanitize bench, about
+#                                    quant, pdl, kernels, attn, half, stalls, profile (default: tests sanitize bench, about
 #                                    7 minutes on an H100/H200; tests ~25 s, bench ~70 s, quant ~90 s
 #                                    for QUANT_LIST=int8,int4, kernels ~15 s).
 #
@@ -31,6 +31,8 @@
 #           checkpoint (run bench first in the same call), decode at 4096 with the untiled block, with
 #           the merge inside the partial kernel and with the one-address tiles against the default; the
 #           decode tests with the untiled block and with the one-address tiles.
+# half:     the quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1): gemv_bench against the fp32 path,
+#           7B-shape int8 / int4 decode with it, stories260K perplexity and KL with each path and on the CPU.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
 #           reasons of the quantized and fp16 GEMVs (about a minute).
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
@@ -477,6 +479,53 @@ for kv, default in (("f32", "ours_p4096.json"), ("f16", "ours_kv16_p4096.json"))
         print(f"attn: decode ctx 4096, {kv} cache: missing results")
 PY
   ;;
+half)
+  # The quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1, an experiment; quant_gemv.cuh fp16_math):
+  # the layer's GEMVs launch by launch against the fp32 path, 7B-shape decode with int8 and int4 against
+  # fp16 (set it beside the quant phase's figures of the same call), and stories260K's perplexity and KL
+  # from full precision on the GPU with each path (--chunk 4: the GEMV path, not cuBLAS) and on the CPU.
+  step "half: the quantized GEMVs' fp16 path against the fp32 one"
+  if [ $HAVE_GPU != 1 ]; then note "half: skipped (no GPU)"; continue; fi
+  [ -x "$BIN/gemv_bench" ] && timeout 60 "$BIN/gemv_bench" --reps 200 --formats int8,int8h,int4,int4h --warps 24 |
+    tee "$OUTDIR/gemv_half.txt" | tee -a "$SUMMARY"
+  MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
+    --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/quant_half.jsonl" ||
+    echo "bench --quant-list (fp16 path) failed"
+  S260=${MISTRAL_SHARED_DATA:-}/models/stories260K
+  if [ -d "$S260" ]; then
+    for q in int8 int4; do
+      for h in 0 1; do
+        MISTRAL_CUDA_QUANT_HALF=$h timeout 60 "$BIN/mistral-run" perplexity -m "$S260" --device cuda --quant $q \
+          --chunk 4 --kl-ref --json -f tests/data/perplexity/stories260K_samples.txt >"$OUTDIR/ppl_${q}_half$h.json" ||
+          echo "perplexity ($q, half $h) failed"
+      done
+      timeout 120 "$BIN/mistral-run" perplexity -m "$S260" --device cpu --quant $q --kl-ref --json \
+        -f tests/data/perplexity/stories260K_samples.txt >"$OUTDIR/ppl_${q}_cpu.json" || echo "perplexity ($q, cpu) failed"
+    done
+  fi
+  python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
+import json, os, sys
+d = sys.argv[1]
+try:
+    for line in open(os.path.join(d, "quant_half.jsonl")):
+        if line.strip():
+            o = json.loads(line)
+            print(f"half: quant {o['quant']:<5} fp16 path decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
+                  f"{o['baseline']['decode_tok_s']:7.1f} = {o['decode_speedup']:.2f}x")
+except Exception as e:
+    print(f"half: no decode result ({e})")
+for q in ("int8", "int4"):
+    row = []
+    for tag in ("cpu", "half0", "half1"):
+        try:
+            o = json.load(open(os.path.join(d, f"ppl_{q}_{tag}.json")))
+            row.append(f"{tag} ppl {o['ppl']:.4f} (full {o['ref_ppl']:.4f}) kl {o['kl_mean']:.5f} "
+                       f"top-1 {o['top1_agreement']:.4f}")
+        except Exception:
+            row.append(f"{tag} missing")
+    print(f"half: stories260K {q}: " + "; ".join(row))
+PY
+  ;;
 stalls)
   # Why the decode GEMVs run below the copy rate: Nsight Compute on one gemv_bench launch each (issue
   # utilization, occupancy, DRAM throughput, stall reasons per issued instruction; tools/ncu_stalls.py).
@@ -527,7 +576,7 @@ profile)
     python3 tools/ncu_summary.py "$OUTDIR/ncu_quant.csv" | tee -a "$SUMMARY"
   fi
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, attn, stalls, profile)";;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, attn, half, stalls, profile)";;
 esac; done
 
 step "summary"

@@ -5,7 +5,11 @@
 // partial chunks and groups, odd N and misaligned x; launches of several matrices and SwiGLU pairs bit
 // for bit against single launches; and the dequantizer bit for bit against
 // f32_to_f16(dequantize_row), writing chunks in reverse order so that a write past a row's end survives.
-// Build (after building mistral_core in build-gpu) and run:
+// Then the fp16 path (fp16_math, Q8 and Q4) the same way, its staged copy of x exact-size with NaN in the
+// padding, against tests/quant_half_reference.h (to 2e-6 of the chunk magnitudes) and within its bound of
+// the exact product; token rows 1e-3 smaller and with an element of 3000 among the random ones.
+// Built by CMake with the CUDA backend and run by ctest (QuantGemvHostCheck). Under the sanitizers
+// (after building mistral_core in build-gpu):
 //   nvcc -std=c++17 -O1 -g -arch=sm_90 -Ikernels -Iinclude -Xcompiler -fsanitize=address \
 //     -Xcompiler -fsanitize=undefined -c tools/quant_gemv_host_check.cu -o /tmp/qhc.o &&
 //   g++ -fsanitize=address,undefined /tmp/qhc.o build-gpu/libmistral_core.a -L"$(dirname "$(which nvcc)")/../lib64" \
@@ -21,6 +25,7 @@
 #include <vector>
 
 #include "../kernels/quant_gemv.cu"
+#include "../tests/quant_half_reference.h"
 
 using namespace mistral;
 using namespace mistral::cuda;
@@ -29,12 +34,16 @@ namespace {
 
 int g_failures = 0;
 int g_last_mode = 0;  // x mode of the last emulated launch
-const char* mode_name(int m) { return m == kXStaged ? "staged" : m == kXVec4 ? "float4" : "scalar"; }
+bool g_half = false;  // emulate launches with fp16_math (Q8, Q4)
+const char* mode_name(int m) {
+  return m == kXHalf ? "fp16" : m == kXStaged ? "staged" : m == kXVec4 ? "float4" : "scalar";
+}
 
 // quant_gemv_kernel's grid, one block after another: lanes summed in order (for the shuffle reduction),
 // then the split partials and the outputs, by the kernel's own functions.
+// kXHalf: x is the staged fp16 copy (as __half*) and fac its rows' 2^-sh.
 template <DType D, int T, int kX, bool kSwiglu>
-void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, int group) {
+void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, int group, const float* fac = nullptr) {
   const int blocks = ps.first_block[kSwiglu ? 1 : ps.count];
   const int gshift = group_shift(group);
   const CodeTable codes = code_table(D);
@@ -49,8 +58,17 @@ void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, in
           const RowPair rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
           const int c_first = (warp % j.split) * 32 + lane, c_stride = j.split * 32;
           uint4 q[kPrefetch][kRows];
-          load_batch<D>(rp, c_first, c_stride, K / Format<D>::kElems, q);
-          lane_dot<D, T, kX>(x, xstride, rp, q, codes.v, K, group, gshift, c_first, c_stride, acc);
+          constexpr int E = Format<D>::kElems;
+          if constexpr (kX == kXHalf) {
+            load_batch<D>(rp, c_first, c_stride, (K + E - 1) / E, q);
+            lane_dot_half<D, T>(reinterpret_cast<const __half*>(x), xstride, rp, q, K, group, gshift, c_first, c_stride,
+                                acc);
+            for (int r = 0; r < kRows; ++r)
+              for (int t = 0; t < T; ++t) acc[r][t] *= fac[t];
+          } else {
+            load_batch<D>(rp, c_first, c_stride, K / E, q);
+            lane_dot<D, T, kX>(x, xstride, rp, q, codes.v, K, group, gshift, c_first, c_stride, acc);
+          }
         }
         for (int r = 0; r < kRows; ++r)
           for (int t = 0; t < T; ++t) sum[r][t] += acc[r][t];
@@ -68,6 +86,25 @@ void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, in
 // would stage it. Returns the x mode.
 template <DType D, int T, bool kSwiglu>
 int emulate_launch(const float* x, const QuantParts& ps, int K, int group) {
+  if constexpr (D != DType::NF4) {
+    if (g_half && half_stage_bytes<D>(T, K) > 0) {  // the fp16 path: stage_x_half's copy, padding NaN
+      const int stride = half_stride<D>(K);
+      std::vector<uint16_t> xh(size_t(T) * size_t(stride), 0x7E00);
+      float fac[T];
+      for (int t = 0; t < T; ++t) {
+        const float* xt = x + size_t(t) * K;
+        float m = 0.f;
+        for (int e = 0; e < K; ++e) m = fmaxf(m, fabsf(xt[e]));
+        const int sh = half_shift<D>(m);
+        fac[t] = pow2f(-sh);
+        const int runs = stride / half_chunk_stride<D>() * (Format<D>::kElems / 8);
+        for (int g = 0; g < runs; ++g)
+          stage_run_half<D>(xt, K, ps.vec_x, pow2f(sh), g, reinterpret_cast<__half*>(xh.data()) + size_t(t) * stride);
+      }
+      emulate_blocks<D, T, kXHalf, kSwiglu>(reinterpret_cast<const float*>(xh.data()), stride, ps, K, group, fac);
+      return kXHalf;
+    }
+  }
   if (stage_bytes(T, K) > 0) {
     const int stride = staged_stride(K);
     std::vector<float> xs(size_t(T) * size_t(stride), NAN);
@@ -139,6 +176,10 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
   float* xbuf = static_cast<float*>(std::malloc(nx * sizeof(float)));
   float* x = xbuf + (misalign ? 1 : 0);
   for (size_t i = 0; i < size_t(T) * K; ++i) x[i] = nd(rng);
+  // Token rows of other sizes: 1e-3 smaller (row 1), and one element of 3000 (row 2, a "massive activation").
+  if (T >= 2)
+    for (int k = 0; k < K; ++k) x[size_t(K) + size_t(k)] *= 1e-3f;
+  if (T >= 3) x[2 * size_t(K) + size_t(K / 3)] = 3000.f;
   float* y = static_cast<float*>(std::malloc(size_t(T) * N * sizeof(float)));
   for (size_t i = 0; i < size_t(T) * N; ++i) y[i] = NAN;
   const int split = emulate_gemv<D, T>(x, w.data, w.scales, N, K, y, n_sms);
@@ -160,24 +201,43 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
                       y[i], y2[i]);
     }
   }
-  double worst = 0;
+  // fp32 paths: against the dequantized row in double, to 1e-6 of sum |x w|. The fp16 path: against
+  // quant_half_ref (the fp16 chunk sums emulated from their definition) to 2e-6 of its chunk magnitudes,
+  // and within its documented bound of the exact product, 17 * 2^-11 of sum |x w|.
+  const bool half = g_last_mode == kXHalf;
+  const size_t rb = quant_row_bytes(D, K), sb = w.q.scales.size() / size_t(N);
+  double worst = 0, worst_half = 0;
   for (int n = 0; n < N; ++n) {
     const std::vector<float> r = w.row(n);
     for (int t = 0; t < T; ++t) {
+      const float* xt = x + size_t(t) * K;
       double ref = 0, mag = 0;
       for (int k = 0; k < K; ++k) {
-        const double p = double(r[size_t(k)]) * x[size_t(t) * K + k];
+        const double p = double(r[size_t(k)]) * xt[k];
         ref += p, mag += std::fabs(p);
       }
-      const double e = std::fabs(y[size_t(t) * N + n] - ref) / (mag > 0 ? mag : 1.0);
-      if (!(e <= 1e-6) && g_failures++ < 10)
-        std::printf("FAIL gemv %s T %d N %d K %d: y[%d][%d] = %g, reference %g\n", dtype_name(D), T, N, K, t, n,
-                    y[size_t(t) * N + n], ref);
+      const double got = y[size_t(t) * N + n];
+      const double e = std::fabs(got - ref) / (mag > 0 ? mag : 1.0);
+      if (!(e <= (half ? 17.0 / 2048 : 1e-6)) && g_failures++ < 10)
+        std::printf("FAIL gemv %s T %d N %d K %d: y[%d][%d] = %g, reference %g\n", dtype_name(D), T, N, K, t, n, got,
+                    ref);
       worst = std::max(worst, e);
+      if (half) {
+        double hmag = 0;
+        const double href =
+            quant_half_ref::dot(D, w.q.data.data() + size_t(n) * rb, w.q.scales.data() + size_t(n) * sb, xt, K, &hmag);
+        const double eh = std::fabs(got - href) / (hmag > 0 ? hmag : 1.0);
+        if (!(eh <= 2e-6) && g_failures++ < 10)
+          std::printf("FAIL gemv fp16 %s T %d N %d K %d: y[%d][%d] = %.9g, fp16 reference %.9g\n", dtype_name(D), T, N,
+                      K, t, n, got, href);
+        worst_half = std::max(worst_half, eh);
+      }
     }
   }
-  std::printf("gemv    %-4s T %d N %4d K %5d split %d x %s  max |d| / sum|xw| %.1e\n", dtype_name(D), T, N, K, split,
+  std::printf("gemv    %-4s T %d N %4d K %5d split %d x %-6s max |d| / sum|xw| %.1e", dtype_name(D), T, N, K, split,
               mode_name(g_last_mode), worst);
+  if (half) std::printf(", against the fp16 reference %.1e", worst_half);
+  std::printf("\n");
   std::free(xbuf);
   std::free(y);
 }
@@ -308,6 +368,9 @@ int main() {
   std::mt19937 rng(1);
   check_all<DType::Q8>(rng);
   check_all<DType::NF4>(rng);
+  check_all<DType::Q4>(rng);
+  g_half = true;  // the fp16 path (fp16_math): Q8 and Q4
+  check_all<DType::Q8>(rng);
   check_all<DType::Q4>(rng);
   std::printf("%s (%d failures)\n", g_failures ? "FAILED" : "all passed", g_failures);
   return g_failures ? 1 : 0;

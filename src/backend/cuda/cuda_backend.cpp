@@ -417,9 +417,9 @@ class CudaBackend final : public Backend {
     }
     if (T <= kGemvMaxT) {
       if (quant)
-        MR_LAUNCH_CHECK(
-            quant_gemv_cuda(x, T, W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), y, n_sms_, stream_),
-            stream_);
+        MR_LAUNCH_CHECK(quant_gemv_cuda(x, T, W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), y, n_sms_,
+                                        stream_, quant_half_),
+                        stream_);
       else
         MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, n_sms_, stream_), stream_);
       return;
@@ -510,7 +510,7 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < n; ++i) w[i] = W[i]->data, sc[i] = W[i]->scales, rows[i] = int(W[i]->rows), out[i] = y[i];
     if (quant)
       MR_LAUNCH_CHECK(quant_gemv_multi_cuda(x, T, w, sc, rows, out, n, W[0]->dtype, int(W[0]->cols),
-                                            int(quant_group_of(*W[0])), n_sms_, stream_),
+                                            int(quant_group_of(*W[0])), n_sms_, stream_, quant_half_),
                       stream_);
     else
       MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), n_sms_, stream_), stream_);
@@ -534,7 +534,7 @@ class CudaBackend final : public Backend {
     if (quant)
       MR_LAUNCH_CHECK(quant_gemv_swiglu_cuda(x, T, w_gate.data, w_gate.scales, w_up.data, w_up.scales, w_gate.dtype,
                                              int(w_gate.rows), int(w_gate.cols), int(quant_group_of(w_gate)), gate,
-                                             n_sms_, stream_),
+                                             n_sms_, stream_, quant_half_),
                       stream_);
     else
       MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows),
@@ -787,6 +787,12 @@ class CudaBackend final : public Backend {
     return e && std::strcmp(e, "1") == 0;
   }();
   std::map<const void*, void*> mma_tiles_;  // device data of a Q4 / Q8 weight -> its tiles
+  // MISTRAL_CUDA_QUANT_HALF=1 (an experiment): the Q4 and Q8 GEMVs sum each chunk's products in fp16
+  // (quant_gemv.cuh, fp16_math).
+  bool quant_half_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_QUANT_HALF");
+    return e && std::strcmp(e, "1") == 0;
+  }();
   bool wants_mma(const Weight& x) const {   // a tile copy of x is kept
     return use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x));
   }
