@@ -5,7 +5,7 @@
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
 #                                    (binaries + the stories260K test data); carry gpu-bin to the device.
 #   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
-#                                    quant, pdl, kernels, attn, half, stalls, profile (default: tests sanitize bench, about
+#                                    quant, pdl, kernels, attn, half, knockout, stalls, profile (default: tests sanitize bench, about
 #                                    7 minutes on an H100/H200; tests ~25 s, bench ~70 s, quant ~90 s
 #                                    for QUANT_LIST=int8,int4, kernels ~15 s).
 #
@@ -33,6 +33,8 @@
 #           decode tests with the untiled block and with the one-address tiles.
 # half:     the quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1): gemv_bench against the fp32 path,
 #           7B-shape int8 / int4 decode with it, stories260K perplexity and KL with each path and on the CPU.
+# knockout: fp16 decode at ctx 128 with the norms, RoPE + cache writes, attention or GEMVs left out in turn
+#           (MISTRAL_CUDA_KNOCKOUT; wrong outputs, timing only): what each costs inside the real step.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
 #           reasons of the quantized and fp16 GEMVs (about a minute).
 # profile:  Nsight Compute over about one eager decode step of the 7B shape, then over a 2048-token
@@ -526,6 +528,45 @@ for q in ("int8", "int4"):
     print(f"half: stories260K {q}: " + "; ".join(row))
 PY
   ;;
+knockout)
+  # Where a decode step's time goes, without a profiler that sees inside graphs: decode at 128 tokens of
+  # context with each group of single-token ops left out (MISTRAL_CUDA_KNOCKOUT, cuda_backend.cpp; the
+  # outputs are then wrong, the timing is what counts), against all of them run. The difference is what
+  # the group costs in the real step, its launches and waits included. KNOCK_QUANT=int4 (or int8) adds the
+  # same for that format. On the bench phase's checkpoint when there is one, else the synthetic 7B shape.
+  step "knockout: what each group of decode ops costs inside the step"
+  if [ $HAVE_GPU != 1 ]; then note "knockout: skipped (no GPU)"; continue; fi
+  CK=${CKPT_DIR:-/tmp/mistral7b-random}
+  if [ -d "$CK" ]; then KM="-m $CK"; else KM="$SYN7B"; fi
+  for q in none ${KNOCK_QUANT:-}; do
+    for ko in all norm rope attn gemv norm,rope,attn; do
+      env $([ $ko != all ] && echo MISTRAL_CUDA_KNOCKOUT=$ko) timeout 120 "$BIN/mistral-run" bench $KM --device cuda \
+        --skip-bandwidth --json --quant $q --reps 3 --prompt-tokens 128 --gen-tokens 64 \
+        >"$OUTDIR/knock_${q}_${ko}.json" 2>"$OUTDIR/knock_${q}_${ko}.err" || echo "bench ($q, knockout $ko) failed"
+    done
+  done
+  python3 - "$OUTDIR" ${KNOCK_QUANT:-} <<'PY' | tee -a "$SUMMARY"
+import json, os, sys
+d = sys.argv[1]
+for q in ["none"] + sys.argv[2:]:
+    def ms(ko):
+        try:
+            return 1e3 / json.load(open(os.path.join(d, f"knock_{q}_{ko}.json")))["decode_tok_s"]
+        except Exception:
+            return None
+    base = ms("all")
+    if base is None:
+        print(f"knockout ({q}): no baseline")
+        continue
+    print(f"knockout ({q}): decode ctx 128, everything run: {base:.3f} ms a token ({1e3 / base:.1f} tok/s)")
+    for ko in ("norm", "rope", "attn", "gemv", "norm,rope,attn"):
+        t = ms(ko)
+        if t is None:
+            print(f"  without {ko}: missing")
+        else:
+            print(f"  without {ko:<15} {t:.3f} ms: it costs {base - t:.3f} ms a token = {(base - t) * 1e3 / 32:.1f} us a layer")
+PY
+  ;;
 stalls)
   # Why the decode GEMVs run below the copy rate: Nsight Compute on one gemv_bench launch each (issue
   # utilization, occupancy, DRAM throughput, stall reasons per issued instruction; tools/ncu_stalls.py).
@@ -576,7 +617,7 @@ profile)
     python3 tools/ncu_summary.py "$OUTDIR/ncu_quant.csv" | tee -a "$SUMMARY"
   fi
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, attn, half, stalls, profile)";;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, attn, half, knockout, stalls, profile)";;
 esac; done
 
 step "summary"

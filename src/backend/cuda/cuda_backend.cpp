@@ -81,6 +81,11 @@ class CudaBackend final : public Backend {
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ", sm_" + std::to_string(prop.major) +
             std::to_string(prop.minor) + ")";
     n_sms_ = prop.multiProcessorCount;
+    if (knockout_)
+      std::fprintf(stderr,
+                   "note: MISTRAL_CUDA_KNOCKOUT=%s: those single-token ops are not run, so every output "
+                   "is wrong (for timing what they cost)\n",
+                   std::getenv("MISTRAL_CUDA_KNOCKOUT"));
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -396,14 +401,17 @@ class CudaBackend final : public Backend {
   }
 
   void rmsnorm(const float* x, const Weight& w, float eps, int T, float* y) override {
+    if (knocked_out(kKnockNorm, T)) return;
     MR_LAUNCH_CHECK(rmsnorm_cuda(x, w.data, w.dtype, eps, T, int(w.cols), y, stream_), stream_);
   }
 
   void add_rmsnorm(float* x, const float* delta, const Weight& w, float eps, int T, float* y) override {
+    if (knocked_out(kKnockNorm, T)) return;
     MR_LAUNCH_CHECK(add_rmsnorm_cuda(x, delta, w.data, w.dtype, eps, T, int(w.cols), y, stream_), stream_);
   }
 
   void matmul(const float* x, int T, const Weight& W, float* y) override {
+    if (knocked_out(kKnockGemv, T)) return;
     const int N = int(W.rows), K = int(W.cols);
     const bool quant = is_quantized(W.dtype);
     if (quant) launches_for(W);                    // the unfused order's q/k/v and gate/up come here
@@ -480,6 +488,7 @@ class CudaBackend final : public Backend {
   // k and v products no longer run as launches of a few blocks each. T > kGemvMaxT (cuBLAS) and mixed
   // shapes or dtypes take matmul one product at a time.
   void matmul_multi(const float* x, int T, const Weight* const* W, float* const* y, int n) override {
+    if (knocked_out(kKnockGemv, T)) return;
     if (n > 0) launches_for(*W[0]);
     if (T > kGemvMaxT && n >= 2 && W[0]->dtype != DType::F32) {
       // cuBLAS products of one x: it is rounded to 16 bits once for all of them when they agree on the
@@ -520,6 +529,7 @@ class CudaBackend final : public Backend {
   // shape; full-precision ones 16-byte aligned); otherwise matmul_multi and swiglu.
   void matmul_swiglu(const float* x, int T, const Weight& w_gate, const Weight& w_up, float* gate,
                      float* up) override {
+    if (knocked_out(kKnockGemv, T)) return;
     launches_for(w_gate);
     const bool quant = is_quantized(w_gate.dtype);
     const bool one = T <= kGemvMaxT && w_gate.dtype == w_up.dtype && w_gate.rows == w_up.rows &&
@@ -543,6 +553,7 @@ class CudaBackend final : public Backend {
   }
 
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
+    if (knocked_out(kKnockRope, T)) return;
     MR_LAUNCH_CHECK(rope_cuda(q, k, T, start, capturing_ ? &step_dev_->pos : nullptr, s.n_heads, s.n_kv_heads,
                               s.head_dim, inv_freq(s), stream_),
                     stream_);
@@ -552,6 +563,7 @@ class CudaBackend final : public Backend {
   // attention do.
   void rope_cache_write(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start,
                         const AttnShape& s) override {
+    if (knocked_out(kKnockRope, T)) return;
     MR_LAUNCH_CHECK(
         rope_cache_write_cuda(q, k, v, cache.k, cache.v, s.kv_half, T, start, capturing_ ? &step_dev_->pos : nullptr,
                               s.n_heads, s.n_kv_heads, s.head_dim, s.slots, inv_freq(s), stream_),
@@ -560,6 +572,7 @@ class CudaBackend final : public Backend {
 
   void attention(const float* q, const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
                  const AttnShape& s, float* out) override {
+    if (knocked_out(kKnockAttn, T)) return;
     const AttnParams p = params(s);
     if (decode_attention_supported(p)) {
       // Scratch for the split-KV decode kernel, sized for the most splits any cache of this shape
@@ -592,6 +605,7 @@ class CudaBackend final : public Backend {
 
   void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
                    const AttnShape& s) override {
+    if (knocked_out(kKnockRope, T)) return;
     MR_LAUNCH_CHECK(cache_write_cuda(k, v, cache.k, cache.v, T, start, params(s), stream_), stream_);
   }
 
@@ -787,6 +801,24 @@ class CudaBackend final : public Backend {
     return e && std::strcmp(e, "1") == 0;
   }();
   std::map<const void*, void*> mma_tiles_;  // device data of a Q4 / Q8 weight -> its tiles
+  // MISTRAL_CUDA_KNOCKOUT=norm,rope,attn,gemv (any of them; a diagnostic, every output is then wrong):
+  // single-token calls (decode steps) of those ops return without launching anything, so that timing
+  // decode with and without them shows what each costs inside the real step (tools/gpu-check.sh
+  // knockout). norm: RMSNorm and add + RMSNorm; rope: RoPE and the cache writes; attn: attention;
+  // gemv: the GEMVs, lm_head included.
+  static constexpr unsigned kKnockNorm = 1, kKnockRope = 2, kKnockAttn = 4, kKnockGemv = 8;
+  unsigned knockout_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_KNOCKOUT");
+    if (!e) return 0u;
+    unsigned m = 0;
+    const std::string v = std::string(",") + e + ",";
+    const std::pair<const char*, unsigned> names[] = {
+        {",norm,", kKnockNorm}, {",rope,", kKnockRope}, {",attn,", kKnockAttn}, {",gemv,", kKnockGemv}};
+    for (const auto& [n, bit] : names)
+      if (v.find(n) != std::string::npos) m |= bit;
+    return m;
+  }();
+  bool knocked_out(unsigned op, int T) const { return T == 1 && (knockout_ & op); }
   // MISTRAL_CUDA_QUANT_HALF=1 (an experiment): the Q4 and Q8 GEMVs sum each chunk's products in fp16
   // (quant_gemv.cuh, fp16_math).
   bool quant_half_ = [] {
