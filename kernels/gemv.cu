@@ -54,17 +54,30 @@ struct Vec<__nv_bfloat16> {
 // a 7B decode step at ~1.5 TB/s on an H200 (35% of the copy rate); eight cover the memory latency.
 constexpr int kUnroll = 8;
 
-template <typename W, int T>
-__device__ __forceinline__ void dot_vec(const float* __restrict__ x, int K, int k, const uint4& raw, float (&acc)[T]) {
+// kNorm (GemvFusion::g): x_k g_k instead of x_k in the products, and ss[t] += x_k^2 (the norm's mean square).
+template <typename W, int T, bool kNorm>
+__device__ __forceinline__ void dot_vec(const float* __restrict__ x, const float* __restrict__ g, int K, int k,
+                                        const uint4& raw, float (&acc)[T], float (&ss)[T]) {
   constexpr int V = Vec<W>::n;
   float w[V];
   Vec<W>::unpack(raw, w);
+  float4 gv[V / 4];
+  if constexpr (kNorm) {
+#pragma unroll
+    for (int i = 0; i < V / 4; ++i) gv[i] = reinterpret_cast<const float4*>(g + k)[i];
+  }
 #pragma unroll
   for (int t = 0; t < T; ++t) {
     const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * K + k);
 #pragma unroll
     for (int i = 0; i < V / 4; ++i) {
-      const float4 xv = xr[i];
+      float4 xv = xr[i];
+      if constexpr (kNorm) {
+        ss[t] = fmaf(xv.x, xv.x, ss[t]), ss[t] = fmaf(xv.y, xv.y, ss[t]);
+        ss[t] = fmaf(xv.z, xv.z, ss[t]), ss[t] = fmaf(xv.w, xv.w, ss[t]);
+        xv.x = __fmul_rn(xv.x, gv[i].x), xv.y = __fmul_rn(xv.y, gv[i].y);
+        xv.z = __fmul_rn(xv.z, gv[i].z), xv.w = __fmul_rn(xv.w, gv[i].w);
+      }
       acc[t] += w[4 * i] * xv.x;
       acc[t] += w[4 * i + 1] * xv.y;
       acc[t] += w[4 * i + 2] * xv.z;
@@ -95,12 +108,17 @@ __device__ __forceinline__ void load_units(const W* __restrict__ row, int K, int
 // their DRAM latency overlaps the kernel before, since weights are no earlier kernel's output). Holding
 // all kUnroll loads takes 64 registers at T = 1, against 32 for the in-loop loads, whose compiled code
 // keeps fewer in flight with twice the warps per SM: preload_for() chooses.
-template <typename W, int T, bool kVector, bool kPre>
+// kNorm: the products take x_k g_k, and the result is scaled by the row's 1 / sqrt(mean x^2 + eps), the sum
+// of squares taken over the same elements in the same loop (every element of the row passes through a
+// warp's lanes once), so no pass or barrier is added; every warp of the launch gets the same scale.
+template <typename W, int T, bool kVector, bool kPre, bool kNorm = false>
 __device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* __restrict__ row, int K,
-                                         uint4 (&raw)[kUnroll], float (&acc)[T]) {
+                                         uint4 (&raw)[kUnroll], float (&acc)[T], const float* __restrict__ g = nullptr,
+                                         float eps = 0.f) {
   const int lane = threadIdx.x & 31;
+  float ss[T];
 #pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+  for (int t = 0; t < T; ++t) acc[t] = 0.f, ss[t] = 0.f;
   if (kVector) {
     constexpr int V = Vec<W>::n;
     const int nv = K / V;  // 16-byte units in the row
@@ -109,26 +127,37 @@ __device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* _
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int c = base + 32 * u;
-        if (c < nv) dot_vec<W, T>(x, K, c * V, raw[u], acc);
+        if (c < nv) dot_vec<W, T, kNorm>(x, g, K, c * V, raw[u], acc, ss);
       }
     }
   } else {
     for (int k = lane; k < K; k += 32) {
       const float w = to_float(row[k]);
 #pragma unroll
-      for (int t = 0; t < T; ++t) acc[t] += w * x[size_t(t) * K + k];
+      for (int t = 0; t < T; ++t) {
+        const float xv = x[size_t(t) * K + k];
+        if constexpr (kNorm) {
+          ss[t] = fmaf(xv, xv, ss[t]);
+          acc[t] += w * __fmul_rn(xv, g[k]);
+        } else {
+          acc[t] += w * xv;
+        }
+      }
     }
   }
 #pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);  // every lane holds the sums
+  for (int t = 0; t < T; ++t) {
+    acc[t] = warp_sum(acc[t]);  // every lane holds the sums
+    if constexpr (kNorm) acc[t] *= rsqrtf(warp_sum(ss[t]) / float(K) + eps);
+  }
 }
 
 // out[t, n] = silu(x_t . Wg[n]) * (x_t . Wu[n]): both dot products by one warp, each as gemv_multi_kernel
 // computes a row.
-template <typename W, int T, bool kVector, bool kPre>
-__global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* __restrict__ x, const W* __restrict__ Wg,
-                                                                  const W* __restrict__ Wu, int N, int K,
-                                                                  float* __restrict__ out) {
+template <typename W, int T, bool kVector, bool kPre, bool kNorm>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_swiglu_kernel(const float* __restrict__ x, const W* __restrict__ Wg, const W* __restrict__ Wu, int N, int K,
+                       float* __restrict__ out, GemvFusion f) {
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;  // this warp reads and writes nothing
@@ -137,9 +166,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_swiglu_kernel(const float* _
   if (kVector && kPre) load_units<W>(Wg + size_t(n) * K, K, lane, raw);
   pdl_wait();
   float g[T], u[T];
-  gemv_dot<W, T, kVector, kPre>(x, Wg + size_t(n) * K, K, raw, g);
+  gemv_dot<W, T, kVector, kPre, kNorm>(x, Wg + size_t(n) * K, K, raw, g, f.g, f.eps);
   if (kVector && kPre) load_units<W>(Wu + size_t(n) * K, K, lane, raw);
-  gemv_dot<W, T, kVector, kPre>(x, Wu + size_t(n) * K, K, raw, u);
+  gemv_dot<W, T, kVector, kPre, kNorm>(x, Wu + size_t(n) * K, K, raw, u, f.g, f.eps);
   if (lane == 0)
 #pragma unroll
     for (int t = 0; t < T; ++t) out[size_t(t) * N + n] = swiglu_value(g[t], u[t]);
@@ -153,9 +182,9 @@ struct GemvParts {
   int count;
 };
 
-template <typename W, int T, bool kVector, bool kPre>
+template <typename W, int T, bool kVector, bool kPre, bool kNorm>
 __global__ void __launch_bounds__(kWarps * 32)
-    gemv_multi_kernel(const float* __restrict__ x, const __grid_constant__ GemvParts p, int K) {
+    gemv_multi_kernel(const float* __restrict__ x, const __grid_constant__ GemvParts p, int K, GemvFusion f) {
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   int i = 0;
   while (i + 1 < p.count && int(blockIdx.x) >= p.first_block[i + 1]) ++i;
@@ -166,10 +195,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (kVector && kPre) load_units<W>(row, K, threadIdx.x & 31, raw);
   pdl_wait();
   float acc[T];
-  gemv_dot<W, T, kVector, kPre>(x, row, K, raw, acc);
+  gemv_dot<W, T, kVector, kPre, kNorm>(x, row, K, raw, acc, f.g, f.eps);
   if ((threadIdx.x & 31) == 0)
 #pragma unroll
-    for (int t = 0; t < T; ++t) p.y[i][size_t(t) * p.n[i] + n] = acc[t];
+    for (int t = 0; t < T; ++t) {
+      float* yp = p.y[i] + size_t(t) * p.n[i] + n;
+      *yp = f.accumulate ? *yp + acc[t] : acc[t];
+    }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -217,13 +249,13 @@ cudaError_t dispatch(DType wt, int T, F&& f) {
 }  // namespace
 
 cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const int* N, float* const* y, int parts,
-                            DType wt, int K, int n_sms, cudaStream_t stream) {
+                            DType wt, int K, int n_sms, cudaStream_t stream, const GemvFusion& fuse) {
   if (T <= 0) return cudaSuccess;
   if (T > kGemvMaxT || K <= 0 || parts <= 0 || parts > kGemvMaxParts) return cudaErrorInvalidValue;
   GemvParts p{};
   p.count = parts;
   p.first_block[0] = 0;
-  bool aligned = aligned16(x);
+  bool aligned = aligned16(x) && (!fuse.g || aligned16(fuse.g));
   for (int i = 0; i < parts; ++i) {
     if (N[i] < 0) return cudaErrorInvalidValue;
     p.w[i] = W[i], p.y[i] = y[i], p.n[i] = N[i];
@@ -238,39 +270,49 @@ cudaError_t gemv_multi_cuda(const float* x, int T, const void* const* W, const i
   return dispatch(wt, T, [&](auto w, auto t) {
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;
-    if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      return pre
-                 ? launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, true>, blocks, kWarps * 32, 0, stream, x, p, K)
-                 : launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, false>, blocks, kWarps * 32, 0, stream, x, p, K);
-    return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, false, false>, blocks, kWarps * 32, 0, stream, x, p, K);
+    auto go = [&](auto norm) {
+      constexpr bool kN = decltype(norm)::value;
+      if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
+        return pre ? launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, true, kN>, blocks, kWarps * 32, 0, stream, x, p,
+                                      K, fuse)
+                   : launch_maybe_pdl(gemv_multi_kernel<Wt, TT, true, false, kN>, blocks, kWarps * 32, 0, stream, x, p,
+                                      K, fuse);
+      return launch_maybe_pdl(gemv_multi_kernel<Wt, TT, false, false, kN>, blocks, kWarps * 32, 0, stream, x, p, K,
+                              fuse);
+    };
+    return fuse.g ? go(std::true_type{}) : go(std::false_type{});
   });
 }
 
 cudaError_t gemv_cuda(const float* x, int T, const void* W, DType wt, int N, int K, float* y, int n_sms,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, const GemvFusion& fuse) {
   if (T > 0 && N <= 0) return cudaSuccess;
-  return gemv_multi_cuda(x, T, &W, &N, &y, 1, wt, K, n_sms, stream);
+  return gemv_multi_cuda(x, T, &W, &N, &y, 1, wt, K, n_sms, stream, fuse);
 }
 
-cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* Wu, DType wt, int N, int K,
-                             float* out, int n_sms, cudaStream_t stream) {
+cudaError_t gemv_swiglu_cuda(const float* x, int T, const void* Wg, const void* Wu, DType wt, int N, int K, float* out,
+                             int n_sms, cudaStream_t stream, const GemvFusion& fuse) {
   if (T <= 0 || N <= 0) return cudaSuccess;
-  if (T > kGemvMaxT || K <= 0) return cudaErrorInvalidValue;
+  if (T > kGemvMaxT || K <= 0 || fuse.accumulate) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
-  const bool aligned = aligned16(x) && aligned16(Wg) && aligned16(Wu);
+  const bool aligned = aligned16(x) && aligned16(Wg) && aligned16(Wu) && (!fuse.g || aligned16(fuse.g));
   const bool pre = preload_for(N, T, n_sms);
   return dispatch(wt, T, [&](auto w, auto t) {
     using Wt = decltype(w);
     constexpr int TT = decltype(t)::value;
     const Wt* g = static_cast<const Wt*>(Wg);
     const Wt* u = static_cast<const Wt*>(Wu);
-    if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
-      return pre ? launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, true>, blocks, kWarps * 32, 0, stream, x,
-                                              g, u, N, K, out)
-                           : launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, false>, blocks, kWarps * 32, 0, stream,
-                                              x, g, u, N, K, out);
-    return launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, false, false>, blocks, kWarps * 32, 0, stream, x, g, u, N, K,
-                            out);
+    auto go = [&](auto norm) {
+      constexpr bool kN = decltype(norm)::value;
+      if (aligned && (size_t(K) * sizeof(Wt)) % 16 == 0)
+        return pre ? launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, true, kN>, blocks, kWarps * 32, 0, stream, x, g,
+                                      u, N, K, out, fuse)
+                   : launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, true, false, kN>, blocks, kWarps * 32, 0, stream, x, g,
+                                      u, N, K, out, fuse);
+      return launch_maybe_pdl(gemv_swiglu_kernel<Wt, TT, false, false, kN>, blocks, kWarps * 32, 0, stream, x, g, u, N,
+                              K, out, fuse);
+    };
+    return fuse.g ? go(std::true_type{}) : go(std::false_type{});
   });
 }
 

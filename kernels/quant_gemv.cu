@@ -97,6 +97,14 @@ MR_QFN float bits_to_float(uint32_t u) {
 #endif
 }
 
+MR_QFN float fmul_rn(float a, float b) {  // a product the compiler may not contract into an FMA
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 // Code values (before scaling) of the elements in 32-bit word w of a chunk, in element order:
 // Q8 4 elements (byte i); NF4 / Q4 8 elements (element 2i in the low nibble of byte i, 2i+1 in the high).
 template <DType D>
@@ -145,6 +153,7 @@ struct QuantParts {
   int first_block[kGemvMaxParts + 1];
   int count;
   bool vec_x;     // K % 4 == 0 and x 16-byte aligned: x read (kXVec4) or copied (kXStaged) by float4
+  GemvFusion fuse;  // the norm (staged paths only: the copy of x takes x * g) and the residual add
 };
 
 
@@ -213,20 +222,59 @@ MR_QFN int x_index(int e) {
 
 // The block's shared-memory copy of x [T, K] for kXStaged (row t at xs + t * staged_stride(K), element e
 // at staged_index(e)); every thread of the block calls it, and a barrier must follow before any read.
+// With g (the fused norm, GemvFusion): the copy holds x_k g_k, and ss[t] gets this thread's share of the
+// sum of x^2 of row t (norm_scales finishes it).
 template <int T>
-__device__ __forceinline__ void stage_x(const float* __restrict__ x, int K, bool vec_x, float* __restrict__ xs) {
+__device__ __forceinline__ void stage_x(const float* __restrict__ x, int K, bool vec_x, float* __restrict__ xs,
+                                        const float* __restrict__ g = nullptr, float* ss = nullptr) {
   const int stride = staged_stride(K);
 #pragma unroll
   for (int t = 0; t < T; ++t) {
     const float* xt = x + size_t(t) * size_t(K);
     float* st = xs + size_t(t) * size_t(stride);
-    if (vec_x) {
+    if (g) {
+      float s = 0.f;
+      if (vec_x) {  // g is 16-byte aligned when x is (checked by the launcher)
+        for (int i = threadIdx.x; i < K / 4; i += blockDim.x) {
+          float4 v = reinterpret_cast<const float4*>(xt)[i];
+          const float4 w = reinterpret_cast<const float4*>(g)[i];
+          s = fmaf(v.x, v.x, s), s = fmaf(v.y, v.y, s), s = fmaf(v.z, v.z, s), s = fmaf(v.w, v.w, s);
+          v.x = __fmul_rn(v.x, w.x), v.y = __fmul_rn(v.y, w.y), v.z = __fmul_rn(v.z, w.z), v.w = __fmul_rn(v.w, w.w);
+          *reinterpret_cast<float4*>(st + staged_index(4 * i)) = v;
+        }
+      } else {
+        for (int e = threadIdx.x; e < K; e += blockDim.x) {
+          s = fmaf(xt[e], xt[e], s);
+          st[staged_index(e)] = __fmul_rn(xt[e], g[e]);
+        }
+      }
+      ss[t] = s;
+    } else if (vec_x) {
       for (int i = threadIdx.x; i < K / 4; i += blockDim.x)
         *reinterpret_cast<float4*>(st + staged_index(4 * i)) = reinterpret_cast<const float4*>(xt)[i];
     } else {
       for (int e = threadIdx.x; e < K; e += blockDim.x) st[staged_index(e)] = xt[e];
     }
   }
+}
+
+// The fused norm's scales: each thread's ss[t] (from stage_x / stage_x_half) summed over the warp into
+// red[warp][t]; after the barrier that follows, norm_scale(red, t, K, eps) is 1 / sqrt(mean x^2 + eps) of
+// row t for every thread (the warps' sums added in warp order: the same bits in every block).
+template <int T>
+__device__ __forceinline__ void norm_partials(const float (&ss)[T], float (*red)[T]) {
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float s = warp_sum(ss[t]);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5][t] = s;
+  }
+}
+template <int T>
+__device__ __forceinline__ float norm_scale(const float (*red)[T], int t, int K, float eps) {
+  float s = red[0][t];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) s += red[w][t];
+  return rsqrtf(s / float(K) + eps);
 }
 
 // Chunk c of the row pair (q: its 16 bytes of each row) times the T token rows of x (row t at
@@ -456,11 +504,13 @@ MR_QFN void decode_word_h2(uint32_t w, uint32_t (&h)[4]) {
   }
 }
 
-// Stages run g (elements 8g .. 8g + 7) of token row x [K] into xh (a token row of the staged copy) as
-// fp16 of x * f, f = 2^sh; elements at or past K are 0. vec: x 16-byte aligned and K % 4 == 0.
+// Stages run `run` (elements 8 run .. 8 run + 7) of token row x [K] into xh (a token row of the staged
+// copy) as fp16 of x * f, f = 2^sh (x * gn * f with the fused norm's weight gn); elements at or past K
+// are 0. vec: x 16-byte aligned and K % 4 == 0.
 template <DType D>
-MR_QFN void stage_run_half(const float* __restrict__ x, int K, bool vec, float f, int g, __half* __restrict__ xh) {
-  const int k = 8 * g;
+MR_QFN void stage_run_half(const float* __restrict__ x, int K, bool vec, float f, int run, __half* __restrict__ xh,
+                           const float* __restrict__ gn = nullptr) {
+  const int k = 8 * run;
   float v[8];
   if (vec && k + 8 <= K) {
     const float4 a = reinterpret_cast<const float4*>(x + k)[0], b = reinterpret_cast<const float4*>(x + k)[1];
@@ -468,6 +518,10 @@ MR_QFN void stage_run_half(const float* __restrict__ x, int K, bool vec, float f
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i) v[i] = k + i < K ? x[k + i] : 0.f;
+  }
+  if (gn) {  // the fused norm's weight (x * g rounded as stage_x_half's maximum took it)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = k + i < K ? fmul_rn(v[i], gn[k + i]) : 0.f;
   }
   float o[8];
 #pragma unroll
@@ -578,33 +632,48 @@ MR_QFN void write_output(const QuantParts& ps, const WarpJob& j, const float (*p
     float s = 0.f;
     for (int w = 0; w < j.split; ++w) s += part[p * j.split + w][r][t];
     if constexpr (D == DType::Q8) s *= scale_at<D>(P.scales, size_t(n));
-    P.y[size_t(t) * size_t(P.n) + size_t(n)] = s;
+    float* yp = P.y + size_t(t) * size_t(P.n) + size_t(n);
+    *yp = ps.fuse.accumulate ? *yp + s : s;  // the fused residual add
   }
 }
 
 // The fp16 path's copy of x (kXHalf), by every thread of the block: each token row's largest |x| (a
 // block reduction), then its runs of 8 scaled and rounded to fp16; fac[t] = 2^-sh of row t. A barrier
 // must follow before any read of xh or fac.
+// With g (the fused norm): the copy holds fp16 of x_k g_k 2^sh (sh from the largest |x_k g_k|), and the
+// thread's shares of the rows' sums of x^2 go to nred (norm_partials) before the barrier.
 template <DType D, int T>
 __device__ __forceinline__ void stage_x_half(const float* __restrict__ x, int K, bool vec_x, __half* __restrict__ xh,
-                                             float* fac) {
+                                             float* fac, const float* __restrict__ g = nullptr,
+                                             float (*nred)[T] = nullptr) {
   __shared__ float red[kWarps][T];
   const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+  float ss[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) {
     const float* xt = x + size_t(t) * size_t(K);
-    float m = 0.f;
+    float m = 0.f, s = 0.f;
     if (vec_x) {
       for (int i = threadIdx.x; i < K / 4; i += blockDim.x) {
-        const float4 f = reinterpret_cast<const float4*>(xt)[i];
+        float4 f = reinterpret_cast<const float4*>(xt)[i];
+        if (g) {
+          const float4 w = reinterpret_cast<const float4*>(g)[i];
+          s = fmaf(f.x, f.x, s), s = fmaf(f.y, f.y, s), s = fmaf(f.z, f.z, s), s = fmaf(f.w, f.w, s);
+          f.x = __fmul_rn(f.x, w.x), f.y = __fmul_rn(f.y, w.y), f.z = __fmul_rn(f.z, w.z), f.w = __fmul_rn(f.w, w.w);
+        }
         m = fmaxf(m, fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w))));
       }
     } else {
-      for (int e = threadIdx.x; e < K; e += blockDim.x) m = fmaxf(m, fabsf(xt[e]));
+      for (int e = threadIdx.x; e < K; e += blockDim.x) {
+        if (g) s = fmaf(xt[e], xt[e], s);
+        m = fmaxf(m, fabsf(g ? __fmul_rn(xt[e], g[e]) : xt[e]));
+      }
     }
+    ss[t] = s;
     m = warp_max(m);
     if (lane == 0) red[warp][t] = m;
   }
+  if (g) norm_partials<T>(ss, nred);
   __syncthreads();
   const int runs = half_stride<D>(K) / half_chunk_stride<D>() * (Format<D>::kElems / 8);
 #pragma unroll
@@ -615,8 +684,8 @@ __device__ __forceinline__ void stage_x_half(const float* __restrict__ x, int K,
     const int sh = half_shift<D>(m);
     if (threadIdx.x == 0) fac[t] = pow2f(-sh);
     const float f = pow2f(sh);
-    for (int g = threadIdx.x; g < runs; g += blockDim.x)
-      stage_run_half<D>(x + size_t(t) * size_t(K), K, vec_x, f, g, xh + size_t(t) * size_t(half_stride<D>(K)));
+    for (int r = threadIdx.x; r < runs; r += blockDim.x)
+      stage_run_half<D>(x + size_t(t) * size_t(K), K, vec_x, f, r, xh + size_t(t) * size_t(half_stride<D>(K)), g);
   }
 }
 
@@ -655,28 +724,42 @@ __global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == k
     load_batch<D>(rp, c_first, c_stride, kX == kXHalf ? (K + E - 1) / E : K / E, q);
   }
   pdl_wait();  // every thread: x is read and the block's outputs are written after it
+  __shared__ float nred[kWarps][T];  // the fused norm's sums of squares, by warp (staged paths)
+  const float* gn = ps.fuse.g;
   if constexpr (kX == kXHalf) {
     __shared__ float fac[T];
     __half* xh = reinterpret_cast<__half*>(staged);
-    stage_x_half<D, T>(x, K, ps.vec_x, xh, fac);
+    stage_x_half<D, T>(x, K, ps.vec_x, xh, fac, gn, nred);
     __syncthreads();
     if (busy) {
       lane_dot_half<D, T>(xh, half_stride<D>(K), rp, q, K, group, gshift, c_first, c_stride, acc);
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
+      for (int t = 0; t < T; ++t) {
+        const float sc = gn ? fac[t] * norm_scale<T>(nred, t, K, ps.fuse.eps) : fac[t];  // fac: a power of two
 #pragma unroll
-        for (int t = 0; t < T; ++t) acc[r][t] *= fac[t];  // exact: a power of two
+        for (int r = 0; r < kRows; ++r) acc[r][t] *= sc;
+      }
     }
   } else {
     const float* xr = x;
     int xstride = K;
     if constexpr (kX == kXStaged) {
       float* xs = reinterpret_cast<float*>(staged);
-      stage_x<T>(x, K, ps.vec_x, xs);
+      float ss[T];
+      stage_x<T>(x, K, ps.vec_x, xs, gn, ss);
+      if (gn) norm_partials<T>(ss, nred);
       __syncthreads();
       xr = xs, xstride = staged_stride(K);
     }
     if (busy) lane_dot<D, T, kX>(xr, xstride, rp, q, lut, K, group, gshift, c_first, c_stride, acc);
+    if (kX == kXStaged && gn && busy) {
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        const float sc = norm_scale<T>(nred, t, K, ps.fuse.eps);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[r][t] *= sc;
+      }
+    }
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
@@ -804,11 +887,18 @@ size_t half_stage_bytes(int T, int K) {
   return D != DType::NF4 && b <= kMaxStageBytes ? b : 0;
 }
 
+// Whether a launch of T tokens with K columns takes one of the staged paths (which the fused norm needs).
+template <DType D>
+bool staged_path(int T, int K, bool fp16_math) {
+  return (fp16_math && half_stage_bytes<D>(T, K) > 0) || stage_bytes(T, K) > 0;
+}
+
 template <DType D, int T, bool kSwiglu>
 cudaError_t launch_gemv(const float* x, const QuantParts& ps, int K, int group, bool fp16_math, cudaStream_t stream) {
   const unsigned blocks = unsigned(ps.first_block[kSwiglu ? 1 : ps.count]);
   if (blocks == 0) return cudaSuccess;
   const int gshift = group_shift(group);
+  if (ps.fuse.g && !staged_path<D>(T, K, fp16_math)) return cudaErrorNotSupported;  // the norm needs a copy of x
   if constexpr (D != DType::NF4) {
     const size_t hb = fp16_math ? half_stage_bytes<D>(T, K) : 0;
     if (hb > 0) {
@@ -853,10 +943,13 @@ cudaError_t launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, in
 // invalid.
 template <bool kSwiglu>
 bool plan_launch(const float* x, const void* const* data, const void* const* scales, const int* N, float* const* y,
-                 int parts, DType wt, int K, int group, int n_sms, QuantParts* ps) {
+                 int parts, DType wt, int K, int group, int n_sms, QuantParts* ps, const GemvFusion& fuse = {}) {
   if (!x || n_sms <= 0 || parts <= 0 || parts > kGemvMaxParts || (kSwiglu && parts != 2)) return false;
   *ps = QuantParts{};
   ps->count = parts;
+  ps->fuse = fuse;
+  if (fuse.g && reinterpret_cast<uintptr_t>(fuse.g) % 16 != 0) return false;  // read by float4 beside x
+  if (kSwiglu && fuse.accumulate) return false;
   ps->vec_x = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int i = 0; i < parts; ++i) {
     if (N[i] < 0 || (N[i] > 0 && !y[i]) || !layout_ok(wt, data[i], scales[i], K, group)) return false;
@@ -885,10 +978,10 @@ bool plan_launch(const float* x, const void* const* data, const void* const* sca
 template <bool kSwiglu>
 cudaError_t quant_launch(const float* x, int T, const void* const* data, const void* const* scales, const int* N,
                          float* const* y, int parts, DType wt, int K, int group, int n_sms, bool fp16_math,
-                         cudaStream_t stream) {
+                         const GemvFusion& fuse, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   QuantParts ps;
-  if (T > kGemvMaxT || !plan_launch<kSwiglu>(x, data, scales, N, y, parts, wt, K, group, n_sms, &ps))
+  if (T > kGemvMaxT || !plan_launch<kSwiglu>(x, data, scales, N, y, parts, wt, K, group, n_sms, &ps, fuse))
     return cudaErrorInvalidValue;
   cudaError_t err;
   switch (wt) {
@@ -920,27 +1013,42 @@ void launch_dequant(const void* data, const void* scales, int N, int K, int grou
 
 void set_quant_gemv_warps_per_sm(int warps) { g_warps_per_sm = warps > 0 ? warps : 0; }
 
+bool quant_gemv_fusion_ok(DType wt, int T, int K, bool fp16_math) {
+  if (T <= 0 || T > kGemvMaxT || K <= 0) return false;
+  switch (wt) {
+    case DType::Q8:
+      return staged_path<DType::Q8>(T, K, fp16_math);
+    case DType::NF4:
+      return staged_path<DType::NF4>(T, K, fp16_math);
+    case DType::Q4:
+      return staged_path<DType::Q4>(T, K, fp16_math);
+    default:
+      return false;
+  }
+}
+
 cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
-                            int group, float* y, int n_sms, cudaStream_t stream, bool fp16_math) {
+                            int group, float* y, int n_sms, cudaStream_t stream, bool fp16_math,
+                            const GemvFusion& fuse) {
   if (T <= 0 || N <= 0) return cudaSuccess;
-  return quant_launch<false>(x, T, &data, &scales, &N, &y, 1, wt, K, group, n_sms, fp16_math, stream);
+  return quant_launch<false>(x, T, &data, &scales, &N, &y, 1, wt, K, group, n_sms, fp16_math, fuse, stream);
 }
 
 cudaError_t quant_gemv_multi_cuda(const float* x, int T, const void* const* data, const void* const* scales,
                                   const int* N, float* const* y, int parts, DType wt, int K, int group, int n_sms,
-                                  cudaStream_t stream, bool fp16_math) {
-  return quant_launch<false>(x, T, data, scales, N, y, parts, wt, K, group, n_sms, fp16_math, stream);
+                                  cudaStream_t stream, bool fp16_math, const GemvFusion& fuse) {
+  return quant_launch<false>(x, T, data, scales, N, y, parts, wt, K, group, n_sms, fp16_math, fuse, stream);
 }
 
 cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data, const void* gate_scales,
                                    const void* up_data, const void* up_scales, DType wt, int N, int K, int group,
-                                   float* out, int n_sms, cudaStream_t stream, bool fp16_math) {
+                                   float* out, int n_sms, cudaStream_t stream, bool fp16_math, const GemvFusion& fuse) {
   if (T <= 0 || N <= 0) return cudaSuccess;
   const void* data[2] = {gate_data, up_data};
   const void* scales[2] = {gate_scales, up_scales};
   const int n[2] = {N, N};
   float* y[2] = {out, out};
-  return quant_launch<true>(x, T, data, scales, n, y, 2, wt, K, group, n_sms, fp16_math, stream);
+  return quant_launch<true>(x, T, data, scales, n, y, 2, wt, K, group, n_sms, fp16_math, fuse, stream);
 }
 
 cudaError_t dequantize_f16_cuda(const void* data, const void* scales, DType wt, int N, int K, int group, void* out,

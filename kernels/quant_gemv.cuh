@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "gemv.cuh"
 #include "mistral/dtype.h"
 
 namespace mistral {
@@ -17,20 +18,28 @@ namespace cuda {
 // 16 * 2^-11 of its sum |code x|), the rest in fp32: about half the instructions a weight
 // (quant_gemv.cu, kXHalf). An experiment: MISTRAL_CUDA_QUANT_HALF=1 turns it on in the CUDA backend.
 cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
-                            int group, float* y, int n_sms, cudaStream_t stream, bool fp16_math = false);
+                            int group, float* y, int n_sms, cudaStream_t stream, bool fp16_math = false,
+                            const GemvFusion& fuse = {});
 
 // Several products of one x (q, k, v of a decode step) in one launch: y[i] = x * dequant(W_i)^T, every
 // W_i of format wt with K columns (group as above), N[i] rows; parts <= kGemvMaxParts. Each result equals
 // quant_gemv_cuda's bit for bit (a matrix's K split depends on its own shape only).
 cudaError_t quant_gemv_multi_cuda(const float* x, int T, const void* const* data, const void* const* scales,
                                   const int* N, float* const* y, int parts, DType wt, int K, int group, int n_sms,
-                                  cudaStream_t stream, bool fp16_math = false);
+                                  cudaStream_t stream, bool fp16_math = false, const GemvFusion& fuse = {});
 
 // out[T, N] = silu(x W_gate^T) * (x W_up^T) in one launch, both [N, K] of format wt: bit for bit the two
 // quant_gemv_cuda products followed by swiglu_cuda.
 cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data, const void* gate_scales,
                                    const void* up_data, const void* up_scales, DType wt, int N, int K, int group,
-                                   float* out, int n_sms, cudaStream_t stream, bool fp16_math = false);
+                                   float* out, int n_sms, cudaStream_t stream, bool fp16_math = false,
+                                   const GemvFusion& fuse = {});
+
+// fuse (gemv.cuh): the norm and the residual add folded into the launch (the SwiGLU launch: the norm only).
+// The norm needs the block's copy of x in shared memory: quant_gemv_fusion_ok says whether a launch of T
+// tokens of K columns has one (the launchers return cudaErrorNotSupported otherwise); the norm's weight
+// must be 16-byte aligned.
+bool quant_gemv_fusion_ok(DType wt, int T, int K, bool fp16_math);
 
 // The K split's target (gemv_split in quant_gemv.cu): rows are split over more warps while a launch
 // has fewer than this many warps per SM. 0 restores the default (24, or MISTRAL_CUDA_QUANT_WARPS);

@@ -296,6 +296,92 @@ TEST(CudaOps, QuantMatmulHalf) {
   EXPECT_EQ(cases, 2 * 7 * 3 * 4);
 }
 
+// The decode-step fusions (MISTRAL_CUDA_FUSED_NORM=1, an experiment; gemv.cuh GemvFusion): the RMSNorm
+// folded into the q/k/v-style and gate/up/SwiGLU products, the residual add into a product, against the
+// CPU backend's compositions (rmsnorm then the products; matmul then add), for fp32/fp16/bf16 and the three
+// quantized formats, norms in the weights' dtype, T = 1..4, K with and without the vector path (and with a
+// partial quantized chunk). The norm is a mean square over the row summed in another order than the
+// separate kernel's, so 1e-5 (relative, over the outputs) as for the GEMVs; with the quantized fp16 path
+// (MISTRAL_CUDA_QUANT_HALF=1 as well) 2e-3, its operands being fp16.
+TEST(CudaOps, FusedNormMatmul) {
+  REQUIRE_GPU();
+  Backends b;
+  setenv("MISTRAL_CUDA_FUSED_NORM", "1", 1);
+  auto fused = make_cuda_backend(0);
+  setenv("MISTRAL_CUDA_QUANT_HALF", "1", 1);
+  auto fused_half = make_cuda_backend(0);
+  unsetenv("MISTRAL_CUDA_QUANT_HALF");
+  unsetenv("MISTRAL_CUDA_FUSED_NORM");
+  ASSERT_TRUE(fused->fuses_norm(1) && fused->fuses_norm(4) && !fused->fuses_norm(5));
+  ASSERT_FALSE(b.gpu->fuses_norm(1));
+  std::mt19937 rng(43);
+  const float eps = 1e-5f;
+  int cases = 0;
+  for (Backend* gpu : {fused.get(), fused_half.get()})
+    for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8, DType::NF4, DType::Q4})
+      for (int K : {100, 333, 4096})
+        for (int T : {1, 2, 4}) {
+          const bool quant = is_quantized(t);
+          if (gpu == fused_half.get() && !(t == DType::Q8 || t == DType::Q4)) continue;
+          SCOPED_TRACE(std::string(dtype_name(t)) + " K " + std::to_string(K) + " T " + std::to_string(T) +
+                       (gpu == fused_half.get() ? " (fp16 path)" : ""));
+          const double tol = gpu == fused_half.get() ? 2e-3 : 1e-5;
+          const DType nt = quant ? DType::BF16 : t;  // the norm's dtype
+          auto make = [&](int N) -> const Weight& {
+            auto v = randn(size_t(N) * K, rng, 0.05f);
+            return quant ? b.quant(v, N, K, t).w : b.weight(v, N, K, t).w;
+          };
+          const Weight& wq = make(37);
+          const Weight& wk = make(8);
+          const Weight& wv = make(8);
+          std::vector<float> gv = randn(size_t(K), rng, 0.3f);
+          for (auto& g : gv) g += 1.0f;
+          const Weight& norm = b.weight(gv, 1, K, nt).w;
+          auto x = randn(size_t(T) * K, rng, 2.0f);
+          if (T > 1) x[size_t(K) + 3] = 300.f;  // an outlier in the second row
+          // Norm, then q/k/v.
+          std::vector<float> xn(x.size());
+          b.cpu->rmsnorm(x.data(), norm, eps, T, xn.data());
+          const Weight* W[3] = {&wq, &wk, &wv};
+          std::vector<float> ref[3];
+          for (int i = 0; i < 3; ++i) {
+            ref[i].resize(size_t(T) * size_t(W[i]->rows));
+            b.cpu->matmul(xn.data(), T, *W[i], ref[i].data());
+          }
+          const Weight dW[3] = {gpu->place_weight(wq), gpu->place_weight(wk), gpu->place_weight(wv)};
+          const Weight* dWp[3] = {&dW[0], &dW[1], &dW[2]};
+          const Weight dnorm = gpu->place_weight(norm);
+          Dev dx(*gpu, x), dxn(*gpu, x.size()), y0(*gpu, ref[0].size()), y1(*gpu, ref[1].size()),
+              y2(*gpu, ref[2].size());
+          float* const ys[3] = {y0.p, y1.p, y2.p};
+          gpu->norm_matmul_multi(dx.p, dnorm, eps, T, dWp, ys, 3, dxn.p);
+          EXPECT_LT(rel_err(y0.get(), ref[0], "norm + q"), tol);
+          EXPECT_LT(rel_err(y1.get(), ref[1], "norm + k"), tol);
+          EXPECT_LT(rel_err(y2.get(), ref[2], "norm + v"), tol);
+          // Norm, then gate/up + SwiGLU.
+          const Weight& wg = make(41);
+          const Weight& wu = make(41);
+          std::vector<float> g(size_t(T) * 41), u(g.size());
+          b.cpu->matmul_swiglu(xn.data(), T, wg, wu, g.data(), u.data());
+          Dev dg(*gpu, g.size()), du(*gpu, g.size());
+          gpu->norm_matmul_swiglu(dx.p, dnorm, eps, T, gpu->place_weight(wg), gpu->place_weight(wu), dg.p, du.p, dxn.p);
+          EXPECT_LT(rel_err(dg.get(), g, "norm + SwiGLU"), 4 * tol);
+          // Residual: x += a W^T (W of K columns: the output projection's shape).
+          const Weight& wo = make(K);
+          auto a = randn(size_t(T) * K, rng);
+          std::vector<float> delta(size_t(T) * K), want = x;
+          b.cpu->matmul(a.data(), T, wo, delta.data());
+          for (size_t i = 0; i < want.size(); ++i) want[i] += delta[i];
+          Dev da(*gpu, a), tmp(*gpu, x.size());
+          gpu->matmul_residual(da.p, T, gpu->place_weight(wo), dx.p, tmp.p);
+          std::vector<float> got = dx.get(), dgot(got.size());
+          for (size_t i = 0; i < got.size(); ++i) dgot[i] = got[i] - x[i];
+          EXPECT_LT(rel_err(dgot, delta, "residual"), tol);
+          ++cases;
+        }
+  EXPECT_EQ(cases, (6 + 2) * 3 * 3);
+}
+
 // The row argmax that greedy decoding runs on the device (only the ids come back): against the CPU
 // backend's (mistral::argmax per row) over lengths around the block size, with the largest value repeated
 // (the first index must win), a row of -inf, a row whose largest value is its last element and NaNs.

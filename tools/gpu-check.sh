@@ -5,9 +5,10 @@
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
 #                                    (binaries + the stories260K test data); carry gpu-bin to the device.
 #   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
-#                                    quant, pdl, kernels, attn, half, knockout, stalls, profile (default: tests sanitize bench, about
-#                                    7 minutes on an H100/H200; tests ~25 s, bench ~70 s, quant ~90 s
-#                                    for QUANT_LIST=int8,int4, kernels ~15 s).
+#                                    quant, pdl, kernels, attn, half, fused, knockout, stalls, profile
+#                                    (default: tests sanitize bench, about 7 minutes on an H100/H200;
+#                                    tests ~25 s, bench ~70 s, quant ~90 s for QUANT_LIST=int8,int4,
+#                                    kernels ~15 s).
 #
 # tests:    the `gpu`-labelled tests (every kernel against the CPU op, models end to end, graph = eager).
 # sanitize: compute-sanitizer memcheck and racecheck on the kernel tests.
@@ -33,6 +34,8 @@
 #           decode tests with the untiled block and with the one-address tiles.
 # half:     the quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1): gemv_bench against the fp32 path,
 #           7B-shape int8 / int4 decode with it, stories260K perplexity and KL with each path and on the CPU.
+# fused:    MISTRAL_CUDA_FUSED_NORM=1 (norms and residual adds folded into the GEMVs): all gpu tests with it,
+#           fp16 decode with and without it, int8 / int4 with it (and with the fp16 path too).
 # knockout: fp16 decode at ctx 128 with the norms, RoPE + cache writes, attention or GEMVs left out in turn
 #           (MISTRAL_CUDA_KNOCKOUT; wrong outputs, timing only): what each costs inside the real step.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
@@ -334,7 +337,7 @@ PY
 pdl)
   # Programmatic dependent launch (kernels/pdl.cuh; by default on for quantized layers, MISTRAL_CUDA_PDL=1
   # or 0 forces it): the model and GEMV tests with it on, then fp16 decode on the bench phase's checkpoint
-  # (run bench first in the same call) with it off and on, and the quantized formats with it off.
+  # (else the synthetic 7B shape) with it off and on, and the quantized formats with it off.
   step "pdl: MISTRAL_CUDA_PDL=1 against the default"
   if [ $HAVE_GPU != 1 ]; then note "pdl: skipped (no GPU)"; continue; fi
   MISTRAL_CUDA_PDL=1 timeout 120 "$BIN/test_cuda" >"$OUTDIR/test_pdl.log" 2>&1
@@ -342,27 +345,27 @@ pdl)
   grep -E '^\[ *FAILED *\]|Failure' "$OUTDIR/test_pdl.log" | head -20
   note "pdl tests (all of test_cuda): $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_pdl.log" | tr '\n' ' ')(exit $rc)"
   CK=${CKPT_DIR:-/tmp/mistral7b-random}
-  if [ ! -d "$CK" ]; then note "pdl: no checkpoint (run the bench phase first in the same call)"; continue; fi
+  if [ -d "$CK" ]; then KM="-m $CK"; else KM="$SYN7B"; fi  # the bench phase's checkpoint, else the synthetic 7B
   for pdl in 0 1; do
-    MISTRAL_CUDA_PDL=$pdl timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json --reps 3 \
+    MISTRAL_CUDA_PDL=$pdl timeout 90 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json --reps 3 \
       --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl$pdl.json" || echo "bench (pdl $pdl) failed"
   done
   # And the split-KV attention's merge inside the partial kernel (MISTRAL_CUDA_DECODE_COMBINE=0) against
   # the separate combine kernel (the default), without PDL.
-  MISTRAL_CUDA_DECODE_COMBINE=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+  MISTRAL_CUDA_DECODE_COMBINE=0 timeout 90 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/combine_separate.json" || echo "bench (separate combine) failed"
   # And the fp16 GEMVs without the register-preloading kernel for small launches (gemv.cu, preload_for).
-  MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+  MISTRAL_CUDA_GEMV_PRELOAD=0 timeout 90 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json \
     --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/preload0.json" || echo "bench (no preload) failed"
   # And fp16 with PDL but without the register-preloading kernels (PDL otherwise takes them for every
   # launch), then with them chosen by launch size as without PDL.
   for pre in 0 auto; do
-    MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=$pre timeout 90 "$BIN/mistral-run" bench -m "$CK" --device cuda \
+    MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=$pre timeout 90 "$BIN/mistral-run" bench $KM --device cuda \
       --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/pdl1_preload$pre.json" ||
       echo "bench (pdl, preload $pre) failed"
   done
   if [ "${PDL_QUANT:-1}" != 0 ]; then  # PDL_QUANT=0: fp16 only. Quantized layers take PDL by default: this is without.
-    MISTRAL_CUDA_PDL=0 timeout 150 "$BIN/mistral-run" bench -m "$CK" --device cuda --skip-bandwidth --json \
+    MISTRAL_CUDA_PDL=0 timeout 150 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json \
       --quant-list "${QUANT_LIST:-int8,nf4,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
       >"$OUTDIR/pdl_quant.jsonl" || echo "bench --quant-list (no pdl) failed"
   fi
@@ -528,6 +531,50 @@ for q in ("int8", "int4"):
     print(f"half: stories260K {q}: " + "; ".join(row))
 PY
   ;;
+fused)
+  # The decode-step fusions (MISTRAL_CUDA_FUSED_NORM=1: RMSNorms folded into the products that read them,
+  # residual adds into the products that write them): every gpu test with them on (the model tests then
+  # decode through them), then decode at ctx 128 with them against without: fp16 on the bench phase's
+  # checkpoint (else the synthetic 7B shape), and int8 / int4 (also with MISTRAL_CUDA_QUANT_HALF=1) on
+  # the synthetic 7B shape.
+  step "fused: norms and residual adds folded into the GEMVs"
+  if [ $HAVE_GPU != 1 ]; then note "fused: skipped (no GPU)"; continue; fi
+  MISTRAL_CUDA_FUSED_NORM=1 timeout 150 "$BIN/test_cuda" >"$OUTDIR/test_fused.log" 2>&1
+  rc=$?
+  grep -E '^\[ *FAILED *\]|Failure' "$OUTDIR/test_fused.log" | head -20
+  note "fused: all gpu tests with MISTRAL_CUDA_FUSED_NORM=1: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_fused.log" | tr '\n' ' ')(exit $rc)"
+  CK=${CKPT_DIR:-/tmp/mistral7b-random}
+  if [ -d "$CK" ]; then KM="-m $CK"; else KM="$SYN7B"; fi
+  for f in 0 1; do
+    MISTRAL_CUDA_FUSED_NORM=$f timeout 120 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json \
+      --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused$f.json" || echo "bench (fused $f) failed"
+  done
+  MISTRAL_CUDA_FUSED_NORM=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
+    --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/quant_fused.jsonl" ||
+    echo "bench --quant-list (fused) failed"
+  MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda \
+    --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
+    >"$OUTDIR/quant_fused_half.jsonl" || echo "bench --quant-list (fused, fp16 path) failed"
+  python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
+import json, os, sys
+d = sys.argv[1]
+try:
+    off = json.load(open(os.path.join(d, "fused0.json")))["decode_tok_s"]
+    on = json.load(open(os.path.join(d, "fused1.json")))["decode_tok_s"]
+    print(f"fused: fp16 decode ctx 128 {off:.1f} tok/s without, {on:.1f} with = {on / off:.3f}x")
+except Exception as e:
+    print(f"fused: no fp16 result ({e})")
+for name, what in (("quant_fused.jsonl", "fused"), ("quant_fused_half.jsonl", "fused + fp16 path")):
+    try:
+        for line in open(os.path.join(d, name)):
+            if line.strip():
+                o = json.loads(line)
+                print(f"fused: quant {o['quant']:<5} ({what}) decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
+                      f"{o['baseline']['decode_tok_s']:7.1f} (fused too) = {o['decode_speedup']:.2f}x")
+    except Exception as e:
+        print(f"fused: no {what} result ({e})")
+PY
+  ;;
 knockout)
   # Where a decode step's time goes, without a profiler that sees inside graphs: decode at 128 tokens of
   # context with each group of single-token ops left out (MISTRAL_CUDA_KNOCKOUT, cuda_backend.cpp; the
@@ -617,7 +664,7 @@ profile)
     python3 tools/ncu_summary.py "$OUTDIR/ncu_quant.csv" | tee -a "$SUMMARY"
   fi
   ;;
-*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, attn, half, knockout, stalls, profile)";;
+*) echo "unknown phase $phase (tests, sanitize, bench, batch, quant, pdl, kernels, attn, half, fused, knockout, stalls, profile)";;
 esac; done
 
 step "summary"

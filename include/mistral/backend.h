@@ -115,6 +115,27 @@ class Backend {
     matmul_multi(x, T, w, y, 2);
     swiglu(gate, up, size_t(T) * size_t(w_gate.rows), gate);
   }
+  // The norms folded into the products (a decode-step fusion): the forward pass uses the three calls
+  // below instead of rmsnorm / add_rmsnorm around the products where fuses_norm(T) says so. Each default
+  // is the composition it replaces; xn and tmp are scratch the call may overwrite.
+  virtual bool fuses_norm(int T) const { return false; }
+  // y[i] = (rmsnorm(x) * norm) * W[i]^T, i < n: rmsnorm(x, norm, eps, T, xn) then matmul_multi(xn, ...).
+  virtual void norm_matmul_multi(const float* x, const Weight& norm, float eps, int T, const Weight* const* W,
+                                 float* const* y, int n, float* xn) {
+    rmsnorm(x, norm, eps, T, xn);
+    matmul_multi(xn, T, W, y, n);
+  }
+  // matmul_swiglu of rmsnorm(x) * norm (xn as above).
+  virtual void norm_matmul_swiglu(const float* x, const Weight& norm, float eps, int T, const Weight& w_gate,
+                                  const Weight& w_up, float* gate, float* up, float* xn) {
+    rmsnorm(x, norm, eps, T, xn);
+    matmul_swiglu(xn, T, w_gate, w_up, gate, up);
+  }
+  // x[T, N] += a[T, K] * W[N, K]^T (the residual add): matmul(a, T, W, tmp) then add(x, tmp).
+  virtual void matmul_residual(const float* a, int T, const Weight& W, float* x, float* tmp) {
+    matmul(a, T, W, tmp);
+    add(x, tmp, size_t(T) * size_t(W.rows));
+  }
   // Rotate-half RoPE in place on q[T, Hq*hd] and k[T, Hkv*hd] for positions start .. start+T-1.
   virtual void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) = 0;
   // out[T, Hq*hd]: causal (and windowed) attention of the chunk at positions start .. start+T-1.

@@ -280,9 +280,13 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
       be_.rmsnorm(x_, norm, eps, T, xn_);
     }
   };
-  // xn_ holds the input of each layer's attention: the first layer's norm here, the others' fused with
-  // the residual add that ends the layer before.
-  be_.rmsnorm(x_, n_layers > 0 ? w.layers[0].attn_norm : w.norm, eps, T, xn_);
+  // With fn (a backend that folds the norms into the products, for this T): each product that follows a
+  // norm computes it (norm_matmul_*), the output and down projections add into x_ (matmul_residual), and
+  // xn_ is their scratch; only the final norm runs alone. Otherwise xn_ holds the input of each layer's
+  // attention: the first layer's norm here, the others' fused with the residual add that ends the layer
+  // before. Calibration (observer_) reads xn_: it takes the unfused order.
+  const bool fn = fused_ && !observer_ && n_layers > 0 && be_.fuses_norm(T);
+  if (!fn) be_.rmsnorm(x_, n_layers > 0 ? w.layers[0].attn_norm : w.norm, eps, T, xn_);
   const int64_t obs_begin = observer_ ? observer_->first_layer() : INT64_MAX;
   auto observe = [&](size_t l, LinearInput which, const float* p, size_t K) {
     if (int64_t(l) >= obs_begin) observer_->observe(int64_t(l), which, p, T, int64_t(K));
@@ -294,8 +298,13 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
     {
       const Weight* qkv[3] = {&L.wq, &L.wk, &L.wv};
       float* const out[3] = {q_, k_, v_};
-      if (fused_) be_.matmul_multi(xn_, T, qkv, out, 3);
-      else for (int i = 0; i < 3; ++i) be_.matmul(xn_, T, *qkv[i], out[i]);
+      if (fn) {
+        be_.norm_matmul_multi(x_, L.attn_norm, eps, T, qkv, out, 3, xn_);
+      } else if (fused_) {
+        be_.matmul_multi(xn_, T, qkv, out, 3);
+      } else {
+        for (int i = 0; i < 3; ++i) be_.matmul(xn_, T, *qkv[i], out[i]);
+      }
     }
     size_t off = 0;  // row offset of the segment in the batch
     for (size_t i = 0; i < segs.size();) {
@@ -330,6 +339,13 @@ void ForwardPass::body(const std::vector<BatchSegment>& segs, int T, int rows) {
       off += size_t(s.T);
     }
     observe(l, LinearInput::AttnOut, att_, QD);
+    if (fn) {
+      be_.matmul_residual(att_, T, L.wo, x_, xn_);
+      be_.norm_matmul_swiglu(x_, L.ffn_norm, eps, T, L.w_gate, L.w_up, gate_, up_, xn_);
+      be_.matmul_residual(gate_, T, L.w_down, x_, xn_);
+      if (l + 1 == n_layers && rows > 0) be_.rmsnorm(x_, w.norm, eps, T, xn_);  // the final norm, every row
+      continue;
+    }
     be_.matmul(att_, T, L.wo, xn_);
     add_norm(L.ffn_norm);
     observe(l, LinearInput::MlpIn, xn_, D);

@@ -95,6 +95,7 @@ class CudaBackend final : public Backend {
     for (auto& kv : uploaded_) cudaFree(kv.second);
     for (auto& kv : mma_tiles_) cudaFree(kv.second);
     for (auto& kv : inv_freq_) cudaFree(kv.second);
+    for (auto& kv : norm_f32_) cudaFree(kv.second);
     if (ids_) cudaFree(ids_);
     if (conv_) cudaFree(conv_);
     if (deq_) cudaFree(deq_);
@@ -502,16 +503,22 @@ class CudaBackend final : public Backend {
         return;
       }
     }
-    bool one = T <= kGemvMaxT && n >= 2 && n <= kGemvMaxParts;
-    const bool quant = is_quantized(W[0]->dtype);
+    if (!multi_launch(x, T, W, y, n, GemvFusion{}, 2)) Backend::matmul_multi(x, T, W, y, n);
+  }
+
+  // The n products as one GEMV launch (T <= kGemvMaxT, at least min_n and at most kGemvMaxParts weights of
+  // one dtype, K and group; full-precision ones 16-byte aligned, as matmul would take the vector path),
+  // with `fuse` folded in; false (nothing launched) when they do not qualify.
+  bool multi_launch(const float* x, int T, const Weight* const* W, float* const* y, int n, const GemvFusion& fuse,
+                    int min_n) {
+    bool one = T <= kGemvMaxT && n >= min_n && n <= kGemvMaxParts;
+    const bool quant = n > 0 && is_quantized(W[0]->dtype);
     for (int i = 0; one && i < n; ++i)
-      one = W[i]->dtype == W[0]->dtype && W[i]->cols == W[0]->cols &&
-            (quant ? quant_group_of(*W[i]) == quant_group_of(*W[0])
-                   : reinterpret_cast<uintptr_t>(W[i]->data) % 16 == 0);  // the vector path, as matmul would take
-    if (!one) {
-      Backend::matmul_multi(x, T, W, y, n);
-      return;
-    }
+      one =
+          W[i]->dtype == W[0]->dtype && W[i]->cols == W[0]->cols &&
+          (quant ? quant_group_of(*W[i]) == quant_group_of(*W[0]) : reinterpret_cast<uintptr_t>(W[i]->data) % 16 == 0);
+    if (one && quant && fuse.g) one = quant_gemv_fusion_ok(W[0]->dtype, T, int(W[0]->cols), quant_half_);
+    if (!one) return false;
     const void* w[kGemvMaxParts];
     const void* sc[kGemvMaxParts];
     int rows[kGemvMaxParts];
@@ -519,10 +526,64 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < n; ++i) w[i] = W[i]->data, sc[i] = W[i]->scales, rows[i] = int(W[i]->rows), out[i] = y[i];
     if (quant)
       MR_LAUNCH_CHECK(quant_gemv_multi_cuda(x, T, w, sc, rows, out, n, W[0]->dtype, int(W[0]->cols),
-                                            int(quant_group_of(*W[0])), n_sms_, stream_, quant_half_),
+                                            int(quant_group_of(*W[0])), n_sms_, stream_, quant_half_, fuse),
                       stream_);
     else
-      MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), n_sms_, stream_), stream_);
+      MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), n_sms_, stream_, fuse),
+                      stream_);
+    return true;
+  }
+
+  // MISTRAL_CUDA_FUSED_NORM=1 (an experiment): decode steps fold the RMSNorms into the products that read
+  // them and the residual adds into the products that write them (GemvFusion, gemv.cuh): two launches a
+  // layer fewer. Where a product does not qualify, the Backend composition runs instead.
+  bool fuses_norm(int T) const override { return norm_fusion_ && T <= kGemvMaxT; }
+
+  void norm_matmul_multi(const float* x, const Weight& norm, float eps, int T, const Weight* const* W, float* const* y,
+                         int n, float* xn) override {
+    if (knocked_out(kKnockGemv, T)) return;
+    if (n > 0) launches_for(*W[0]);
+    if (!fuses_norm(T) || !multi_launch(x, T, W, y, n, GemvFusion{norm_f32(norm), eps, false}, 1))
+      Backend::norm_matmul_multi(x, norm, eps, T, W, y, n, xn);
+  }
+
+  void norm_matmul_swiglu(const float* x, const Weight& norm, float eps, int T, const Weight& w_gate,
+                          const Weight& w_up, float* gate, float* up, float* xn) override {
+    if (knocked_out(kKnockGemv, T)) return;
+    launches_for(w_gate);
+    if (!fuses_norm(T) || !swiglu_launch(x, T, w_gate, w_up, gate, GemvFusion{norm_f32(norm), eps, false}))
+      Backend::norm_matmul_swiglu(x, norm, eps, T, w_gate, w_up, gate, up, xn);
+  }
+
+  void matmul_residual(const float* a, int T, const Weight& W, float* x, float* tmp) override {
+    if (knocked_out(kKnockGemv, T)) return;
+    const Weight* w[1] = {&W};
+    float* const y[1] = {x};
+    if (is_quantized(W.dtype)) launches_for(W);
+    if (!fuses_norm(T) || mma_tiles_.count(W.data) || !multi_launch(a, T, w, y, 1, GemvFusion{nullptr, 0.f, true}, 1))
+      Backend::matmul_residual(a, T, W, x, tmp);
+  }
+
+  // The norm's weight as fp32 on the device (the fused kernels read it beside fp32 x): the weight itself
+  // when it is fp32 and 16-byte aligned, else a copy made at its first use (outside graph capture: every
+  // captured step follows an eager one).
+  const float* norm_f32(const Weight& w) {
+    if (w.dtype == DType::F32 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0)
+      return static_cast<const float*>(w.data);
+    auto it = norm_f32_.find(w.data);
+    if (it != norm_f32_.end()) return it->second;
+    if (capturing_) throw Error("internal: a norm weight was first converted during graph capture");
+    const size_t n = size_t(w.cols), bytes = n * dtype_size(w.dtype);
+    std::vector<uint8_t> raw(bytes);
+    std::vector<float> f(n);
+    MR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    MR_CUDA_CHECK(cudaMemcpy(raw.data(), w.data, bytes, cudaMemcpyDeviceToHost));
+    to_f32(w.dtype, raw.data(), f.data(), n);
+    float* d = nullptr;
+    MR_CUDA_CHECK(cudaMalloc(&d, n * sizeof(float)));
+    MR_CUDA_CHECK(cudaMemcpy(d, f.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+    norm_f32_[w.data] = d;
+    return d;
   }
 
   // Gate and up GEMVs and SwiGLU in one launch for decode steps (T <= kGemvMaxT, weights of one dtype and
@@ -531,25 +592,29 @@ class CudaBackend final : public Backend {
                      float* up) override {
     if (knocked_out(kKnockGemv, T)) return;
     launches_for(w_gate);
+    if (!swiglu_launch(x, T, w_gate, w_up, gate, GemvFusion{})) Backend::matmul_swiglu(x, T, w_gate, w_up, gate, up);
+  }
+
+  // Gate, up and SwiGLU as one launch with `fuse` (the norm) folded in; false when the weights do not qualify.
+  bool swiglu_launch(const float* x, int T, const Weight& w_gate, const Weight& w_up, float* gate,
+                     const GemvFusion& fuse) {
     const bool quant = is_quantized(w_gate.dtype);
-    const bool one = T <= kGemvMaxT && w_gate.dtype == w_up.dtype && w_gate.rows == w_up.rows &&
-                     w_gate.cols == w_up.cols &&
-                     (quant ? quant_group_of(w_gate) == quant_group_of(w_up)
-                            : reinterpret_cast<uintptr_t>(w_gate.data) % 16 == 0 &&
-                                  reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0);
-    if (!one) {
-      Backend::matmul_swiglu(x, T, w_gate, w_up, gate, up);
-      return;
-    }
+    bool one = T <= kGemvMaxT && w_gate.dtype == w_up.dtype && w_gate.rows == w_up.rows && w_gate.cols == w_up.cols &&
+               (quant ? quant_group_of(w_gate) == quant_group_of(w_up)
+                      : reinterpret_cast<uintptr_t>(w_gate.data) % 16 == 0 &&
+                            reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0);
+    if (one && quant && fuse.g) one = quant_gemv_fusion_ok(w_gate.dtype, T, int(w_gate.cols), quant_half_);
+    if (!one) return false;
     if (quant)
       MR_LAUNCH_CHECK(quant_gemv_swiglu_cuda(x, T, w_gate.data, w_gate.scales, w_up.data, w_up.scales, w_gate.dtype,
                                              int(w_gate.rows), int(w_gate.cols), int(quant_group_of(w_gate)), gate,
-                                             n_sms_, stream_, quant_half_),
+                                             n_sms_, stream_, quant_half_, fuse),
                       stream_);
     else
-      MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows),
-                                       int(w_gate.cols), gate, n_sms_, stream_),
+      MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows), int(w_gate.cols),
+                                       gate, n_sms_, stream_, fuse),
                       stream_);
+    return true;
   }
 
   void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override {
@@ -819,6 +884,11 @@ class CudaBackend final : public Backend {
     return m;
   }();
   bool knocked_out(unsigned op, int T) const { return T == 1 && (knockout_ & op); }
+  bool norm_fusion_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_FUSED_NORM");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  std::map<const void*, float*> norm_f32_;  // device data of a norm weight -> its fp32 copy
   // MISTRAL_CUDA_QUANT_HALF=1 (an experiment): the Q4 and Q8 GEMVs sum each chunk's products in fp16
   // (quant_gemv.cuh, fp16_math).
   bool quant_half_ = [] {
