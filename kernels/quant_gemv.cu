@@ -398,9 +398,10 @@ MR_QFN uint32_t half2_bits(float a, float b) {
 // fp32. A half2 lane of a chunk adds 16 products (Q4: |code| <= 8, Q8: 8 products, |code| <= 128), so
 // |partial sum| <= 16 * 8 * 2^8 = 2^15 (Q8: 8 * 2^7 * 2^5 = 2^15): no overflow whatever x holds. Each
 // product and sum rounds to fp16 (unit roundoff 2^-11): the error of a chunk is below 16 u of
-// sum |code x| (the fp32 path's is a few fp32 ulps). Per 8 elements of Q4 a row takes 1 shift, 4 LOP3,
-// 4 HFMA2 to decode and 4 to multiply, against 8 byte permutes, 8 fp32 subtractions and 8 FMAs: the
-// SASS of the T = 1 gate/up loop has 1307 instructions against 2193 (Q8: 371 against 569).
+// sum |code x| (the fp32 path's is a few fp32 ulps), except for elements below the fp16 normal range
+// after scaling (|x| under 2^-14-kHalfBound of the row's largest, whose own rounding is coarser). Per 8 elements of Q4
+// a row takes 1 shift, 4 LOP3, 4 HFMA2 to decode and 4 to multiply, against 8 byte permutes, 8 fp32 subtractions and 8
+// FMAs: the SASS of the T = 1 gate/up loop has 1307 instructions against 2193 (Q8: 371 against 569).
 //
 // Layout of the staged copy: token row t at xh + t * half_stride<D>(K); chunk c (E elements) at c * (E +
 // 8) halves, its 8 halves of padding making lane-consecutive chunks' 16-byte reads conflict-free (80 or
@@ -433,7 +434,7 @@ __host__ __device__ __forceinline__ int half_index(int e) {
 // of zeros, inf or NaN; at most 120, so 2^sh and 2^-sh stay normal floats).
 template <DType D>
 MR_QFN int half_shift(float m) {
-  if (!(m > 0.f) || !(m <= 3.4e38f)) return 0;
+  if (!(m > 0.f) || !(m <= 3.40282347e38f)) return 0;  // 0, NaN or inf
   int p;
   (void)frexpf(m, &p);  // m < 2^p
   const int sh = kHalfBound<D> - p;
@@ -526,8 +527,14 @@ MR_QFN void stage_run_half(const float* __restrict__ x, int K, bool vec, float f
   float o[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) o[half_pos<D>(i)] = v[i] * f;
-  *reinterpret_cast<uint4*>(xh + half_index<D>(k)) =
-      make_uint4(half2_bits(o[0], o[1]), half2_bits(o[2], o[3]), half2_bits(o[4], o[5]), half2_bits(o[6], o[7]));
+  // |o| <= 2^kHalfBound for finite x: rounded without saturation, so a NaN or inf of x stays one.
+  uint32_t h[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __half2 p = __floats2half2_rn(o[2 * i], o[2 * i + 1]);
+    std::memcpy(&h[i], &p, 4);
+  }
+  *reinterpret_cast<uint4*>(xh + half_index<D>(k)) = make_uint4(h[0], h[1], h[2], h[3]);
 }
 
 // Chunk c of the row pair times the T staged token rows: acc[r][t] += scale * sum(code * x) (Q8: without

@@ -177,6 +177,76 @@ TEST_P(FixtureTest, FusedEqualsUnfused) {
     }
 }
 
+// The CPU backend, but answering fuses_norm(T) for decode-sized T as a GPU backend that folds the norms
+// into its GEMVs does (MISTRAL_CUDA_FUSED_NORM=1), and keeping Backend's default norm_matmul_multi /
+// norm_matmul_swiglu / matmul_residual (the compositions they replace): the forward pass then takes its
+// folded order. Everything else is the CPU backend's own.
+class FoldedNormCpu final : public Backend {
+ public:
+  FoldedNormCpu() : b_(make_cpu_backend(2)) {}
+  std::string name() const override { return "cpu (folded norms)"; }
+  bool fuses_norm(int T) const override { return T <= 4; }
+  int folded = 0;  // norm_matmul_multi calls: the folded order ran
+  void norm_matmul_multi(const float* x, const Weight& norm, float eps, int T, const Weight* const* W, float* const* y,
+                         int n, float* xn) override {
+    ++folded;
+    Backend::norm_matmul_multi(x, norm, eps, T, W, y, n, xn);
+  }
+  float* alloc(size_t n) override { return b_->alloc(n); }
+  void free(float* p) override { b_->free(p); }
+  void to_device(float* d, const float* s, size_t n) override { b_->to_device(d, s, n); }
+  void to_host(float* d, const float* s, size_t n) override { b_->to_host(d, s, n); }
+  void zero(float* p, size_t n) override { b_->zero(p, n); }
+  void copy(float* d, const float* s, size_t n) override { b_->copy(d, s, n); }
+  void argmax_rows(const float* x, int rows, int64_t n, int32_t* out) override { b_->argmax_rows(x, rows, n, out); }
+  void top_candidates_rows(const float* x, int rows, int64_t n, const CandidateRequest* req, int kmax, int32_t* ids,
+                           float* logits, double* z) override {
+    b_->top_candidates_rows(x, rows, n, req, kmax, ids, logits, z);
+  }
+  void embed(const Weight& E, const int32_t* ids, int T, float* x) override { b_->embed(E, ids, T, x); }
+  void rmsnorm(const float* x, const Weight& w, float eps, int T, float* y) override { b_->rmsnorm(x, w, eps, T, y); }
+  void matmul(const float* x, int T, const Weight& W, float* y) override { b_->matmul(x, T, W, y); }
+  void rope(float* q, float* k, int T, int64_t start, const AttnShape& s) override { b_->rope(q, k, T, start, s); }
+  void attention(const float* q, const float* k, const float* v, const KVLayer& c, int T, int64_t start,
+                 const AttnShape& s, float* out) override {
+    b_->attention(q, k, v, c, T, start, s, out);
+  }
+  void cache_write(const float* k, const float* v, const KVLayer& c, int T, int64_t start,
+                   const AttnShape& s) override {
+    b_->cache_write(k, v, c, T, start, s);
+  }
+  void swiglu(const float* g, const float* u, size_t n, float* out) override { b_->swiglu(g, u, n, out); }
+  void add(float* x, const float* y, size_t n) override { b_->add(x, y, n); }
+
+ private:
+  std::unique_ptr<Backend> b_;
+};
+
+// The folded order (norms inside the products, residual adds into the output and down projections, the
+// final norm alone) gives the bits of the usual one on the CPU, whose add + norm is the add then the norm:
+// prefill in chunks of 1, 3 and 4 (folded) and 5 (not), then decode steps, all logits compared.
+TEST_P(FixtureTest, FoldedNormOrderEqualsUsualOrder) {
+  Fixture f = load_fixture(GetParam());
+  auto cpu = make_cpu_backend(2);
+  FoldedNormCpu folded;
+  for (int c : {1, 3, 4, 5})
+    for (bool all : {true, false}) {
+      SessionOptions so;
+      so.chunk = c;
+      Session a(*f.model, folded, so), b(*f.model, *cpu, so);
+      const std::vector<float> la = a.feed(f.input_ids, all), lb = b.feed(f.input_ids, all);
+      ASSERT_EQ(la.size(), lb.size());
+      EXPECT_EQ(std::memcmp(la.data(), lb.data(), la.size() * 4), 0) << "chunk " << c << (all ? " all logits" : "");
+      for (int step = 0; step < 3; ++step) {
+        const std::vector<float> da = a.feed({f.input_ids[size_t(step)]}), db = b.feed({f.input_ids[size_t(step)]});
+        ASSERT_EQ(da.size(), db.size());
+        EXPECT_EQ(std::memcmp(da.data(), db.data(), da.size() * 4), 0)
+            << "decode step " << step << " after chunk " << c;
+      }
+    }
+  EXPECT_GT(folded.folded, 0);
+}
+
 // An fp16 KV cache (SessionOptions::kv_dtype): logits do not depend on the chunking (every key is read
 // with its fp16 value, from the cache or from its chunk), and stay within fp16 rounding of the fp32
 // cache's (which LogitsMatchTransformers checks against transformers).

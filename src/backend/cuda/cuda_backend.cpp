@@ -158,6 +158,10 @@ class CudaBackend final : public Backend {
       d.ffn_norm = dev(l.ffn_norm), d.w_gate = dev(l.w_gate), d.w_up = dev(l.w_up), d.w_down = dev(l.w_down);
       out.layers.push_back(d);
     }
+    if (norm_fusion_) {  // the folded norms' fp32 weights, made now: a decode step may be captured first
+      norm_f32(out.norm);
+      for (const LayerWeights& d : out.layers) norm_f32(d.attn_norm), norm_f32(d.ffn_norm);
+    }
     return out;
   }
 
@@ -543,7 +547,8 @@ class CudaBackend final : public Backend {
                          int n, float* xn) override {
     if (knocked_out(kKnockGemv, T)) return;
     if (n > 0) launches_for(*W[0]);
-    if (!fuses_norm(T) || !multi_launch(x, T, W, y, n, GemvFusion{norm_f32(norm), eps, false}, 1))
+    const float* g = fuses_norm(T) ? norm_f32(norm) : nullptr;
+    if (!g || !multi_launch(x, T, W, y, n, GemvFusion{g, eps, false}, 1))
       Backend::norm_matmul_multi(x, norm, eps, T, W, y, n, xn);
   }
 
@@ -551,7 +556,8 @@ class CudaBackend final : public Backend {
                           const Weight& w_up, float* gate, float* up, float* xn) override {
     if (knocked_out(kKnockGemv, T)) return;
     launches_for(w_gate);
-    if (!fuses_norm(T) || !swiglu_launch(x, T, w_gate, w_up, gate, GemvFusion{norm_f32(norm), eps, false}))
+    const float* g = fuses_norm(T) ? norm_f32(norm) : nullptr;
+    if (!g || !swiglu_launch(x, T, w_gate, w_up, gate, GemvFusion{g, eps, false}))
       Backend::norm_matmul_swiglu(x, norm, eps, T, w_gate, w_up, gate, up, xn);
   }
 
@@ -560,19 +566,21 @@ class CudaBackend final : public Backend {
     const Weight* w[1] = {&W};
     float* const y[1] = {x};
     if (is_quantized(W.dtype)) launches_for(W);
-    if (!fuses_norm(T) || mma_tiles_.count(W.data) || !multi_launch(a, T, w, y, 1, GemvFusion{nullptr, 0.f, true}, 1))
+    if (!fuses_norm(T) || (T == 1 && mma_tiles_.count(W.data)) ||
+        !multi_launch(a, T, w, y, 1, GemvFusion{nullptr, 0.f, true}, 1))
       Backend::matmul_residual(a, T, W, x, tmp);
   }
 
   // The norm's weight as fp32 on the device (the fused kernels read it beside fp32 x): the weight itself
-  // when it is fp32 and 16-byte aligned, else a copy made at its first use (outside graph capture: every
-  // captured step follows an eager one).
+  // when it is fp32 and 16-byte aligned, else a copy (place_weights makes the model's; others are made at
+  // their first use). nullptr for one first seen during graph capture, where nothing can be copied: the
+  // caller then runs the unfolded composition.
   const float* norm_f32(const Weight& w) {
     if (w.dtype == DType::F32 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0)
       return static_cast<const float*>(w.data);
     auto it = norm_f32_.find(w.data);
     if (it != norm_f32_.end()) return it->second;
-    if (capturing_) throw Error("internal: a norm weight was first converted during graph capture");
+    if (capturing_) return nullptr;
     const size_t n = size_t(w.cols), bytes = n * dtype_size(w.dtype);
     std::vector<uint8_t> raw(bytes);
     std::vector<float> f(n);
