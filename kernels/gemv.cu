@@ -110,7 +110,9 @@ __device__ __forceinline__ void load_units(const W* __restrict__ row, int K, int
 // keeps fewer in flight with twice the warps per SM: preload_for() chooses.
 // kNorm: the products take x_k g_k, and the result is scaled by the row's 1 / sqrt(mean x^2 + eps), the sum
 // of squares taken over the same elements in the same loop (every element of the row passes through a
-// warp's lanes once), so no pass or barrier is added; every warp of the launch gets the same scale.
+// warp's lanes once), so no pass or barrier is added; every warp of the launch gets the same scale. It
+// costs registers (ptxas, fp16, T = 1: 61 instead of 32 without kPre, 71 instead of 64 with it; a cap
+// at 32 spilled 216 bytes), so fewer warps an SM: what that costs is gpu-check's fused phase to measure.
 template <typename W, int T, bool kVector, bool kPre, bool kNorm = false>
 __device__ __forceinline__ void gemv_dot(const float* __restrict__ x, const W* __restrict__ row, int K,
                                          uint4 (&raw)[kUnroll], float (&acc)[T], const float* __restrict__ g = nullptr,
