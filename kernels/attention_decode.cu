@@ -67,6 +67,29 @@ __host__ __device__ __forceinline__ size_t row_partials(int split0, int n_heads,
   return size_t(split0) * size_t(n_heads) * (size_t(hd) + 2);
 }
 
+// The RoPE fold (decode_attention_cuda with inv_freq set; MISTRAL_CUDA_DECODE_ROPE=1): the partial kernel
+// rotates the query heads and the token's own K row itself, and the block whose split holds the token's
+// position stores the rotated K row and the V row in the cache, instead of rope_cache_write_kernel
+// running first (one launch a layer fewer). cs, sn: the position's angles, computed as rope.cu computes
+// them (shared memory of the block); ck, cv: the caches, written.
+template <class C>
+struct RopeFold {
+  const float* cs;
+  const float* sn;
+  C* ck;
+  C* cv;
+};
+
+// Element d of head row x rotated by the angles cs/sn (rotate-half pairs (i, i + hd/2)): the value
+// rope.cu's rotate_pair gives it, with the same explicitly rounded operations.
+__device__ __forceinline__ float rope_pair_at(const float* __restrict__ x, int d, int hd, const float* cs,
+                                              const float* sn) {
+  const int half = hd / 2;
+  if (d < half) return __fsub_rn(__fmul_rn(x[d], cs[d]), __fmul_rn(x[d + half], sn[d]));
+  const int i = d - half;
+  return __fadd_rn(__fmul_rn(x[d], cs[i]), __fmul_rn(x[i], sn[i]));
+}
+
 // Lane `lane`'s element r (r < 4 * NC) of a head row: dim 128 * (r / 4) + 4 * lane + r % 4, so that a
 // lane reads 4 consecutive dims (one 16-byte load of fp32, 8 bytes of fp16) per 128 dims of the row.
 __host__ __device__ __forceinline__ int lane_dim(int lane, int r) { return 128 * (r >> 2) + 4 * lane + (r & 3); }
@@ -258,7 +281,7 @@ __device__ __forceinline__ void decode_partial_block_tiled(const float* __restri
                                                            const C* __restrict__ cv, int64_t pos, int64_t slots,
                                                            int n_heads, int n_kv_heads, int hd, int kvh, int64_t kb,
                                                            int64_t ke, int split, int splits, float* __restrict__ part,
-                                                           bool fast_tiles) {
+                                                           bool fast_tiles, const RopeFold<C>* rf = nullptr) {
   static_assert(GP == 1 || GP == 2 || GP == 4 || GP == 8, "GP: a power of two up to kMaxG");
   constexpr int T = GP >= 4 ? 32 / GP : 8;  // keys a tile
   constexpr int NV = T * GP;                // scores a tile: 8, 16 or 32
@@ -274,11 +297,31 @@ __device__ __forceinline__ void decode_partial_block_tiled(const float* __restri
   const bool fast = fast_tiles && vec;  // MISTRAL_CUDA_DECODE_FAST_TILES=1 (an experiment, not yet run on a GPU)
 
   __shared__ __align__(16) float qs[GP][128];  // zero past hd and for heads past G
-  for (int i = threadIdx.x; i < GP * 128; i += blockDim.x) {
-    const int g = i / 128, d = i % 128;
-    qs[g][d] = g < G && d < hd ? q[size_t(kvh * G + g) * hd + d] * scale : 0.f;
+  __shared__ __align__(16) float kr[128];      // rf: the own K row, rotated
+  const float* kown = k + size_t(kvh) * hd;    // the token's own K row of this head
+  if (rf) {  // RoPE here (rope_pair_at: the bits rope_cache_write_kernel gives), then the cache row
+    for (int i = threadIdx.x; i < GP * 128; i += blockDim.x) {
+      const int g = i / 128, d = i % 128;
+      qs[g][d] = g < G && d < hd ? rope_pair_at(q + size_t(kvh * G + g) * hd, d, hd, rf->cs, rf->sn) * scale : 0.f;
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) kr[d] = rope_pair_at(kown, d, hd, rf->cs, rf->sn);
+    __syncthreads();
+    kown = kr;
+    if (kb <= pos && pos < ke) {  // this block's keys end with the token's own: it stores its K/V rows
+      const size_t row = size_t(pos % slots) * size_t(kvd) + size_t(kvh) * hd;
+      for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        kv_store(rf->ck + row + d, kr[d]);
+        kv_store(rf->cv + row + d, v[size_t(kvh) * hd + d]);
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < GP * 128; i += blockDim.x) {
+      const int g = i / 128, d = i % 128;
+      qs[g][d] = g < G && d < hd ? q[size_t(kvh * G + g) * hd + d] * scale : 0.f;
+    }
+    __syncthreads();
   }
-  __syncthreads();
+  const float* vown = v + size_t(kvh) * hd;
   float4 qv[GP];
 #pragma unroll
   for (int g = 0; g < GP; ++g) qv[g] = *reinterpret_cast<const float4*>(&qs[g][d0]);
@@ -287,9 +330,10 @@ __device__ __forceinline__ void decode_partial_block_tiled(const float* __restri
   auto load_row = [&](int64_t j, int64_t slot, float4& kx, float4& vx) {
     kx = vx = make_float4(0.f, 0.f, 0.f, 0.f);
     if (j >= ke || d0 >= hd) return;
-    const bool cached = j < pos;
-    load_kv4(ck, cv, k, v, cached, (cached ? size_t(slot) * size_t(kvd) : 0) + size_t(kvh) * hd + d0, d0, hd, vec, kx,
-             vx);
+    if (j < pos)
+      load_kv4(ck, cv, k, v, true, size_t(slot) * size_t(kvd) + size_t(kvh) * hd + d0, d0, hd, vec, kx, vx);
+    else  // the token's own row (kown: in shared memory when rf rotated it)
+      load_kv4(ck, cv, kown, vown, false, size_t(d0), d0, hd, vec, kx, vx);
   };
 
   const int idx = lane >> SH, my_t = idx >> LG, my_g = idx & (GP - 1);  // the score this lane ends with
@@ -399,18 +443,32 @@ __global__ void __launch_bounds__(kWarps * 32)
     decode_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                           const C* __restrict__ ck, const C* __restrict__ cv, int64_t start, AttnParams p, int splits,
                           float* __restrict__ part, unsigned* __restrict__ counters, float* __restrict__ out,
-                          bool fast_tiles) {
+                          bool fast_tiles, const float* __restrict__ inv_freq) {
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
   if (p.d_start) start = *p.d_start;  // written before the step's first kernel: readable before pdl_wait
   const int kvh = blockIdx.x, split = blockIdx.y;
   int64_t kb, ke;
   const int used = int(split_keys(start, p.window, splits, split, &kb, &ke, kMinKeysPerDecodeSplit));
   if (split >= used) return;  // empty
+  // The RoPE fold (inv_freq set; tiled block only): the position's angles before pdl_wait (they depend on
+  // the position alone), as rope.cu's angle_table computes them.
+  __shared__ float cs[64], sn[64];
+  if constexpr (GP > 0) {
+    if (inv_freq) {
+      for (int i = threadIdx.x; i < p.head_dim / 2; i += blockDim.x) {
+        const float a = __fmul_rn(float(start), inv_freq[i]);
+        double s, c;
+        sincos(double(a), &s, &c);
+        cs[i] = float(c), sn[i] = float(s);
+      }
+    }
+  }
   pdl_wait();  // q, k, v and the cache row of this step are the kernel before's output
-  if constexpr (GP > 0)
+  if constexpr (GP > 0) {
+    RopeFold<C> rf{cs, sn, const_cast<C*>(ck), const_cast<C*>(cv)};  // the caches: device memory, written
     decode_partial_block_tiled<C, GP>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke,
-                                      split, splits, part, fast_tiles);
-  else
+                                      split, splits, part, fast_tiles, inv_freq ? &rf : nullptr);
+  } else
     decode_partial_block<C, NC>(q, k, v, ck, cv, start, p.slots, p.n_heads, p.n_kv_heads, p.head_dim, kvh, kb, ke,
                                 split, splits, part);
   if (!counters) return;
@@ -558,11 +616,15 @@ int decode_attention_splits(const AttnParams& p, int n_sms) {
   return splits < 1 ? 1 : splits;
 }
 
+bool decode_rope_fold_supported(const AttnParams& p) {
+  return decode_attention_supported(p) && tiled_group(p) > 0 && p.head_dim % 2 == 0;
+}
+
 cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const void* cache_k,
                                   const void* cache_v, int64_t start, const AttnParams& p, int splits, float* scratch,
-                                  float* out, cudaStream_t stream) {
+                                  float* out, cudaStream_t stream, const float* inv_freq) {
   if (p.head_dim > kMaxDPerLane * 32 || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads ||
-      p.n_heads / p.n_kv_heads > kMaxG || splits < 1)
+      p.n_heads / p.n_kv_heads > kMaxG || splits < 1 || (inv_freq && !decode_rope_fold_supported(p)))
     return cudaErrorInvalidValue;
   unsigned* counters = reinterpret_cast<unsigned*>(scratch);
   float* part = scratch + kCounterWords;
@@ -574,7 +636,7 @@ cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v
     return launch_maybe_pdl(decode_partial_kernel<C, decltype(nc)::value, decltype(gp)::value>,
                             dim3(unsigned(p.n_kv_heads), unsigned(splits)), dim3(kWarps * 32), 0, stream, q, k, v,
                             static_cast<const C*>(cache_k), static_cast<const C*>(cache_v), start, p, splits, part, cnt,
-                            out, fast_tiles());
+                            out, fast_tiles(), inv_freq);
   });
   if (err == cudaSuccess && !fused)
     err = launch_maybe_pdl(decode_combine_kernel, dim3(unsigned(p.n_heads)), dim3(128), 0, stream,

@@ -17,9 +17,16 @@ size_t decode_attention_scratch_floats(const AttnParams& p, int splits);
 // q: [Hq*hd] of the token at position `start` (or *p.d_start); k, v: its own [Hkv*hd] rows;
 // caches as in attention_cuda (float, or __half with p.kv_half); scratch: decode_attention_scratch_floats, zero-filled
 // once when allocated (its first words are counters that every call leaves zero); out: [Hq*hd].
+// inv_freq set (the RoPE fold, where decode_rope_fold_supported(p)): q and k are the token's rows before
+// RoPE; the kernel rotates them (leaving q and k unchanged in memory) with the fp32 inverse frequencies
+// inv_freq [hd/2], as rope_cache_write_cuda would, and stores the rotated K row and the V row in cache row
+// start % p.slots, which the caller must know to evict nothing this step reads
+// (cache_write_before_attention_ok): the outputs and the cache get the bits of rope_cache_write_cuda
+// followed by decode_attention_cuda, in one launch fewer.
 cudaError_t decode_attention_cuda(const float* q, const float* k, const float* v, const void* cache_k,
                                   const void* cache_v, int64_t start, const AttnParams& p, int splits, float* scratch,
-                                  float* out, cudaStream_t stream);
+                                  float* out, cudaStream_t stream, const float* inv_freq = nullptr);
+bool decode_rope_fold_supported(const AttnParams& p);  // the tiled block: head_dim <= 128, even
 
 // A batched decode step: row i of q[n, Hq*hd] (k, v[n, Hkv*hd]: its own K/V rows) attends the keys of
 // its own cache at its own position (rows[i], device table), output row i of out[n, Hq*hd]; the math of

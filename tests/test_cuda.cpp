@@ -926,6 +926,73 @@ TEST(CudaOps, HalfKvCacheAttention) {
   EXPECT_EQ(cases, 2 * 6 * 4 * 2 * 7);
 }
 
+// The RoPE fold (MISTRAL_CUDA_DECODE_ROPE=1, an experiment): a decode step's RoPE and cache write done by
+// the split-KV attention kernel. Against the same GPU's rope_cache_write + attention: the output and both
+// caches bit for bit, over fp32 and fp16 caches, head sizes 12 / 64 / 128, groups 1, 3, 4, 8, windows
+// (the cache a window long, rows wrapping) and positions from 0 to past the window. The fold leaves q as
+// it was (the composition rotates it in place): the check that it ran.
+TEST(CudaOps, DecodeRopeFold) {
+  REQUIRE_GPU();
+  Backends b;
+  const char* e = std::getenv("MISTRAL_CUDA_DECODE_ROPE");
+  const std::string was = e ? e : "";
+  setenv("MISTRAL_CUDA_DECODE_ROPE", "1", 1);
+  auto fold = make_cuda_backend(0);
+  if (e)
+    setenv("MISTRAL_CUDA_DECODE_ROPE", was.c_str(), 1);
+  else
+    unsetenv("MISTRAL_CUDA_DECODE_ROPE");
+  std::mt19937 rng(47);
+  int cases = 0;
+  for (bool kv_half : {false, true})
+    for (int hd : {12, 64, 128})
+      for (int ratio : {1, 3, 4, 8})
+        for (int window : {0, 50})
+          for (int64_t start : {0, 13, 49, 50, 300}) {
+            AttnShape s;
+            s.n_kv_heads = 2, s.n_heads = 2 * ratio, s.head_dim = hd, s.window = window;
+            s.slots = window > 0 ? window : 400;
+            s.kv_half = kv_half;
+            s.rope_theta = 1e6f;
+            const std::string what = std::string(kv_half ? "fp16" : "fp32") + " cache, hd " + std::to_string(hd) +
+                                     " ratio " + std::to_string(ratio) + " W " + std::to_string(window) + " start " +
+                                     std::to_string(start);
+            ASSERT_TRUE(cache_write_before_attention_ok(1, start, s)) << what;
+            // Cache words: fp32 values, or two fp16 values a word.
+            const size_t words = size_t(s.slots) * s.kv_dim() / (kv_half ? 2 : 1);
+            std::vector<float> ck(words), cv(words);
+            for (size_t i = 0; i < words; ++i) {
+              std::normal_distribution<float> nd(0.f, 1.f);
+              if (kv_half) {
+                const uint32_t a = f32_to_f16(nd(rng)), bb = f32_to_f16(nd(rng)), c = f32_to_f16(nd(rng)),
+                               d = f32_to_f16(nd(rng));
+                const uint32_t wk = a | bb << 16, wv = c | d << 16;
+                std::memcpy(&ck[i], &wk, 4), std::memcpy(&cv[i], &wv, 4);
+              } else {
+                ck[i] = nd(rng), cv[i] = nd(rng);
+              }
+            }
+            const std::vector<float> q = randn(size_t(s.q_dim()), rng), k = randn(size_t(s.kv_dim()), rng),
+                                     v = randn(size_t(s.kv_dim()), rng);
+            auto run = [&](Backend& be, std::vector<float>* out, std::vector<float>* kc, std::vector<float>* vc,
+                           std::vector<float>* qa) {
+              Dev dq(be, q), dk(be, k), dv(be, v), dck(be, ck), dcv(be, cv), dout(be, q.size());
+              be.rope_attend(dq.p, dk.p, dv.p, KVLayer{dck.p, dcv.p}, 1, start, s, dout.p);
+              *out = dout.get(), *kc = dck.get(), *vc = dcv.get(), *qa = dq.get();
+            };
+            std::vector<float> o1, k1, v1, q1, o2, k2, v2, q2;
+            run(*b.gpu, &o1, &k1, &v1, &q1);
+            run(*fold, &o2, &k2, &v2, &q2);
+            EXPECT_EQ(bit_mismatches(o2, o1, "output " + what), 0u);
+            EXPECT_EQ(bit_mismatches(k2, k1, "K cache " + what), 0u);
+            EXPECT_EQ(bit_mismatches(v2, v1, "V cache " + what), 0u);
+            EXPECT_EQ(bit_mismatches(q2, q, "q after the fold " + what), 0u);  // the fold ran
+            if (start > 0) EXPECT_NE(std::memcmp(q1.data(), q.data(), q.size() * 4), 0) << "q not rotated: " << what;
+            ++cases;
+          }
+  EXPECT_EQ(cases, 2 * 3 * 4 * 2 * 5);
+}
+
 // Whole models over an fp16 KV cache: CUDA against the CPU's fp16 cache (eager prefill, recorded decode
 // steps), as check_model does for fp32 caches.
 // The tolerance of the fp32 paths is fp16's unit roundoff (2^-11) rather than 1e-4: a key or value that

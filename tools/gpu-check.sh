@@ -34,8 +34,9 @@
 #           decode tests with the untiled block and with the one-address tiles.
 # half:     the quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1): gemv_bench against the fp32 path,
 #           7B-shape int8 / int4 decode with it, stories260K perplexity and KL with each path and on the CPU.
-# fused:    MISTRAL_CUDA_FUSED_NORM=1 (norms and residual adds folded into the GEMVs): all gpu tests with it,
-#           fp16 decode with and without it, int8 / int4 with it (and with the fp16 path too).
+# fused:    MISTRAL_CUDA_FUSED_NORM=1 (norms and residual adds folded into the GEMVs) and
+#           MISTRAL_CUDA_DECODE_ROPE=1 (RoPE + cache write inside the decode attention): all gpu tests
+#           with both, fp16 decode without, with each and with both, int8 / int4 with both (and the fp16 path).
 # knockout: fp16 decode at ctx 128 with the norms, RoPE + cache writes, attention or GEMVs left out in turn
 #           (MISTRAL_CUDA_KNOCKOUT; wrong outputs, timing only): what each costs inside the real step.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
@@ -532,39 +533,48 @@ for q in ("int8", "int4"):
 PY
   ;;
 fused)
-  # The decode-step fusions (MISTRAL_CUDA_FUSED_NORM=1: RMSNorms folded into the products that read them,
-  # residual adds into the products that write them): every gpu test with them on (the model tests then
-  # decode through them), then decode at ctx 128 with them against without: fp16 on the bench phase's
-  # checkpoint (else the synthetic 7B shape), and int8 / int4 (also with MISTRAL_CUDA_QUANT_HALF=1) on
-  # the synthetic 7B shape.
-  step "fused: norms and residual adds folded into the GEMVs"
+  # The decode-step fusions, experiments: MISTRAL_CUDA_FUSED_NORM=1 (RMSNorms folded into the products that
+  # read them, residual adds into the products that write them) and MISTRAL_CUDA_DECODE_ROPE=1 (RoPE and
+  # the cache write done by the split-KV attention kernel). Every gpu test with both on (the model tests
+  # then decode through them), then decode at ctx 128 without, with each and with both: fp16 on the bench
+  # phase's checkpoint (else the synthetic 7B shape), int8 / int4 (with both, and with the fp16 path too)
+  # on the synthetic 7B shape.
+  step "fused: norms and residual adds folded into the GEMVs, RoPE into the attention"
   if [ $HAVE_GPU != 1 ]; then note "fused: skipped (no GPU)"; continue; fi
-  MISTRAL_CUDA_FUSED_NORM=1 timeout 150 "$BIN/test_cuda" >"$OUTDIR/test_fused.log" 2>&1
+  MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 timeout 150 "$BIN/test_cuda" >"$OUTDIR/test_fused.log" 2>&1
   rc=$?
   grep -E '^\[ *FAILED *\]|Failure' "$OUTDIR/test_fused.log" | head -20
-  note "fused: all gpu tests with MISTRAL_CUDA_FUSED_NORM=1: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_fused.log" | tr '\n' ' ')(exit $rc)"
+  note "fused: all gpu tests with MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_fused.log" | tr '\n' ' ')(exit $rc)"
   CK=${CKPT_DIR:-/tmp/mistral7b-random}
   if [ -d "$CK" ]; then KM="-m $CK"; else KM="$SYN7B"; fi
-  for f in 0 1; do
-    MISTRAL_CUDA_FUSED_NORM=$f timeout 120 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json \
-      --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused$f.json" || echo "bench (fused $f) failed"
+  for v in none norm rope both; do
+    fn=0; fr=0
+    case $v in norm) fn=1;; rope) fr=1;; both) fn=1; fr=1;; esac
+    MISTRAL_CUDA_FUSED_NORM=$fn MISTRAL_CUDA_DECODE_ROPE=$fr timeout 120 "$BIN/mistral-run" bench $KM --device cuda \
+      --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused_$v.json" ||
+      echo "bench (fused $v) failed"
   done
-  MISTRAL_CUDA_FUSED_NORM=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
-    --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/quant_fused.jsonl" ||
-    echo "bench --quant-list (fused) failed"
-  MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda \
+  MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda \
     --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
-    >"$OUTDIR/quant_fused_half.jsonl" || echo "bench --quant-list (fused, fp16 path) failed"
+    >"$OUTDIR/quant_fused.jsonl" || echo "bench --quant-list (fused) failed"
+  MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench \
+    $SYN7B --device cuda --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 \
+    --gen-tokens 64 >"$OUTDIR/quant_fused_half.jsonl" || echo "bench --quant-list (fused, fp16 path) failed"
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 d = sys.argv[1]
-try:
-    off = json.load(open(os.path.join(d, "fused0.json")))["decode_tok_s"]
-    on = json.load(open(os.path.join(d, "fused1.json")))["decode_tok_s"]
-    print(f"fused: fp16 decode ctx 128 {off:.1f} tok/s without, {on:.1f} with = {on / off:.3f}x")
-except Exception as e:
-    print(f"fused: no fp16 result ({e})")
-for name, what in (("quant_fused.jsonl", "fused"), ("quant_fused_half.jsonl", "fused + fp16 path")):
+tok = {}
+for v in ("none", "norm", "rope", "both"):
+    try:
+        tok[v] = json.load(open(os.path.join(d, f"fused_{v}.json")))["decode_tok_s"]
+    except Exception:
+        pass
+if "none" in tok:
+    print(f"fused: fp16 decode ctx 128, without {tok['none']:.1f} tok/s; " + "; ".join(
+        f"{v} {tok[v]:.1f} ({tok[v] / tok['none']:.3f}x)" for v in ("norm", "rope", "both") if v in tok))
+else:
+    print("fused: no fp16 result")
+for name, what in (("quant_fused.jsonl", "both"), ("quant_fused_half.jsonl", "both + fp16 path")):
     try:
         for line in open(os.path.join(d, name)):
             if line.strip():

@@ -198,14 +198,22 @@ class Backend {
     cache_write(k, v, cache, T, start, s);
   }
 
+  // rope_cache_write then attention (only where cache_write_before_attention_ok()): a device backend may do
+  // both in fewer launches, leaving q and k as they were or rotated (their contents afterwards are
+  // unspecified); out and the cache as the two calls leave them.
+  virtual void rope_attend(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start,
+                           const AttnShape& s, float* out) {
+    rope_cache_write(q, k, v, cache, T, start, s);
+    attention(q, k, v, cache, T, start, s, out);
+  }
+
   // RoPE, attention and the cache write of one chunk of T tokens at positions start .. start+T-1, in the
   // order the forward pass uses: with `fused`, and where cache_write_before_attention_ok(), RoPE fused with
   // the cache write and then attention; otherwise rope, attention, then cache_write. out: [T, Hq*hd].
   void attend_chunk(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start, const AttnShape& s,
                     bool fused, float* out) {
     if (fused && cache_write_before_attention_ok(T, start, s)) {
-      rope_cache_write(q, k, v, cache, T, start, s);
-      attention(q, k, v, cache, T, start, s, out);
+      rope_attend(q, k, v, cache, T, start, s, out);
     } else {
       rope(q, k, T, start, s);
       attention(q, k, v, cache, T, start, s, out);

@@ -647,24 +647,7 @@ class CudaBackend final : public Backend {
                  const AttnShape& s, float* out) override {
     if (knocked_out(kKnockAttn, T)) return;
     const AttnParams p = params(s);
-    if (decode_attention_supported(p)) {
-      // Scratch for the split-KV decode kernel, sized for the most splits any cache of this shape
-      // uses; made outside graph capture (every captured step follows an eager one).
-      AttnParams widest = p;
-      widest.window = 0;
-      widest.slots = INT64_MAX / 2;
-      const size_t need = decode_attention_scratch_floats(p, decode_attention_splits(widest, n_sms_));
-      if (need > split_cap_) {
-        if (capturing_) throw Error("internal: decode-attention scratch grew during graph capture");
-        graph_reset();  // recorded graphs point at the old scratch
-        if (split_) MR_CUDA_CHECK(cudaFree(split_));
-        MR_CUDA_CHECK(cudaMalloc(&split_, need * sizeof(float)));
-        // The kernel's counters start at zero; on stream_ (non-blocking: a legacy-stream memset would not be
-        // ordered before the kernels queued there).
-        MR_CUDA_CHECK(cudaMemsetAsync(split_, 0, need * sizeof(float), stream_));
-        split_cap_ = need;
-      }
-    }
+    if (decode_attention_supported(p)) split_scratch(p);
     if (T == 1 && use_split_kv_ && decode_attention_supported(p)) {
       MR_LAUNCH_CHECK(decode_attention_cuda(q, k, v, cache.k, cache.v, start, p, decode_attention_splits(p, n_sms_),
                                             split_, out, stream_),
@@ -674,6 +657,39 @@ class CudaBackend final : public Backend {
     AttnParams pc = p;
     pc.half = s.half_precision && T > kGemvMaxT && use_tc_attention_;  // where the matmuls use cuBLAS
     MR_LAUNCH_CHECK(attention_cuda(q, k, v, cache.k, cache.v, T, start, pc, out, stream_), stream_);
+  }
+
+  // Scratch for the split-KV decode kernel, sized for the most splits any cache of this shape uses; made
+  // outside graph capture (every captured step follows an eager one).
+  void split_scratch(const AttnParams& p) {
+    AttnParams widest = p;
+    widest.window = 0;
+    widest.slots = INT64_MAX / 2;
+    const size_t need = decode_attention_scratch_floats(p, decode_attention_splits(widest, n_sms_));
+    if (need <= split_cap_) return;
+    if (capturing_) throw Error("internal: decode-attention scratch grew during graph capture");
+    graph_reset();  // recorded graphs point at the old scratch
+    if (split_) MR_CUDA_CHECK(cudaFree(split_));
+    MR_CUDA_CHECK(cudaMalloc(&split_, need * sizeof(float)));
+    // The kernel's counters start at zero; on stream_ (non-blocking: a legacy-stream memset would not be
+    // ordered before the kernels queued there).
+    MR_CUDA_CHECK(cudaMemsetAsync(split_, 0, need * sizeof(float), stream_));
+    split_cap_ = need;
+  }
+
+  // MISTRAL_CUDA_DECODE_ROPE=1 (an experiment): a decode step's RoPE and cache write done by the split-KV
+  // attention kernel (decode_attention_cuda with inv_freq), one launch a layer fewer; the same bits.
+  void rope_attend(float* q, float* k, const float* v, const KVLayer& cache, int T, int64_t start, const AttnShape& s,
+                   float* out) override {
+    const AttnParams p = params(s);
+    if (!rope_fold_ || knockout_ || T != 1 || !use_split_kv_ || !decode_rope_fold_supported(p)) {
+      Backend::rope_attend(q, k, v, cache, T, start, s, out);
+      return;
+    }
+    split_scratch(p);
+    MR_LAUNCH_CHECK(decode_attention_cuda(q, k, v, cache.k, cache.v, start, p, decode_attention_splits(p, n_sms_),
+                                          split_, out, stream_, inv_freq(s)),
+                    stream_);
   }
 
   void cache_write(const float* k, const float* v, const KVLayer& cache, int T, int64_t start,
@@ -892,6 +908,10 @@ class CudaBackend final : public Backend {
     return m;
   }();
   bool knocked_out(unsigned op, int T) const { return T == 1 && (knockout_ & op); }
+  bool rope_fold_ = [] {
+    const char* e = std::getenv("MISTRAL_CUDA_DECODE_ROPE");
+    return e && std::strcmp(e, "1") == 0;
+  }();
   bool norm_fusion_ = [] {
     const char* e = std::getenv("MISTRAL_CUDA_FUSED_NORM");
     return e && std::strcmp(e, "1") == 0;
