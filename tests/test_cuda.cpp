@@ -129,6 +129,28 @@ struct Backends {
   }
 };
 
+// A CUDA backend made with environment switches set (value nullptr: unset), which it reads when made; the
+// variables are then put back as they were (gpu-check runs the whole suite under some of them).
+std::unique_ptr<Backend> cuda_backend_with(std::initializer_list<std::pair<const char*, const char*>> env) {
+  std::vector<std::pair<const char*, std::string>> saved;
+  for (const auto& [name, value] : env) {
+    const char* e = std::getenv(name);
+    saved.emplace_back(name, e ? std::string(e) : std::string("\x01"));  // \x01: was unset
+    if (value)
+      setenv(name, value, 1);
+    else
+      unsetenv(name);
+  }
+  auto be = make_cuda_backend(0);
+  for (const auto& [name, value] : saved) {
+    if (value == "\x01")
+      unsetenv(name);
+    else
+      setenv(name, value.c_str(), 1);
+  }
+  return be;
+}
+
 TEST(CudaOps, RmsNorm) {
   REQUIRE_GPU();
   Backends b;
@@ -232,9 +254,7 @@ TEST(CudaOps, QuantMatmul) {
 TEST(CudaOps, QuantMatmulHalf) {
   REQUIRE_GPU();
   Backends b;
-  setenv("MISTRAL_CUDA_QUANT_HALF", "1", 1);
-  auto gpu = make_cuda_backend(0);
-  unsetenv("MISTRAL_CUDA_QUANT_HALF");
+  auto gpu = cuda_backend_with({{"MISTRAL_CUDA_QUANT_HALF", "1"}});
   std::mt19937 rng(41);
   int cases = 0;
   for (DType t : {DType::Q8, DType::Q4})
@@ -312,25 +332,8 @@ TEST(CudaOps, QuantMatmulHalf) {
 TEST(CudaOps, FusedNormMatmul) {
   REQUIRE_GPU();
   Backends b;
-  // The switches as they were (gpu-check's fused phase runs every test with MISTRAL_CUDA_FUSED_NORM=1).
-  auto saved = [](const char* n) {
-    const char* e = std::getenv(n);
-    return e ? std::string(e) : std::string("\x01");
-  };
-  auto restore = [](const char* n, const std::string& v) {
-    if (v == "\x01")
-      unsetenv(n);
-    else
-      setenv(n, v.c_str(), 1);
-  };
-  const std::string was_fused = saved("MISTRAL_CUDA_FUSED_NORM"), was_half = saved("MISTRAL_CUDA_QUANT_HALF");
-  setenv("MISTRAL_CUDA_FUSED_NORM", "1", 1);
-  unsetenv("MISTRAL_CUDA_QUANT_HALF");
-  auto fused = make_cuda_backend(0);
-  setenv("MISTRAL_CUDA_QUANT_HALF", "1", 1);
-  auto fused_half = make_cuda_backend(0);
-  restore("MISTRAL_CUDA_FUSED_NORM", was_fused);
-  restore("MISTRAL_CUDA_QUANT_HALF", was_half);
+  auto fused = cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", "1"}, {"MISTRAL_CUDA_QUANT_HALF", nullptr}});
+  auto fused_half = cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", "1"}, {"MISTRAL_CUDA_QUANT_HALF", "1"}});
   ASSERT_TRUE(fused->fuses_norm(1) && fused->fuses_norm(4) && !fused->fuses_norm(5));
   // Scratch the folded calls must leave alone (the compositions they replace write it): NaN-filled by Dev.
   auto untouched = [](const Dev& d, const char* what) {
@@ -421,9 +424,7 @@ TEST(CudaOps, FusedNormMatmul) {
 TEST(CudaOps, QuantMmaGemv) {
   REQUIRE_GPU();
   Backends b;
-  setenv("MISTRAL_CUDA_QUANT_MMA", "1", 1);
-  auto mma = make_cuda_backend(0);
-  unsetenv("MISTRAL_CUDA_QUANT_MMA");
+  auto mma = cuda_backend_with({{"MISTRAL_CUDA_QUANT_MMA", "1"}});
   const std::string name = mma->name();  // "cuda:N (device, sm_XY)"
   const size_t sm = name.rfind("sm_");
   ASSERT_NE(sm, std::string::npos) << name;
@@ -934,14 +935,7 @@ TEST(CudaOps, HalfKvCacheAttention) {
 TEST(CudaOps, DecodeRopeFold) {
   REQUIRE_GPU();
   Backends b;
-  const char* e = std::getenv("MISTRAL_CUDA_DECODE_ROPE");
-  const std::string was = e ? e : "";
-  setenv("MISTRAL_CUDA_DECODE_ROPE", "1", 1);
-  auto fold = make_cuda_backend(0);
-  if (e)
-    setenv("MISTRAL_CUDA_DECODE_ROPE", was.c_str(), 1);
-  else
-    unsetenv("MISTRAL_CUDA_DECODE_ROPE");
+  auto fold = cuda_backend_with({{"MISTRAL_CUDA_DECODE_ROPE", "1"}});
   std::mt19937 rng(47);
   int cases = 0;
   for (bool kv_half : {false, true})
