@@ -16,7 +16,9 @@
 // keys: 37.3 us against 24.2 with the combine kernel). A batched decode step (many sequences, one token
 // each) runs the same block code over a flat list of (row, split) work items, each row with its own cache,
 // position and number of splits (planned on the host from the rows' key counts), then one combine block
-// per (row, query head). Preconditions: head_dim <= 256, group = Hq / Hkv <= 8.
+// per (row, query head). With inv_freq (MISTRAL_CUDA_DECODE_ROPE=1, the tiled block only) the partial
+// kernel also does the step's RoPE and cache write (RopeFold). Preconditions: head_dim <= 256, group =
+// Hq / Hkv <= 8.
 #include <algorithm>
 #include <climits>
 #include <type_traits>
