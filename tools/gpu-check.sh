@@ -36,7 +36,7 @@
 #           7B-shape int8 / int4 decode with it, stories260K perplexity and KL with each path and on the CPU.
 # fused:    MISTRAL_CUDA_FUSED_NORM=1 (norms and residual adds folded into the GEMVs) and
 #           MISTRAL_CUDA_DECODE_ROPE=1 (RoPE + cache write inside the decode attention): all gpu tests
-#           with both, fp16 decode without, with each and with both, int8 / int4 with both (and the fp16 path).
+#           with both, fp16 decode without, with each and with both, int8 / int4 with both and the fp16 path.
 # knockout: fp16 decode at ctx 128 with the norms, RoPE + cache writes, attention or GEMVs left out in turn
 #           (MISTRAL_CUDA_KNOCKOUT; wrong outputs, timing only): what each costs inside the real step.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
@@ -537,8 +537,8 @@ fused)
   # read them, residual adds into the products that write them) and MISTRAL_CUDA_DECODE_ROPE=1 (RoPE and
   # the cache write done by the split-KV attention kernel). Every gpu test with both on (the model tests
   # then decode through them), then decode at ctx 128 without, with each and with both: fp16 on the bench
-  # phase's checkpoint (else the synthetic 7B shape), int8 / int4 (with both, and with the fp16 path too)
-  # on the synthetic 7B shape.
+  # phase's checkpoint (else the synthetic 7B shape), int8 / int4 with both and the fp16 path (the half
+  # phase has the fp16 path alone) on the synthetic 7B shape.
   step "fused: norms and residual adds folded into the GEMVs, RoPE into the attention"
   if [ $HAVE_GPU != 1 ]; then note "fused: skipped (no GPU)"; continue; fi
   MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 timeout 150 "$BIN/test_cuda" >"$OUTDIR/test_fused.log" 2>&1
@@ -554,9 +554,6 @@ fused)
       --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused_$v.json" ||
       echo "bench (fused $v) failed"
   done
-  MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda \
-    --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
-    >"$OUTDIR/quant_fused.jsonl" || echo "bench --quant-list (fused) failed"
   MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench \
     $SYN7B --device cuda --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 \
     --gen-tokens 64 >"$OUTDIR/quant_fused_half.jsonl" || echo "bench --quant-list (fused, fp16 path) failed"
@@ -574,7 +571,7 @@ if "none" in tok:
         f"{v} {tok[v]:.1f} ({tok[v] / tok['none']:.3f}x)" for v in ("norm", "rope", "both") if v in tok))
 else:
     print("fused: no fp16 result")
-for name, what in (("quant_fused.jsonl", "both"), ("quant_fused_half.jsonl", "both + fp16 path")):
+for name, what in (("quant_fused_half.jsonl", "both + fp16 path"),):
     try:
         for line in open(os.path.join(d, name)):
             if line.strip():
