@@ -3,7 +3,8 @@
 #
 #   tools/gpu-check.sh --prepare     on the CPU machine: build mistral-run and test_cuda for sm_90 in
 #                                    build-gpu/ and copy what the GPU machine needs into gpu-bin/
-#                                    (binaries + the stories260K test data); carry gpu-bin to the device.
+#                                    (binaries + the stories260K test data), gzipped as gpu-bin.tgz;
+#                                    carry gpu-bin.tgz to the device (this script unpacks it there).
 #   tools/gpu-check.sh [PHASE...]    on the GPU machine; PHASE is any of tests, sanitize, bench, batch,
 #                                    quant, pdl, kernels, attn, half, fused, knockout, stalls, profile
 #                                    (default: tests sanitize bench, about 7 minutes on an H100/H200;
@@ -81,11 +82,18 @@ if [ "${1:-}" = "--prepare" ]; then
   echo "newest glibc symbol needed: $newest (the GPU image must have at least this)"
   ldd gpu-bin/mistral-run | grep -E 'cublas|cudart' || true
   du -sh gpu-bin
-  echo "prepared gpu-bin/: carry it to the device (run tool: carry [\"gpu-bin\"])"
+  # The device tool carries at most 64 MiB with the working tree: the binaries (~76 MB, mostly sm_90 code)
+  # travel gzipped (~35 MB) and are unpacked on the device by this script.
+  tar czf gpu-bin.tgz gpu-bin && ls -la gpu-bin.tgz
+  echo "prepared gpu-bin/ and gpu-bin.tgz: carry the archive to the device (run tool: carry [\"gpu-bin.tgz\"])"
   exit 0
 fi
 
 PHASES=${*:-tests sanitize bench}
+# gpu-bin.tgz (made by --prepare, carried to the device) unpacked where gpu-bin/ did not come along.
+if [ -z "${GPU_BIN:-}" ] && [ ! -d "$ROOT/gpu-bin" ] && [ -f "$ROOT/gpu-bin.tgz" ]; then
+  tar xzf "$ROOT/gpu-bin.tgz" -C "$ROOT" && echo "unpacked gpu-bin.tgz"
+fi
 # Mistral-7B's exact shape as a synthetic model made by mistral-run itself (fp16 random weights, nothing
 # downloaded, no Python needed): the batch and quant phases use it, and bench falls back to it when the
 # transformers reference cannot run.
