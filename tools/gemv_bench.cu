@@ -7,6 +7,7 @@
 //   gemv_bench [--reps N] [--formats f16,int8,nf4,int4,int8h,int4h,int4mma,int8mma] [--warps 16,24,32,48]
 //              [--only LAUNCH]
 // int8h / int4h: the register GEMVs' fp16 path (quant_gemv.cuh fp16_math, MISTRAL_CUDA_QUANT_HALF=1).
+// A trailing 'n' (f16n, int4hn, ...): the decode step's folds as well (MISTRAL_CUDA_FUSED_NORM=1).
 // int4mma / int8mma: the tensor-core GEMV (kernels/quant_mma.cu, MISTRAL_CUDA_QUANT_MMA=1) on
 // tile-layout weights, one launch a matrix (q, k and v three launches; gate and up two, then SwiGLU).
 // --only times one launch (q/k/v, o, gate/up+swiglu or down): for a profiler pointed at its kernels.
@@ -96,6 +97,9 @@ void free_matrix(Matrix& m) {
 struct Layer {  // one 7B layer's matrices in one format
   Matrix q, k, v, o, gate, up, down;
   bool half = false;  // the quantized GEMVs' fp16 path (fp16_math)
+  // Format names ending in 'n': the decode step's folds (GemvFusion, MISTRAL_CUDA_FUSED_NORM=1), the norm
+  // in q/k/v and gate/up (x * g, the sum of squares), the residual add in o and down; otherwise none.
+  cuda::GemvFusion norm, add;
 };
 
 enum Launch { kQKV, kO, kGateUp, kDown, kLaunches };
@@ -133,17 +137,18 @@ void launch(const Layer& L, Launch which, int c, const float* x, const float* xi
         const void* W[3] = {L.q.data[c % L.q.copies], L.k.data[c % L.k.copies], L.v.data[c % L.v.copies]};
         const int N[3] = {L.q.N, L.k.N, L.v.N};
         float* Y[3] = {y, y2, y3};
-        CK(cuda::gemv_multi_cuda(x, 1, W, N, Y, 3, t, D, n_sms, 0));
+        CK(cuda::gemv_multi_cuda(x, 1, W, N, Y, 3, t, D, n_sms, 0, L.norm));
         break;
       }
       case kO:
-        CK(cuda::gemv_cuda(x, 1, L.o.data[c % L.o.copies], t, L.o.N, D, y, n_sms, 0));
+        CK(cuda::gemv_cuda(x, 1, L.o.data[c % L.o.copies], t, L.o.N, D, y, n_sms, 0, L.add));
         break;
       case kGateUp:
-        CK(cuda::gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.up.data[c % L.up.copies], t, I, D, y, n_sms, 0));
+        CK(cuda::gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.up.data[c % L.up.copies], t, I, D, y, n_sms,
+                                  0, L.norm));
         break;
       default:
-        CK(cuda::gemv_cuda(xi, 1, L.down.data[c % L.down.copies], t, L.down.N, I, y, n_sms, 0));
+        CK(cuda::gemv_cuda(xi, 1, L.down.data[c % L.down.copies], t, L.down.N, I, y, n_sms, 0, L.add));
         break;
     }
     return;
@@ -154,21 +159,21 @@ void launch(const Layer& L, Launch which, int c, const float* x, const float* xi
       const void* S[3] = {L.q.scales[c % L.q.copies], L.k.scales[c % L.k.copies], L.v.scales[c % L.v.copies]};
       const int N[3] = {L.q.N, L.k.N, L.v.N};
       float* Y[3] = {y, y2, y3};
-      CK(cuda::quant_gemv_multi_cuda(x, 1, W, S, N, Y, 3, t, D, L.q.group, n_sms, 0, L.half));
+      CK(cuda::quant_gemv_multi_cuda(x, 1, W, S, N, Y, 3, t, D, L.q.group, n_sms, 0, L.half, L.norm));
       break;
     }
     case kO:
       CK(cuda::quant_gemv_cuda(x, 1, L.o.data[c % L.o.copies], L.o.scales[c % L.o.copies], t, L.o.N, D, L.o.group, y,
-                               n_sms, 0, L.half));
+                               n_sms, 0, L.half, L.add));
       break;
     case kGateUp:
       CK(cuda::quant_gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.gate.scales[c % L.gate.copies],
                                       L.up.data[c % L.up.copies], L.up.scales[c % L.up.copies], t, I, D, L.gate.group,
-                                      y, n_sms, 0, L.half));
+                                      y, n_sms, 0, L.half, L.norm));
       break;
     default:
       CK(cuda::quant_gemv_cuda(xi, 1, L.down.data[c % L.down.copies], L.down.scales[c % L.down.copies], t, L.down.N, I,
-                               L.down.group, y, n_sms, 0, L.half));
+                               L.down.group, y, n_sms, 0, L.half, L.add));
       break;
   }
 }
@@ -247,7 +252,15 @@ int main(int argc, char** argv) {
     CK(cudaMemcpy(xi, h.data(), I * sizeof(float), cudaMemcpyHostToDevice));
   }
   std::printf("%-6s %-6s %-16s %9s %9s %9s\n", "format", "warps", "launch", "us", "GB/s", "of copy");
-  for (const std::string& f : bench::split_list(formats)) {
+  float* g = nullptr;  // a norm weight for the folded formats
+  CK(cudaMalloc(&g, D * sizeof(float)));
+  {
+    std::vector<float> h(D, 1.0f);
+    CK(cudaMemcpy(g, h.data(), D * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  for (const std::string& fname : bench::split_list(formats)) {
+    const bool folded = fname.size() > 1 && fname.back() == 'n';
+    const std::string f = folded ? fname.substr(0, fname.size() - 1) : fname;
     DType t;
     const bool mma = f == "int4mma" || f == "int8mma", half = f == "int4h" || f == "int8h";
     if (f == "f16") t = DType::F16;
@@ -257,7 +270,11 @@ int main(int argc, char** argv) {
     else if (f == "int4" || mma || half)
       t = DType::Q4;
     else {
-      std::fprintf(stderr, "gemv_bench: unknown format %s\n", f.c_str());
+      std::fprintf(stderr, "gemv_bench: unknown format %s\n", fname.c_str());
+      return 2;
+    }
+    if (folded && mma) {
+      std::fprintf(stderr, "gemv_bench: the tensor-core GEMVs have no folds (%s)\n", fname.c_str());
       return 2;
     }
     Layer L;
@@ -265,6 +282,7 @@ int main(int argc, char** argv) {
     L.o = make_matrix(t, D, D, 40, mma), L.gate = make_matrix(t, I, D, 50, mma), L.up = make_matrix(t, I, D, 60, mma);
     L.down = make_matrix(t, D, I, 70, mma);
     L.half = half;
+    if (folded) L.norm = cuda::GemvFusion{g, 1e-5f, false}, L.add = cuda::GemvFusion{nullptr, 0.f, true};
     const std::vector<std::string> ws =
         t == DType::F16 || mma ? std::vector<std::string>{"-"} : bench::split_list(warps);
     for (const std::string& w : ws) {
@@ -275,16 +293,16 @@ int main(int argc, char** argv) {
         const double us = time_launch(L, Launch(l), reps, x, xi, y, y2, y3, n_sms);
         const double bytes = double(launch_bytes(L, Launch(l)));
         total_us += us, total_bytes += bytes;
-        std::printf("%-6s %-6s %-16s %9.2f %9.0f %8.0f%%\n", f.c_str(), w.c_str(), kLaunchName[l], us,
+        std::printf("%-6s %-6s %-16s %9.2f %9.0f %8.0f%%\n", fname.c_str(), w.c_str(), kLaunchName[l], us,
                     bytes / us / 1e3, 100.0 * bytes / us / 1e3 / bw);
       }
-      std::printf("%-6s %-6s %-16s %9.2f %9.0f %8.0f%%   (32 layers: %.2f ms of GEMVs a token)\n", f.c_str(), w.c_str(),
-                  "layer", total_us, total_bytes / total_us / 1e3, 100.0 * total_bytes / total_us / 1e3 / bw,
+      std::printf("%-6s %-6s %-16s %9.2f %9.0f %8.0f%%   (32 layers: %.2f ms of GEMVs a token)\n", fname.c_str(),
+                  w.c_str(), "layer", total_us, total_bytes / total_us / 1e3, 100.0 * total_bytes / total_us / 1e3 / bw,
                   32 * total_us / 1e3);
     }
     cuda::set_quant_gemv_warps_per_sm(0);
     for (Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) free_matrix(*m);
   }
-  cudaFree(x), cudaFree(xi), cudaFree(y), cudaFree(y2), cudaFree(y3);
+  cudaFree(x), cudaFree(xi), cudaFree(y), cudaFree(y2), cudaFree(y3), cudaFree(g);
   return 0;
 }

@@ -505,12 +505,14 @@ PY
   ;;
 half)
   # The quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1, an experiment; quant_gemv.cuh fp16_math):
-  # the layer's GEMVs launch by launch against the fp32 path, 7B-shape decode with int8 and int4 against
+  # the layer's GEMVs launch by launch against the fp32 path (and with the decode step's folds, names
+  # ending in n: what the norm costs a GEMV), 7B-shape decode with int8 and int4 against
   # fp16 (set it beside the quant phase's figures of the same call), and stories260K's perplexity and KL
   # from full precision on the GPU with each path (--chunk 4: the GEMV path, not cuBLAS) and on the CPU.
   step "half: the quantized GEMVs' fp16 path against the fp32 one"
   if [ $HAVE_GPU != 1 ]; then note "half: skipped (no GPU)"; continue; fi
-  [ -x "$BIN/gemv_bench" ] && timeout 60 "$BIN/gemv_bench" --reps 200 --formats int8,int8h,int4,int4h --warps 24 |
+  [ -x "$BIN/gemv_bench" ] && timeout 90 "$BIN/gemv_bench" --reps 200 --warps 24 \
+    --formats f16,f16n,int8,int8h,int8hn,int4,int4h,int4hn |
     tee "$OUTDIR/gemv_half.txt" | tee -a "$SUMMARY"
   MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
     --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/quant_half.jsonl" ||
