@@ -113,22 +113,6 @@ struct HostQuant {
   }
 };
 
-struct Backends {
-  std::unique_ptr<Backend> cpu, gpu;
-  // place_weight keys device copies by host address: host weights must outlive the backend.
-  std::deque<HostWeight> keep;
-  std::deque<HostQuant> keep_q;
-  Backends() : cpu(make_cpu_backend(2)), gpu(make_cuda_backend(0)) {}
-  HostWeight& weight(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
-    keep.emplace_back(v, rows, cols, t);
-    return keep.back();
-  }
-  HostQuant& quant(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
-    keep_q.emplace_back(v, rows, cols, t);
-    return keep_q.back();
-  }
-};
-
 // A CUDA backend made with environment switches set (value nullptr: unset), which it reads when made; the
 // variables are then put back as they were (gpu-check runs the whole suite under some of them).
 std::unique_ptr<Backend> cuda_backend_with(std::initializer_list<std::pair<const char*, const char*>> env) {
@@ -150,6 +134,27 @@ std::unique_ptr<Backend> cuda_backend_with(std::initializer_list<std::pair<const
   }
   return be;
 }
+
+// The op tests' backends. The GPU one without the decode-step folds (MISTRAL_CUDA_FUSED_NORM,
+// MISTRAL_CUDA_DECODE_ROPE), which gpu-check's fused phase sets for the whole suite so that the model
+// tests run through them: the op tests test each op as it is (the folds have tests of their own).
+struct Backends {
+  std::unique_ptr<Backend> cpu, gpu;
+  // place_weight keys device copies by host address: host weights must outlive the backend.
+  std::deque<HostWeight> keep;
+  std::deque<HostQuant> keep_q;
+  Backends()
+      : cpu(make_cpu_backend(2)),
+        gpu(cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", nullptr}, {"MISTRAL_CUDA_DECODE_ROPE", nullptr}})) {}
+  HostWeight& weight(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
+    keep.emplace_back(v, rows, cols, t);
+    return keep.back();
+  }
+  HostQuant& quant(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
+    keep_q.emplace_back(v, rows, cols, t);
+    return keep_q.back();
+  }
+};
 
 TEST(CudaOps, RmsNorm) {
   REQUIRE_GPU();
