@@ -49,6 +49,13 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // silu(g) * u, the one expression every SwiGLU kernel uses (so fused and separate paths agree bit for bit).
 __host__ __device__ __forceinline__ float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
+// One step of a folded RMSNorm (GemvFusion, gemv.cuh) over 4 elements of x: ss += x^2 (FMAs in element
+// order), and x * g returned as rounded products (never contracted), for the GEMV's products.
+__device__ __forceinline__ float4 norm_step4(float4 v, const float4& g, float& ss) {
+  ss = fmaf(v.x, v.x, ss), ss = fmaf(v.y, v.y, ss), ss = fmaf(v.z, v.z, ss), ss = fmaf(v.w, v.w, ss);
+  return make_float4(__fmul_rn(v.x, g.x), __fmul_rn(v.y, g.y), __fmul_rn(v.z, g.z), __fmul_rn(v.w, g.w));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

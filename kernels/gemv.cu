@@ -72,12 +72,7 @@ __device__ __forceinline__ void dot_vec(const float* __restrict__ x, const float
 #pragma unroll
     for (int i = 0; i < V / 4; ++i) {
       float4 xv = xr[i];
-      if constexpr (kNorm) {
-        ss[t] = fmaf(xv.x, xv.x, ss[t]), ss[t] = fmaf(xv.y, xv.y, ss[t]);
-        ss[t] = fmaf(xv.z, xv.z, ss[t]), ss[t] = fmaf(xv.w, xv.w, ss[t]);
-        xv.x = __fmul_rn(xv.x, gv[i].x), xv.y = __fmul_rn(xv.y, gv[i].y);
-        xv.z = __fmul_rn(xv.z, gv[i].z), xv.w = __fmul_rn(xv.w, gv[i].w);
-      }
+      if constexpr (kNorm) xv = norm_step4(xv, gv[i], ss[t]);
       acc[t] += w[4 * i] * xv.x;
       acc[t] += w[4 * i + 1] * xv.y;
       acc[t] += w[4 * i + 2] * xv.z;

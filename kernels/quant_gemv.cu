@@ -235,13 +235,9 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, int K, bool
     if (g) {
       float s = 0.f;
       if (vec_x) {  // g is 16-byte aligned when x is (checked by the launcher)
-        for (int i = threadIdx.x; i < K / 4; i += blockDim.x) {
-          float4 v = reinterpret_cast<const float4*>(xt)[i];
-          const float4 w = reinterpret_cast<const float4*>(g)[i];
-          s = fmaf(v.x, v.x, s), s = fmaf(v.y, v.y, s), s = fmaf(v.z, v.z, s), s = fmaf(v.w, v.w, s);
-          v.x = __fmul_rn(v.x, w.x), v.y = __fmul_rn(v.y, w.y), v.z = __fmul_rn(v.z, w.z), v.w = __fmul_rn(v.w, w.w);
-          *reinterpret_cast<float4*>(st + staged_index(4 * i)) = v;
-        }
+        for (int i = threadIdx.x; i < K / 4; i += blockDim.x)
+          *reinterpret_cast<float4*>(st + staged_index(4 * i)) =
+              norm_step4(reinterpret_cast<const float4*>(xt)[i], reinterpret_cast<const float4*>(g)[i], s);
       } else {
         for (int e = threadIdx.x; e < K; e += blockDim.x) {
           s = fmaf(xt[e], xt[e], s);
@@ -663,11 +659,7 @@ __device__ __forceinline__ void stage_x_half(const float* __restrict__ x, int K,
     if (vec_x) {
       for (int i = threadIdx.x; i < K / 4; i += blockDim.x) {
         float4 f = reinterpret_cast<const float4*>(xt)[i];
-        if (g) {
-          const float4 w = reinterpret_cast<const float4*>(g)[i];
-          s = fmaf(f.x, f.x, s), s = fmaf(f.y, f.y, s), s = fmaf(f.z, f.z, s), s = fmaf(f.w, f.w, s);
-          f.x = __fmul_rn(f.x, w.x), f.y = __fmul_rn(f.y, w.y), f.z = __fmul_rn(f.z, w.z), f.w = __fmul_rn(f.w, w.w);
-        }
+        if (g) f = norm_step4(f, reinterpret_cast<const float4*>(g)[i], s);
         m = fmaxf(m, fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w))));
       }
     } else {
@@ -732,21 +724,13 @@ __global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == k
   }
   pdl_wait();  // every thread: x is read and the block's outputs are written after it
   __shared__ float nred[kWarps][T];  // the fused norm's sums of squares, by warp (staged paths)
+  __shared__ float fac[T];           // kXHalf: 2^-sh of each token row
   const float* gn = ps.fuse.g;
   if constexpr (kX == kXHalf) {
-    __shared__ float fac[T];
     __half* xh = reinterpret_cast<__half*>(staged);
     stage_x_half<D, T>(x, K, ps.vec_x, xh, fac, gn, nred);
     __syncthreads();
-    if (busy) {
-      lane_dot_half<D, T>(xh, half_stride<D>(K), rp, q, K, group, gshift, c_first, c_stride, acc);
-#pragma unroll
-      for (int t = 0; t < T; ++t) {
-        const float sc = gn ? fac[t] * norm_scale<T>(nred, t, K, ps.fuse.eps) : fac[t];  // fac: a power of two
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r][t] *= sc;
-      }
-    }
+    if (busy) lane_dot_half<D, T>(xh, half_stride<D>(K), rp, q, K, group, gshift, c_first, c_stride, acc);
   } else {
     const float* xr = x;
     int xstride = K;
@@ -759,13 +743,15 @@ __global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == k
       xr = xs, xstride = staged_stride(K);
     }
     if (busy) lane_dot<D, T, kX>(xr, xstride, rp, q, lut, K, group, gshift, c_first, c_stride, acc);
-    if (kX == kXStaged && gn && busy) {
+  }
+  // Each token row's factor: the fp16 path's 2^-sh (exact, a power of two) times the fused norm's scale.
+  if ((kX == kXHalf || (kX == kXStaged && gn)) && busy) {
 #pragma unroll
-      for (int t = 0; t < T; ++t) {
-        const float sc = norm_scale<T>(nred, t, K, ps.fuse.eps);
+    for (int t = 0; t < T; ++t) {
+      float sc = kX == kXHalf ? fac[t] : 1.f;
+      if (gn) sc *= norm_scale<T>(nred, t, K, ps.fuse.eps);
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r][t] *= sc;
-      }
+      for (int r = 0; r < kRows; ++r) acc[r][t] *= sc;
     }
   }
 #pragma unroll

@@ -69,6 +69,22 @@ trap hand_back EXIT
 trap 'exit 143' TERM INT
 step() { printf '\n== [%3ds] %s\n' "$SECONDS" "$*"; }
 note() { echo "$*" | tee -a "$SUMMARY"; [ -z "${OUT:-}" ] || cp "$SUMMARY" "$OUT/" 2>/dev/null; }
+# quant_lines FILE LABEL: a summary line per format of a `bench --quant-list --json` output (its decode
+# against the fp16 baseline of the same process), each starting with LABEL.
+quant_lines() {
+  python3 - "$1" "$2" <<'PY' | tee -a "$SUMMARY"
+import json, sys
+path, label = sys.argv[1], sys.argv[2]
+try:
+    for line in open(path):
+        if line.strip():
+            o = json.loads(line)
+            print(f"{label}: quant {o['quant']:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
+                  f"{o['baseline']['decode_tok_s']:7.1f} = {o['decode_speedup']:.2f}x")
+except Exception as e:
+    print(f"{label}: no quant result ({e})")
+PY
+}
 
 if [ "${1:-}" = "--prepare" ]; then
   step "build for sm_90 in build-gpu/"
@@ -311,14 +327,7 @@ quant)
     MISTRAL_CUDA_QUANT_STAGE=0 timeout 240 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
       --quant-list "$QL" --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/ours_quant_nostage.jsonl" ||
       echo "bench --quant-list (no staging) failed"
-    python3 - "$OUTDIR/ours_quant_nostage.jsonl" <<'PY' | tee -a "$SUMMARY"
-import json, sys
-for line in open(sys.argv[1]):
-    if line.strip():
-        o = json.loads(line)
-        print(f"quant {o['quant']:<5} without the x copy: decode {o['decode_tok_s']:7.1f} tok/s = "
-              f"{o['decode_speedup']:.2f}x fp16")
-PY
+    quant_lines "$OUTDIR/ours_quant_nostage.jsonl" "without the x copy"
   fi
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
@@ -395,15 +404,8 @@ try:
               f"{pp / off:.3f}x of the default")
 except Exception as e:
     print(f"pdl: no fp16 result ({e})")
-try:
-    for line in open(os.path.join(d, "pdl_quant.jsonl")):
-        if line.strip():
-            o = json.loads(line)
-            print(f"pdl off: quant {o['quant']:<5} decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
-                  f"{o['baseline']['decode_tok_s']:7.1f} = {o['decode_speedup']:.2f}x")
-except Exception as e:
-    print(f"pdl: no quant result ({e})")
 PY
+  [ "${PDL_QUANT:-1}" = 0 ] || quant_lines "$OUTDIR/pdl_quant.jsonl" "pdl off"
   ;;
 kernels)
   # A 7B layer's decode GEMVs timed launch by launch (tools/gemv_bench.cu): fp16 and each quantized
@@ -529,17 +531,10 @@ half)
         -f tests/data/perplexity/stories260K_samples.txt >"$OUTDIR/ppl_${q}_cpu.json" || echo "perplexity ($q, cpu) failed"
     done
   fi
+  quant_lines "$OUTDIR/quant_half.jsonl" "half (fp16 path)"
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 d = sys.argv[1]
-try:
-    for line in open(os.path.join(d, "quant_half.jsonl")):
-        if line.strip():
-            o = json.loads(line)
-            print(f"half: quant {o['quant']:<5} fp16 path decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
-                  f"{o['baseline']['decode_tok_s']:7.1f} = {o['decode_speedup']:.2f}x")
-except Exception as e:
-    print(f"half: no decode result ({e})")
 for q in ("int8", "int4"):
     row = []
     for tag in ("cpu", "half0", "half1"):
@@ -591,16 +586,8 @@ if "none" in tok:
         f"{v} {tok[v]:.1f} ({tok[v] / tok['none']:.3f}x)" for v in ("norm", "rope", "both") if v in tok))
 else:
     print("fused: no fp16 result")
-for name, what in (("quant_fused_half.jsonl", "both + fp16 path"),):
-    try:
-        for line in open(os.path.join(d, name)):
-            if line.strip():
-                o = json.loads(line)
-                print(f"fused: quant {o['quant']:<5} ({what}) decode {o['decode_tok_s']:7.1f} tok/s vs fp16 "
-                      f"{o['baseline']['decode_tok_s']:7.1f} (fused too) = {o['decode_speedup']:.2f}x")
-    except Exception as e:
-        print(f"fused: no {what} result ({e})")
 PY
+  quant_lines "$OUTDIR/quant_fused_half.jsonl" "fused (both folds + fp16 path; the fp16 baseline folded too)"
   ;;
 knockout)
   # Where a decode step's time goes, without a profiler that sees inside graphs: decode at 128 tokens of

@@ -57,6 +57,12 @@ bool stream_capturing(cudaStream_t s) {
   return cudaStreamIsCapturing(s, &st) == cudaSuccess && st == cudaStreamCaptureStatusActive;
 }
 
+// Whether environment variable `name` is exactly "1" (the experiments' switches, read once per backend).
+bool env_is_one(const char* name) {
+  const char* e = std::getenv(name);
+  return e && std::strcmp(e, "1") == 0;
+}
+
 bool sync_after_launch() {
   static const bool on = [] {
     const char* e = std::getenv("MISTRAL_CUDA_SYNC");
@@ -885,10 +891,7 @@ class CudaBackend final : public Backend {
   }();
   // MISTRAL_CUDA_QUANT_MMA=1 (an experiment): Q4 and Q8 matrices also kept in the tile layout of
   // quant_mma_layout.h, single-token products of one of them on the tensor cores (quant_mma.cu).
-  bool use_quant_mma_ = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_QUANT_MMA");
-    return e && std::strcmp(e, "1") == 0;
-  }();
+  bool use_quant_mma_ = env_is_one("MISTRAL_CUDA_QUANT_MMA");
   std::map<const void*, void*> mma_tiles_;  // device data of a Q4 / Q8 weight -> its tiles
   // MISTRAL_CUDA_KNOCKOUT=norm,rope,attn,gemv (any of them; a diagnostic, every output is then wrong):
   // single-token calls (decode steps) of those ops return without launching anything, so that timing
@@ -908,21 +911,12 @@ class CudaBackend final : public Backend {
     return m;
   }();
   bool knocked_out(unsigned op, int T) const { return T == 1 && (knockout_ & op); }
-  bool rope_fold_ = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_DECODE_ROPE");
-    return e && std::strcmp(e, "1") == 0;
-  }();
-  bool norm_fusion_ = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_FUSED_NORM");
-    return e && std::strcmp(e, "1") == 0;
-  }();
+  bool rope_fold_ = env_is_one("MISTRAL_CUDA_DECODE_ROPE");
+  bool norm_fusion_ = env_is_one("MISTRAL_CUDA_FUSED_NORM");
   std::map<const void*, float*> norm_f32_;  // device data of a norm weight -> its fp32 copy
   // MISTRAL_CUDA_QUANT_HALF=1 (an experiment): the Q4 and Q8 GEMVs sum each chunk's products in fp16
   // (quant_gemv.cuh, fp16_math).
-  bool quant_half_ = [] {
-    const char* e = std::getenv("MISTRAL_CUDA_QUANT_HALF");
-    return e && std::strcmp(e, "1") == 0;
-  }();
+  bool quant_half_ = env_is_one("MISTRAL_CUDA_QUANT_HALF");
   bool wants_mma(const Weight& x) const {   // a tile copy of x is kept
     return use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x));
   }
