@@ -28,6 +28,7 @@
 #include "common.cuh"
 #include "kv.cuh"
 #include "pdl.cuh"
+#include "rope_math.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -72,8 +73,8 @@ __host__ __device__ __forceinline__ size_t row_partials(int split0, int n_heads,
 // The RoPE fold (decode_attention_cuda with inv_freq set; MISTRAL_CUDA_DECODE_ROPE=1): the partial kernel
 // rotates the query heads and the token's own K row itself, and the block whose split holds the token's
 // position stores the rotated K row and the V row in the cache, instead of rope_cache_write_kernel
-// running first (one launch a layer fewer). cs, sn: the position's angles, computed as rope.cu computes
-// them (shared memory of the block); ck, cv: the caches, written.
+// running first (one launch a layer fewer). cs, sn: the position's angles (rope_angle, rope_math.cuh)
+// in shared memory of the block; ck, cv: the caches, written.
 template <class C>
 struct RopeFold {
   const float* cs;
@@ -82,14 +83,14 @@ struct RopeFold {
   C* cv;
 };
 
-// Element d of head row x rotated by the angles cs/sn (rotate-half pairs (i, i + hd/2)): the value
-// rope.cu's rotate_pair gives it, with the same explicitly rounded operations.
+// Element d of head row x rotated by the angles cs/sn (rotate-half pairs (i, i + hd/2)): the value the
+// RoPE kernels give it (rope_math.cuh).
 __device__ __forceinline__ float rope_pair_at(const float* __restrict__ x, int d, int hd, const float* cs,
                                               const float* sn) {
   const int half = hd / 2;
-  if (d < half) return __fsub_rn(__fmul_rn(x[d], cs[d]), __fmul_rn(x[d + half], sn[d]));
+  if (d < half) return rope_rotate(x[d], x[d + half], cs[d], sn[d]).x;
   const int i = d - half;
-  return __fadd_rn(__fmul_rn(x[d], cs[i]), __fmul_rn(x[i], sn[i]));
+  return rope_rotate(x[i], x[d], cs[i], sn[i]).y;
 }
 
 // Lane `lane`'s element r (r < 4 * NC) of a head row: dim 128 * (r / 4) + 4 * lane + r % 4, so that a
@@ -453,16 +454,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int used = int(split_keys(start, p.window, splits, split, &kb, &ke, kMinKeysPerDecodeSplit));
   if (split >= used) return;  // empty
   // The RoPE fold (inv_freq set; tiled block only): the position's angles before pdl_wait (they depend on
-  // the position alone), as rope.cu's angle_table computes them.
+  // the position alone), as the RoPE kernels compute them (rope_math.cuh).
   __shared__ float cs[64], sn[64];
   if constexpr (GP > 0) {
     if (inv_freq) {
-      for (int i = threadIdx.x; i < p.head_dim / 2; i += blockDim.x) {
-        const float a = __fmul_rn(float(start), inv_freq[i]);
-        double s, c;
-        sincos(double(a), &s, &c);
-        cs[i] = float(c), sn[i] = float(s);
-      }
+      for (int i = threadIdx.x; i < p.head_dim / 2; i += blockDim.x)
+        rope_angle(float(start), inv_freq[i], cs + i, sn + i);
     }
   }
   pdl_wait();  // q, k, v and the cache row of this step are the kernel before's output

@@ -7,12 +7,13 @@
 // give every pair its own thread.
 // Angles as the CPU reference computes them: the host's fp32 inverse frequencies, fp32 product with the
 // position, cos/sin in fp64 rounded to fp32; the rotation in explicitly rounded fp32 operations (no
-// contraction), as the CPU does. The fused variant also stores the rotated K row and the V row of the
+// contraction), as the CPU does (rope_math.cuh). The fused variant also stores the rotated K row and the V row of the
 // token in its cache slot; its rows variant does that for a batched decode step, one sequence per token.
 #include "common.cuh"
 #include "kv.cuh"
 #include "pdl.cuh"
 #include "rope.cuh"
+#include "rope_math.cuh"
 
 namespace mistral {
 namespace cuda {
@@ -25,19 +26,13 @@ constexpr int kThreads = 256;
 // threads; ends with a barrier (every thread of the block calls it).
 __device__ __forceinline__ void angle_table(float pos, int half, const float* __restrict__ inv_freq, float* cs,
                                             float* sn) {
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float a = __fmul_rn(pos, inv_freq[i]);
-    double s, c;
-    sincos(double(a), &s, &c);
-    cs[i] = float(c), sn[i] = float(s);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x) rope_angle(pos, inv_freq[i], cs + i, sn + i);
   __syncthreads();
 }
 
 // Rotates pair (i, i + half) of the head row v by the angle whose cos, sin are cs, sn; returns the pair.
 __device__ __forceinline__ float2 rotate_pair(const float* v, int i, int half, float cs, float sn) {
-  const float x0 = v[i], x1 = v[i + half];
-  return make_float2(__fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn)), __fadd_rn(__fmul_rn(x1, cs), __fmul_rn(x0, sn)));
+  return rope_rotate(v[i], v[i + half], cs, sn);
 }
 
 // Shared memory of a launch: the angle table, 2 * hd/2 floats.
