@@ -25,8 +25,9 @@
 // Decoding: Q8 and Q4 assemble the float 2^23 + u from the bits (u = int8 + 128, or the nibble) and
 // subtract the offset, exact; NF4 reads its 16 code values from shared memory (16 distinct banks).
 //
-// fp16_math (kXHalf, Q8 and Q4; see the comment above kXHalf): x staged as scaled fp16, each chunk's
-// products summed in half2, the chunks in fp32.
+// QuantXMath::f16 (kXHalf, Q8 and Q4; see the comment above kXHalf): x staged as scaled fp16, each chunk's
+// products summed in half2, the chunks in fp32. QuantXMath::i8 (kXInt8, Q8 and Q4; the comment above
+// kXInt8): x staged as int8 with a scale a chunk, each chunk's products one exact integer sum (dp4a).
 //
 // dequant_kernel: one thread per 16-byte chunk of the whole matrix (row i / chunks, chunk i % chunks),
 // coalesced uint4 loads; it writes the chunk's elements below K (16-byte stores of 8 halves when
@@ -600,6 +601,203 @@ MR_QFN void lane_dot_half(const __half* __restrict__ xh, int xstride, const RowP
   }
 }
 
+// The int8 path (kXInt8; Q8 and Q4, when the launch asks for it: QuantXMath::i8, MISTRAL_CUDA_QUANT_I8=1
+// in the CUDA backend). Each chunk of E elements of x (the weights' 16-byte chunks: 32 of Q4, 16 of Q8) is
+// quantized to int8 when the block stages x (a = max |x|, q = x * 127 / a rounded to nearest even, d =
+// a / 127: tests/quant_i8_reference.h is the definition), and a lane's chunk is one exact integer sum,
+// four dp4a (Q8) or eight (Q4, after one AND and one shift-and-AND a word to split its nibbles) a row
+// against 32-64 instructions of the fp32 path; the chunk's sum becomes an fp32 value d * sum, scaled and
+// added in fp32 as in the other paths. The accumulator starts at the bits of 1.5 * 2^23 (minus 8 times
+// the chunk's sum of q for Q4, the codes' offset), so the finished integer's bits are the float
+// 1.5 * 2^23 + sum exactly (|sum| < 2^22) and one subtraction converts it. Only x is rounded: each q_k is
+// within half a step (d / 2) of x_k, the weights are exact. An inf or NaN in a chunk of x makes its d
+// NaN, so the output is NaN as in the fp32 path.
+//
+// Layout of the staged copy: token row t at xb + t * i8_row_bytes<D>(K); chunk c's int8 values at
+// c * i8_chunk_bytes<D>() (Q8: 16 bytes, element order; Q4: 32 bytes, word j's even elements 8j, 8j + 2,
+// 8j + 4, 8j + 6 at 8j, its odd ones at 8j + 4, the order in which the nibble masks give them, then
+// 16 bytes of padding so that lane-consecutive 16-byte reads hit distinct banks); after the chunks, each
+// chunk's (d, accumulator start) as two 32-bit words.
+constexpr int kXInt8 = 4;
+constexpr float kI8Magic = 12582912.0f;  // 1.5 * 2^23: integers n, |n| < 2^22, are its bits plus n
+constexpr uint32_t kI8MagicBits = 0x4B400000u;
+template <DType D>
+__host__ __device__ __forceinline__ int i8_chunk_bytes() {
+  return D == DType::Q8 ? 16 : 48;
+}
+template <DType D>
+__host__ __device__ __forceinline__ int i8_row_bytes(int K) {  // bytes a token row, a multiple of 16
+  const int chunks = (K + Format<D>::kElems - 1) / Format<D>::kElems;
+  return (chunks * (i8_chunk_bytes<D>() + 8) + 15) & ~15;
+}
+// Where element i of a chunk goes among its bytes.
+template <DType D>
+__host__ __device__ __forceinline__ int i8_pos(int i) {
+  return D == DType::Q8 ? i : 8 * (i >> 3) + 4 * (i & 1) + ((i & 7) >> 1);
+}
+
+MR_QFN int dp4a(uint32_t a, uint32_t b, int c) {  // c + the sum of the four signed byte products
+#ifdef __CUDA_ARCH__
+  return __dp4a(int(a), int(b), c);
+#else
+  for (int i = 0; i < 4; ++i) c += int(int8_t(a >> (8 * i))) * int(int8_t(b >> (8 * i)));
+  return c;
+#endif
+}
+MR_QFN float fdiv_rn(float a, float b) {  // an IEEE division whatever the compiler's flags
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+MR_QFN uint32_t float_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+// Stages chunk c of token row xt [K] into the row's copy `row` (chunks chunks): its int8 values and its
+// (d, accumulator start). vec: xt 16-byte aligned and K % 4 == 0. With gn (the fused norm): the chunk of
+// x * gn (rounded products) is quantized, and ss += x^2 over the chunk's elements in order. Two passes
+// over the chunk (its largest |x|, then the values), 4 elements at a time: holding a chunk's 32 values
+// at once spilled registers beside the weights' first batch (64 registers a thread).
+template <DType D>
+MR_QFN void stage_chunk_i8(const float* __restrict__ xt, int K, bool vec, int c, int chunks, uint8_t* __restrict__ row,
+                           const float* __restrict__ gn, float& ss) {
+  constexpr int E = Format<D>::kElems;
+  const int k0 = c * E;
+  const bool whole = vec && k0 + E <= K;
+  auto load4 = [&](int e) {  // elements k0 + e .. k0 + e + 3 (times gn), 0 past K
+    float4 f;
+    if (whole) {
+      f = *reinterpret_cast<const float4*>(xt + k0 + e);
+    } else {
+      const int k = k0 + e;
+      f = make_float4(k < K ? xt[k] : 0.f, k + 1 < K ? xt[k + 1] : 0.f, k + 2 < K ? xt[k + 2] : 0.f,
+                      k + 3 < K ? xt[k + 3] : 0.f);
+    }
+    return f;
+  };
+  auto times_g = [&](float4 f, int e) {
+    const int k = k0 + e;
+    return make_float4(k < K ? fmul_rn(f.x, gn[k]) : 0.f, k + 1 < K ? fmul_rn(f.y, gn[k + 1]) : 0.f,
+                       k + 2 < K ? fmul_rn(f.z, gn[k + 2]) : 0.f, k + 3 < K ? fmul_rn(f.w, gn[k + 3]) : 0.f);
+  };
+  float a = 0.f;
+  bool finite = true;
+#pragma unroll
+  for (int e = 0; e < E; e += 4) {
+    float4 f = load4(e);
+    if (gn) {
+      ss = fmaf(f.x, f.x, ss), ss = fmaf(f.y, f.y, ss), ss = fmaf(f.z, f.z, ss), ss = fmaf(f.w, f.w, ss);
+      f = times_g(f, e);
+    }
+    const float m = fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w)));
+    finite = finite && fabsf(f.x) <= 3.40282347e38f && fabsf(f.y) <= 3.40282347e38f && fabsf(f.z) <= 3.40282347e38f &&
+             fabsf(f.w) <= 3.40282347e38f;  // false for inf and NaN
+    a = fmaxf(a, m);
+  }
+  const float inv = finite && a > 0.f ? fdiv_rn(127.f, a) : 0.f;
+  const float d = !finite ? NAN : a > 0.f ? fdiv_rn(a, 127.f) : 0.f;
+  // q is the low byte of the fp32 bits of 1.5 * 2^23 + x * inv (one rounding: to nearest, ties even).
+  auto q4 = [&](int e) {  // elements k0 + e .. + 3 as bits whose low bytes are their q
+    float4 f = load4(e);
+    if (gn) f = times_g(f, e);
+    return make_uint4(float_bits(finite ? fmaf(f.x, inv, kI8Magic) : kI8Magic),
+                      float_bits(finite ? fmaf(f.y, inv, kI8Magic) : kI8Magic),
+                      float_bits(finite ? fmaf(f.z, inv, kI8Magic) : kI8Magic),
+                      float_bits(finite ? fmaf(f.w, inv, kI8Magic) : kI8Magic));
+  };
+  uint8_t* dst = row + size_t(c) * size_t(i8_chunk_bytes<D>());
+  int s = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (D == DType::Q8) {  // word j: elements 4j .. 4j + 3
+      const uint4 u = q4(4 * j);
+      const uint32_t w = byte_perm(byte_perm(u.x, u.y, 0x0040u), byte_perm(u.z, u.w, 0x0040u), 0x5410u);
+      *reinterpret_cast<uint32_t*>(dst + 4 * j) = w;
+    } else {  // elements 8j .. 8j + 7: the even ones, then the odd ones
+      const uint4 u = q4(8 * j), v = q4(8 * j + 4);
+      const uint32_t lo = byte_perm(byte_perm(u.x, u.z, 0x0040u), byte_perm(v.x, v.z, 0x0040u), 0x5410u);
+      const uint32_t hi = byte_perm(byte_perm(u.y, u.w, 0x0040u), byte_perm(v.y, v.w, 0x0040u), 0x5410u);
+      *reinterpret_cast<uint2*>(dst + 8 * j) = make_uint2(lo, hi);
+      s = dp4a(lo, 0x01010101u, dp4a(hi, 0x01010101u, s));
+    }
+  }
+  const uint32_t start = D == DType::Q8 ? kI8MagicBits : kI8MagicBits - 8u * uint32_t(s);
+  *reinterpret_cast<uint2*>(row + size_t(chunks) * size_t(i8_chunk_bytes<D>()) + 8 * size_t(c)) =
+      make_uint2(float_bits(d), start);
+}
+
+// Chunk c of the row pair times the T staged token rows (row t at xb + t * row_bytes, `chunks` chunks a
+// row): acc[r][t] += scale * (d * isum) (Q8: without the scale).
+template <DType D, int T>
+MR_QFN void chunk_dot_i8(const uint8_t* __restrict__ xb, int row_bytes, int chunks, const uint4 (&q)[kRows],
+                         const RowPair& rp, int group, int gshift, int c, float (&acc)[kRows][T]) {
+  constexpr int E = Format<D>::kElems;
+  float s[kRows] = {};
+  if constexpr (D != DType::Q8) {
+    const int k0 = c * E;
+    const int g = gshift >= 0 ? k0 >> gshift : k0 / group;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) s[r] = scale_at<D>(rp.scales[r], rp.sbase[r] + size_t(g));
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const uint8_t* xr = xb + size_t(t) * size_t(row_bytes);
+    const uint2 meta =
+        *reinterpret_cast<const uint2*>(xr + size_t(chunks) * size_t(i8_chunk_bytes<D>()) + 8 * size_t(c));
+    const float d = bits_to_float(meta.x);
+    const uint4* xc = reinterpret_cast<const uint4*>(xr + size_t(c) * size_t(i8_chunk_bytes<D>()));
+    uint32_t xw[E / 4];
+#pragma unroll
+    for (int h = 0; h < E / 16; ++h) {
+      const uint4 a = xc[h];
+      xw[4 * h] = a.x, xw[4 * h + 1] = a.y, xw[4 * h + 2] = a.z, xw[4 * h + 3] = a.w;
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      int a = int(meta.y);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t wj = word_of(q[r], j);
+        if constexpr (D == DType::Q8) {
+          a = dp4a(wj, xw[j], a);
+        } else {  // byte i of the masks: element 2i (low nibble), 2i + 1 (high), codes 0..15
+          a = dp4a(wj & 0x0F0F0F0Fu, xw[2 * j], a);
+          a = dp4a((wj >> 4) & 0x0F0F0F0Fu, xw[2 * j + 1], a);
+        }
+      }
+      const float cd = fmul_rn(bits_to_float(uint32_t(a)) - kI8Magic, d);
+      if constexpr (D == DType::Q8)
+        acc[r][t] += cd;
+      else
+        acc[r][t] = fmaf(s[r], cd, acc[r][t]);
+    }
+  }
+}
+
+// lane_dot over the staged int8 copy: every chunk below ceil(K / E), the partial last one too (its x past
+// K is 0). q holds the first batch, load_batch<D>(rp, c_first, c_stride, ceil(K / E), q). acc is added to.
+template <DType D, int T>
+MR_QFN void lane_dot_i8(const uint8_t* __restrict__ xb, int K, const RowPair& rp, uint4 (&q)[kPrefetch][kRows],
+                        int group, int gshift, int c_first, int c_stride, float (&acc)[kRows][T]) {
+  constexpr int E = Format<D>::kElems;
+  const int chunks = (K + E - 1) / E, row_bytes = i8_row_bytes<D>(K);
+  for (int c = c_first; c < chunks; c += kPrefetch * c_stride) {
+    if (c != c_first) load_batch<D>(rp, c, c_stride, chunks, q);
+#pragma unroll
+    for (int u = 0; u < kPrefetch; ++u)
+      if (c + u * c_stride < chunks)
+        chunk_dot_i8<D, T>(xb, row_bytes, chunks, q[u], rp, group, gshift, c + u * c_stride, acc);
+  }
+}
+
 // Thread 0 copies the code table to shared memory (constant indices: the parameter stays in the
 // parameter space instead of being copied to a local array).
 __device__ __forceinline__ void load_lut(const CodeTable& codes, float* lut) {
@@ -688,14 +886,32 @@ __device__ __forceinline__ void stage_x_half(const float* __restrict__ x, int K,
   }
 }
 
+// The int8 path's copy of x (kXInt8), by every thread of the block: chunk after chunk, a thread each
+// (stage_chunk_i8). With g (the fused norm): the chunks of x_k g_k, and the thread's shares of the rows'
+// sums of x^2 go to nred (norm_partials). A barrier must follow before any read of xb or nred.
+template <DType D, int T>
+__device__ __forceinline__ void stage_x_i8(const float* __restrict__ x, int K, bool vec_x, uint8_t* __restrict__ xb,
+                                           const float* __restrict__ g = nullptr, float (*nred)[T] = nullptr) {
+  const int chunks = (K + Format<D>::kElems - 1) / Format<D>::kElems, row_bytes = i8_row_bytes<D>(K);
+  float ss[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    ss[t] = 0.f;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x)
+      stage_chunk_i8<D>(x + size_t(t) * size_t(K), K, vec_x, c, chunks, xb + size_t(t) * size_t(row_bytes), g, ss[t]);
+  }
+  if (g) norm_partials<T>(ss, nred);
+}
+
 // A decode step's launches (T = 1, x staged) are held to 64 registers, four blocks an SM (three at the
 // 75-80 registers ptxas chose, 24 warps to keep the weights' loads in flight), at the cost of 4-20 bytes
 // of spills in the 4-bit ones (ptxas -v; none in int8's).
 template <DType D, int T, int kX, bool kSwiglu>
-__global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == kXHalf) ? 4 : 1)
+__global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == kXHalf || kX == kXInt8) ? 4 : 1)
     quant_gemv_kernel(const float* __restrict__ x, const __grid_constant__ QuantParts ps, CodeTable codes, int K,
                       int group, int gshift) {
-  extern __shared__ float4 staged[];  // kXStaged: T * staged_stride(K) floats; kXHalf: T * half_stride<D>(K) halves
+  extern __shared__ float4 staged[];  // kXStaged: T * staged_stride(K) floats; kXHalf: T * half_stride<D>(K)
+  // halves; kXInt8: T * i8_row_bytes<D>(K) bytes
   __shared__ float lut[16];
   __shared__ float part[kWarps][kRows][T];
   pdl_trigger();  // the kernel after this one may launch once every block has started (pdl.cuh)
@@ -718,9 +934,9 @@ __global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == k
     rp = row_pair<D, kSwiglu>(ps, j.part, j.pair, K, group);
     // The lane's first batch of weights, before pdl_wait (pdl.cuh; the weights are no earlier kernel's
     // output) and before x is copied: both latencies at once.
-    // The fp16 path takes the partial last chunk in the same loop (its x past K is 0).
+    // The fp16 and int8 paths take the partial last chunk in the same loop (their x past K is 0).
     constexpr int E = Format<D>::kElems;
-    load_batch<D>(rp, c_first, c_stride, kX == kXHalf ? (K + E - 1) / E : K / E, q);
+    load_batch<D>(rp, c_first, c_stride, kX == kXHalf || kX == kXInt8 ? (K + E - 1) / E : K / E, q);
   }
   pdl_wait();  // every thread: x is read and the block's outputs are written after it
   __shared__ float nred[kWarps][T];  // the fused norm's sums of squares, by warp (staged paths)
@@ -731,6 +947,11 @@ __global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == k
     stage_x_half<D, T>(x, K, ps.vec_x, xh, fac, gn, nred);
     __syncthreads();
     if (busy) lane_dot_half<D, T>(xh, half_stride<D>(K), rp, q, K, group, gshift, c_first, c_stride, acc);
+  } else if constexpr (kX == kXInt8) {
+    uint8_t* xb = reinterpret_cast<uint8_t*>(staged);
+    stage_x_i8<D, T>(x, K, ps.vec_x, xb, gn, nred);
+    __syncthreads();
+    if (busy) lane_dot_i8<D, T>(xb, K, rp, q, group, gshift, c_first, c_stride, acc);
   } else {
     const float* xr = x;
     int xstride = K;
@@ -745,7 +966,7 @@ __global__ void __launch_bounds__(kThreads, T == 1 && (kX == kXStaged || kX == k
     if (busy) lane_dot<D, T, kX>(xr, xstride, rp, q, lut, K, group, gshift, c_first, c_stride, acc);
   }
   // Each token row's factor: the fp16 path's 2^-sh (exact, a power of two) times the fused norm's scale.
-  if ((kX == kXHalf || (kX == kXStaged && gn)) && busy) {
+  if ((kX == kXHalf || ((kX == kXStaged || kX == kXInt8) && gn)) && busy) {
 #pragma unroll
     for (int t = 0; t < T; ++t) {
       float sc = kX == kXHalf ? fac[t] : 1.f;
@@ -880,55 +1101,77 @@ size_t half_stage_bytes(int T, int K) {
   return D != DType::NF4 && b <= kMaxStageBytes ? b : 0;
 }
 
+// Bytes of the int8 path's copy of x, or 0 when it does not fit kMaxStageBytes or D has no int8 path (NF4).
+template <DType D>
+size_t i8_stage_bytes(int T, int K) {
+  const size_t b = size_t(T) * size_t(i8_row_bytes<D>(K));
+  return D != DType::NF4 && b <= kMaxStageBytes ? b : 0;
+}
+
+// The x path a launch of T tokens with K columns takes: the one xmath asks for when its copy of x fits
+// (NF4 has only the fp32 ones), else the fp32 copy when it fits, else global memory.
+template <DType D>
+int x_path(int T, int K, QuantXMath xmath, bool vec_x) {
+  if (xmath == QuantXMath::f16 && half_stage_bytes<D>(T, K) > 0) return kXHalf;
+  if (xmath == QuantXMath::i8 && i8_stage_bytes<D>(T, K) > 0) return kXInt8;
+  if (stage_bytes(T, K) > 0) return kXStaged;
+  return vec_x ? kXVec4 : kXScalar;
+}
+
 // Whether a launch of T tokens with K columns takes one of the staged paths (which the fused norm needs).
 template <DType D>
-bool staged_path(int T, int K, bool fp16_math) {
-  return (fp16_math && half_stage_bytes<D>(T, K) > 0) || stage_bytes(T, K) > 0;
+bool staged_path(int T, int K, QuantXMath xmath) {
+  return x_path<D>(T, K, xmath, true) >= kXStaged;
+}
+
+template <DType D, int T, int kX, bool kSwiglu>
+cudaError_t launch_path(const float* x, const QuantParts& ps, unsigned blocks, size_t smem, int K, int group,
+                        cudaStream_t stream) {
+  if (smem > 0) {
+    static const cudaError_t attr = cudaFuncSetAttribute(
+        quant_gemv_kernel<D, T, kX, kSwiglu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
+    if (attr != cudaSuccess) return attr;
+  }
+  return launch_maybe_pdl(quant_gemv_kernel<D, T, kX, kSwiglu>, blocks, kThreads, smem, stream, x, ps, code_table(D), K,
+                          group, group_shift(group));
 }
 
 template <DType D, int T, bool kSwiglu>
-cudaError_t launch_gemv(const float* x, const QuantParts& ps, int K, int group, bool fp16_math, cudaStream_t stream) {
+cudaError_t launch_gemv(const float* x, const QuantParts& ps, int K, int group, QuantXMath xmath, cudaStream_t stream) {
   const unsigned blocks = unsigned(ps.first_block[kSwiglu ? 1 : ps.count]);
   if (blocks == 0) return cudaSuccess;
-  const int gshift = group_shift(group);
-  if (ps.fuse.g && !staged_path<D>(T, K, fp16_math)) return cudaErrorNotSupported;  // the norm needs a copy of x
-  if constexpr (D != DType::NF4) {
-    const size_t hb = fp16_math ? half_stage_bytes<D>(T, K) : 0;
-    if (hb > 0) {
-      static const cudaError_t attr = cudaFuncSetAttribute(
-          quant_gemv_kernel<D, T, kXHalf, kSwiglu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
-      if (attr != cudaSuccess) return attr;
-      return launch_maybe_pdl(quant_gemv_kernel<D, T, kXHalf, kSwiglu>, blocks, kThreads, hb, stream, x, ps,
-                              code_table(D), K, group, gshift);
-    }
+  if (ps.fuse.g && !staged_path<D>(T, K, xmath)) return cudaErrorNotSupported;  // the norm needs a copy of x
+  switch (x_path<D>(T, K, xmath, ps.vec_x)) {
+    case kXHalf:
+      if constexpr (D != DType::NF4)
+        return launch_path<D, T, kXHalf, kSwiglu>(x, ps, blocks, half_stage_bytes<D>(T, K), K, group, stream);
+      break;
+    case kXInt8:
+      if constexpr (D != DType::NF4)
+        return launch_path<D, T, kXInt8, kSwiglu>(x, ps, blocks, i8_stage_bytes<D>(T, K), K, group, stream);
+      break;
+    case kXStaged:
+      return launch_path<D, T, kXStaged, kSwiglu>(x, ps, blocks, stage_bytes(T, K), K, group, stream);
+    case kXVec4:
+      return launch_path<D, T, kXVec4, kSwiglu>(x, ps, blocks, 0, K, group, stream);
+    default:
+      break;
   }
-  const size_t stage = stage_bytes(T, K);
-  if (stage > 0) {
-    static const cudaError_t attr = cudaFuncSetAttribute(quant_gemv_kernel<D, T, kXStaged, kSwiglu>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxStageBytes));
-    if (attr != cudaSuccess) return attr;
-    return launch_maybe_pdl(quant_gemv_kernel<D, T, kXStaged, kSwiglu>, blocks, kThreads, stage, stream, x, ps,
-                            code_table(D), K, group, gshift);
-  }
-  if (ps.vec_x)
-    return launch_maybe_pdl(quant_gemv_kernel<D, T, kXVec4, kSwiglu>, blocks, kThreads, 0, stream, x, ps,
-                            code_table(D), K, group, gshift);
-  return launch_maybe_pdl(quant_gemv_kernel<D, T, kXScalar, kSwiglu>, blocks, kThreads, 0, stream, x, ps,
-                          code_table(D), K, group, gshift);
+  return launch_path<D, T, kXScalar, kSwiglu>(x, ps, blocks, 0, K, group, stream);
 }
 
 template <DType D, bool kSwiglu>
-cudaError_t launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, int group, bool fp16_math,
+cudaError_t launch_gemv_t(const float* x, int T, const QuantParts& ps, int K, int group, QuantXMath xmath,
                           cudaStream_t stream) {
   switch (T) {
     case 1:
-      return launch_gemv<D, 1, kSwiglu>(x, ps, K, group, fp16_math, stream);
+      return launch_gemv<D, 1, kSwiglu>(x, ps, K, group, xmath, stream);
     case 2:
-      return launch_gemv<D, 2, kSwiglu>(x, ps, K, group, fp16_math, stream);
+      return launch_gemv<D, 2, kSwiglu>(x, ps, K, group, xmath, stream);
     case 3:
-      return launch_gemv<D, 3, kSwiglu>(x, ps, K, group, fp16_math, stream);
+      return launch_gemv<D, 3, kSwiglu>(x, ps, K, group, xmath, stream);
     default:
-      return launch_gemv<D, 4, kSwiglu>(x, ps, K, group, fp16_math, stream);
+      return launch_gemv<D, 4, kSwiglu>(x, ps, K, group, xmath, stream);
   }
 }
 
@@ -970,7 +1213,7 @@ bool plan_launch(const float* x, const void* const* data, const void* const* sca
 
 template <bool kSwiglu>
 cudaError_t quant_launch(const float* x, int T, const void* const* data, const void* const* scales, const int* N,
-                         float* const* y, int parts, DType wt, int K, int group, int n_sms, bool fp16_math,
+                         float* const* y, int parts, DType wt, int K, int group, int n_sms, QuantXMath xmath,
                          const GemvFusion& fuse, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   QuantParts ps;
@@ -979,13 +1222,13 @@ cudaError_t quant_launch(const float* x, int T, const void* const* data, const v
   cudaError_t err;
   switch (wt) {
     case DType::Q8:
-      err = launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, fp16_math, stream);
+      err = launch_gemv_t<DType::Q8, kSwiglu>(x, T, ps, K, group, xmath, stream);
       break;
     case DType::NF4:
-      err = launch_gemv_t<DType::NF4, kSwiglu>(x, T, ps, K, group, fp16_math, stream);
+      err = launch_gemv_t<DType::NF4, kSwiglu>(x, T, ps, K, group, xmath, stream);
       break;
     default:
-      err = launch_gemv_t<DType::Q4, kSwiglu>(x, T, ps, K, group, fp16_math, stream);
+      err = launch_gemv_t<DType::Q4, kSwiglu>(x, T, ps, K, group, xmath, stream);
       break;
   }
   return err != cudaSuccess ? err : cudaGetLastError();
@@ -1006,42 +1249,43 @@ void launch_dequant(const void* data, const void* scales, int N, int K, int grou
 
 void set_quant_gemv_warps_per_sm(int warps) { g_warps_per_sm = warps > 0 ? warps : 0; }
 
-bool quant_gemv_fusion_ok(DType wt, int T, int K, bool fp16_math) {
+bool quant_gemv_fusion_ok(DType wt, int T, int K, QuantXMath xmath) {
   if (T <= 0 || T > kGemvMaxT || K <= 0) return false;
   switch (wt) {
     case DType::Q8:
-      return staged_path<DType::Q8>(T, K, fp16_math);
+      return staged_path<DType::Q8>(T, K, xmath);
     case DType::NF4:
-      return staged_path<DType::NF4>(T, K, fp16_math);
+      return staged_path<DType::NF4>(T, K, xmath);
     case DType::Q4:
-      return staged_path<DType::Q4>(T, K, fp16_math);
+      return staged_path<DType::Q4>(T, K, xmath);
     default:
       return false;
   }
 }
 
 cudaError_t quant_gemv_cuda(const float* x, int T, const void* data, const void* scales, DType wt, int N, int K,
-                            int group, float* y, int n_sms, cudaStream_t stream, bool fp16_math,
+                            int group, float* y, int n_sms, cudaStream_t stream, QuantXMath xmath,
                             const GemvFusion& fuse) {
   if (T <= 0 || N <= 0) return cudaSuccess;
-  return quant_launch<false>(x, T, &data, &scales, &N, &y, 1, wt, K, group, n_sms, fp16_math, fuse, stream);
+  return quant_launch<false>(x, T, &data, &scales, &N, &y, 1, wt, K, group, n_sms, xmath, fuse, stream);
 }
 
 cudaError_t quant_gemv_multi_cuda(const float* x, int T, const void* const* data, const void* const* scales,
                                   const int* N, float* const* y, int parts, DType wt, int K, int group, int n_sms,
-                                  cudaStream_t stream, bool fp16_math, const GemvFusion& fuse) {
-  return quant_launch<false>(x, T, data, scales, N, y, parts, wt, K, group, n_sms, fp16_math, fuse, stream);
+                                  cudaStream_t stream, QuantXMath xmath, const GemvFusion& fuse) {
+  return quant_launch<false>(x, T, data, scales, N, y, parts, wt, K, group, n_sms, xmath, fuse, stream);
 }
 
 cudaError_t quant_gemv_swiglu_cuda(const float* x, int T, const void* gate_data, const void* gate_scales,
                                    const void* up_data, const void* up_scales, DType wt, int N, int K, int group,
-                                   float* out, int n_sms, cudaStream_t stream, bool fp16_math, const GemvFusion& fuse) {
+                                   float* out, int n_sms, cudaStream_t stream, QuantXMath xmath,
+                                   const GemvFusion& fuse) {
   if (T <= 0 || N <= 0) return cudaSuccess;
   const void* data[2] = {gate_data, up_data};
   const void* scales[2] = {gate_scales, up_scales};
   const int n[2] = {N, N};
   float* y[2] = {out, out};
-  return quant_launch<true>(x, T, data, scales, n, y, 2, wt, K, group, n_sms, fp16_math, fuse, stream);
+  return quant_launch<true>(x, T, data, scales, n, y, 2, wt, K, group, n_sms, xmath, fuse, stream);
 }
 
 cudaError_t dequantize_f16_cuda(const void* data, const void* scales, DType wt, int N, int K, int group, void* out,

@@ -24,6 +24,7 @@
 #include "mistral/sampler.h"
 #include "mistral/tokenizer.h"
 #include "quant_half_reference.h"
+#include "quant_i8_reference.h"
 #include "test_util.h"
 
 using namespace mistral;
@@ -248,19 +249,24 @@ TEST(CudaOps, QuantMatmul) {
   EXPECT_EQ(cases, 3 * 6 * 3 * 6);
 }
 
-// The fp16 path of the Q8 and Q4 GEMVs (MISTRAL_CUDA_QUANT_HALF=1, an experiment; quant_gemv.cuh
-// fp16_math): against tests/quant_half_reference.h, which computes each chunk's fp16 sums from the path's
-// definition, to 2e-6 of the sum of the chunks' magnitudes (the kernel adds its chunks in fp32, in its
-// own order); and against the CPU's fp32 product within the path's bound, 17 * 2^-11 of sum |x w|.
-// Token rows of different sizes: one 1e-3 smaller, one with an element of 3000 (a "massive
-// activation": the power-of-two staging scale must keep the fp16 sums finite). Launches whose fp16 copy
-// of x would not fit the staging limit (K = 14336 at T >= 2 or 3) take the fp32 path: 1e-5 of sum |x w|
-// as CudaOps.QuantMatmul. The gate/up/SwiGLU launch equals SwiGLU of the two single products bit for bit.
-TEST(CudaOps, QuantMatmulHalf) {
-  REQUIRE_GPU();
+// The fp16 and int8 paths of the Q8 and Q4 GEMVs (experiments: MISTRAL_CUDA_QUANT_HALF=1 and
+// MISTRAL_CUDA_QUANT_I8=1; quant_gemv.cuh QuantXMath), each against its reference written from its
+// definition (tests/quant_half_reference.h, tests/quant_i8_reference.h), to 2e-6 of the sum of the chunks'
+// magnitudes (the kernel adds its chunks in fp32, in its own order), and against the CPU's fp32 product
+// within the path's bound: fp16 17 * 2^-11 of sum |x w|; int8 the reference's quantization bound (half a
+// step of each chunk's x, times sum |w|) plus 1e-5 of sum |x w|. Token rows of different sizes: one 1e-3
+// smaller, one with an element of 3000 (a "massive activation": the fp16 staging scale must keep the sums
+// finite; the int8 chunk holding it quantizes its other elements coarsely, within the bound). Launches
+// whose copy of x would not fit the staging limit (K = 14336 at larger T) take the fp32 path: 1e-5 of
+// sum |x w| as CudaOps.QuantMatmul. The gate/up/SwiGLU launch equals SwiGLU of the two single products bit
+// for bit.
+enum class XPath { f16, i8 };
+void check_quant_path(XPath path, unsigned seed) {
   Backends b;
-  auto gpu = cuda_backend_with({{"MISTRAL_CUDA_QUANT_HALF", "1"}});
-  std::mt19937 rng(41);
+  const bool i8 = path == XPath::i8;
+  auto gpu = i8 ? cuda_backend_with({{"MISTRAL_CUDA_QUANT_I8", "1"}, {"MISTRAL_CUDA_QUANT_HALF", nullptr}})
+                : cuda_backend_with({{"MISTRAL_CUDA_QUANT_HALF", "1"}, {"MISTRAL_CUDA_QUANT_I8", nullptr}});
+  std::mt19937 rng(seed);
   int cases = 0;
   for (DType t : {DType::Q8, DType::Q4})
     for (int K : {40, 200, 333, 1500, 3000, 4096 + 96, 14336})
@@ -271,11 +277,14 @@ TEST(CudaOps, QuantMatmulHalf) {
         std::vector<std::vector<float>> rows;
         for (int n = 0; n < N; ++n) rows.push_back(w.row(n));
         const size_t rb = w.w.row_bytes(), sb = w.w.scale_bytes() / size_t(N);
-        const int E = t == DType::Q8 ? 16 : 32;  // elements a 16-byte chunk
+        const size_t E = t == DType::Q8 ? 16 : 32, chunks = (size_t(K) + E - 1) / E;  // elements a 16-byte chunk
         for (int T = 1; T <= 4; ++T) {
-          // The fp16 path needs its copy of x (T rows of ceil(K / E) chunks of E + 8 halves) within the
-          // 72 KiB staging limit (quant_gemv.cu, kMaxStageBytes); larger launches take the fp32 path.
-          const bool half = size_t(T) * size_t((K + E - 1) / E) * size_t(E + 8) * 2 <= 72 * 1024;
+          // The path needs its copy of x within the 72 KiB staging limit (quant_gemv.cu, kMaxStageBytes):
+          // fp16 T rows of ceil(K / E) chunks of E + 8 halves; int8 T rows of that many chunks of
+          // (16 or 48) + 8 bytes, rounded up to 16. Larger launches take the fp32 path.
+          const size_t copy = i8 ? size_t(T) * ((chunks * ((t == DType::Q8 ? 16 : 48) + 8) + 15) / 16 * 16)
+                                 : size_t(T) * chunks * (E + 8) * 2;
+          const bool fast = copy <= 72 * 1024;
           auto x = randn(size_t(T) * K, rng);
           if (T >= 2)
             for (int k = 0; k < K; ++k) x[size_t(K) + size_t(k)] *= 1e-3f;
@@ -289,17 +298,21 @@ TEST(CudaOps, QuantMatmulHalf) {
           for (int tt = 0; tt < T; ++tt)
             for (int n = 0; n < N; ++n) {
               const float* xt = x.data() + size_t(tt) * K;
-              double S = 0, hmag = 0;
+              double S = 0, pmag = 0, bound = 0;
               for (int k = 0; k < K; ++k) S += std::fabs(double(xt[k]) * rows[size_t(n)][size_t(k)]);
-              const double href = quant_half_ref::dot(t, w.q.data.data() + size_t(n) * rb,
-                                                      w.q.scales.data() + size_t(n) * sb, xt, K, &hmag);
+              const uint8_t* wr = w.q.data.data() + size_t(n) * rb;
+              const void* ws = w.q.scales.data() + size_t(n) * sb;
+              const double pref = i8 ? quant_i8_ref::dot(t, wr, ws, xt, K, &pmag, &bound)
+                                     : quant_half_ref::dot(t, wr, ws, xt, K, &pmag);
+              if (!i8) bound = 17.0 / 2048 * S;
               const size_t i = size_t(tt) * N + n;
-              const double dh = std::fabs(got[i] - href), d = std::fabs(double(got[i]) - ref[i]);
-              const bool off = half ? dh > 2e-6 * hmag + 1e-30 || d > 17.0 / 2048 * S + 1e-30 : d > 1e-5 * S + 1e-30;
+              const double dp = std::fabs(got[i] - pref), d = std::fabs(double(got[i]) - ref[i]);
+              const bool off = fast ? dp > 2e-6 * pmag + 1e-30 || d > bound + 1e-5 * S + 1e-30 : d > 1e-5 * S + 1e-30;
               if (!std::isfinite(got[i]) || off) {
                 if (bad++ < 3)
-                  ADD_FAILURE() << "T " << T << ": y[" << tt << "][" << n << "] = " << got[i] << ", fp16 reference "
-                                << href << " (|d| " << dh << ", bound " << 2e-6 * hmag << "), CPU " << ref[i];
+                  ADD_FAILURE() << "T " << T << ": y[" << tt << "][" << n << "] = " << got[i] << ", path reference "
+                                << pref << " (|d| " << dp << ", bound " << 2e-6 * pmag << "), CPU " << ref[i]
+                                << " (|d| " << d << ", bound " << bound + 1e-5 * S << ")";
               }
             }
           ++cases;
@@ -326,6 +339,14 @@ TEST(CudaOps, QuantMatmulHalf) {
       }
   EXPECT_EQ(cases, 2 * 7 * 3 * 4);
 }
+TEST(CudaOps, QuantMatmulHalf) {
+  REQUIRE_GPU();
+  check_quant_path(XPath::f16, 41);
+}
+TEST(CudaOps, QuantMatmulI8) {
+  REQUIRE_GPU();
+  check_quant_path(XPath::i8, 47);
+}
 
 // The decode-step fusions (MISTRAL_CUDA_FUSED_NORM=1, an experiment; gemv.cuh GemvFusion): the RMSNorm
 // folded into the q/k/v-style and gate/up/SwiGLU products, the residual add into a product, against the
@@ -333,12 +354,17 @@ TEST(CudaOps, QuantMatmulHalf) {
 // quantized formats, norms in the weights' dtype, T = 1..4, K with and without the vector path (and with a
 // partial quantized chunk). The norm is a mean square over the row summed in another order than the
 // separate kernel's, so 1e-5 (relative, over the outputs) as for the GEMVs; with the quantized fp16 path
-// (MISTRAL_CUDA_QUANT_HALF=1 as well) 2e-3, its operands being fp16.
+// (MISTRAL_CUDA_QUANT_HALF=1 as well) 2e-3, its operands being fp16; with the int8 path
+// (MISTRAL_CUDA_QUANT_I8=1) 2e-2, x being rounded to 8 bits a chunk (a norm left out or applied twice is
+// off by its scale, 0.5 to 2 here).
 TEST(CudaOps, FusedNormMatmul) {
   REQUIRE_GPU();
   Backends b;
-  auto fused = cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", "1"}, {"MISTRAL_CUDA_QUANT_HALF", nullptr}});
-  auto fused_half = cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", "1"}, {"MISTRAL_CUDA_QUANT_HALF", "1"}});
+  auto fused = cuda_backend_with(
+      {{"MISTRAL_CUDA_FUSED_NORM", "1"}, {"MISTRAL_CUDA_QUANT_HALF", nullptr}, {"MISTRAL_CUDA_QUANT_I8", nullptr}});
+  auto fused_half = cuda_backend_with(
+      {{"MISTRAL_CUDA_FUSED_NORM", "1"}, {"MISTRAL_CUDA_QUANT_HALF", "1"}, {"MISTRAL_CUDA_QUANT_I8", nullptr}});
+  auto fused_i8 = cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", "1"}, {"MISTRAL_CUDA_QUANT_I8", "1"}});
   ASSERT_TRUE(fused->fuses_norm(1) && fused->fuses_norm(4) && !fused->fuses_norm(5));
   // Scratch the folded calls must leave alone (the compositions they replace write it): NaN-filled by Dev.
   auto untouched = [](const Dev& d, const char* what) {
@@ -351,15 +377,18 @@ TEST(CudaOps, FusedNormMatmul) {
   std::mt19937 rng(43);
   const float eps = 1e-5f;
   int cases = 0;
-  for (Backend* gpu : {fused.get(), fused_half.get()})
+  for (Backend* gpu : {fused.get(), fused_half.get(), fused_i8.get()})
     for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8, DType::NF4, DType::Q4})
       for (int K : {100, 333, 3000})  // every launch's copy of x fits the quantized GEMVs' staging
         for (int T : {1, 2, 4}) {
           const bool quant = is_quantized(t);
-          if (gpu == fused_half.get() && !(t == DType::Q8 || t == DType::Q4)) continue;
+          const bool half = gpu == fused_half.get(), i8 = gpu == fused_i8.get();
+          if ((half || i8) && !(t == DType::Q8 || t == DType::Q4)) continue;
           SCOPED_TRACE(std::string(dtype_name(t)) + " K " + std::to_string(K) + " T " + std::to_string(T) +
-                       (gpu == fused_half.get() ? " (fp16 path)" : ""));
-          const double tol = gpu == fused_half.get() ? 2e-3 : 1e-5;
+                       (half ? " (fp16 path)"
+                        : i8 ? " (int8 path)"
+                             : ""));
+          const double tol = half ? 2e-3 : i8 ? 2e-2 : 1e-5;
           const DType nt = quant ? DType::BF16 : t;  // the norm's dtype
           auto make = [&](int N) -> const Weight& {
             auto v = randn(size_t(N) * K, rng, 0.05f);
@@ -415,7 +444,7 @@ TEST(CudaOps, FusedNormMatmul) {
           EXPECT_LT(rel_err(dgot, delta, "residual"), tol);
           ++cases;
         }
-  EXPECT_EQ(cases, (6 + 2) * 3 * 3);
+  EXPECT_EQ(cases, (6 + 2 + 2) * 3 * 3);
 }
 
 // The row argmax that greedy decoding runs on the device (only the ids come back): against the CPU

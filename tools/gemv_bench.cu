@@ -4,9 +4,11 @@
 // several values of the K-split target (set_quant_gemv_warps_per_sm), to choose the default from
 // measurements. Random weight bytes (timing only); each launch reads a different copy of its weights out
 // of enough copies to exceed L2, as a real step does.
-//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4,int8h,int4h,int4mma,int8mma] [--warps 16,24,32,48]
+//   gemv_bench [--reps N] [--formats f16,int8,nf4,int4,int8h,int4h,int8i,int4i,int4mma,int8mma]
+//              [--warps 16,24,32,48]
 //              [--only LAUNCH]
-// int8h / int4h: the register GEMVs' fp16 path (quant_gemv.cuh fp16_math, MISTRAL_CUDA_QUANT_HALF=1).
+// int8h / int4h: the register GEMVs' fp16 path (quant_gemv.cuh QuantXMath::f16, MISTRAL_CUDA_QUANT_HALF=1);
+// int8i / int4i: their int8 path (QuantXMath::i8, MISTRAL_CUDA_QUANT_I8=1).
 // A trailing 'n' (f16n, int4hn, ...): the decode step's folds as well (MISTRAL_CUDA_FUSED_NORM=1).
 // int4mma / int8mma: the tensor-core GEMV (kernels/quant_mma.cu, MISTRAL_CUDA_QUANT_MMA=1) on
 // tile-layout weights, one launch a matrix (q, k and v three launches; gate and up two, then SwiGLU).
@@ -96,7 +98,7 @@ void free_matrix(Matrix& m) {
 
 struct Layer {  // one 7B layer's matrices in one format
   Matrix q, k, v, o, gate, up, down;
-  bool half = false;  // the quantized GEMVs' fp16 path (fp16_math)
+  cuda::QuantXMath xmath = cuda::QuantXMath::f32;  // the quantized GEMVs' arithmetic
   // Format names ending in 'n': the decode step's folds (GemvFusion, MISTRAL_CUDA_FUSED_NORM=1), the norm
   // in q/k/v and gate/up (x * g, the sum of squares), the residual add in o and down; otherwise none.
   cuda::GemvFusion norm, add;
@@ -159,21 +161,21 @@ void launch(const Layer& L, Launch which, int c, const float* x, const float* xi
       const void* S[3] = {L.q.scales[c % L.q.copies], L.k.scales[c % L.k.copies], L.v.scales[c % L.v.copies]};
       const int N[3] = {L.q.N, L.k.N, L.v.N};
       float* Y[3] = {y, y2, y3};
-      CK(cuda::quant_gemv_multi_cuda(x, 1, W, S, N, Y, 3, t, D, L.q.group, n_sms, 0, L.half, L.norm));
+      CK(cuda::quant_gemv_multi_cuda(x, 1, W, S, N, Y, 3, t, D, L.q.group, n_sms, 0, L.xmath, L.norm));
       break;
     }
     case kO:
       CK(cuda::quant_gemv_cuda(x, 1, L.o.data[c % L.o.copies], L.o.scales[c % L.o.copies], t, L.o.N, D, L.o.group, y,
-                               n_sms, 0, L.half, L.add));
+                               n_sms, 0, L.xmath, L.add));
       break;
     case kGateUp:
       CK(cuda::quant_gemv_swiglu_cuda(x, 1, L.gate.data[c % L.gate.copies], L.gate.scales[c % L.gate.copies],
                                       L.up.data[c % L.up.copies], L.up.scales[c % L.up.copies], t, I, D, L.gate.group,
-                                      y, n_sms, 0, L.half, L.norm));
+                                      y, n_sms, 0, L.xmath, L.norm));
       break;
     default:
       CK(cuda::quant_gemv_cuda(xi, 1, L.down.data[c % L.down.copies], L.down.scales[c % L.down.copies], t, L.down.N, I,
-                               L.down.group, y, n_sms, 0, L.half, L.add));
+                               L.down.group, y, n_sms, 0, L.xmath, L.add));
       break;
   }
 }
@@ -262,12 +264,13 @@ int main(int argc, char** argv) {
     const bool folded = fname.size() > 1 && fname.back() == 'n';
     const std::string f = folded ? fname.substr(0, fname.size() - 1) : fname;
     DType t;
-    const bool mma = f == "int4mma" || f == "int8mma", half = f == "int4h" || f == "int8h";
+    const bool mma = f == "int4mma" || f == "int8mma", half = f == "int4h" || f == "int8h",
+               i8 = f == "int4i" || f == "int8i";
     if (f == "f16") t = DType::F16;
-    else if (f == "int8" || f == "int8mma" || f == "int8h")
+    else if (f == "int8" || f == "int8mma" || f == "int8h" || f == "int8i")
       t = DType::Q8;
     else if (f == "nf4") t = DType::NF4;
-    else if (f == "int4" || mma || half)
+    else if (f == "int4" || mma || half || i8)
       t = DType::Q4;
     else {
       std::fprintf(stderr, "gemv_bench: unknown format %s\n", fname.c_str());
@@ -281,7 +284,7 @@ int main(int argc, char** argv) {
     L.q = make_matrix(t, D, D, 10, mma), L.k = make_matrix(t, KV, D, 20, mma), L.v = make_matrix(t, KV, D, 30, mma);
     L.o = make_matrix(t, D, D, 40, mma), L.gate = make_matrix(t, I, D, 50, mma), L.up = make_matrix(t, I, D, 60, mma);
     L.down = make_matrix(t, D, I, 70, mma);
-    L.half = half;
+    L.xmath = half ? cuda::QuantXMath::f16 : i8 ? cuda::QuantXMath::i8 : cuda::QuantXMath::f32;
     if (folded) L.norm = cuda::GemvFusion{g, 1e-5f, false}, L.add = cuda::GemvFusion{nullptr, 0.f, true};
     const std::vector<std::string> ws =
         t == DType::F16 || mma ? std::vector<std::string>{"-"} : bench::split_list(warps);

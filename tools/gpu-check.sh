@@ -33,11 +33,12 @@
 #           one-address tiles against the default (on the bench phase's checkpoint, else the synthetic
 #           7B shape; ATTN_AB=1 adds the untiled block and the merge inside the partial kernel); the
 #           decode tests with the untiled block and with the one-address tiles.
-# half:     the quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1): gemv_bench against the fp32 path,
-#           7B-shape int8 / int4 decode with it, stories260K perplexity and KL with each path and on the CPU.
+# half:     the quantized GEMVs' fp16 and int8 paths (MISTRAL_CUDA_QUANT_HALF=1, MISTRAL_CUDA_QUANT_I8=1):
+#           gemv_bench against the fp32 path, 7B-shape int8 / int4 decode with each, stories260K perplexity
+#           and KL with each path and on the CPU.
 # fused:    MISTRAL_CUDA_FUSED_NORM=1 (norms and residual adds folded into the GEMVs) and
 #           MISTRAL_CUDA_DECODE_ROPE=1 (RoPE + cache write inside the decode attention): all gpu tests
-#           with both, fp16 decode without, with each and with both, int8 / int4 with both and the fp16 path.
+#           with both, fp16 decode without, with each and with both, int8 / int4 with both and the fp16 or int8 path.
 # knockout: fp16 decode at ctx 128 with the norms, RoPE + cache writes, attention or GEMVs left out in turn
 #           (MISTRAL_CUDA_KNOCKOUT; wrong outputs, timing only): what each costs inside the real step.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
@@ -506,38 +507,45 @@ for kv, default in (("f32", "ours_p4096.json"), ("f16", "ours_kv16_p4096.json"))
 PY
   ;;
 half)
-  # The quantized GEMVs' fp16 path (MISTRAL_CUDA_QUANT_HALF=1, an experiment; quant_gemv.cuh fp16_math):
-  # the layer's GEMVs launch by launch against the fp32 path (and with the decode step's folds, names
-  # ending in n: what the norm costs a GEMV), 7B-shape decode with int8 and int4 against
-  # fp16 (set it beside the quant phase's figures of the same call), and stories260K's perplexity and KL
-  # from full precision on the GPU with each path (--chunk 4: the GEMV path, not cuBLAS) and on the CPU.
-  step "half: the quantized GEMVs' fp16 path against the fp32 one"
+  # The quantized GEMVs' fp16 and int8 paths (experiments: MISTRAL_CUDA_QUANT_HALF=1, MISTRAL_CUDA_QUANT_I8=1;
+  # quant_gemv.cuh QuantXMath): the layer's GEMVs launch by launch against the fp32 path (h: fp16, i: int8;
+  # names ending in n: with the decode step's folds, what the norm costs a GEMV), 7B-shape decode with
+  # int8 and int4 against fp16 with each path (set them beside the quant phase's figures of the same call),
+  # and stories260K's perplexity and KL from full precision on the GPU with each path (--chunk 4: the GEMV
+  # path, not cuBLAS) and on the CPU.
+  step "half: the quantized GEMVs' fp16 and int8 paths against the fp32 one"
   if [ $HAVE_GPU != 1 ]; then note "half: skipped (no GPU)"; continue; fi
-  [ -x "$BIN/gemv_bench" ] && timeout 90 "$BIN/gemv_bench" --reps 200 --warps 24 \
-    --formats f16,f16n,int8,int8h,int8hn,int4,int4h,int4hn |
-    tee "$OUTDIR/gemv_half.txt" | tee -a "$SUMMARY"
-  MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
-    --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/quant_half.jsonl" ||
-    echo "bench --quant-list (fp16 path) failed"
+  [ -x "$BIN/gemv_bench" ] && timeout 120 "$BIN/gemv_bench" --reps 200 --warps 24 \
+    --formats f16,f16n,int8,int8h,int8hn,int8i,int8in,int4,int4h,int4hn,int4i,int4in |
+    tee "$OUTDIR/gemv_half.txt" | grep -E ' layer ' | tee -a "$SUMMARY"
+  for path in half i8; do
+    if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1"; else env_on="MISTRAL_CUDA_QUANT_I8=1"; fi
+    env $env_on timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
+      --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
+      >"$OUTDIR/quant_$path.jsonl" || echo "bench --quant-list ($path path) failed"
+  done
   S260=${MISTRAL_SHARED_DATA:-}/models/stories260K
   if [ -d "$S260" ]; then
     for q in int8 int4; do
-      for h in 0 1; do
-        MISTRAL_CUDA_QUANT_HALF=$h timeout 60 "$BIN/mistral-run" perplexity -m "$S260" --device cuda --quant $q \
-          --chunk 4 --kl-ref --json -f tests/data/perplexity/stories260K_samples.txt >"$OUTDIR/ppl_${q}_half$h.json" ||
-          echo "perplexity ($q, half $h) failed"
+      for path in f32 half i8; do
+        MISTRAL_CUDA_QUANT_HALF=$([ $path = half ] && echo 1 || echo 0) \
+          MISTRAL_CUDA_QUANT_I8=$([ $path = i8 ] && echo 1 || echo 0) timeout 60 "$BIN/mistral-run" perplexity \
+          -m "$S260" --device cuda --quant $q --chunk 4 --kl-ref --json \
+          -f tests/data/perplexity/stories260K_samples.txt >"$OUTDIR/ppl_${q}_$path.json" ||
+          echo "perplexity ($q, $path path) failed"
       done
       timeout 120 "$BIN/mistral-run" perplexity -m "$S260" --device cpu --quant $q --kl-ref --json \
         -f tests/data/perplexity/stories260K_samples.txt >"$OUTDIR/ppl_${q}_cpu.json" || echo "perplexity ($q, cpu) failed"
     done
   fi
   quant_lines "$OUTDIR/quant_half.jsonl" "half (fp16 path)"
+  quant_lines "$OUTDIR/quant_i8.jsonl" "half (int8 path)"
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 d = sys.argv[1]
 for q in ("int8", "int4"):
     row = []
-    for tag in ("cpu", "half0", "half1"):
+    for tag in ("cpu", "f32", "half", "i8"):
         try:
             o = json.load(open(os.path.join(d, f"ppl_{q}_{tag}.json")))
             row.append(f"{tag} ppl {o['ppl']:.4f} (full {o['ref_ppl']:.4f}) kl {o['kl_mean']:.5f} "
@@ -552,8 +560,8 @@ fused)
   # read them, residual adds into the products that write them) and MISTRAL_CUDA_DECODE_ROPE=1 (RoPE and
   # the cache write done by the split-KV attention kernel). Every gpu test with both on (the model tests
   # then decode through them), then decode at ctx 128 without, with each and with both: fp16 on the bench
-  # phase's checkpoint (else the synthetic 7B shape), int8 / int4 with both and the fp16 path (the half
-  # phase has the fp16 path alone) on the synthetic 7B shape.
+  # phase's checkpoint (else the synthetic 7B shape), int8 / int4 with both and the fp16 path, and with both
+  # and the int8 path (the half phase has the paths alone) on the synthetic 7B shape.
   step "fused: norms and residual adds folded into the GEMVs, RoPE into the attention"
   if [ $HAVE_GPU != 1 ]; then note "fused: skipped (no GPU)"; continue; fi
   MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 timeout 150 "$BIN/test_cuda" >"$OUTDIR/test_fused.log" 2>&1
@@ -569,9 +577,12 @@ fused)
       --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused_$v.json" ||
       echo "bench (fused $v) failed"
   done
-  MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_QUANT_HALF=1 timeout 150 "$BIN/mistral-run" bench \
-    $SYN7B --device cuda --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 \
-    --gen-tokens 64 >"$OUTDIR/quant_fused_half.jsonl" || echo "bench --quant-list (fused, fp16 path) failed"
+  for path in half i8; do
+    if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1"; else env_on="MISTRAL_CUDA_QUANT_I8=1"; fi
+    env MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 $env_on timeout 150 "$BIN/mistral-run" bench $SYN7B \
+      --device cuda --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 \
+      --gen-tokens 64 >"$OUTDIR/quant_fused_$path.jsonl" || echo "bench --quant-list (fused, $path path) failed"
+  done
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 d = sys.argv[1]
@@ -588,6 +599,7 @@ else:
     print("fused: no fp16 result")
 PY
   quant_lines "$OUTDIR/quant_fused_half.jsonl" "fused (both folds + fp16 path; the fp16 baseline folded too)"
+  quant_lines "$OUTDIR/quant_fused_i8.jsonl" "fused (both folds + int8 path; the fp16 baseline folded too)"
   ;;
 knockout)
   # Where a decode step's time goes, without a profiler that sees inside graphs: decode at 128 tokens of

@@ -7,7 +7,12 @@
 // f32_to_f16(dequantize_row), writing chunks in reverse order so that a write past a row's end survives.
 // Then the fp16 path (fp16_math, Q8 and Q4) the same way, its staged copy of x exact-size with NaN in the
 // padding, against tests/quant_half_reference.h (to 2e-6 of the chunk magnitudes) and within its bound of
-// the exact product; token rows 1e-3 smaller and with an element of 3000 among the random ones.
+// the exact product; token rows 1e-3 smaller and with an element of 3000 among the random ones. Then the
+// int8 path (QuantXMath::i8, Q8 and Q4): its staging chunk by chunk against tests/quant_i8_reference.h
+// (each q at its byte, d, the accumulator start; chunks of zeros, inf, NaN, a huge value; with the fused
+// norm's weight the same bytes as staging x * g, and the sum of squares in order), then every launch
+// shape above against the reference (to 2e-6 of its chunk magnitudes) and within its quantization bound
+// of the exact product. Swapping the Q4 nibbles' x words or the offset's factor 8 fails ~60,000 checks.
 // Built by CMake with the CUDA backend and run by ctest (QuantGemvHostCheck). Under the sanitizers
 // (after building mistral_core in build-gpu):
 //   nvcc -std=c++17 -O1 -g -arch=sm_90 -Ikernels -Iinclude -Xcompiler -fsanitize=address \
@@ -26,6 +31,7 @@
 
 #include "../kernels/quant_gemv.cu"
 #include "../tests/quant_half_reference.h"
+#include "../tests/quant_i8_reference.h"
 
 using namespace mistral;
 using namespace mistral::cuda;
@@ -34,9 +40,9 @@ namespace {
 
 int g_failures = 0;
 int g_last_mode = 0;  // x mode of the last emulated launch
-bool g_half = false;  // emulate launches with fp16_math (Q8, Q4)
+QuantXMath g_xmath = QuantXMath::f32;  // the arithmetic of the emulated launches (f16, i8: Q8 and Q4)
 const char* mode_name(int m) {
-  return m == kXHalf ? "fp16" : m == kXStaged ? "staged" : m == kXVec4 ? "float4" : "scalar";
+  return m == kXInt8 ? "int8" : m == kXHalf ? "fp16" : m == kXStaged ? "staged" : m == kXVec4 ? "float4" : "scalar";
 }
 
 // quant_gemv_kernel's grid, one block after another: lanes summed in order (for the shuffle reduction),
@@ -59,7 +65,10 @@ void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, in
           const int c_first = (warp % j.split) * 32 + lane, c_stride = j.split * 32;
           uint4 q[kPrefetch][kRows];
           constexpr int E = Format<D>::kElems;
-          if constexpr (kX == kXHalf) {
+          if constexpr (kX == kXInt8) {
+            load_batch<D>(rp, c_first, c_stride, (K + E - 1) / E, q);
+            lane_dot_i8<D, T>(reinterpret_cast<const uint8_t*>(x), K, rp, q, group, gshift, c_first, c_stride, acc);
+          } else if constexpr (kX == kXHalf) {
             load_batch<D>(rp, c_first, c_stride, (K + E - 1) / E, q);
             lane_dot_half<D, T>(reinterpret_cast<const __half*>(x), xstride, rp, q, K, group, gshift, c_first, c_stride,
                                 acc);
@@ -87,7 +96,18 @@ void emulate_blocks(const float* x, int xstride, const QuantParts& ps, int K, in
 template <DType D, int T, bool kSwiglu>
 int emulate_launch(const float* x, const QuantParts& ps, int K, int group) {
   if constexpr (D != DType::NF4) {
-    if (g_half && half_stage_bytes<D>(T, K) > 0) {  // the fp16 path: stage_x_half's copy, padding NaN
+    if (x_path<D>(T, K, g_xmath, ps.vec_x) == kXInt8) {  // the int8 path: stage_chunk_i8's copy, exact size
+      constexpr int E = Format<D>::kElems;
+      const int chunks = (K + E - 1) / E, row_bytes = i8_row_bytes<D>(K);
+      std::vector<uint8_t> xb(size_t(T) * size_t(row_bytes), 0xA5);  // padding: never read
+      float ss = 0.f;
+      for (int t = 0; t < T; ++t)
+        for (int c = chunks; c-- > 0;)  // in reverse: a write past a chunk's bytes would be overwritten or show
+          stage_chunk_i8<D>(x + size_t(t) * K, K, ps.vec_x, c, chunks, xb.data() + size_t(t) * row_bytes, nullptr, ss);
+      emulate_blocks<D, T, kXInt8, kSwiglu>(reinterpret_cast<const float*>(xb.data()), row_bytes, ps, K, group);
+      return kXInt8;
+    }
+    if (x_path<D>(T, K, g_xmath, ps.vec_x) == kXHalf) {  // the fp16 path: stage_x_half's copy, padding NaN
       const int stride = half_stride<D>(K);
       std::vector<uint16_t> xh(size_t(T) * size_t(stride), 0x7E00);
       float fac[T];
@@ -204,7 +224,7 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
   // fp32 paths: against the dequantized row in double, to 1e-6 of sum |x w|. The fp16 path: against
   // quant_half_ref (the fp16 chunk sums emulated from their definition) to 2e-6 of its chunk magnitudes,
   // and within its documented bound of the exact product, 17 * 2^-11 of sum |x w|.
-  const bool half = g_last_mode == kXHalf;
+  const bool half = g_last_mode == kXHalf, i8 = g_last_mode == kXInt8;
   const size_t rb = quant_row_bytes(D, K), sb = w.q.scales.size() / size_t(N);
   double worst = 0, worst_half = 0;
   for (int n = 0; n < N; ++n) {
@@ -217,8 +237,19 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
         ref += p, mag += std::fabs(p);
       }
       const double got = y[size_t(t) * N + n];
-      const double e = std::fabs(got - ref) / (mag > 0 ? mag : 1.0);
-      if (!(e <= (half ? 17.0 / 2048 : 1e-6)) && g_failures++ < 10)
+      double e = std::fabs(got - ref) / (mag > 0 ? mag : 1.0);
+      if (i8) {  // within the quantization bound of the exact product, then to 2e-6 of the int8 reference
+        double imag = 0, bound = 0;
+        const double iref = quant_i8_ref::dot(D, w.q.data.data() + size_t(n) * rb, w.q.scales.data() + size_t(n) * sb,
+                                              xt, K, &imag, &bound);
+        const double ei = std::fabs(got - iref) / (imag > 0 ? imag : 1.0);
+        if (!(ei <= 2e-6) && g_failures++ < 10)
+          std::printf("FAIL gemv int8 %s T %d N %d K %d: y[%d][%d] = %.9g, int8 reference %.9g\n", dtype_name(D), T, N,
+                      K, t, n, got, iref);
+        worst_half = std::max(worst_half, ei);
+        e = std::fabs(got - ref) / (bound + 1e-6 * mag + 1e-30);  // a fraction of the bound
+      }
+      if (!(e <= (half ? 17.0 / 2048 : i8 ? 1.0 : 1e-6)) && g_failures++ < 10)
         std::printf("FAIL gemv %s T %d N %d K %d: y[%d][%d] = %g, reference %g\n", dtype_name(D), T, N, K, t, n, got,
                     ref);
       worst = std::max(worst, e);
@@ -237,6 +268,7 @@ void check_gemv(int N, int K, int n_sms, bool misalign, std::mt19937& rng) {
   std::printf("gemv    %-4s T %d N %4d K %5d split %d x %-6s max |d| / sum|xw| %.1e", dtype_name(D), T, N, K, split,
               mode_name(g_last_mode), worst);
   if (half) std::printf(", against the fp16 reference %.1e", worst_half);
+  if (i8) std::printf(" (int8: max |d| / bound), against the int8 reference %.1e", worst_half);
   std::printf("\n");
   std::free(xbuf);
   std::free(y);
@@ -333,6 +365,72 @@ void check_dequant(int N, int K, std::mt19937& rng) {
   std::free(out);
 }
 
+// The int8 path's staging (stage_chunk_i8) against quant_i8_ref::quantize_chunk, chunk by chunk: each q at
+// its place (i8_pos), d's bits, the accumulator start (1.5 * 2^23 minus 8 times the chunk's sum of q for
+// Q4); a chunk of zeros, a chunk with inf, one with NaN, one with a huge element; and with the fused
+// norm's weight: the same bytes as staging the rounded products x * g, and the sum of squares in order.
+template <DType D>
+void check_stage_i8(std::mt19937& rng) {
+  constexpr int E = Format<D>::kElems;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  int bad = 0, cases = 0;
+  for (int K : {1, 17, 31, 33, 100, 333, 4096, 4096 + 96}) {
+    const int chunks = (K + E - 1) / E, row_bytes = i8_row_bytes<D>(K);
+    std::vector<float> x(static_cast<size_t>(K)), g(x.size()), xg(x.size());
+    for (auto& v : x) v = nd(rng) * 3.f;
+    for (auto& v : g) v = 1.f + 0.3f * nd(rng);
+    if (chunks >= 4) {
+      for (int i = 0; i < E && E + i < K; ++i) x[size_t(E + i)] = 0.f;  // chunk 1: zeros
+      x[size_t(2 * E + 3)] = INFINITY, x[size_t(3 * E + 1)] = NAN;
+    }
+    if (chunks >= 5) x[size_t(4 * E + 5)] = 3.0e38f;
+    for (int k = 0; k < K; ++k) xg[size_t(k)] = x[size_t(k)] * g[size_t(k)];
+    for (bool vec : {false, true}) {
+      if (vec && K % 4 != 0) continue;
+      std::vector<uint8_t> a(size_t(row_bytes), 0xA5), b(size_t(row_bytes), 0xA5);
+      float ssa = 0.f, ssb = 0.f, ss_ref = 0.f;
+      for (int c = 0; c < chunks; ++c) {
+        stage_chunk_i8<D>(x.data(), K, vec, c, chunks, a.data(), nullptr, ssa);
+        stage_chunk_i8<D>(x.data(), K, vec, c, chunks, b.data(), g.data(), ssb);
+      }
+      for (int k = 0; k < K; ++k) ss_ref = std::fma(x[size_t(k)], x[size_t(k)], ss_ref);
+      // ssb adds in chunk order, element order inside: the same order as ss_ref.
+      if (std::memcmp(&ssb, &ss_ref, 4) != 0 && bad++ < 5)
+        std::printf("FAIL stage i8 %s K %d: sum of squares %g, want %g\n", dtype_name(D), K, ssb, ss_ref);
+      for (int pass = 0; pass < 2; ++pass) {
+        const std::vector<float>& src = pass == 0 ? x : xg;
+        const std::vector<uint8_t>& got = pass == 0 ? a : b;
+        for (int c = 0; c < chunks; ++c) {
+          int q[32];
+          float d;
+          quant_i8_ref::quantize_chunk(src.data(), K, c * E, E, q, &d);
+          int s = 0;
+          for (int i = 0; i < E; ++i) {
+            s += q[i];
+            const uint8_t want = uint8_t(int8_t(q[i]));
+            const uint8_t have = got[size_t(c) * i8_chunk_bytes<D>() + size_t(i8_pos<D>(i))];
+            if (have != want && bad++ < 5)
+              std::printf("FAIL stage i8 %s K %d%s: chunk %d element %d = %d, want %d\n", dtype_name(D), K,
+                          pass ? " (norm)" : "", c, i, int(int8_t(have)), q[i]);
+          }
+          uint32_t meta[2];
+          std::memcpy(meta, got.data() + size_t(chunks) * i8_chunk_bytes<D>() + 8 * size_t(c), 8);
+          const uint32_t start = D == DType::Q8 ? kI8MagicBits : kI8MagicBits - 8u * uint32_t(s);
+          float dm;
+          std::memcpy(&dm, &meta[0], 4);
+          const bool d_ok = std::isnan(d) ? std::isnan(dm) : std::memcmp(&dm, &d, 4) == 0;
+          if ((!d_ok || meta[1] != start) && bad++ < 5)
+            std::printf("FAIL stage i8 %s K %d%s: chunk %d d %g start %08x, want %g %08x\n", dtype_name(D), K,
+                        pass ? " (norm)" : "", c, dm, meta[1], d, start);
+          ++cases;
+        }
+      }
+    }
+  }
+  g_failures += bad;
+  std::printf("stage   %-4s int8 copy of x: %d chunks  %s\n", dtype_name(D), cases, bad ? "FAIL" : "ok");
+}
+
 template <DType D>
 void check_all(std::mt19937& rng) {
   for (int K : {1, 17, 31, 33, 40, 64, 128, 200, 333, 4096, 4096 + 96})
@@ -369,7 +467,12 @@ int main() {
   check_all<DType::Q8>(rng);
   check_all<DType::NF4>(rng);
   check_all<DType::Q4>(rng);
-  g_half = true;  // the fp16 path (fp16_math): Q8 and Q4
+  g_xmath = QuantXMath::f16;  // the fp16 path: Q8 and Q4
+  check_all<DType::Q8>(rng);
+  check_all<DType::Q4>(rng);
+  g_xmath = QuantXMath::i8;  // the int8 path: Q8 and Q4
+  check_stage_i8<DType::Q8>(rng);
+  check_stage_i8<DType::Q4>(rng);
   check_all<DType::Q8>(rng);
   check_all<DType::Q4>(rng);
   std::printf("%s (%d failures)\n", g_failures ? "FAILED" : "all passed", g_failures);

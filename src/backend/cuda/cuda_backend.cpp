@@ -437,7 +437,7 @@ class CudaBackend final : public Backend {
     if (T <= kGemvMaxT) {
       if (quant)
         MR_LAUNCH_CHECK(quant_gemv_cuda(x, T, W.data, W.scales, W.dtype, N, K, int(quant_group_of(W)), y, n_sms_,
-                                        stream_, quant_half_),
+                                        stream_, quant_xmath_),
                         stream_);
       else
         MR_LAUNCH_CHECK(gemv_cuda(x, T, W.data, W.dtype, N, K, y, n_sms_, stream_), stream_);
@@ -527,7 +527,7 @@ class CudaBackend final : public Backend {
       one =
           W[i]->dtype == W[0]->dtype && W[i]->cols == W[0]->cols &&
           (quant ? quant_group_of(*W[i]) == quant_group_of(*W[0]) : reinterpret_cast<uintptr_t>(W[i]->data) % 16 == 0);
-    if (one && quant && fuse.g) one = quant_gemv_fusion_ok(W[0]->dtype, T, int(W[0]->cols), quant_half_);
+    if (one && quant && fuse.g) one = quant_gemv_fusion_ok(W[0]->dtype, T, int(W[0]->cols), quant_xmath_);
     if (!one) return false;
     const void* w[kGemvMaxParts];
     const void* sc[kGemvMaxParts];
@@ -536,7 +536,7 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < n; ++i) w[i] = W[i]->data, sc[i] = W[i]->scales, rows[i] = int(W[i]->rows), out[i] = y[i];
     if (quant)
       MR_LAUNCH_CHECK(quant_gemv_multi_cuda(x, T, w, sc, rows, out, n, W[0]->dtype, int(W[0]->cols),
-                                            int(quant_group_of(*W[0])), n_sms_, stream_, quant_half_, fuse),
+                                            int(quant_group_of(*W[0])), n_sms_, stream_, quant_xmath_, fuse),
                       stream_);
     else
       MR_LAUNCH_CHECK(gemv_multi_cuda(x, T, w, rows, out, n, W[0]->dtype, int(W[0]->cols), n_sms_, stream_, fuse),
@@ -617,12 +617,12 @@ class CudaBackend final : public Backend {
                (quant ? quant_group_of(w_gate) == quant_group_of(w_up)
                       : reinterpret_cast<uintptr_t>(w_gate.data) % 16 == 0 &&
                             reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0);
-    if (one && quant && fuse.g) one = quant_gemv_fusion_ok(w_gate.dtype, T, int(w_gate.cols), quant_half_);
+    if (one && quant && fuse.g) one = quant_gemv_fusion_ok(w_gate.dtype, T, int(w_gate.cols), quant_xmath_);
     if (!one) return false;
     if (quant)
       MR_LAUNCH_CHECK(quant_gemv_swiglu_cuda(x, T, w_gate.data, w_gate.scales, w_up.data, w_up.scales, w_gate.dtype,
                                              int(w_gate.rows), int(w_gate.cols), int(quant_group_of(w_gate)), gate,
-                                             n_sms_, stream_, quant_half_, fuse),
+                                             n_sms_, stream_, quant_xmath_, fuse),
                       stream_);
     else
       MR_LAUNCH_CHECK(gemv_swiglu_cuda(x, T, w_gate.data, w_up.data, w_gate.dtype, int(w_gate.rows), int(w_gate.cols),
@@ -914,9 +914,12 @@ class CudaBackend final : public Backend {
   bool rope_fold_ = env_is_one("MISTRAL_CUDA_DECODE_ROPE");
   bool norm_fusion_ = env_is_one("MISTRAL_CUDA_FUSED_NORM");
   std::map<const void*, float*> norm_f32_;  // device data of a norm weight -> its fp32 copy
-  // MISTRAL_CUDA_QUANT_HALF=1 (an experiment): the Q4 and Q8 GEMVs sum each chunk's products in fp16
-  // (quant_gemv.cuh, fp16_math).
-  bool quant_half_ = env_is_one("MISTRAL_CUDA_QUANT_HALF");
+  // Experiments (quant_gemv.cuh, QuantXMath): MISTRAL_CUDA_QUANT_HALF=1, the Q4 and Q8 GEMVs sum each
+  // chunk's products in fp16; MISTRAL_CUDA_QUANT_I8=1 (before HALF), they quantize x to int8 a chunk and
+  // sum its products in integers (dp4a).
+  QuantXMath quant_xmath_ = env_is_one("MISTRAL_CUDA_QUANT_I8")     ? QuantXMath::i8
+                            : env_is_one("MISTRAL_CUDA_QUANT_HALF") ? QuantXMath::f16
+                                                                    : QuantXMath::f32;
   bool wants_mma(const Weight& x) const {   // a tile copy of x is kept
     return use_quant_mma_ && quant_mma_supported(x.dtype, x.rows, x.cols, quant_group_of(x));
   }
