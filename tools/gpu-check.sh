@@ -509,16 +509,17 @@ PY
 half)
   # The quantized GEMVs' fp16 and int8 paths (experiments: MISTRAL_CUDA_QUANT_HALF=1, MISTRAL_CUDA_QUANT_I8=1;
   # quant_gemv.cuh QuantXMath): the layer's GEMVs launch by launch against the fp32 path (h: fp16, i: int8;
-  # names ending in n: with the decode step's folds, what the norm costs a GEMV), 7B-shape decode with
-  # int8 and int4 against fp16 with each path (set them beside the quant phase's figures of the same call),
-  # and stories260K's perplexity and KL from full precision on the GPU with each path (--chunk 4: the GEMV
-  # path, not cuBLAS) and on the CPU.
+  # names ending in n: with the decode step's folds, what the norm costs a GEMV), and stories260K's
+  # perplexity and KL from full precision on the GPU with each path (--chunk 4: the GEMV path, not
+  # cuBLAS) and on the CPU. HALF_DECODE=1 adds 7B-shape decode with int8 and int4 against fp16 with each
+  # path alone (the fused phase times them with the folds).
   step "half: the quantized GEMVs' fp16 and int8 paths against the fp32 one"
   if [ $HAVE_GPU != 1 ]; then note "half: skipped (no GPU)"; continue; fi
   [ -x "$BIN/gemv_bench" ] && timeout 120 "$BIN/gemv_bench" --reps 200 --warps 24 \
     --formats f16,f16n,int8,int8h,int8hn,int8i,int8in,int4,int4h,int4hn,int4i,int4in |
     tee "$OUTDIR/gemv_half.txt" | grep -E ' layer ' | tee -a "$SUMMARY"
   for path in half i8; do
+    [ "${HALF_DECODE:-0}" = 1 ] || break  # the fused phase times decode with each path (and the folds)
     if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1"; else env_on="MISTRAL_CUDA_QUANT_I8=1"; fi
     env $env_on timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
       --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
@@ -538,8 +539,10 @@ half)
         -f tests/data/perplexity/stories260K_samples.txt >"$OUTDIR/ppl_${q}_cpu.json" || echo "perplexity ($q, cpu) failed"
     done
   fi
-  quant_lines "$OUTDIR/quant_half.jsonl" "half (fp16 path)"
-  quant_lines "$OUTDIR/quant_i8.jsonl" "half (int8 path)"
+  if [ "${HALF_DECODE:-0}" = 1 ]; then
+    quant_lines "$OUTDIR/quant_half.jsonl" "half (fp16 path)"
+    quant_lines "$OUTDIR/quant_i8.jsonl" "half (int8 path)"
+  fi
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 d = sys.argv[1]
@@ -559,9 +562,10 @@ fused)
   # The decode-step fusions, experiments: MISTRAL_CUDA_FUSED_NORM=1 (RMSNorms folded into the products that
   # read them, residual adds into the products that write them) and MISTRAL_CUDA_DECODE_ROPE=1 (RoPE and
   # the cache write done by the split-KV attention kernel). Every gpu test with both on (the model tests
-  # then decode through them), then decode at ctx 128 without, with each and with both: fp16 on the bench
-  # phase's checkpoint (else the synthetic 7B shape), int8 / int4 with both and the fp16 path, and with both
-  # and the int8 path (the half phase has the paths alone) on the synthetic 7B shape.
+  # then decode through them), then fp16 decode at ctx 128 along a ladder of switches (the folds, the
+  # one-address attention tiles, PDL for every launch) on the bench phase's checkpoint (else the synthetic
+  # 7B shape), and int8 / int4 with both folds and the fp16 path, then the int8 path, on the synthetic 7B
+  # shape (each against the folded fp16 of its process).
   step "fused: norms and residual adds folded into the GEMVs, RoPE into the attention"
   if [ $HAVE_GPU != 1 ]; then note "fused: skipped (no GPU)"; continue; fi
   MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 timeout 150 "$BIN/test_cuda" >"$OUTDIR/test_fused.log" 2>&1
@@ -570,12 +574,19 @@ fused)
   note "fused: all gpu tests with MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_fused.log" | tr '\n' ' ')(exit $rc)"
   CK=${CKPT_DIR:-/tmp/mistral7b-random}
   if [ -d "$CK" ]; then KM="-m $CK"; else KM="$SYN7B"; fi
-  for v in none norm rope both; do
-    fn=0; fr=0
-    case $v in norm) fn=1;; rope) fr=1;; both) fn=1; fr=1;; esac
-    MISTRAL_CUDA_FUSED_NORM=$fn MISTRAL_CUDA_DECODE_ROPE=$fr timeout 120 "$BIN/mistral-run" bench $KM --device cuda \
-      --skip-bandwidth --json --reps 3 --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused_$v.json" ||
-      echo "bench (fused $v) failed"
+  # fp16 decode, each step of the ladder adding one switch to the ones before (FUSED_LADDER=0: only none
+  # and the last two), so that the step that helps or hurts shows; its last two differ in the GEMVs under
+  # PDL (preloading kernels by size, or none).
+  F3="MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_DECODE_FAST_TILES=1"
+  LADDER_ENV=("" "MISTRAL_CUDA_FUSED_NORM=1" "MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1" "$F3"
+    "$F3 MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=auto" "$F3 MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=0")
+  : >"$OUTDIR/fused_ladder.txt"
+  for i in "${!LADDER_ENV[@]}"; do
+    if [ "${FUSED_LADDER:-1}" = 0 ] && [ "$i" -ne 0 ] && [ "$i" -lt 4 ]; then continue; fi
+    # shellcheck disable=SC2086
+    env ${LADDER_ENV[$i]} timeout 120 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json --reps 3 \
+      --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused_$i.json" || echo "bench (ladder step $i) failed"
+    echo "$i ${LADDER_ENV[$i]:-(none)}" >>"$OUTDIR/fused_ladder.txt"
   done
   for path in half i8; do
     if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1"; else env_on="MISTRAL_CUDA_QUANT_I8=1"; fi
@@ -586,17 +597,17 @@ fused)
   python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, os, sys
 d = sys.argv[1]
-tok = {}
-for v in ("none", "norm", "rope", "both"):
+base = None
+for line in open(os.path.join(d, "fused_ladder.txt")):
+    i, env = line.rstrip("\n").split(" ", 1)
     try:
-        tok[v] = json.load(open(os.path.join(d, f"fused_{v}.json")))["decode_tok_s"]
+        tok = json.load(open(os.path.join(d, f"fused_{i}.json")))["decode_tok_s"]
     except Exception:
-        pass
-if "none" in tok:
-    print(f"fused: fp16 decode ctx 128, without {tok['none']:.1f} tok/s; " + "; ".join(
-        f"{v} {tok[v]:.1f} ({tok[v] / tok['none']:.3f}x)" for v in ("norm", "rope", "both") if v in tok))
-else:
-    print("fused: no fp16 result")
+        print(f"fused: fp16 decode ctx 128, step {i}: no result ({env})")
+        continue
+    if base is None:
+        base = tok
+    print(f"fused: fp16 decode ctx 128, step {i}: {tok:7.1f} tok/s = {tok / base:.3f}x of the first  ({env})")
 PY
   quant_lines "$OUTDIR/quant_fused_half.jsonl" "fused (both folds + fp16 path; the fp16 baseline folded too)"
   quant_lines "$OUTDIR/quant_fused_i8.jsonl" "fused (both folds + int8 path; the fp16 baseline folded too)"
