@@ -98,6 +98,16 @@ MR_QFN float bits_to_float(uint32_t u) {
 #endif
 }
 
+MR_QFN uint32_t float_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
 MR_QFN float fmul_rn(float a, float b) {  // a product the compiler may not contract into an FMA
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
@@ -649,15 +659,6 @@ MR_QFN float fdiv_rn(float a, float b) {  // an IEEE division whatever the compi
   return __fdiv_rn(a, b);
 #else
   return a / b;
-#endif
-}
-MR_QFN uint32_t float_bits(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
 #endif
 }
 

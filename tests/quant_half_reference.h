@@ -15,10 +15,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "mistral/dtype.h"
 #include "mistral/quant.h"
+#include "quant_chunk_reference.h"
 
 namespace quant_half_ref {
 
@@ -41,13 +41,6 @@ inline int shift(mistral::DType t, float m) {
   return sh > 120 ? 120 : sh;
 }
 
-// Code value of element k of a packed row (quant.h layout).
-inline int code(mistral::DType t, const uint8_t* row, int k) {
-  if (t == mistral::DType::Q8) return int(int8_t(row[k]));
-  const uint8_t b = row[k / 2];
-  return int(k % 2 ? b >> 4 : b & 15) - 8;
-}
-
 // y for one packed row (row: its bytes; scales: its scales, fp32 for Q8, fp16 bits for Q4) and one token
 // row x [K]; *mag = sum over chunks of |scale (lo + hi)| * 2^-sh (the size of the fp32 sums' rounding).
 inline double dot(mistral::DType t, const uint8_t* row, const void* scales, const float* x, int K, double* mag) {
@@ -64,19 +57,10 @@ inline double dot(mistral::DType t, const uint8_t* row, const void* scales, cons
         const int kl = c0 + j * P + i, kh = kl + half;
         const double xl = kl < K ? round_f16(std::ldexp(double(x[kl]), sh)) : 0.0;
         const double xh = kh < K ? round_f16(std::ldexp(double(x[kh]), sh)) : 0.0;
-        lo = round_f16(code(t, row, kl) * xl + lo);
-        hi = round_f16(code(t, row, kh) * xh + hi);
+        lo = round_f16(quant_chunk_ref::code(t, row, kl) * xl + lo);
+        hi = round_f16(quant_chunk_ref::code(t, row, kh) * xh + hi);
       }
-    double s;
-    if (q8) {
-      float f;
-      std::memcpy(&f, scales, 4);
-      s = f;
-    } else {
-      uint16_t h;
-      std::memcpy(&h, static_cast<const uint8_t*>(scales) + 2 * (c0 / mistral::kQ4Group), 2);
-      s = mistral::f16_to_f32(h);
-    }
+    const double s = quant_chunk_ref::chunk_scale(t, scales, c0);
     y += s * (lo + hi);
     a += std::fabs(s * (lo + hi));
   }

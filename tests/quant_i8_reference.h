@@ -14,19 +14,12 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "mistral/dtype.h"
 #include "mistral/quant.h"
+#include "quant_chunk_reference.h"
 
 namespace quant_i8_ref {
-
-// Code value of element k of a packed row (quant.h layout).
-inline int code(mistral::DType t, const uint8_t* row, int k) {
-  if (t == mistral::DType::Q8) return int(int8_t(row[k]));
-  const uint8_t b = row[k / 2];
-  return int(k % 2 ? b >> 4 : b & 15) - 8;
-}
 
 // One chunk of x (x [K], elements c0 .. c0 + E - 1): q [E] and d.
 inline void quantize_chunk(const float* x, int K, int c0, int E, int* q, float* d) {
@@ -60,19 +53,10 @@ inline double dot(mistral::DType t, const uint8_t* row, const void* scales, cons
     quantize_chunk(x, K, c0, E, q, &d);
     long long isum = 0, acode = 0;
     for (int i = 0; i < E && c0 + i < K; ++i) {
-      isum += (long long)code(t, row, c0 + i) * q[i];
-      acode += std::abs(code(t, row, c0 + i));
+      isum += (long long)quant_chunk_ref::code(t, row, c0 + i) * q[i];
+      acode += std::abs(quant_chunk_ref::code(t, row, c0 + i));
     }
-    double s;
-    if (q8) {
-      float f;
-      std::memcpy(&f, scales, 4);
-      s = f;
-    } else {
-      uint16_t h;
-      std::memcpy(&h, static_cast<const uint8_t*>(scales) + 2 * (c0 / mistral::kQ4Group), 2);
-      s = mistral::f16_to_f32(h);
-    }
+    const double s = quant_chunk_ref::chunk_scale(t, scales, c0);
     const double v = s * double(float(double(d) * double(isum)));  // d * isum rounded to fp32
     y += v, m += std::fabs(v);
     b += std::fabs(s) * double(d) / 2 * double(acode);
