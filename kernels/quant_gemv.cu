@@ -614,7 +614,7 @@ MR_QFN void lane_dot_half(const __half* __restrict__ xh, int xstride, const RowP
 // The int8 path (kXInt8; Q8 and Q4, when the launch asks for it: QuantXMath::i8, MISTRAL_CUDA_QUANT_I8=1
 // in the CUDA backend). Each chunk of E elements of x (the weights' 16-byte chunks: 32 of Q4, 16 of Q8) is
 // quantized to int8 when the block stages x (a = max |x|, q = x * 127 / a rounded to nearest even, d =
-// a / 127: tests/quant_i8_reference.h is the definition), and a lane's chunk is one exact integer sum,
+// a * RN(1 / 127): tests/quant_i8_reference.h is the definition), and a lane's chunk is one exact integer sum,
 // four dp4a (Q8) or eight (Q4, after one AND and one shift-and-AND a word to split its nibbles) a row
 // against 32-64 instructions of the fp32 path; the chunk's sum becomes an fp32 value d * sum, scaled and
 // added in fp32 as in the other paths. The accumulator starts at the bits of 1.5 * 2^23 (minus 8 times
@@ -631,6 +631,7 @@ MR_QFN void lane_dot_half(const __half* __restrict__ xh, int xstride, const RowP
 constexpr int kXInt8 = 4;
 constexpr float kI8Magic = 12582912.0f;  // 1.5 * 2^23: integers n, |n| < 2^22, are its bits plus n
 constexpr uint32_t kI8MagicBits = 0x4B400000u;
+constexpr float kI8Inv127 = 0x1.020408p-7f;  // 1 / 127 rounded to the nearest float
 template <DType D>
 __host__ __device__ __forceinline__ int i8_chunk_bytes() {
   return D == DType::Q8 ? 16 : 48;
@@ -662,75 +663,80 @@ MR_QFN float fdiv_rn(float a, float b) {  // an IEEE division whatever the compi
 #endif
 }
 
-// Stages chunk c of token row xt [K] into the row's copy `row` (chunks chunks): its int8 values and its
-// (d, accumulator start). vec: xt 16-byte aligned and K % 4 == 0. With gn (the fused norm): the chunk of
-// x * gn (rounded products) is quantized, and ss += x^2 over the chunk's elements in order. Two passes
-// over the chunk (its largest |x|, then the values), 4 elements at a time: holding a chunk's 32 values
-// at once spilled registers beside the weights' first batch (64 registers a thread).
+// Staging x for the int8 path: G consecutive lanes take one chunk (G = 8 for Q4's 32 elements, 4 for
+// Q8's 16), each lane 4 consecutive elements (one float4 when the chunk lies below K and x is 16-byte
+// aligned), so a warp reads 512 contiguous bytes of x an instruction, in one pass (one thread a chunk read
+// 32 cache lines an instruction, twice). The chunk's max |x| is a shuffle reduction over its G lanes, then
+// each lane rounds its 4 elements and writes one 32-bit word of the chunk's bytes; the lane helpers below
+// are host code too (tools/quant_gemv_host_check.cu runs a chunk's G lanes one after another).
 template <DType D>
-MR_QFN void stage_chunk_i8(const float* __restrict__ xt, int K, bool vec, int c, int chunks, uint8_t* __restrict__ row,
-                           const float* __restrict__ gn, float& ss) {
-  constexpr int E = Format<D>::kElems;
-  const int k0 = c * E;
-  const bool whole = vec && k0 + E <= K;
-  auto load4 = [&](int e) {  // elements k0 + e .. k0 + e + 3 (times gn), 0 past K
-    float4 f;
-    if (whole) {
-      f = *reinterpret_cast<const float4*>(xt + k0 + e);
-    } else {
-      const int k = k0 + e;
-      f = make_float4(k < K ? xt[k] : 0.f, k + 1 < K ? xt[k + 1] : 0.f, k + 2 < K ? xt[k + 2] : 0.f,
-                      k + 3 < K ? xt[k + 3] : 0.f);
-    }
-    return f;
-  };
-  auto times_g = [&](float4 f, int e) {
-    const int k = k0 + e;
-    return make_float4(k < K ? fmul_rn(f.x, gn[k]) : 0.f, k + 1 < K ? fmul_rn(f.y, gn[k + 1]) : 0.f,
-                       k + 2 < K ? fmul_rn(f.z, gn[k + 2]) : 0.f, k + 3 < K ? fmul_rn(f.w, gn[k + 3]) : 0.f);
-  };
-  float a = 0.f;
-  bool finite = true;
-#pragma unroll
-  for (int e = 0; e < E; e += 4) {
-    float4 f = load4(e);
-    if (gn) {
-      ss = fmaf(f.x, f.x, ss), ss = fmaf(f.y, f.y, ss), ss = fmaf(f.z, f.z, ss), ss = fmaf(f.w, f.w, ss);
-      f = times_g(f, e);
-    }
-    const float m = fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w)));
-    finite = finite && fabsf(f.x) <= 3.40282347e38f && fabsf(f.y) <= 3.40282347e38f && fabsf(f.z) <= 3.40282347e38f &&
-             fabsf(f.w) <= 3.40282347e38f;  // false for inf and NaN
-    a = fmaxf(a, m);
+constexpr int kI8Lanes = Format<D>::kElems / 4;  // lanes a chunk
+
+// Lane `sub` of chunk c: elements k0 + 4 sub .. + 3 of token row xt [K] (k0 = c E), 0 past K; with gn (the
+// fused norm) the rounded products x * gn, and ss += x^2 over them in order.
+template <DType D>
+MR_QFN float4 i8_lane_load(const float* __restrict__ xt, int K, bool vec, int c, int sub, const float* __restrict__ gn,
+                           float& ss) {
+  const int k = c * Format<D>::kElems + 4 * sub;
+  float4 f;
+  if (vec && k + 4 <= K) {
+    f = *reinterpret_cast<const float4*>(xt + k);
+  } else {
+    f = make_float4(k < K ? xt[k] : 0.f, k + 1 < K ? xt[k + 1] : 0.f, k + 2 < K ? xt[k + 2] : 0.f,
+                    k + 3 < K ? xt[k + 3] : 0.f);
   }
-  const float inv = finite && a > 0.f ? fdiv_rn(127.f, a) : 0.f;
-  const float d = !finite ? NAN : a > 0.f ? fdiv_rn(a, 127.f) : 0.f;
-  // q is the low byte of the fp32 bits of 1.5 * 2^23 + x * inv (one rounding: to nearest, ties even).
-  auto q4 = [&](int e) {  // elements k0 + e .. + 3 as bits whose low bytes are their q
-    float4 f = load4(e);
-    if (gn) f = times_g(f, e);
-    return make_uint4(float_bits(finite ? fmaf(f.x, inv, kI8Magic) : kI8Magic),
-                      float_bits(finite ? fmaf(f.y, inv, kI8Magic) : kI8Magic),
-                      float_bits(finite ? fmaf(f.z, inv, kI8Magic) : kI8Magic),
-                      float_bits(finite ? fmaf(f.w, inv, kI8Magic) : kI8Magic));
-  };
-  uint8_t* dst = row + size_t(c) * size_t(i8_chunk_bytes<D>());
-  int s = 0;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    if constexpr (D == DType::Q8) {  // word j: elements 4j .. 4j + 3
-      const uint4 u = q4(4 * j);
-      const uint32_t w = byte_perm(byte_perm(u.x, u.y, 0x0040u), byte_perm(u.z, u.w, 0x0040u), 0x5410u);
-      *reinterpret_cast<uint32_t*>(dst + 4 * j) = w;
-    } else {  // elements 8j .. 8j + 7: the even ones, then the odd ones
-      const uint4 u = q4(8 * j), v = q4(8 * j + 4);
-      const uint32_t lo = byte_perm(byte_perm(u.x, u.z, 0x0040u), byte_perm(v.x, v.z, 0x0040u), 0x5410u);
-      const uint32_t hi = byte_perm(byte_perm(u.y, u.w, 0x0040u), byte_perm(v.y, v.w, 0x0040u), 0x5410u);
-      *reinterpret_cast<uint2*>(dst + 8 * j) = make_uint2(lo, hi);
-      s = dp4a(lo, 0x01010101u, dp4a(hi, 0x01010101u, s));
-    }
+  if (gn) {
+    ss = fmaf(f.x, f.x, ss), ss = fmaf(f.y, f.y, ss), ss = fmaf(f.z, f.z, ss), ss = fmaf(f.w, f.w, ss);
+    f = make_float4(k < K ? fmul_rn(f.x, gn[k]) : 0.f, k + 1 < K ? fmul_rn(f.y, gn[k + 1]) : 0.f,
+                    k + 2 < K ? fmul_rn(f.z, gn[k + 2]) : 0.f, k + 3 < K ? fmul_rn(f.w, gn[k + 3]) : 0.f);
   }
-  const uint32_t start = D == DType::Q8 ? kI8MagicBits : kI8MagicBits - 8u * uint32_t(s);
+  return f;
+}
+// The lane's largest |x|, +inf when one of its elements is inf or NaN (so that the chunk's maximum says
+// whether the chunk is finite: fmaxf would drop a NaN).
+MR_QFN float i8_lane_max(const float4& f) {
+  constexpr float kMax = 3.40282347e38f;  // each comparison is false for inf and NaN
+  const bool finite = fabsf(f.x) <= kMax && fabsf(f.y) <= kMax && fabsf(f.z) <= kMax && fabsf(f.w) <= kMax;
+  return finite ? fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w))) : INFINITY;
+}
+// A chunk's scales from its largest |x| a (i8_lane_max's, over its lanes): inv = 127 / a, at most FLT_MAX
+// (a tiny a gives inf otherwise; |x inv| <= a FLT_MAX < 127 then), d = a * RN(1 / 127) (a product, not a
+// second division: every lane of the chunk computes both); both 0 for a chunk of zeros; d NaN and inv 0
+// when a is inf (an element inf or NaN).
+struct I8Scale {
+  float inv, d;
+};
+MR_QFN I8Scale i8_scale(float a) {
+  if (!(a <= 3.40282347e38f)) return {0.f, NAN};
+  if (!(a > 0.f)) return {0.f, 0.f};
+  return {fminf(fdiv_rn(127.f, a), 3.40282347e38f), fmul_rn(a, kI8Inv127)};
+}
+// The lane's 4 elements rounded, as one word of their int8 values in element order: each is the low byte
+// of the fp32 bits of 1.5 * 2^23 + x * inv (one rounding: to nearest, ties even).
+MR_QFN uint32_t i8_lane_word(const float4& f, const I8Scale& sc) {
+  const uint32_t a = float_bits(fmaf(f.x, sc.inv, kI8Magic)), b = float_bits(fmaf(f.y, sc.inv, kI8Magic));
+  const uint32_t c = float_bits(fmaf(f.z, sc.inv, kI8Magic)), e = float_bits(fmaf(f.w, sc.inv, kI8Magic));
+  return byte_perm(byte_perm(a, b, 0x0040u), byte_perm(c, e, 0x0040u), 0x5410u);
+}
+// Q4's bytes: word j of a chunk (elements 8j .. 8j + 7, lanes 2j and 2j + 1) is written as its even
+// elements (by lane 2j) then its odd ones (by lane 2j + 1). A lane sends its partner (lane ^ 1) the two
+// bytes the partner needs (i8_send), and puts its own two beside the two it receives (i8_recv_word): the
+// word it writes, at 4 sub bytes into the chunk. Q8 writes the lane's word as it is.
+MR_QFN uint32_t i8_send(uint32_t w, int sub) {  // odd lane: its elements 0, 2; even lane: 1, 3
+  return (sub & 1) ? byte_perm(w, 0u, 0x0020u) : byte_perm(w, 0u, 0x0031u);
+}
+MR_QFN uint32_t i8_recv_word(uint32_t w, uint32_t recv, int sub) {
+  return (sub & 1) ? byte_perm(recv, byte_perm(w, 0u, 0x0031u), 0x5410u)   // partner's odd, then own odd
+                   : byte_perm(byte_perm(w, 0u, 0x0020u), recv, 0x5410u);  // own even, then partner's even
+}
+// Where lane `sub` of chunk c writes its word, and where lane 0 writes the chunk's (d, accumulator start).
+template <DType D>
+MR_QFN uint32_t* i8_word_at(uint8_t* row, int c, int sub) {
+  return reinterpret_cast<uint32_t*>(row + size_t(c) * size_t(i8_chunk_bytes<D>()) + 4 * size_t(sub));
+}
+template <DType D>
+MR_QFN void i8_write_meta(uint8_t* row, int chunks, int c, float d, int qsum) {
+  const uint32_t start = D == DType::Q8 ? kI8MagicBits : kI8MagicBits - 8u * uint32_t(qsum);
   *reinterpret_cast<uint2*>(row + size_t(chunks) * size_t(i8_chunk_bytes<D>()) + 8 * size_t(c)) =
       make_uint2(float_bits(d), start);
 }
@@ -887,19 +893,45 @@ __device__ __forceinline__ void stage_x_half(const float* __restrict__ x, int K,
   }
 }
 
-// The int8 path's copy of x (kXInt8), by every thread of the block: chunk after chunk, a thread each
-// (stage_chunk_i8). With g (the fused norm): the chunks of x_k g_k, and the thread's shares of the rows'
-// sums of x^2 go to nred (norm_partials). A barrier must follow before any read of xb or nred.
+// The int8 path's copy of x (kXInt8), by every thread of the block: kI8Lanes<D> lanes a chunk (the lane
+// helpers above), blockDim.x / kI8Lanes chunks at a time (the same trip count for every thread, so every
+// lane of a warp reaches the shuffles). With g (the fused norm): the chunks of x_k g_k, and the thread's
+// shares of the rows' sums of x^2 go to nred (norm_partials). A barrier must follow before any read of xb
+// or nred.
 template <DType D, int T>
 __device__ __forceinline__ void stage_x_i8(const float* __restrict__ x, int K, bool vec_x, uint8_t* __restrict__ xb,
                                            const float* __restrict__ g = nullptr, float (*nred)[T] = nullptr) {
+  constexpr int G = kI8Lanes<D>;
+  constexpr unsigned kAll = 0xffffffffu;
   const int chunks = (K + Format<D>::kElems - 1) / Format<D>::kElems, row_bytes = i8_row_bytes<D>(K);
+  const int sub = int(threadIdx.x) % G, per = int(blockDim.x) / G;
   float ss[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) {
     ss[t] = 0.f;
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x)
-      stage_chunk_i8<D>(x + size_t(t) * size_t(K), K, vec_x, c, chunks, xb + size_t(t) * size_t(row_bytes), g, ss[t]);
+    const float* xt = x + size_t(t) * size_t(K);
+    uint8_t* row = xb + size_t(t) * size_t(row_bytes);
+    for (int c0 = 0; c0 < chunks; c0 += per) {
+      const int c = c0 + int(threadIdx.x) / G;
+      const bool in = c < chunks;
+      const float4 f = in ? i8_lane_load<D>(xt, K, vec_x, c, sub, g, ss[t]) : make_float4(0.f, 0.f, 0.f, 0.f);
+      float a = i8_lane_max(f);
+#pragma unroll
+      for (int o = 1; o < G; o <<= 1) a = fmaxf(a, __shfl_xor_sync(kAll, a, o));
+      const I8Scale sc = i8_scale(a);
+      uint32_t w = i8_lane_word(f, sc);
+      int qsum = 0;
+      if constexpr (D != DType::Q8) {
+        w = i8_recv_word(w, __shfl_xor_sync(kAll, i8_send(w, sub), 1), sub);
+        qsum = dp4a(w, 0x01010101u, 0);
+#pragma unroll
+        for (int o = 1; o < G; o <<= 1) qsum += __shfl_xor_sync(kAll, qsum, o);
+      }
+      if (in) {
+        *i8_word_at<D>(row, c, sub) = w;
+        if (sub == 0) i8_write_meta<D>(row, chunks, c, sc.d, qsum);
+      }
+    }
   }
   if (g) norm_partials<T>(ss, nred);
 }

@@ -2,9 +2,10 @@
 // written from its definition, not from the kernel (used by tests/test_cuda.cpp and
 // tools/quant_gemv_host_check.cu):
 //   - a token row x [K] is cut into the weights' 16-byte chunks (E = 32 elements of Q4, 16 of Q8; x past
-//     K is 0); in fp32, for each chunk: a = max |x_k|; d = a / 127 and inv = 127 / a (each one IEEE
-//     division; both 0 when a is 0; d NaN and every q 0 when an element is inf or NaN);
-//     q_k = x_k * inv rounded once to the nearest integer, ties to even (|q_k| <= 127);
+//     K is 0); in fp32, for each chunk: a = max |x_k|; d = a * RN(1 / 127) and inv = min(127 / a, FLT_MAX)
+//     (a rounded product and an IEEE division; both 0 when a is 0; d NaN when an element is inf or NaN, which makes y
+//     NaN whatever the chunk's q, so they are left unspecified, 0 here); q_k = x_k * inv rounded once to the nearest
+//     integer, ties to even (|q_k| <= 127);
 //   - each chunk's exact integer sum: Q4 sum (code - 8) q_k, Q8 sum code q_k;
 //   - y = sum over chunks of scale * (d * isum), d * isum rounded to fp32 (Q4: the chunk's group scale;
 //     Q8: the row scale).
@@ -30,8 +31,8 @@ inline void quantize_chunk(const float* x, int K, int c0, int E, int* q, float* 
     finite = finite && v <= 3.40282347e38f;  // false for inf and NaN
     a = std::fmax(a, v);
   }
-  const float inv = finite && a > 0.f ? 127.f / a : 0.f;
-  *d = !finite ? NAN : a > 0.f ? a / 127.f : 0.f;
+  const float inv = finite && a > 0.f ? std::fmin(127.f / a, 3.40282347e38f) : 0.f;
+  *d = !finite ? NAN : a > 0.f ? a * 0x1.020408p-7f : 0.f;  // the float nearest 1 / 127
   for (int i = 0; i < E; ++i) {
     const float v = c0 + i < K ? x[c0 + i] : 0.f;
     // v * inv rounded once (fma: the exact product), ties to even, in the default rounding mode.

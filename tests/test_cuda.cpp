@@ -137,8 +137,9 @@ std::unique_ptr<Backend> cuda_backend_with(std::initializer_list<std::pair<const
 }
 
 // The op tests' backends. The GPU one without the decode-step folds (MISTRAL_CUDA_FUSED_NORM,
-// MISTRAL_CUDA_DECODE_ROPE), which gpu-check's fused phase sets for the whole suite so that the model
-// tests run through them: the op tests test each op as it is (the folds have tests of their own).
+// MISTRAL_CUDA_DECODE_ROPE) and the quantized GEMVs' fp16 / int8 paths (MISTRAL_CUDA_QUANT_HALF,
+// MISTRAL_CUDA_QUANT_I8), which gpu-check may set for the whole suite so that the model tests run through
+// them: the op tests test each op as it is (the experiments have tests of their own).
 struct Backends {
   std::unique_ptr<Backend> cpu, gpu;
   // place_weight keys device copies by host address: host weights must outlive the backend.
@@ -146,7 +147,10 @@ struct Backends {
   std::deque<HostQuant> keep_q;
   Backends()
       : cpu(make_cpu_backend(2)),
-        gpu(cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", nullptr}, {"MISTRAL_CUDA_DECODE_ROPE", nullptr}})) {}
+        gpu(cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", nullptr},
+                               {"MISTRAL_CUDA_DECODE_ROPE", nullptr},
+                               {"MISTRAL_CUDA_QUANT_HALF", nullptr},
+                               {"MISTRAL_CUDA_QUANT_I8", nullptr}})) {}
   HostWeight& weight(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
     keep.emplace_back(v, rows, cols, t);
     return keep.back();
@@ -348,15 +352,57 @@ TEST(CudaOps, QuantMatmulI8) {
   check_quant_path(XPath::i8, 47);
 }
 
+// A norm weight's values (its host bytes in fp32, fp16 or bf16) as floats.
+std::vector<float> norm_values(const Weight& w) {
+  std::vector<float> v(static_cast<size_t>(w.cols));
+  const uint8_t* p = static_cast<const uint8_t*>(w.data);
+  for (size_t k = 0; k < v.size(); ++k) {
+    if (w.dtype == DType::F32) {
+      std::memcpy(&v[k], p + 4 * k, 4);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * k, 2);
+      v[k] = w.dtype == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+    }
+  }
+  return v;
+}
+
+// Outputs got [T, W.rows] of the quantized GEMVs' int8 path on x [T, K] whose rows' results were scaled by
+// f[t], against quant_i8_ref::dot(x_t) f[t] (W: a host quantized weight), to 1e-5 of the reference's chunk
+// magnitudes; with base (the residual add), got against base + that, with 2^-23 |base| more for the sum's
+// rounding.
+void check_i8_rows(const Weight& W, const std::vector<float>& x, const std::vector<double>& f, int T, int K,
+                   const std::vector<float>& got, const char* what, const std::vector<float>* base = nullptr) {
+  const int N = int(W.rows);
+  const size_t rb = W.row_bytes(), sb = W.scale_bytes() / size_t(N);
+  int bad = 0;
+  for (int t = 0; t < T; ++t)
+    for (int n = 0; n < N; ++n) {
+      double mag = 0;
+      const double ref =
+          quant_i8_ref::dot(W.dtype, static_cast<const uint8_t*>(W.data) + size_t(n) * rb,
+                            static_cast<const uint8_t*>(W.scales) + size_t(n) * sb, x.data() + size_t(t) * K, K, &mag) *
+          f[size_t(t)];
+      const double b0 = base ? double((*base)[size_t(t) * N + n]) : 0.0;
+      const double g = got[size_t(t) * N + n] - b0;
+      if (!(std::fabs(g - ref) <= 1e-5 * mag * f[size_t(t)] + std::ldexp(std::fabs(b0), -23) + 1e-30) && bad++ < 3)
+        ADD_FAILURE() << what << " T " << T << ": y[" << t << "][" << n << "] = " << g << ", int8 reference " << ref
+                      << " (bound " << 1e-5 * mag * f[size_t(t)] << ")";
+    }
+}
+
 // The decode-step fusions (MISTRAL_CUDA_FUSED_NORM=1, an experiment; gemv.cuh GemvFusion): the RMSNorm
 // folded into the q/k/v-style and gate/up/SwiGLU products, the residual add into a product, against the
 // CPU backend's compositions (rmsnorm then the products; matmul then add), for fp32/fp16/bf16 and the three
 // quantized formats, norms in the weights' dtype, T = 1..4, K with and without the vector path (and with a
 // partial quantized chunk). The norm is a mean square over the row summed in another order than the
 // separate kernel's, so 1e-5 (relative, over the outputs) as for the GEMVs; with the quantized fp16 path
-// (MISTRAL_CUDA_QUANT_HALF=1 as well) 2e-3, its operands being fp16; with the int8 path
-// (MISTRAL_CUDA_QUANT_I8=1) 2e-2, x being rounded to 8 bits a chunk (a norm left out or applied twice is
-// off by its scale, 0.5 to 2 here).
+// (MISTRAL_CUDA_QUANT_HALF=1 as well) 2e-3, its operands being fp16. With the int8 path
+// (MISTRAL_CUDA_QUANT_I8=1), x being rounded to 8 bits a chunk, each output against
+// tests/quant_i8_reference.h applied to x * g (rounded products, as the path quantizes them) times the
+// row's 1 / rms (in double), to 1e-5 of its chunk magnitudes (the norm's sum of squares is taken in
+// another order), and the relative errors over the outputs within 5e-2 as a sanity bound.
 TEST(CudaOps, FusedNormMatmul) {
   REQUIRE_GPU();
   Backends b;
@@ -388,7 +434,7 @@ TEST(CudaOps, FusedNormMatmul) {
                        (half ? " (fp16 path)"
                         : i8 ? " (int8 path)"
                              : ""));
-          const double tol = half ? 2e-3 : i8 ? 2e-2 : 1e-5;
+          const double tol = half ? 2e-3 : i8 ? 5e-2 : 1e-5;
           const DType nt = quant ? DType::BF16 : t;  // the norm's dtype
           auto make = [&](int N) -> const Weight& {
             auto v = randn(size_t(N) * K, rng, 0.05f);
@@ -422,6 +468,27 @@ TEST(CudaOps, FusedNormMatmul) {
           EXPECT_LT(rel_err(y0.get(), ref[0], "norm + q"), tol);
           EXPECT_LT(rel_err(y1.get(), ref[1], "norm + k"), tol);
           EXPECT_LT(rel_err(y2.get(), ref[2], "norm + v"), tol);
+          // The int8 path's reference input: x * g (g as the GPU holds it, from its dtype), and each row's
+          // 1 / rms (in double), by which the products are scaled.
+          std::vector<float> xg(x.size());
+          std::vector<double> inv_rms(static_cast<size_t>(T));
+          {
+            const std::vector<float> gq = norm_values(norm);
+            for (int tt = 0; tt < T; ++tt) {
+              double ss = 0;
+              for (int k = 0; k < K; ++k) {
+                const float v = x[size_t(tt) * K + k];
+                ss += double(v) * v;
+                xg[size_t(tt) * K + k] = v * gq[size_t(k)];
+              }
+              inv_rms[size_t(tt)] = 1.0 / std::sqrt(ss / K + eps);
+            }
+          }
+          if (i8) {  // each output against the int8 path's reference
+            const std::vector<float> got[3] = {y0.get(), y1.get(), y2.get()};
+            for (int i = 0; i < 3; ++i)
+              check_i8_rows(*W[i], xg, inv_rms, T, K, got[i], i == 0 ? "norm + q" : i == 1 ? "norm + k" : "norm + v");
+          }
           // Norm, then gate/up + SwiGLU.
           const Weight& wg = make(41);
           const Weight& wu = make(41);
@@ -431,6 +498,29 @@ TEST(CudaOps, FusedNormMatmul) {
           gpu->norm_matmul_swiglu(dx.p, dnorm, eps, T, gpu->place_weight(wg), gpu->place_weight(wu), dg.p, du.p, dxn.p);
           untouched(dxn, "norm + SwiGLU");
           EXPECT_LT(rel_err(dg.get(), g, "norm + SwiGLU"), 4 * tol);
+          if (i8) {  // silu(gate) * up from the reference's gate and up, within what their 1e-5 moves it
+            const std::vector<float> got = dg.get();
+            const size_t rb = wg.row_bytes(), sb = wg.scale_bytes() / 41;
+            int bad = 0;
+            for (int tt = 0; tt < T; ++tt)
+              for (int n = 0; n < 41; ++n) {
+                double mg = 0, mu = 0;
+                const float* xt = xg.data() + size_t(tt) * K;
+                auto ref = [&](const Weight& w, double* m) {
+                  return quant_i8_ref::dot(w.dtype, static_cast<const uint8_t*>(w.data) + size_t(n) * rb,
+                                           static_cast<const uint8_t*>(w.scales) + size_t(n) * sb, xt, K, m) *
+                         inv_rms[size_t(tt)];
+                };
+                const double rg = ref(wg, &mg), ru = ref(wu, &mu);
+                const double sg = rg / (1.0 + std::exp(-rg)), want = sg * ru;
+                const double lim = 1.2 * std::fabs(ru) * 1e-5 * mg * inv_rms[size_t(tt)] +
+                                   std::fabs(sg) * 1e-5 * mu * inv_rms[size_t(tt)] + 1e-6 * std::fabs(want) + 1e-30;
+                if (!(std::fabs(got[size_t(tt) * 41 + n] - want) <= lim) && bad++ < 3)
+                  ADD_FAILURE() << "norm + SwiGLU (int8 path) y[" << tt << "][" << n
+                                << "] = " << got[size_t(tt) * 41 + n] << ", reference " << want << " (bound " << lim
+                                << ")";
+              }
+          }
           // Residual: x += a W^T (W of K columns: the output projection's shape).
           const Weight& wo = make(K);
           auto a = randn(size_t(T) * K, rng);
@@ -442,6 +532,7 @@ TEST(CudaOps, FusedNormMatmul) {
           std::vector<float> got = dx.get(), dgot(got.size());
           for (size_t i = 0; i < got.size(); ++i) dgot[i] = got[i] - x[i];
           EXPECT_LT(rel_err(dgot, delta, "residual"), tol);
+          if (i8) check_i8_rows(wo, a, std::vector<double>(size_t(T), 1.0), T, K, got, "residual", &x);
           ++cases;
         }
   EXPECT_EQ(cases, (6 + 2 + 2) * 3 * 3);

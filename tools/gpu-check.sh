@@ -34,11 +34,14 @@
 #           7B shape; ATTN_AB=1 adds the untiled block and the merge inside the partial kernel); the
 #           decode tests with the untiled block and with the one-address tiles.
 # half:     the quantized GEMVs' fp16 and int8 paths (MISTRAL_CUDA_QUANT_HALF=1, MISTRAL_CUDA_QUANT_I8=1):
-#           gemv_bench against the fp32 path, 7B-shape int8 / int4 decode with each, stories260K perplexity
-#           and KL with each path and on the CPU.
+#           gemv_bench against the fp32 path, stories260K perplexity and KL with each path and on the CPU
+#           (HALF_DECODE=1 adds 7B-shape int8 / int4 decode with each path alone).
 # fused:    MISTRAL_CUDA_FUSED_NORM=1 (norms and residual adds folded into the GEMVs) and
 #           MISTRAL_CUDA_DECODE_ROPE=1 (RoPE + cache write inside the decode attention): all gpu tests
-#           with both, fp16 decode without, with each and with both, int8 / int4 with both and the fp16 or int8 path.
+#           with both; fp16 decode along a ladder, one switch added a step (folded norms, RoPE fold,
+#           one-address tiles, PDL for every launch with the preloading GEMVs by size, or without them;
+#           FUSED_LADDER=0 keeps the first and last two steps); int8 / int4 with both folds and the fp16
+#           path, then the int8 path.
 # knockout: fp16 decode at ctx 128 with the norms, RoPE + cache writes, attention or GEMVs left out in turn
 #           (MISTRAL_CUDA_KNOCKOUT; wrong outputs, timing only): what each costs inside the real step.
 # stalls:   Nsight Compute on single gemv_bench launches: issue utilization, occupancy and the stall
@@ -520,7 +523,8 @@ half)
     tee "$OUTDIR/gemv_half.txt" | grep -E ' layer ' | tee -a "$SUMMARY"
   for path in half i8; do
     [ "${HALF_DECODE:-0}" = 1 ] || break  # the fused phase times decode with each path (and the folds)
-    if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1"; else env_on="MISTRAL_CUDA_QUANT_I8=1"; fi
+    if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1 MISTRAL_CUDA_QUANT_I8=0"; else
+      env_on="MISTRAL_CUDA_QUANT_HALF=0 MISTRAL_CUDA_QUANT_I8=1"; fi
     env $env_on timeout 150 "$BIN/mistral-run" bench $SYN7B --device cuda --skip-bandwidth --json \
       --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 --gen-tokens 64 \
       >"$OUTDIR/quant_$path.jsonl" || echo "bench --quant-list ($path path) failed"
@@ -574,22 +578,28 @@ fused)
   note "fused: all gpu tests with MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1: $(grep -E '^\[ *(PASSED|FAILED) *\] [0-9]' "$OUTDIR/test_fused.log" | tr '\n' ' ')(exit $rc)"
   CK=${CKPT_DIR:-/tmp/mistral7b-random}
   if [ -d "$CK" ]; then KM="-m $CK"; else KM="$SYN7B"; fi
-  # fp16 decode, each step of the ladder adding one switch to the ones before (FUSED_LADDER=0: only none
-  # and the last two), so that the step that helps or hurts shows; its last two differ in the GEMVs under
-  # PDL (preloading kernels by size, or none).
-  F3="MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_DECODE_FAST_TILES=1"
-  LADDER_ENV=("" "MISTRAL_CUDA_FUSED_NORM=1" "MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1" "$F3"
-    "$F3 MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=auto" "$F3 MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=0")
+  # fp16 decode, each step of the ladder adding one switch to the ones before (FUSED_LADDER=0: only the
+  # first and the last two), so that the step that helps or hurts shows; its last two differ in the GEMVs
+  # under PDL (preloading kernels by size, or none). Every step sets every switch (an exported one does not
+  # leak into step 0).
+  LADDER_ENV=(
+    "MISTRAL_CUDA_FUSED_NORM=0 MISTRAL_CUDA_DECODE_ROPE=0 MISTRAL_CUDA_DECODE_FAST_TILES=0 MISTRAL_CUDA_PDL=0 MISTRAL_CUDA_GEMV_PRELOAD=default"
+    "MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=0 MISTRAL_CUDA_DECODE_FAST_TILES=0 MISTRAL_CUDA_PDL=0 MISTRAL_CUDA_GEMV_PRELOAD=default"
+    "MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_DECODE_FAST_TILES=0 MISTRAL_CUDA_PDL=0 MISTRAL_CUDA_GEMV_PRELOAD=default"
+    "MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_DECODE_FAST_TILES=1 MISTRAL_CUDA_PDL=0 MISTRAL_CUDA_GEMV_PRELOAD=default"
+    "MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_DECODE_FAST_TILES=1 MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=auto"
+    "MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 MISTRAL_CUDA_DECODE_FAST_TILES=1 MISTRAL_CUDA_PDL=1 MISTRAL_CUDA_GEMV_PRELOAD=0")
   : >"$OUTDIR/fused_ladder.txt"
   for i in "${!LADDER_ENV[@]}"; do
     if [ "${FUSED_LADDER:-1}" = 0 ] && [ "$i" -ne 0 ] && [ "$i" -lt 4 ]; then continue; fi
     # shellcheck disable=SC2086
     env ${LADDER_ENV[$i]} timeout 120 "$BIN/mistral-run" bench $KM --device cuda --skip-bandwidth --json --reps 3 \
       --prompt-tokens 128 --gen-tokens 64 >"$OUTDIR/fused_$i.json" || echo "bench (ladder step $i) failed"
-    echo "$i ${LADDER_ENV[$i]:-(none)}" >>"$OUTDIR/fused_ladder.txt"
+    echo "$i ${LADDER_ENV[$i]}" >>"$OUTDIR/fused_ladder.txt"
   done
   for path in half i8; do
-    if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1"; else env_on="MISTRAL_CUDA_QUANT_I8=1"; fi
+    if [ $path = half ]; then env_on="MISTRAL_CUDA_QUANT_HALF=1 MISTRAL_CUDA_QUANT_I8=0"; else
+      env_on="MISTRAL_CUDA_QUANT_HALF=0 MISTRAL_CUDA_QUANT_I8=1"; fi
     env MISTRAL_CUDA_FUSED_NORM=1 MISTRAL_CUDA_DECODE_ROPE=1 $env_on timeout 150 "$BIN/mistral-run" bench $SYN7B \
       --device cuda --skip-bandwidth --json --quant-list "${QUANT_LIST:-int8,int4}" --reps 3 --prompt-tokens 128 \
       --gen-tokens 64 >"$OUTDIR/quant_fused_$path.jsonl" || echo "bench --quant-list (fused, $path path) failed"
