@@ -3,8 +3,8 @@
 // the dequantized weights, decode == prefill bitwise, quantization at load, and quantized checkpoints.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -17,6 +17,7 @@
 #include "mistral/model.h"
 #include "mistral/quant.h"
 #include "mistral/safetensors.h"
+#include "quant_i8_reference.h"
 #include "test_util.h"
 
 using namespace mistral;
@@ -284,6 +285,65 @@ TEST(QuantMatmul, EqualsMatmulOfDequantizedWeights) {
         }
       }
   EXPECT_GT(checked, 1000);
+}
+
+// The int8-activation path (MISTRAL_CPU_QUANT_I8=1, an experiment; quant_matmul.h ActInt8) against
+// tests/quant_i8_reference.h, written from the path's definition (the CUDA kernel's tests use it too), to
+// 1e-5 of the reference's chunk magnitudes (fp32 sums in chunk order); and against the exact product of
+// the dequantized weights within the reference's quantization bound plus 1e-5 of sum |x w|. Token rows
+// 1e-3 smaller and with an element of 300 among the random ones. NF4 keeps the usual path: the same bits
+// as a backend made without the switch.
+TEST(QuantMatmul, Int8ActivationsMatchTheirReference) {
+  std::unique_ptr<Backend> be, plain;
+  {
+    testutil::ScopedEnv on("MISTRAL_CPU_QUANT_I8", "1");
+    be = make_cpu_backend(2);
+  }
+  {
+    testutil::ScopedEnv off("MISTRAL_CPU_QUANT_I8", nullptr);
+    plain = make_cpu_backend(2);
+  }
+  std::mt19937 rng(23);
+  int checked = 0, outside_fp32 = 0;
+  for (DType t : kQuantTypes)
+    for (int64_t K : {1, 17, 33, 100, 257, 520, 4192})
+      for (int64_t N : {1, 5, 34}) {
+        const QWeight qw = make_qweight(t, random_row(rng, N * K, 0.1f), N, K);
+        const size_t rb = quant_row_bytes(t, K), sb = quant_scale_bytes(t, 1, K);
+        for (int T : {1, 3, 5}) {
+          std::vector<float> x = random_row(rng, T * K, 1.0f);
+          for (int64_t k = 0; T >= 2 && k < K; ++k) x[size_t(K + k)] *= 1e-3f;
+          if (T >= 3) x[size_t(2 * K + K / 3)] = 300.f;
+          std::vector<float> y(size_t(T * N)), y_plain(y.size());
+          be->matmul(x.data(), T, qw.w, y.data());
+          plain->matmul(x.data(), T, qw.w, y_plain.data());
+          if (t == DType::NF4) {
+            EXPECT_EQ(0, std::memcmp(y.data(), y_plain.data(), y.size() * 4)) << "NF4 K " << K << " N " << N;
+            continue;
+          }
+          for (int tt = 0; tt < T; ++tt)
+            for (int64_t n = 0; n < N; ++n) {
+              const uint8_t* row = qw.q.data.data() + size_t(n) * rb;
+              const uint8_t* sc = qw.q.scales.data() + size_t(n) * sb;
+              const float* xt = x.data() + size_t(tt * K);
+              double mag = 0, bound = 0, exact = 0, S = 0;
+              const double ref = quant_i8_ref::dot(t, row, sc, xt, int(K), &mag, &bound);
+              for (int64_t k = 0; k < K; ++k) {
+                const double p = ref_value(t, row, sc, K, k) * xt[k];
+                exact += p, S += std::fabs(p);
+              }
+              const double got = y[size_t(tt * N + n)];
+              ASSERT_NEAR(got, ref, 1e-5 * mag + 1e-30)
+                  << dtype_name(t) << " K " << K << " N " << N << " T " << T << " t " << tt << " n " << n;
+              ASSERT_LE(std::fabs(got - exact), bound + 1e-5 * S + 1e-30)
+                  << dtype_name(t) << " K " << K << " N " << N << " T " << T << " t " << tt << " n " << n;
+              outside_fp32 += std::fabs(got - exact) > 2e-6 * S;  // x's rounding shows
+              ++checked;
+            }
+        }
+      }
+  EXPECT_GT(checked, 1000);
+  EXPECT_GT(outside_fp32, checked / 2);  // the switch took the int8 path
 }
 
 TEST(QuantMatmul, DecodeEqualsPrefillBitwise) {

@@ -99,4 +99,18 @@ RunResult run_cli(const std::vector<std::string>& args, const std::string& stdin
   return r;
 }
 
+ScopedEnv::ScopedEnv(const char* name, const char* value) : name_(name) {
+  if (const char* e = std::getenv(name)) had_ = true, old_ = e;
+  if (value)
+    ::setenv(name, value, 1);
+  else
+    ::unsetenv(name);
+}
+ScopedEnv::~ScopedEnv() {
+  if (had_)
+    ::setenv(name_.c_str(), old_.c_str(), 1);
+  else
+    ::unsetenv(name_.c_str());
+}
+
 }  // namespace testutil

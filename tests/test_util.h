@@ -31,4 +31,18 @@ struct RunResult {
 // Runs mistral-run with the given arguments (no shell), capturing stdout and stderr.
 RunResult run_cli(const std::vector<std::string>& args, const std::string& stdin_data = "");
 
+// Sets environment variable `name` to `value` for its lifetime (nullptr: unset), then puts it back (for
+// the backends' experiment switches, read when a backend is made).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value);
+  ~ScopedEnv();
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_, old_;
+  bool had_ = false;
+};
+
 }  // namespace testutil

@@ -2,6 +2,7 @@
 // inside the inner loops (AVX2/F16C where the compiler targets them), multi-threaded with ThreadPool.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -257,6 +258,12 @@ class CpuBackend final : public Backend {
     };
     if (W.dtype == DType::I8 || W.dtype == DType::U8)
       throw std::invalid_argument(std::string("matmul: weight dtype ") + dtype_name(W.dtype) + " is not a weight format");
+    if (quant_i8_ && (W.dtype == DType::Q8 || W.dtype == DType::Q4)) {  // x quantized once, then the rows
+      const cpu::ActInt8 a = cpu::quantize_act_int8(W.dtype, x, T, K);
+      pool_.parallel_for(
+          N, [&](int64_t b, int64_t e) { cpu::matmul_rows_quant_i8(a, T, W, b, e, y); }, 16);
+      return;
+    }
     pool_.parallel_for(N, run, 16);
   }
 
@@ -381,6 +388,12 @@ class CpuBackend final : public Backend {
 
  private:
   ThreadPool pool_;
+  // MISTRAL_CPU_QUANT_I8=1 (an experiment): Q8 and Q4 products take int8 activations (quant_matmul.h,
+  // ActInt8), as the CUDA backend's MISTRAL_CUDA_QUANT_I8 does, so that its accuracy shows on the CPU.
+  bool quant_i8_ = [] {
+    const char* e = std::getenv("MISTRAL_CPU_QUANT_I8");
+    return e && std::strcmp(e, "1") == 0;
+  }();
 };
 
 }  // namespace

@@ -4,7 +4,9 @@
 #include "quant_matmul.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "mistral/quant.h"
@@ -232,6 +234,61 @@ void run(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* 
 }
 
 }  // namespace
+
+ActInt8 quantize_act_int8(DType wt, const float* x, int T, int64_t K) {
+  ActInt8 a;
+  a.E = wt == DType::Q8 ? 16 : 32;
+  a.chunks = (K + a.E - 1) / a.E;
+  a.q.assign(size_t(T) * size_t(a.chunks) * size_t(a.E), 0);
+  a.d.assign(size_t(T) * size_t(a.chunks), 0.f);
+  constexpr float kMax = std::numeric_limits<float>::max();
+  for (int t = 0; t < T; ++t) {
+    const float* xt = x + size_t(t) * size_t(K);
+    for (int64_t c = 0; c < a.chunks; ++c) {
+      const int64_t k0 = c * a.E, k1 = std::min(K, k0 + a.E);
+      float m = 0.f;
+      bool finite = true;
+      for (int64_t k = k0; k < k1; ++k) {
+        finite = finite && std::fabs(xt[k]) <= kMax;  // false for inf and NaN
+        m = std::fmax(m, std::fabs(xt[k]));
+      }
+      const size_t ci = size_t(t) * size_t(a.chunks) + size_t(c);
+      a.d[ci] = !finite ? std::numeric_limits<float>::quiet_NaN() : m > 0.f ? m * 0x1.020408p-7f : 0.f;
+      if (!finite || !(m > 0.f)) continue;  // q stay 0 (a NaN d makes the chunk's products NaN)
+      const float inv = std::fmin(127.f / m, kMax);
+      int8_t* q = a.q.data() + ci * size_t(a.E);
+      for (int64_t k = k0; k < k1; ++k) q[k - k0] = int8_t(std::nearbyint(double(xt[k]) * double(inv)));
+    }
+  }
+  return a;
+}
+
+void matmul_rows_quant_i8(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
+  const bool q8 = W.dtype == DType::Q8;
+  const int64_t N = W.rows, K = W.cols, G = q8 ? K : int64_t(W.group);
+  const size_t rb = W.row_bytes(), sb = W.scale_bytes() / size_t(N);
+  const uint8_t* data = static_cast<const uint8_t*>(W.data);
+  const uint8_t* scales = static_cast<const uint8_t*>(W.scales);
+  std::vector<int8_t> codes(size_t(a.chunks) * size_t(a.E), 0);  // one row's code values, 0 past K
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = data + size_t(n) * rb;
+    for (int64_t k = 0; k < K; ++k)
+      codes[size_t(k)] = q8 ? int8_t(row[k]) : int8_t(((k & 1) ? (row[k >> 1] >> 4) : (row[k >> 1] & 15)) - 8);
+    const uint8_t* sc = scales + size_t(n) * sb;
+    for (int t = 0; t < T; ++t) {
+      float acc = 0.f;
+      for (int64_t c = 0; c < a.chunks; ++c) {
+        const int8_t* q = a.q.data() + (size_t(t) * size_t(a.chunks) + size_t(c)) * size_t(a.E);
+        const int8_t* w = codes.data() + size_t(c) * size_t(a.E);
+        int32_t isum = 0;
+        for (int i = 0; i < a.E; ++i) isum += int32_t(w[i]) * int32_t(q[i]);
+        const float v = a.d[size_t(t) * size_t(a.chunks) + size_t(c)] * float(isum);
+        acc = q8 ? acc + v : std::fma(scale_at<DType::Q4>(sc, c * a.E / G), v, acc);
+      }
+      y[size_t(t) * size_t(N) + size_t(n)] = q8 ? acc * scale_at<DType::Q8>(sc, 0) : acc;
+    }
+  }
+}
 
 void matmul_rows_quant(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
   switch (W.dtype) {

@@ -2,6 +2,7 @@
 // dequantized in registers inside the dot-product loops; nothing is expanded in memory.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "mistral/model.h"
 
@@ -18,6 +19,21 @@ namespace cpu {
 // Threads: callers split the rows (the CPU backend's pool); from 16 tokens each thread decodes its
 // rows once into a thread-local fp32 scratch (4 rows x cols) and reuses it for every token.
 void matmul_rows_quant(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* y);
+
+// The int8-activation path for Q8 and Q4 weights (MISTRAL_CPU_QUANT_I8=1 in the CPU backend, an
+// experiment: the CPU side of the CUDA backend's MISTRAL_CUDA_QUANT_I8, so that its accuracy can be
+// measured here; tests/quant_i8_reference.h defines the arithmetic). Each token row of x is cut into the
+// weights' 16-byte chunks (E = 32 elements of Q4, 16 of Q8) and quantized to int8 per chunk (absmax / 127,
+// quantize_act_int8); a row's result is the sum over chunks of scale * (d * the chunk's exact integer sum
+// of code * q), rounded to fp32 per chunk and added in chunk order (Q8: its one scale applied last).
+struct ActInt8 {
+  int E = 0;              // elements a chunk
+  int64_t chunks = 0;     // chunks a token row
+  std::vector<int8_t> q;  // [T, chunks * E], 0 past K
+  std::vector<float> d;   // [T, chunks]
+};
+ActInt8 quantize_act_int8(DType wt, const float* x, int T, int64_t K);
+void matmul_rows_quant_i8(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y);
 
 }  // namespace cpu
 }  // namespace mistral
