@@ -1,4 +1,4 @@
-// Reference for the fp16 path of the quantized GEMV (kernels/quant_gemv.cuh, fp16_math; Q8 and Q4),
+// Reference for the fp16 path of the quantized GEMV (kernels/quant_gemv.cuh, QuantXMath::f16; Q8 and Q4),
 // written from its definition, not from the kernel (used by tests/test_cuda.cpp and
 // tools/quant_gemv_host_check.cu):
 //   - token row x [K]: m = max |x_k|, p the exponent with m < 2^p (frexp), sh = min(B - p, 120) (0 when m

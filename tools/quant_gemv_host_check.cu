@@ -5,7 +5,7 @@
 // partial chunks and groups, odd N and misaligned x; launches of several matrices and SwiGLU pairs bit
 // for bit against single launches; and the dequantizer bit for bit against
 // f32_to_f16(dequantize_row), writing chunks in reverse order so that a write past a row's end survives.
-// Then the fp16 path (fp16_math, Q8 and Q4) the same way, its staged copy of x exact-size with NaN in the
+// Then the fp16 path (QuantXMath::f16, Q8 and Q4) the same way, its staged copy of x exact-size with NaN in the
 // padding, against tests/quant_half_reference.h (to 2e-6 of the chunk magnitudes) and within its bound of
 // the exact product; token rows 1e-3 smaller and with an element of 3000 among the random ones. Then the
 // int8 path (QuantXMath::i8, Q8 and Q4): its staging chunk by chunk against tests/quant_i8_reference.h
