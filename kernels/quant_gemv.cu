@@ -333,7 +333,9 @@ MR_QFN void chunk_dot(const float* __restrict__ x, int xstride, const uint4 (&q)
 #pragma unroll
       for (int t = 0; t < T; ++t) acc[r][t] += b[r][t];
   } else {
-    const int g = gshift >= 0 ? k0 >> gshift : k0 / group;  // k0 < K, so g < n_groups
+    // k0 < K, so g < n_groups. Written out here and in the fp16 / int8 chunk functions: a shared helper
+    // made nvcc stop versioning the lane loop on gshift (the SASS of a loop iteration grew by ~14%).
+    const int g = gshift >= 0 ? k0 >> gshift : k0 / group;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const float s = scale_at<D>(rp.scales[r], rp.sbase[r] + size_t(g));
@@ -595,20 +597,29 @@ MR_QFN void chunk_dot_half(const __half* __restrict__ xh, int xstride, const uin
   }
 }
 
-// lane_dot over the staged fp16 copy: every chunk below ceil(K / E), the partial last one too (its x past
-// K is 0). q holds the first batch, load_batch<D>(rp, c_first, c_stride, ceil(K / E), q). acc is added to,
-// in units of the staged x (the caller multiplies by 2^-sh).
-template <DType D, int T>
-MR_QFN void lane_dot_half(const __half* __restrict__ xh, int xstride, const RowPair& rp, uint4 (&q)[kPrefetch][kRows],
-                          int K, int group, int gshift, int c_first, int c_stride, float (&acc)[kRows][T]) {
-  constexpr int E = Format<D>::kElems;
-  const int chunks = (K + E - 1) / E;
+// A lane's chunks of the row pair over a staged copy of x whose padding past K is 0 (the fp16 and int8
+// paths): every chunk c_first, c_first + c_stride, ... below `chunks`, the partial last one too, dot(q, c)
+// for each. q holds the first batch, load_batch<D>(rp, c_first, c_stride, chunks, q).
+template <DType D, class Dot>
+MR_QFN void staged_chunks(const RowPair& rp, uint4 (&q)[kPrefetch][kRows], int chunks, int c_first, int c_stride,
+                          Dot&& dot) {
   for (int c = c_first; c < chunks; c += kPrefetch * c_stride) {
     if (c != c_first) load_batch<D>(rp, c, c_stride, chunks, q);
 #pragma unroll
     for (int u = 0; u < kPrefetch; ++u)
-      if (c + u * c_stride < chunks) chunk_dot_half<D, T>(xh, xstride, q[u], rp, group, gshift, c + u * c_stride, acc);
+      if (c + u * c_stride < chunks) dot(q[u], c + u * c_stride);
   }
+}
+
+// lane_dot over the staged fp16 copy (staged_chunks). acc is added to, in units of the staged x (the
+// caller multiplies by 2^-sh).
+template <DType D, int T>
+MR_QFN void lane_dot_half(const __half* __restrict__ xh, int xstride, const RowPair& rp, uint4 (&q)[kPrefetch][kRows],
+                          int K, int group, int gshift, int c_first, int c_stride, float (&acc)[kRows][T]) {
+  constexpr int E = Format<D>::kElems;
+  staged_chunks<D>(rp, q, (K + E - 1) / E, c_first, c_stride, [&](const uint4(&qc)[kRows], int c) {
+    chunk_dot_half<D, T>(xh, xstride, qc, rp, group, gshift, c, acc);
+  });
 }
 
 // The int8 path (kXInt8; Q8 and Q4, when the launch asks for it: QuantXMath::i8, MISTRAL_CUDA_QUANT_I8=1
@@ -789,20 +800,15 @@ MR_QFN void chunk_dot_i8(const uint8_t* __restrict__ xb, int row_bytes, int chun
   }
 }
 
-// lane_dot over the staged int8 copy: every chunk below ceil(K / E), the partial last one too (its x past
-// K is 0). q holds the first batch, load_batch<D>(rp, c_first, c_stride, ceil(K / E), q). acc is added to.
+// lane_dot over the staged int8 copy (staged_chunks). acc is added to.
 template <DType D, int T>
 MR_QFN void lane_dot_i8(const uint8_t* __restrict__ xb, int K, const RowPair& rp, uint4 (&q)[kPrefetch][kRows],
                         int group, int gshift, int c_first, int c_stride, float (&acc)[kRows][T]) {
   constexpr int E = Format<D>::kElems;
   const int chunks = (K + E - 1) / E, row_bytes = i8_row_bytes<D>(K);
-  for (int c = c_first; c < chunks; c += kPrefetch * c_stride) {
-    if (c != c_first) load_batch<D>(rp, c, c_stride, chunks, q);
-#pragma unroll
-    for (int u = 0; u < kPrefetch; ++u)
-      if (c + u * c_stride < chunks)
-        chunk_dot_i8<D, T>(xb, row_bytes, chunks, q[u], rp, group, gshift, c + u * c_stride, acc);
-  }
+  staged_chunks<D>(rp, q, chunks, c_first, c_stride, [&](const uint4(&qc)[kRows], int c) {
+    chunk_dot_i8<D, T>(xb, row_bytes, chunks, qc, rp, group, gshift, c, acc);
+  });
 }
 
 // Thread 0 copies the code table to shared memory (constant indices: the parameter stays in the

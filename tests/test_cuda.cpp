@@ -117,23 +117,7 @@ struct HostQuant {
 // A CUDA backend made with environment switches set (value nullptr: unset), which it reads when made; the
 // variables are then put back as they were (gpu-check runs the whole suite under some of them).
 std::unique_ptr<Backend> cuda_backend_with(std::initializer_list<std::pair<const char*, const char*>> env) {
-  std::vector<std::pair<const char*, std::string>> saved;
-  for (const auto& [name, value] : env) {
-    const char* e = std::getenv(name);
-    saved.emplace_back(name, e ? std::string(e) : std::string("\x01"));  // \x01: was unset
-    if (value)
-      setenv(name, value, 1);
-    else
-      unsetenv(name);
-  }
-  auto be = make_cuda_backend(0);
-  for (const auto& [name, value] : saved) {
-    if (value == "\x01")
-      unsetenv(name);
-    else
-      setenv(name, value.c_str(), 1);
-  }
-  return be;
+  return testutil::backend_with(env, [] { return make_cuda_backend(0); });
 }
 
 // The op tests' backends. The GPU one without the decode-step folds (MISTRAL_CUDA_FUSED_NORM,
@@ -368,6 +352,13 @@ std::vector<float> norm_values(const Weight& w) {
   return v;
 }
 
+// quant_i8_ref::dot of row n of the host quantized weight W with xt [K], its chunk magnitudes in *mag.
+double i8_ref_row(const Weight& W, int64_t n, const float* xt, int K, double* mag) {
+  const size_t rb = W.row_bytes(), sb = W.scale_bytes() / size_t(W.rows);
+  return quant_i8_ref::dot(W.dtype, static_cast<const uint8_t*>(W.data) + size_t(n) * rb,
+                           static_cast<const uint8_t*>(W.scales) + size_t(n) * sb, xt, K, mag);
+}
+
 // Outputs got [T, W.rows] of the quantized GEMVs' int8 path on x [T, K] whose rows' results were scaled by
 // f[t], against quant_i8_ref::dot(x_t) f[t] (W: a host quantized weight), to 1e-5 of the reference's chunk
 // magnitudes; with base (the residual add), got against base + that, with 2^-23 |base| more for the sum's
@@ -375,15 +366,11 @@ std::vector<float> norm_values(const Weight& w) {
 void check_i8_rows(const Weight& W, const std::vector<float>& x, const std::vector<double>& f, int T, int K,
                    const std::vector<float>& got, const char* what, const std::vector<float>* base = nullptr) {
   const int N = int(W.rows);
-  const size_t rb = W.row_bytes(), sb = W.scale_bytes() / size_t(N);
   int bad = 0;
   for (int t = 0; t < T; ++t)
     for (int n = 0; n < N; ++n) {
       double mag = 0;
-      const double ref =
-          quant_i8_ref::dot(W.dtype, static_cast<const uint8_t*>(W.data) + size_t(n) * rb,
-                            static_cast<const uint8_t*>(W.scales) + size_t(n) * sb, x.data() + size_t(t) * K, K, &mag) *
-          f[size_t(t)];
+      const double ref = i8_ref_row(W, n, x.data() + size_t(t) * K, K, &mag) * f[size_t(t)];
       const double b0 = base ? double((*base)[size_t(t) * N + n]) : 0.0;
       const double g = got[size_t(t) * N + n] - b0;
       if (!(std::fabs(g - ref) <= 1e-5 * mag * f[size_t(t)] + std::ldexp(std::fabs(b0), -23) + 1e-30) && bad++ < 3)
@@ -500,18 +487,13 @@ TEST(CudaOps, FusedNormMatmul) {
           EXPECT_LT(rel_err(dg.get(), g, "norm + SwiGLU"), 4 * tol);
           if (i8) {  // silu(gate) * up from the reference's gate and up, within what their 1e-5 moves it
             const std::vector<float> got = dg.get();
-            const size_t rb = wg.row_bytes(), sb = wg.scale_bytes() / 41;
             int bad = 0;
             for (int tt = 0; tt < T; ++tt)
               for (int n = 0; n < 41; ++n) {
                 double mg = 0, mu = 0;
                 const float* xt = xg.data() + size_t(tt) * K;
-                auto ref = [&](const Weight& w, double* m) {
-                  return quant_i8_ref::dot(w.dtype, static_cast<const uint8_t*>(w.data) + size_t(n) * rb,
-                                           static_cast<const uint8_t*>(w.scales) + size_t(n) * sb, xt, K, m) *
-                         inv_rms[size_t(tt)];
-                };
-                const double rg = ref(wg, &mg), ru = ref(wu, &mu);
+                const double rg = i8_ref_row(wg, n, xt, K, &mg) * inv_rms[size_t(tt)];
+                const double ru = i8_ref_row(wu, n, xt, K, &mu) * inv_rms[size_t(tt)];
                 const double sg = rg / (1.0 + std::exp(-rg)), want = sg * ru;
                 const double lim = 1.2 * std::fabs(ru) * 1e-5 * mg * inv_rms[size_t(tt)] +
                                    std::fabs(sg) * 1e-5 * mu * inv_rms[size_t(tt)] + 1e-6 * std::fabs(want) + 1e-30;

@@ -294,15 +294,8 @@ TEST(QuantMatmul, EqualsMatmulOfDequantizedWeights) {
 // 1e-3 smaller and with an element of 300 among the random ones. NF4 keeps the usual path: the same bits
 // as a backend made without the switch.
 TEST(QuantMatmul, Int8ActivationsMatchTheirReference) {
-  std::unique_ptr<Backend> be, plain;
-  {
-    testutil::ScopedEnv on("MISTRAL_CPU_QUANT_I8", "1");
-    be = make_cpu_backend(2);
-  }
-  {
-    testutil::ScopedEnv off("MISTRAL_CPU_QUANT_I8", nullptr);
-    plain = make_cpu_backend(2);
-  }
+  auto be = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", "1", 2);
+  auto plain = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", nullptr, 2);
   std::mt19937 rng(23);
   int checked = 0, outside_fp32 = 0;
   for (DType t : kQuantTypes)

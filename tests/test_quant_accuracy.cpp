@@ -27,6 +27,12 @@ std::string stories_dir() { return testutil::shared_data("models/stories260K"); 
 #define REQUIRE_STORIES() \
   if (!testutil::exists(stories_dir())) GTEST_SKIP() << "../shared/data/models/stories260K is not present"
 
+// The committed stories text (tests/data/perplexity) as stories260K's token ids, with BOS.
+std::vector<int32_t> stories_text_ids() {
+  auto tok = Tokenizer::load_dir(stories_dir());
+  return tok->encode(testutil::read_file(testutil::source_path("tests/data/perplexity/stories260K_samples.txt")), true);
+}
+
 int32_t argmax(const float* l, int64_t n) { return int32_t(std::max_element(l, l + n) - l); }
 
 std::unique_ptr<Model> load(const std::string& dir, Quant q = Quant::None) {
@@ -124,9 +130,7 @@ TEST(Perplexity, AgainstItselfKLIsZero) {
 TEST(Perplexity, HalfKvCacheStaysWithFp32OnStoriesText) {
   REQUIRE_STORIES();
   auto m = load(stories_dir());
-  auto tok = Tokenizer::load_dir(stories_dir());
-  const std::vector<int32_t> ids =
-      tok->encode(testutil::read_file(testutil::source_path("tests/data/perplexity/stories260K_samples.txt")), true);
+  const std::vector<int32_t> ids = stories_text_ids();
   auto be = make_cpu_backend(2);
   PerplexityOptions po;
   po.kv_dtype = DType::F16;
@@ -229,9 +233,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Int8FixtureAgreement, ::testing::ValuesIn(kFi
 TEST(QuantAccuracy, PerplexityOnStoriesText) {
   REQUIRE_STORIES();
   auto full = load(stories_dir());
-  auto tok = Tokenizer::load_dir(stories_dir());
-  const std::vector<int32_t> ids =
-      tok->encode(testutil::read_file(testutil::source_path("tests/data/perplexity/stories260K_samples.txt")), true);
+  const std::vector<int32_t> ids = stories_text_ids();
   ASSERT_EQ(ids.size(), 3257u);
   auto be = make_cpu_backend(2);
   PerplexityOptions po;  // window 512 (max_position_embeddings), stride 256
@@ -269,18 +271,9 @@ TEST(QuantAccuracy, PerplexityOnStoriesText) {
 TEST(QuantAccuracy, Int8ActivationsOnStoriesText) {
   REQUIRE_STORIES();
   auto full = load(stories_dir());
-  auto tok = Tokenizer::load_dir(stories_dir());
-  const std::vector<int32_t> ids =
-      tok->encode(testutil::read_file(testutil::source_path("tests/data/perplexity/stories260K_samples.txt")), true);
-  std::unique_ptr<Backend> be, plain;
-  {
-    testutil::ScopedEnv on("MISTRAL_CPU_QUANT_I8", "1");
-    be = make_cpu_backend(2);
-  }
-  {
-    testutil::ScopedEnv off("MISTRAL_CPU_QUANT_I8", nullptr);
-    plain = make_cpu_backend(2);
-  }
+  const std::vector<int32_t> ids = stories_text_ids();
+  auto be = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", "1", 2);
+  auto plain = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", nullptr, 2);
   PerplexityOptions po;  // window 512, stride 256
   struct Want {
     Quant q;
@@ -302,6 +295,7 @@ TEST(QuantAccuracy, Int8ActivationsOnStoriesText) {
     EXPECT_NE(r.kl, r0.kl) << quant_name(w.q);  // the switch took the int8 path
   }
   auto q8 = load(stories_dir(), Quant::Int8);
+  auto tok = Tokenizer::load_dir(stories_dir());
   const Agreement a = greedy_agreement(*full, *q8, tok->encode("Once upon a time", true), 256, be.get());
   report("stories260K, int8 activations", a);
   EXPECT_GE(a.teacher_forced, 244) << "fewer than 95% of 256 steps";

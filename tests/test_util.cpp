@@ -2,16 +2,19 @@
 #include "test_util.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
+
+#include "mistral/backend.h"
 
 namespace testutil {
 
@@ -99,18 +102,29 @@ RunResult run_cli(const std::vector<std::string>& args, const std::string& stdin
   return r;
 }
 
-ScopedEnv::ScopedEnv(const char* name, const char* value) : name_(name) {
-  if (const char* e = std::getenv(name)) had_ = true, old_ = e;
-  if (value)
-    ::setenv(name, value, 1);
-  else
-    ::unsetenv(name);
+std::unique_ptr<mistral::Backend> backend_with(std::initializer_list<std::pair<const char*, const char*>> env,
+                                               const std::function<std::unique_ptr<mistral::Backend>()>& make) {
+  std::vector<std::pair<const char*, std::optional<std::string>>> saved;
+  for (const auto& [name, value] : env) {
+    const char* e = std::getenv(name);
+    saved.emplace_back(name, e ? std::optional<std::string>(e) : std::nullopt);
+    if (value)
+      ::setenv(name, value, 1);
+    else
+      ::unsetenv(name);
+  }
+  auto be = make();
+  for (const auto& [name, old] : saved) {
+    if (old)
+      ::setenv(name, old->c_str(), 1);
+    else
+      ::unsetenv(name);
+  }
+  return be;
 }
-ScopedEnv::~ScopedEnv() {
-  if (had_)
-    ::setenv(name_.c_str(), old_.c_str(), 1);
-  else
-    ::unsetenv(name_.c_str());
+
+std::unique_ptr<mistral::Backend> cpu_backend_with(const char* name, const char* value, int threads) {
+  return backend_with({{name, value}}, [threads] { return mistral::make_cpu_backend(threads); });
 }
 
 }  // namespace testutil

@@ -1,7 +1,15 @@
 // Shared test helpers: paths to reference data, temp directories, running the CLI.
 #pragma once
+#include <functional>
+#include <initializer_list>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
+
+namespace mistral {
+class Backend;
+}
 
 namespace testutil {
 
@@ -31,18 +39,11 @@ struct RunResult {
 // Runs mistral-run with the given arguments (no shell), capturing stdout and stderr.
 RunResult run_cli(const std::vector<std::string>& args, const std::string& stdin_data = "");
 
-// Sets environment variable `name` to `value` for its lifetime (nullptr: unset), then puts it back (for
-// the backends' experiment switches, read when a backend is made).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value);
-  ~ScopedEnv();
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_, old_;
-  bool had_ = false;
-};
+// make() called while the environment variables of `env` are set (value nullptr: unset), then put back as
+// they were: a backend reads its experiment switches when it is made.
+std::unique_ptr<mistral::Backend> backend_with(std::initializer_list<std::pair<const char*, const char*>> env,
+                                               const std::function<std::unique_ptr<mistral::Backend>()>& make);
+// A CPU backend of `threads` threads made with environment variable `name` set to `value` (as above).
+std::unique_ptr<mistral::Backend> cpu_backend_with(const char* name, const char* value, int threads);
 
 }  // namespace testutil
