@@ -78,22 +78,53 @@ inline float dot(const float* a, const K* b, int n) {
   return d;
 }
 
-// a[i] = fma(w, x[i], a[i]) for i < n, 8 lanes at a time where the CPU has them (the same bits for an fp16
-// row as for the fp32 row holding its values).
+// dot() of a with four rows at once: each result the same bits as dot(a, b[r], n); four independent
+// accumulation chains instead of one.
 template <typename K>
-inline void axpy(float* a, float w, const K* x, int n) {
+inline void dot4(const float* a, const K* const* b, int n, float* out) {
+  int i = 0;
+  float d[4] = {0, 0, 0, 0};
+#ifdef MISTRAL_X86_SIMD
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (; i + 8 <= n; i += 8) {
+    const __m256 av = _mm256_loadu_ps(a + i);
+    for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(av, kv_at8(b[r], i), acc[r]);
+  }
+  for (int r = 0; r < 4; ++r) d[r] = hsum(acc[r]);
+#endif
+  for (int r = 0; r < 4; ++r) {
+    for (int j = i; j < n; ++j) d[r] = std::fma(a[j], kv_at(b[r], j), d[r]);
+    out[r] = d[r];
+  }
+}
+
+// a[i] = fma(w[j], rows[j][i], a[i]) for j = 0 .. nr - 1 in order, i < n (each element's sum in key order,
+// whatever the lanes), a kept in registers (eight 8-lane slices at a time) while the rows go by.
+template <typename K>
+inline void axpy_rows(float* a, const float* w, const K* const* rows, int64_t nr, int n) {
   int i = 0;
 #ifdef MISTRAL_X86_SIMD
-  const __m256 wv = _mm256_set1_ps(w);
-  for (; i + 16 <= n; i += 16) {
-    const __m256 r0 = _mm256_fmadd_ps(wv, kv_at8(x, i), _mm256_loadu_ps(a + i));
-    const __m256 r1 = _mm256_fmadd_ps(wv, kv_at8(x, i + 8), _mm256_loadu_ps(a + i + 8));
-    _mm256_storeu_ps(a + i, r0);
-    _mm256_storeu_ps(a + i + 8, r1);
+  for (; i + 8 <= n;) {
+    const int slices = std::min(8, (n - i) / 8);
+    __m256 acc[8];
+    for (int s = 0; s < slices; ++s) acc[s] = _mm256_loadu_ps(a + i + 8 * s);
+    if (slices == 8) {  // the common case (head_dim 64 and 128), unrolled by the compiler
+      for (int64_t j = 0; j < nr; ++j) {
+        const __m256 wv = _mm256_set1_ps(w[j]);
+        for (int s = 0; s < 8; ++s) acc[s] = _mm256_fmadd_ps(wv, kv_at8(rows[j], i + 8 * s), acc[s]);
+      }
+    } else {
+      for (int64_t j = 0; j < nr; ++j) {
+        const __m256 wv = _mm256_set1_ps(w[j]);
+        for (int s = 0; s < slices; ++s) acc[s] = _mm256_fmadd_ps(wv, kv_at8(rows[j], i + 8 * s), acc[s]);
+      }
+    }
+    for (int s = 0; s < slices; ++s) _mm256_storeu_ps(a + i + 8 * s, acc[s]);
+    i += 8 * slices;
   }
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, _mm256_fmadd_ps(wv, kv_at8(x, i), _mm256_loadu_ps(a + i)));
 #endif
-  for (; i < n; ++i) a[i] = std::fma(w, kv_at(x, i), a[i]);
+  for (; i < n; ++i)
+    for (int64_t j = 0; j < nr; ++j) a[i] = std::fma(w[j], kv_at(rows[j], i), a[i]);
 }
 
 // y[t, n] for n in [n0, n1), all t. Every (row, token) dot product is accumulated the same way
@@ -315,6 +346,8 @@ class CpuBackend final : public Backend {
       pool_.parallel_for(int64_t(T) * s.n_heads, [&](int64_t b, int64_t e) {
         std::vector<float> sc;
         std::vector<float> acc(static_cast<size_t>(hd));
+        std::vector<const K*> krows, vrows;  // the cache's keys j0 .. jc - 1, in order
+        std::vector<const float*> kc, vc;    // the chunk's keys jc .. p
         for (int64_t job = b; job < e; ++job) {
           const int t = int(job / s.n_heads), h = int(job % s.n_heads), kvh = h / group;
           const int64_t p = start + t;
@@ -322,30 +355,41 @@ class CpuBackend final : public Backend {
           const int64_t jc = std::max(j0, start);  // first key from the chunk
           const size_t head = size_t(kvh) * hd;
           const float* qv = q + size_t(t) * qd + size_t(h) * hd;
-          sc.resize(size_t(p - j0 + 1));
-          float mx = -INFINITY;
-          for (int64_t j = j0; j < jc; ++j) {
-            const float d = dot(qv, ck + size_t(j % s.slots) * kvd + head, hd) * scale;
-            sc[size_t(j - j0)] = d;
-            mx = std::max(mx, d);
+          krows.resize(size_t(jc - j0)), vrows.resize(krows.size());
+          for (int64_t j = j0, slot = j0 % s.slots; j < jc; ++j) {  // the ring's slots without a division a key
+            krows[size_t(j - j0)] = ck + size_t(slot) * kvd + head;
+            vrows[size_t(j - j0)] = cv + size_t(slot) * kvd + head;
+            if (++slot == s.slots) slot = 0;
           }
+          kc.resize(size_t(p + 1 - jc)), vc.resize(kc.size());
           for (int64_t j = jc; j <= p; ++j) {
-            const float d = dot(qv, k + size_t(j - start) * kvd + head, hd) * scale;
-            sc[size_t(j - j0)] = d;
-            mx = std::max(mx, d);
+            kc[size_t(j - jc)] = k + size_t(j - start) * kvd + head;
+            vc[size_t(j - jc)] = v + size_t(j - start) * kvd + head;
           }
+          sc.resize(size_t(p - j0 + 1));
+          // Scores: dot() of each key, four keys at a time, then the rest one by one.
+          auto score = [&](const auto& rows, float* out) {
+            const size_t n = rows.size();
+            size_t j = 0;
+            for (; j + 4 <= n; j += 4) dot4(qv, rows.data() + j, hd, out + j);
+            for (; j < n; ++j) out[j] = dot(qv, rows[j], hd);
+            for (j = 0; j < n; ++j) out[j] *= scale;
+          };
+          score(krows, sc.data());
+          score(kc, sc.data() + krows.size());
+          float mx = -INFINITY;
+          for (float x : sc) mx = std::max(mx, x);
           double sum = 0;
           for (auto& x : sc) {
             x = std::exp(x - mx);
             sum += x;
           }
           std::fill(acc.begin(), acc.end(), 0.0f);
-          float* a = acc.data();
-          for (int64_t j = j0; j < jc; ++j) axpy(a, sc[size_t(j - j0)], cv + size_t(j % s.slots) * kvd + head, hd);
-          for (int64_t j = jc; j <= p; ++j) axpy(a, sc[size_t(j - j0)], v + size_t(j - start) * kvd + head, hd);
+          axpy_rows(acc.data(), sc.data(), vrows.data(), int64_t(vrows.size()), hd);
+          axpy_rows(acc.data(), sc.data() + vrows.size(), vc.data(), int64_t(vc.size()), hd);
           float* o = out + size_t(t) * qd + size_t(h) * hd;
           const float inv = float(1.0 / sum);
-          for (int i = 0; i < hd; ++i) o[i] = a[i] * inv;
+          for (int i = 0; i < hd; ++i) o[i] = acc[size_t(i)] * inv;
         }
       });
     };
