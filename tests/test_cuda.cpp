@@ -123,18 +123,20 @@ std::unique_ptr<Backend> cuda_backend_with(std::initializer_list<std::pair<const
 // The op tests' backends. The GPU one without the decode-step folds (MISTRAL_CUDA_FUSED_NORM,
 // MISTRAL_CUDA_DECODE_ROPE) and the quantized GEMVs' fp16 / int8 paths (MISTRAL_CUDA_QUANT_HALF,
 // MISTRAL_CUDA_QUANT_I8), which gpu-check may set for the whole suite so that the model tests run through
-// them: the op tests test each op as it is (the experiments have tests of their own).
+// them: the op tests test each op as it is (the experiments have tests of their own). The CPU one with
+// fp32 activations for quantized weights (MISTRAL_CPU_QUANT_I8=0, as the GPU one's default path), or with
+// i8 both with int8 activations (MISTRAL_CPU_QUANT_I8=1, MISTRAL_CUDA_QUANT_I8=1).
 struct Backends {
   std::unique_ptr<Backend> cpu, gpu;
   // place_weight keys device copies by host address: host weights must outlive the backend.
   std::deque<HostWeight> keep;
   std::deque<HostQuant> keep_q;
-  Backends()
-      : cpu(make_cpu_backend(2)),
+  explicit Backends(bool i8 = false)
+      : cpu(testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", i8 ? "1" : "0", 2)),
         gpu(cuda_backend_with({{"MISTRAL_CUDA_FUSED_NORM", nullptr},
                                {"MISTRAL_CUDA_DECODE_ROPE", nullptr},
                                {"MISTRAL_CUDA_QUANT_HALF", nullptr},
-                               {"MISTRAL_CUDA_QUANT_I8", nullptr}})) {}
+                               {"MISTRAL_CUDA_QUANT_I8", i8 ? "1" : nullptr}})) {}
   HostWeight& weight(const std::vector<float>& v, int64_t rows, int64_t cols, DType t) {
     keep.emplace_back(v, rows, cols, t);
     return keep.back();
@@ -761,9 +763,9 @@ TEST(CudaOps, PrefillAttentionTiles) {
 // runs the fp32 GEMV path (tight tolerance); chunks of 5 run cuBLAS with activations rounded to the
 // weight dtype (tolerance by dtype).
 void check_model(const std::string& dir, double tol, double gemm_tol, const LoadOptions& opt = LoadOptions(),
-                 int steps = 30, DType kv = DType::F32) {
+                 int steps = 30, DType kv = DType::F32, bool i8 = false) {
   auto model = Model::load(dir, opt);
-  Backends b;
+  Backends b(i8);
   SessionOptions so, so4;
   so.chunk = 5;
   so4.chunk = 4;
@@ -873,6 +875,25 @@ TEST(CudaModel, QuantizedMatchesCpu) {
         o.quant_lm_head = lm_head;
         check_model(d, 1e-4, 5e-3, o, 32);
       }
+}
+
+// The same with int8 activations on both backends (MISTRAL_CUDA_QUANT_I8=1 against the CPU's int8 path,
+// the same arithmetic): the GEMV path to 2e-3 (the two backends' x may differ in their last bits, so that
+// a rounding to int8 may flip), the cuBLAS prefill (fp16 weights and activations, not the int8 path)
+// against the CPU's int8 activations to 2e-2; greedy ids equal.
+TEST(CudaModel, QuantizedInt8ActivationsMatchCpu) {
+  REQUIRE_GPU();
+  const std::string dir = testutil::shared_data("models/stories260K");
+  std::vector<std::string> dirs = {testutil::source_path("models/fixtures/w8_gqa2_bf16")};
+  if (testutil::exists(dir)) dirs.insert(dirs.begin(), dir);
+  for (const std::string& d : dirs)
+    for (Quant q : {Quant::Int8, Quant::Int4}) {
+      SCOPED_TRACE(d + " --quant " + quant_name(q));
+      LoadOptions o;
+      o.quant = q;
+      o.quant_lm_head = true;
+      check_model(d, 2e-3, 2e-2, o, 32, DType::F32, true);
+    }
 }
 
 }  // namespace

@@ -250,7 +250,7 @@ QWeight make_qweight(DType t, const std::vector<float>& x, int64_t rows, int64_t
 
 TEST(QuantMatmul, EqualsMatmulOfDequantizedWeights) {
   std::mt19937 rng(11);
-  auto be = make_cpu_backend(2);
+  auto be = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", "0", 2);  // the fp32-activation kernels
   int checked = 0;
   for (DType t : kQuantTypes)
     for (int64_t K : {1, 7, 8, 9, 33, 64, 96, 100, 128, 172, 257, 520})
@@ -287,15 +287,16 @@ TEST(QuantMatmul, EqualsMatmulOfDequantizedWeights) {
   EXPECT_GT(checked, 1000);
 }
 
-// The int8-activation path (MISTRAL_CPU_QUANT_I8=1, an experiment; quant_matmul.h ActInt8) against
+// The int8-activation path (the CPU's default for Q8 and Q4, MISTRAL_CPU_QUANT_I8=0 turns it off;
+// quant_matmul.h ActInt8) against
 // tests/quant_i8_reference.h, written from the path's definition (the CUDA kernel's tests use it too), to
 // 1e-5 of the reference's chunk magnitudes (fp32 sums in chunk order); and against the exact product of
 // the dequantized weights within the reference's quantization bound plus 1e-5 of sum |x w|. Token rows
-// 1e-3 smaller and with an element of 300 among the random ones. NF4 keeps the usual path: the same bits
-// as a backend made without the switch.
+// 1e-3 smaller and with an element of 300 among the random ones. NF4 keeps the fp32 path: the same bits
+// as a backend with the switch off.
 TEST(QuantMatmul, Int8ActivationsMatchTheirReference) {
   auto be = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", "1", 2);
-  auto plain = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", nullptr, 2);
+  auto plain = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", "0", 2);
   std::mt19937 rng(23);
   int checked = 0, outside_fp32 = 0;
   for (DType t : kQuantTypes)

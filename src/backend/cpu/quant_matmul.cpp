@@ -235,36 +235,228 @@ void run(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* 
 
 }  // namespace
 
+namespace {
+
+constexpr float kInv127 = 0x1.020408p-7f;  // the float nearest 1 / 127
+constexpr float kFltMax = std::numeric_limits<float>::max();
+
+// One chunk of x, elements [k0, k1) (the rest of the chunk's E codes stay 0): q and d as quant_matmul.h
+// defines them (scalar).
+float quantize_chunk_scalar(const float* x, int64_t k0, int64_t k1, int8_t* q) {
+  float m = 0.f;
+  bool finite = true;
+  for (int64_t k = k0; k < k1; ++k) {
+    finite = finite && std::fabs(x[k]) <= kFltMax;  // false for inf and NaN
+    m = std::fmax(m, std::fabs(x[k]));
+  }
+  if (!finite) return std::numeric_limits<float>::quiet_NaN();  // q stay 0; the NaN d makes y NaN
+  if (!(m > 0.f)) return 0.f;
+  const float inv = std::fmin(127.f / m, kFltMax);
+  for (int64_t k = k0; k < k1; ++k) q[k - k0] = int8_t(std::nearbyint(double(x[k]) * double(inv)));
+  return m * kInv127;
+}
+
+#ifdef MISTRAL_QUANT_SIMD
+// A whole chunk of E = 16 or 32 floats: the same q and d as quantize_chunk_scalar. q = x * inv rounded
+// once, to nearest even, by an FMA with 1.5 * 2^23: the integer lands in the low bits of the float, and
+// subtracting the bits of 1.5 * 2^23 leaves it as an int32 (|q| <= 127, so the packs do not saturate).
+float quantize_chunk_simd(const float* x, int E, int8_t* q) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 big = _mm256_set1_ps(kFltMax);
+  __m256 v[4], m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  const int nv = E / 8;
+  for (int i = 0; i < nv; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    const __m256 a = _mm256_and_ps(v[i], abs_mask);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, big, _CMP_NLE_UQ));  // inf or NaN
+    m = _mm256_max_ps(m, a);
+  }
+  if (!_mm256_testz_ps(bad, bad)) return std::numeric_limits<float>::quiet_NaN();
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  const float a = _mm_cvtss_f32(h);
+  if (!(a > 0.f)) return 0.f;
+  const __m256 inv = _mm256_set1_ps(std::fmin(127.f / a, kFltMax));
+  const __m256 magic = _mm256_set1_ps(12582912.f);  // 1.5 * 2^23
+  const __m256i magic_bits = _mm256_set1_epi32(0x4B400000);
+  __m256i qi[4];
+  for (int i = 0; i < nv; ++i)
+    qi[i] = _mm256_sub_epi32(_mm256_castps_si256(_mm256_fmadd_ps(v[i], inv, magic)), magic_bits);
+  // packs work within 128-bit lanes: int32 -> int16 gives [0..3, 8..11 | 4..7, 12..15] of (qi0, qi1).
+  const __m256i w01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8);  // 16 int16 in order
+  if (nv == 2) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q),
+                     _mm_packs_epi16(_mm256_castsi256_si128(w01), _mm256_extracti128_si256(w01, 1)));
+  } else {
+    const __m256i w23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[2], qi[3]), 0xD8);
+    const __m256i b = _mm256_packs_epi16(w01, w23);  // [0..7, 16..23 | 8..15, 24..31]
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permute4x64_epi64(b, 0xD8));
+  }
+  return a * kInv127;
+}
+#endif
+
+}  // namespace
+
 ActInt8 quantize_act_int8(DType wt, const float* x, int T, int64_t K) {
   ActInt8 a;
   a.E = wt == DType::Q8 ? 16 : 32;
   a.chunks = (K + a.E - 1) / a.E;
   a.q.assign(size_t(T) * size_t(a.chunks) * size_t(a.E), 0);
   a.d.assign(size_t(T) * size_t(a.chunks), 0.f);
-  constexpr float kMax = std::numeric_limits<float>::max();
   for (int t = 0; t < T; ++t) {
     const float* xt = x + size_t(t) * size_t(K);
     for (int64_t c = 0; c < a.chunks; ++c) {
       const int64_t k0 = c * a.E, k1 = std::min(K, k0 + a.E);
-      float m = 0.f;
-      bool finite = true;
-      for (int64_t k = k0; k < k1; ++k) {
-        finite = finite && std::fabs(xt[k]) <= kMax;  // false for inf and NaN
-        m = std::fmax(m, std::fabs(xt[k]));
-      }
       const size_t ci = size_t(t) * size_t(a.chunks) + size_t(c);
-      a.d[ci] = !finite ? std::numeric_limits<float>::quiet_NaN() : m > 0.f ? m * 0x1.020408p-7f : 0.f;
-      if (!finite || !(m > 0.f)) continue;  // q stay 0 (a NaN d makes the chunk's products NaN)
-      const float inv = std::fmin(127.f / m, kMax);
       int8_t* q = a.q.data() + ci * size_t(a.E);
-      for (int64_t k = k0; k < k1; ++k) q[k - k0] = int8_t(std::nearbyint(double(xt[k]) * double(inv)));
+#ifdef MISTRAL_QUANT_SIMD
+      if (k1 - k0 == a.E) {
+        a.d[ci] = quantize_chunk_simd(xt + k0, a.E, q);
+        continue;
+      }
+#endif
+      a.d[ci] = quantize_chunk_scalar(xt, k0, k1, q);
     }
   }
   return a;
 }
 
+namespace {
+
+#ifdef MISTRAL_QUANT_SIMD
+// Eight int32 lanes, lane i the sum of u * s over bytes 4i .. 4i+3 (u unsigned, s signed; each pair of
+// products fits int16: at most 2 * 128 * 127).
+inline __m256i dot_us(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// The eight int32 sums of p[0] .. p[7] (eight lanes each), in one vector: r = sum of p[r]'s lanes.
+inline __m256i sums8(const __m256i* p) {
+  const __m256i lo = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+  const __m256i hi = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+  // lo = [rows 0-3 over lanes 0-3 | rows 0-3 over lanes 4-7], hi the same for rows 4-7
+  return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+// The eight 128-bit halves' sums of p[0] .. p[7]: first = the low halves' (lanes 0-3), second = the high ones'.
+inline void half_sums8(const __m256i* p, __m256i* first, __m256i* second) {
+  const __m256i lo = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+  const __m256i hi = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+  *first = _mm256_permute2x128_si256(lo, hi, 0x20);
+  *second = _mm256_permute2x128_si256(lo, hi, 0x31);
+}
+
+// Eight rows of Q4 times token t of a: y[r] for rows rows[r] (scales sc[r]), one row a float lane. Chunk c
+// of a row (16 bytes) becomes its 32 nibbles u (the 16 even elements in the low 128-bit lane, the odd ones
+// in the high lane) and the chunk of q is shuffled to that order once for the eight rows; each row's
+// chunk sum of (u - 8) q is exact in int32 (u q by maddubs, minus 8 q the same way, then the lanes added).
+// Then, as the scalar loop: v = d * isum in fp32, acc = fma(scale, v, acc) chunk by chunk, so the bits
+// are the scalar path's, whatever T or the rows' grouping.
+inline void tile_q4_i8(const uint8_t* const* rows, const uint8_t* const* sc, const ActInt8& a, int t, float* y) {
+  static_assert(kQ4Group % 32 == 0, "a Q4 chunk lies in one group");
+  constexpr int64_t kChunksPerGroup = kQ4Group / 32;
+  const __m256i low4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+  const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4);
+  // Within each 128-bit lane: the even bytes, then the odd ones.
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,  //
+                                         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const int8_t* q = a.q.data() + size_t(t) * size_t(a.chunks) * 32;
+  const float* d = a.d.data() + size_t(t) * size_t(a.chunks);
+  __m256 acc = _mm256_setzero_ps(), s = acc;
+  for (int64_t c = 0; c < a.chunks; ++c) {
+    if (c % kChunksPerGroup == 0) {  // the eight rows' scales of this group
+      const int64_t g = c / kChunksPerGroup;
+      uint16_t h[8];
+      for (int r = 0; r < 8; ++r) std::memcpy(&h[r], sc[r] + 2 * g, 2);
+      s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+    }
+    const __m256i qn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + c * 32));
+    const __m256i qs = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(qn, split), 0xD8);  // evens | odds
+    const __m256i off = dot_us(eight, qs);
+    __m256i p[8];
+    for (int r = 0; r < 8; ++r) {
+      const __m256i w =
+          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + c * 16)));
+      p[r] = _mm256_sub_epi32(dot_us(_mm256_and_si256(_mm256_srlv_epi64(w, shift), low4), qs), off);
+    }
+    const __m256 v = _mm256_mul_ps(_mm256_set1_ps(d[c]), _mm256_cvtepi32_ps(sums8(p)));
+    acc = _mm256_fmadd_ps(s, v, acc);
+  }
+  _mm256_storeu_ps(y, acc);
+}
+
+// Eight rows of Q8 times token t of a, one row a float lane: two 16-element chunks a 32-byte load (the last
+// one alone when the row has an odd number), signed times signed through maddubs(|w|, q with w's sign),
+// each row's chunk sums exact in int32. Then, as the scalar loop: acc += d * isum chunk by chunk, times
+// the row's scale at the end.
+inline void tile_q8_i8(const uint8_t* const* rows, const uint8_t* const* sc, const ActInt8& a, int t, float* y) {
+  const int8_t* q = a.q.data() + size_t(t) * size_t(a.chunks) * 16;
+  const float* d = a.d.data() + size_t(t) * size_t(a.chunks);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t c = 0; c < a.chunks; c += 2) {
+    const bool pair = c + 1 < a.chunks;  // else the upper halves are 0
+    const __m256i qv = pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + c * 16))
+                            : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c * 16)));
+    __m256i p[8];
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* wp = rows[r] + c * 16;
+      const __m256i w = pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp))
+                             : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp)));
+      p[r] = dot_us(_mm256_abs_epi8(w), _mm256_sign_epi8(qv, w));
+    }
+    __m256i first, second;
+    half_sums8(p, &first, &second);
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(d[c]), _mm256_cvtepi32_ps(first)));
+    if (pair) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(d[c + 1]), _mm256_cvtepi32_ps(second)));
+  }
+  float s[8];
+  for (int r = 0; r < 8; ++r) s[r] = scale_at<DType::Q8>(sc[r], 0);
+  _mm256_storeu_ps(y, _mm256_mul_ps(acc, _mm256_loadu_ps(s)));
+}
+
+template <DType D>
+void run_i8(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
+  const int64_t N = W.rows;
+  const size_t rb = W.row_bytes(), sb = W.scale_bytes() / size_t(N);
+  const uint8_t* data = static_cast<const uint8_t*>(W.data);
+  const uint8_t* scales = static_cast<const uint8_t*>(W.scales);
+  constexpr int64_t kBlock = 16;  // rows kept in cache while every token passes over them
+  for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
+    const int64_t b1 = std::min(n1, b0 + kBlock);
+    for (int t = 0; t < T; ++t) {
+      float* yt = y + size_t(t) * size_t(N);
+      int64_t n = b0;
+      for (; n < b1; n += 8) {
+        const int rr = int(std::min<int64_t>(8, b1 - n));
+        const uint8_t* rows[8];
+        const uint8_t* sc[8];
+        for (int i = 0; i < 8; ++i) {
+          const int64_t ni = n + std::min(i, rr - 1);  // a short tile repeats its last row
+          rows[i] = data + size_t(ni) * rb, sc[i] = scales + size_t(ni) * sb;
+        }
+        float out[8];
+        if (D == DType::Q4)
+          tile_q4_i8(rows, sc, a, t, out);
+        else
+          tile_q8_i8(rows, sc, a, t, out);
+        for (int i = 0; i < rr; ++i) yt[n + i] = out[i];
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace
+
 void matmul_rows_quant_i8(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
   const bool q8 = W.dtype == DType::Q8;
+#ifdef MISTRAL_QUANT_SIMD
+  if (q8) return run_i8<DType::Q8>(a, T, W, n0, n1, y);
+  if (W.dtype == DType::Q4 && W.group == kQ4Group) return run_i8<DType::Q4>(a, T, W, n0, n1, y);
+#endif
+  // Scalar: per chunk the exact integer sum, times d, added in chunk order (Q4 times the group's scale).
   const int64_t N = W.rows, K = W.cols, G = q8 ? K : int64_t(W.group);
   const size_t rb = W.row_bytes(), sb = W.scale_bytes() / size_t(N);
   const uint8_t* data = static_cast<const uint8_t*>(W.data);

@@ -20,12 +20,15 @@ namespace cpu {
 // rows once into a thread-local fp32 scratch (4 rows x cols) and reuses it for every token.
 void matmul_rows_quant(const float* x, int T, const Weight& W, int64_t n0, int64_t n1, float* y);
 
-// The int8-activation path for Q8 and Q4 weights (MISTRAL_CPU_QUANT_I8=1 in the CPU backend, an
-// experiment: the CPU side of the CUDA backend's MISTRAL_CUDA_QUANT_I8, so that its accuracy can be
-// measured here; tests/quant_i8_reference.h defines the arithmetic). Each token row of x is cut into the
-// weights' 16-byte chunks (E = 32 elements of Q4, 16 of Q8) and quantized to int8 per chunk (absmax / 127,
-// quantize_act_int8); a row's result is the sum over chunks of scale * (d * the chunk's exact integer sum
-// of code * q), rounded to fp32 per chunk and added in chunk order (Q8: its one scale applied last).
+// The int8-activation path for Q8 and Q4 weights (the CPU backend's default for them; MISTRAL_CPU_QUANT_I8=0
+// turns it off; the arithmetic of the CUDA backend's MISTRAL_CUDA_QUANT_I8, which
+// tests/quant_i8_reference.h defines). Each token row of x is cut into the weights' 16-byte chunks
+// (E = 32 elements of Q4, 16 of Q8) and quantized to int8 per chunk (absmax / 127, quantize_act_int8); a
+// row's result is the sum over chunks of scale * (d * the chunk's exact integer sum of code * q), d * isum
+// rounded to fp32 and added chunk by chunk in order (Q4: fma with the group's scale; Q8: added, its one
+// scale applied last). AVX2: eight rows at a time, maddubs/madd for the chunk sums (exact in int32), the
+// same fp32 operations in the same order as the scalar loop: the bits do not depend on T or on the rows'
+// grouping, and are the scalar loop's.
 struct ActInt8 {
   int E = 0;              // elements a chunk
   int64_t chunks = 0;     // chunks a token row
