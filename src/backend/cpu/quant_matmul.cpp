@@ -305,6 +305,7 @@ ActInt8 quantize_act_int8(DType wt, const float* x, int T, int64_t K) {
   a.chunks = (K + a.E - 1) / a.E;
   a.q.assign(size_t(T) * size_t(a.chunks) * size_t(a.E), 0);
   a.d.assign(size_t(T) * size_t(a.chunks), 0.f);
+  a.qsum.assign(a.d.size(), 0);
   for (int t = 0; t < T; ++t) {
     const float* xt = x + size_t(t) * size_t(K);
     for (int64_t c = 0; c < a.chunks; ++c) {
@@ -312,12 +313,11 @@ ActInt8 quantize_act_int8(DType wt, const float* x, int T, int64_t K) {
       const size_t ci = size_t(t) * size_t(a.chunks) + size_t(c);
       int8_t* q = a.q.data() + ci * size_t(a.E);
 #ifdef MISTRAL_QUANT_SIMD
-      if (k1 - k0 == a.E) {
-        a.d[ci] = quantize_chunk_simd(xt + k0, a.E, q);
-        continue;
-      }
-#endif
+      a.d[ci] = k1 - k0 == a.E ? quantize_chunk_simd(xt + k0, a.E, q) : quantize_chunk_scalar(xt, k0, k1, q);
+#else
       a.d[ci] = quantize_chunk_scalar(xt, k0, k1, q);
+#endif
+      for (int i = 0; i < a.E; ++i) a.qsum[ci] += q[i];
     }
   }
   return a;
@@ -351,19 +351,20 @@ inline void half_sums8(const __m256i* p, __m256i* first, __m256i* second) {
 // Eight rows of Q4 times token t of a: y[r] for rows rows[r] (scales sc[r]), one row a float lane. Chunk c
 // of a row (16 bytes) becomes its 32 nibbles u (the 16 even elements in the low 128-bit lane, the odd ones
 // in the high lane) and the chunk of q is shuffled to that order once for the eight rows; each row's
-// chunk sum of (u - 8) q is exact in int32 (u q by maddubs, minus 8 q the same way, then the lanes added).
+// chunk sum of (u - 8) q is exact in int32 (u q by maddubs, the lanes added, minus 8 times the sum of q).
 // Then, as the scalar loop: v = d * isum in fp32, acc = fma(scale, v, acc) chunk by chunk, so the bits
 // are the scalar path's, whatever T or the rows' grouping.
 inline void tile_q4_i8(const uint8_t* const* rows, const uint8_t* const* sc, const ActInt8& a, int t, float* y) {
   static_assert(kQ4Group % 32 == 0, "a Q4 chunk lies in one group");
   constexpr int64_t kChunksPerGroup = kQ4Group / 32;
-  const __m256i low4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+  const __m256i low4 = _mm256_set1_epi8(15);
   const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4);
   // Within each 128-bit lane: the even bytes, then the odd ones.
   const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,  //
                                          0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   const int8_t* q = a.q.data() + size_t(t) * size_t(a.chunks) * 32;
   const float* d = a.d.data() + size_t(t) * size_t(a.chunks);
+  const int32_t* qsum = a.qsum.data() + size_t(t) * size_t(a.chunks);
   __m256 acc = _mm256_setzero_ps(), s = acc;
   for (int64_t c = 0; c < a.chunks; ++c) {
     if (c % kChunksPerGroup == 0) {  // the eight rows' scales of this group
@@ -374,14 +375,14 @@ inline void tile_q4_i8(const uint8_t* const* rows, const uint8_t* const* sc, con
     }
     const __m256i qn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + c * 32));
     const __m256i qs = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(qn, split), 0xD8);  // evens | odds
-    const __m256i off = dot_us(eight, qs);
     __m256i p[8];
     for (int r = 0; r < 8; ++r) {
       const __m256i w =
           _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + c * 16)));
-      p[r] = _mm256_sub_epi32(dot_us(_mm256_and_si256(_mm256_srlv_epi64(w, shift), low4), qs), off);
+      p[r] = dot_us(_mm256_and_si256(_mm256_srlv_epi64(w, shift), low4), qs);
     }
-    const __m256 v = _mm256_mul_ps(_mm256_set1_ps(d[c]), _mm256_cvtepi32_ps(sums8(p)));
+    const __m256i isum = _mm256_sub_epi32(sums8(p), _mm256_set1_epi32(8 * qsum[c]));  // sum (u - 8) q
+    const __m256 v = _mm256_mul_ps(_mm256_set1_ps(d[c]), _mm256_cvtepi32_ps(isum));
     acc = _mm256_fmadd_ps(s, v, acc);
   }
   _mm256_storeu_ps(y, acc);
