@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "backend/cpu/quant_matmul.h"
 #include "mistral/backend.h"
 #include "mistral/engine.h"
 #include "mistral/error.h"
@@ -345,24 +346,96 @@ TEST(QuantMatmul, DecodeEqualsPrefillBitwise) {
   std::mt19937 rng(5);
   for (DType t : kQuantTypes)
     for (int64_t K : {40, 96, 172, 300})
-      for (int threads : {1, 2, 3}) {
-        auto be = make_cpu_backend(threads);
-        const int64_t N = 37;
-        QWeight qw = make_qweight(t, random_row(rng, N * K, 0.1f), N, K);
-        const int T = 23;  // 23 tokens (pre-decoded rows), 5 (decode in the loop), 1
-        const std::vector<float> x = random_row(rng, T * K, 1.0f);
-        std::vector<float> all(static_cast<size_t>(T * N)), one(static_cast<size_t>(N));
-        be->matmul(x.data(), T, qw.w, all.data());
-        for (int tt = 0; tt < T; ++tt) {
-          be->matmul(x.data() + tt * K, 1, qw.w, one.data());
-          ASSERT_EQ(std::memcmp(one.data(), all.data() + tt * N, size_t(N) * 4), 0)
-              << dtype_name(t) << " K " << K << " threads " << threads << " token " << tt;
+      for (int threads : {1, 2, 3})
+        for (const char* i8 : {"0", "1"}) {  // fp32 activations, and the default int8 ones
+          auto be = testutil::cpu_backend_with("MISTRAL_CPU_QUANT_I8", i8, threads);
+          const int64_t N = 37;
+          QWeight qw = make_qweight(t, random_row(rng, N * K, 0.1f), N, K);
+          const int T = 23;  // 23 tokens (pre-decoded rows), 5 (decode in the loop), 1
+          const std::vector<float> x = random_row(rng, T * K, 1.0f);
+          std::vector<float> all(static_cast<size_t>(T * N)), one(static_cast<size_t>(N));
+          be->matmul(x.data(), T, qw.w, all.data());
+          for (int tt = 0; tt < T; ++tt) {
+            be->matmul(x.data() + tt * K, 1, qw.w, one.data());
+            ASSERT_EQ(std::memcmp(one.data(), all.data() + tt * N, size_t(N) * 4), 0)
+                << dtype_name(t) << " K " << K << " threads " << threads << " token " << tt;
+          }
+          // Other groupings of the tokens (3 + 5 + 3).
+          std::vector<float> part(size_t(5 * N));
+          be->matmul(x.data() + 3 * K, 5, qw.w, part.data());
+          ASSERT_EQ(std::memcmp(part.data(), all.data() + 3 * N, part.size() * 4), 0);
         }
-        // Other groupings of the tokens (3 + 5 + 3).
-        std::vector<float> part(size_t(5 * N));
-        be->matmul(x.data() + 3 * K, 5, qw.w, part.data());
-        ASSERT_EQ(std::memcmp(part.data(), all.data() + 3 * N, part.size() * 4), 0);
+}
+
+// The AVX2 quantization of x (one FMA with 1.5 * 2^23) gives the reference's q and d bit for bit
+// (quant_i8_ref::quantize_chunk: q = RN(x * inv) once, ties to even): random chunks, ties (a chunk whose
+// max is 127, so that inv is 1 and x = k + 0.5 is a tie), zeros, tiny and huge values, inf and NaN, and a
+// partial last chunk (the scalar loop).
+TEST(QuantMatmul, Int8ActivationQuantizationIsTheReferences) {
+  std::mt19937 rng(31);
+  std::vector<std::vector<float>> rows;
+  for (int i = 0; i < 20; ++i) rows.push_back(random_row(rng, 100, i % 2 ? 1.0f : 1e-3f));
+  std::vector<float> ties(64);
+  for (size_t i = 0; i < ties.size(); ++i) ties[i] = (i % 2 ? -1.f : 1.f) * (float(i % 16) + 0.5f);
+  ties[0] = ties[32] = 127.f;
+  rows.push_back(ties);
+  rows.push_back(std::vector<float>(64, 0.f));
+  std::vector<float> odd = random_row(rng, 64, 1.0f);
+  odd[3] = 1e-40f, odd[20] = -3e38f, odd[40] = INFINITY, odd[50] = NAN, odd[35] = 1e-39f;
+  rows.push_back(odd);
+  int checked = 0;
+  for (DType t : {DType::Q8, DType::Q4})
+    for (const auto& x : rows) {
+      const int K = int(x.size());
+      const cpu::ActInt8 a = cpu::quantize_act_int8(t, x.data(), 1, K);
+      for (int64_t c = 0; c < a.chunks; ++c) {
+        int q[32];
+        float d;
+        quant_i8_ref::quantize_chunk(x.data(), K, int(c * a.E), a.E, q, &d);
+        const float got = a.d[size_t(c)];
+        if (std::isnan(d)) {
+          EXPECT_TRUE(std::isnan(got)) << dtype_name(t) << " chunk " << c;
+        } else {
+          EXPECT_EQ(std::memcmp(&got, &d, 4), 0) << dtype_name(t) << " chunk " << c << ": " << got << " vs " << d;
+          int qsum = 0;
+          for (int i = 0; i < a.E; ++i) {
+            EXPECT_EQ(int(a.q[size_t(c * a.E + i)]), q[i]) << dtype_name(t) << " chunk " << c << " element " << i;
+            qsum += q[i];
+          }
+          if (t == DType::Q4) EXPECT_EQ(a.qsum[size_t(c)], qsum);
+        }
+        ++checked;
       }
+    }
+  EXPECT_GT(checked, 100);
+}
+
+// The AVX2 tiles (eight rows at a time) give the scalar loop's bits, for any row range and token count.
+TEST(QuantMatmul, Int8ActivationTilesEqualTheScalarLoop) {
+  std::mt19937 rng(37);
+  int compared = 0;
+  for (DType t : {DType::Q8, DType::Q4})
+    for (int64_t K : {1, 16, 17, 48, 100, 128, 257, 520})
+      for (int64_t N : {1, 7, 8, 13, 34}) {
+        const QWeight qw = make_qweight(t, random_row(rng, N * K, 0.1f), N, K);
+        for (int T : {1, 3}) {
+          std::vector<float> x = random_row(rng, T * K, 1.0f);
+          const cpu::ActInt8 a = cpu::quantize_act_int8(t, x.data(), T, K);
+          std::vector<float> y(size_t(T * N), -1.f), ys(y.size(), -2.f);
+          cpu::matmul_rows_quant_i8(a, T, qw.w, 0, N, y.data());
+          cpu::matmul_rows_quant_i8_scalar(a, T, qw.w, 0, N, ys.data());
+          ASSERT_EQ(std::memcmp(y.data(), ys.data(), y.size() * 4), 0) << dtype_name(t) << " K " << K << " N " << N;
+          if (N > 2) {  // a range that starts and ends inside a tile
+            std::vector<float> yr(y.size(), -3.f);
+            cpu::matmul_rows_quant_i8(a, T, qw.w, 1, N - 1, yr.data());
+            for (int tt = 0; tt < T; ++tt)
+              ASSERT_EQ(std::memcmp(yr.data() + tt * N + 1, ys.data() + tt * N + 1, size_t(N - 2) * 4), 0)
+                  << dtype_name(t) << " K " << K << " N " << N;
+          }
+          ++compared;
+        }
+      }
+  EXPECT_EQ(compared, 160);
 }
 
 // ---- whole models ----

@@ -356,7 +356,8 @@ class CpuBackend final : public Backend {
           const size_t head = size_t(kvh) * hd;
           const float* qv = q + size_t(t) * qd + size_t(h) * hd;
           krows.resize(size_t(jc - j0)), vrows.resize(krows.size());
-          for (int64_t j = j0, slot = j0 % s.slots; j < jc; ++j) {  // the ring's slots without a division a key
+          for (int64_t j = j0, slot = jc > j0 ? j0 % s.slots : 0; j < jc;
+               ++j) {  // the ring's slots without a division a key
             krows[size_t(j - j0)] = ck + size_t(slot) * kvd + head;
             vrows[size_t(j - j0)] = cv + size_t(slot) * kvd + head;
             if (++slot == s.slots) slot = 0;

@@ -317,7 +317,8 @@ ActInt8 quantize_act_int8(DType wt, const float* x, int T, int64_t K) {
 #else
       a.d[ci] = quantize_chunk_scalar(xt, k0, k1, q);
 #endif
-      for (int i = 0; i < a.E; ++i) a.qsum[ci] += q[i];
+      if (wt == DType::Q4)
+        for (int i = 0; i < a.E; ++i) a.qsum[ci] += q[i];
     }
   }
   return a;
@@ -452,12 +453,16 @@ void run_i8(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, fl
 }  // namespace
 
 void matmul_rows_quant_i8(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
-  const bool q8 = W.dtype == DType::Q8;
 #ifdef MISTRAL_QUANT_SIMD
-  if (q8) return run_i8<DType::Q8>(a, T, W, n0, n1, y);
+  if (W.dtype == DType::Q8) return run_i8<DType::Q8>(a, T, W, n0, n1, y);
   if (W.dtype == DType::Q4 && W.group == kQ4Group) return run_i8<DType::Q4>(a, T, W, n0, n1, y);
 #endif
-  // Scalar: per chunk the exact integer sum, times d, added in chunk order (Q4 times the group's scale).
+  matmul_rows_quant_i8_scalar(a, T, W, n0, n1, y);
+}
+
+void matmul_rows_quant_i8_scalar(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y) {
+  // Per chunk the exact integer sum, times d, added in chunk order (Q4 times the group's scale).
+  const bool q8 = W.dtype == DType::Q8;
   const int64_t N = W.rows, K = W.cols, G = q8 ? K : int64_t(W.group);
   const size_t rb = W.row_bytes(), sb = W.scale_bytes() / size_t(N);
   const uint8_t* data = static_cast<const uint8_t*>(W.data);

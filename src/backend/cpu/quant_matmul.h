@@ -34,10 +34,12 @@ struct ActInt8 {
   int64_t chunks = 0;     // chunks a token row
   std::vector<int8_t> q;  // [T, chunks * E], 0 past K
   std::vector<float> d;   // [T, chunks]
-  std::vector<int32_t> qsum;  // [T, chunks]: the sum of the chunk's q (int4's offset of 8 times it)
+  std::vector<int32_t> qsum;  // [T, chunks]: the sum of the chunk's q (int4's offset is 8 times it); 0 for Q8
 };
 ActInt8 quantize_act_int8(DType wt, const float* x, int T, int64_t K);
 void matmul_rows_quant_i8(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y);
+// The scalar loop alone (what builds without AVX2 run; tests compare the AVX2 tiles with it bit for bit).
+void matmul_rows_quant_i8_scalar(const ActInt8& a, int T, const Weight& W, int64_t n0, int64_t n1, float* y);
 
 }  // namespace cpu
 }  // namespace mistral
