@@ -333,20 +333,21 @@ inline __m256i dot_us(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-// The eight int32 sums of p[0] .. p[7] (eight lanes each), in one vector: r = sum of p[r]'s lanes.
-inline __m256i sums8(const __m256i* p) {
-  const __m256i lo = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-  const __m256i hi = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-  // lo = [rows 0-3 over lanes 0-3 | rows 0-3 over lanes 4-7], hi the same for rows 4-7
-  return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
-}
-
-// The eight 128-bit halves' sums of p[0] .. p[7]: first = the low halves' (lanes 0-3), second = the high ones'.
+// The eight 128-bit halves' sums of p[0] .. p[7]: first = the low halves' (lanes 0-3), second = the high
+// ones' (lane r of each: row r).
 inline void half_sums8(const __m256i* p, __m256i* first, __m256i* second) {
   const __m256i lo = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
   const __m256i hi = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+  // lo = [rows 0-3 over lanes 0-3 | rows 0-3 over lanes 4-7], hi the same for rows 4-7
   *first = _mm256_permute2x128_si256(lo, hi, 0x20);
   *second = _mm256_permute2x128_si256(lo, hi, 0x31);
+}
+
+// The eight int32 sums of p[0] .. p[7] (eight lanes each), in one vector: r = sum of p[r]'s lanes.
+inline __m256i sums8(const __m256i* p) {
+  __m256i first, second;
+  half_sums8(p, &first, &second);
+  return _mm256_add_epi32(first, second);
 }
 
 // Eight rows of Q4 times token t of a: y[r] for rows rows[r] (scales sc[r]), one row a float lane. Chunk c
